@@ -1,0 +1,124 @@
+//! The errors that cross layer boundaries: what the traits in this crate
+//! return. Layer crates keep richer error enums of their own and convert.
+//!
+//! Every variant names the address or size at fault, and every operation
+//! that returns one leaves its structures exactly as they were.
+
+use crate::{GfpFlags, Order, Pfn, PhysAddr, VirtAddr};
+use core::fmt;
+
+/// Why a memory-management operation was refused.
+#[non_exhaustive]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Error {
+    /// No block of this order could be found under the request's rules.
+    NoMemory {
+        /// The order asked for.
+        order: Order,
+    },
+    /// An order above the allocator's configured maximum.
+    OrderTooLarge {
+        /// The order asked for.
+        order: u32,
+        /// The largest order allowed.
+        max: u32,
+    },
+    /// A size that no allocation of this kind can satisfy.
+    SizeTooLarge {
+        /// The size asked for, in bytes.
+        bytes: usize,
+    },
+    /// A GFP combination this request cannot honour (e.g. `__GFP_DMA |
+    /// __GFP_HIGHMEM`, or `__GFP_HIGHMEM` where an address must be returned).
+    InvalidGfp {
+        /// The flags given.
+        gfp: GfpFlags,
+    },
+    /// A frame outside every range this allocator manages.
+    PfnOutOfRange {
+        /// The frame given.
+        pfn: Pfn,
+    },
+    /// A free of a frame that is not the start of an allocated block.
+    NotAllocated {
+        /// The frame given.
+        pfn: Pfn,
+    },
+    /// A free of a block that is already free.
+    DoubleFree {
+        /// The frame given.
+        pfn: Pfn,
+    },
+    /// A free whose order differs from the order the block was allocated with.
+    WrongOrder {
+        /// The frame given.
+        pfn: Pfn,
+        /// The order it was allocated with.
+        allocated: Order,
+        /// The order given to the free.
+        freed: Order,
+    },
+    /// A frame not aligned to the order given.
+    Misaligned {
+        /// The frame given.
+        pfn: Pfn,
+        /// The order given.
+        order: Order,
+    },
+    /// A physical address outside memory or not page aligned.
+    BadPhysAddr {
+        /// The address given.
+        addr: PhysAddr,
+    },
+    /// A virtual address outside the range this operation covers, or not
+    /// page aligned.
+    BadVirtAddr {
+        /// The address given.
+        addr: VirtAddr,
+    },
+    /// An unmap or translate of an address that has no mapping.
+    NotMapped {
+        /// The address given.
+        addr: VirtAddr,
+    },
+    /// A map over an address that is already mapped.
+    AlreadyMapped {
+        /// The address given.
+        addr: VirtAddr,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::NoMemory { order } => write!(f, "out of memory: no free block of {order}"),
+            Error::OrderTooLarge { order, max } => {
+                write!(f, "order {order} is above the maximum order {max}")
+            }
+            Error::SizeTooLarge { bytes } => write!(f, "size {bytes} bytes is too large"),
+            Error::InvalidGfp { gfp } => {
+                write!(f, "GFP flags {gfp:?} are invalid for this request")
+            }
+            Error::PfnOutOfRange { pfn } => write!(f, "{pfn} is outside managed memory"),
+            Error::NotAllocated { pfn } => {
+                write!(f, "{pfn} is not the start of an allocated block")
+            }
+            Error::DoubleFree { pfn } => write!(f, "double free of {pfn}"),
+            Error::WrongOrder {
+                pfn,
+                allocated,
+                freed,
+            } => write!(
+                f,
+                "{pfn} was allocated with {allocated} but freed with {freed}"
+            ),
+            Error::Misaligned { pfn, order } => write!(f, "{pfn} is not aligned to {order}"),
+            Error::BadPhysAddr { addr } => write!(f, "bad physical address {addr}"),
+            Error::BadVirtAddr { addr } => write!(f, "bad virtual address {addr}"),
+            Error::NotMapped { addr } => write!(f, "{addr} is not mapped"),
+            Error::AlreadyMapped { addr } => write!(f, "{addr} is already mapped"),
+        }
+    }
+}
+
+impl core::error::Error for Error {}

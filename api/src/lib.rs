@@ -1,0 +1,41 @@
+//! The vocabulary of kmm: the types every layer speaks and the traits the
+//! layers meet through.
+//!
+//! kmm is a kernel memory manager built as independent crates (buddy, zones,
+//! slab, vmarea, highmem). None of them depends on another layer; each states
+//! what it needs as one of the traits here, and the composition crate (or your
+//! kernel) plugs implementations in:
+//!
+//! | trait | Linux counterpart | implemented by | consumed by |
+//! |---|---|---|---|
+//! | [`FrameAllocator`] | `alloc_pages` / `__free_pages` | kmm-zones | slab, vmarea, page tables |
+//! | [`DirectMap`] | `page_address`, `virt_to_page` | the machine layout | slab, zones (`__GFP_ZERO`) |
+//! | [`PageOwner`] | `struct page` → `slab`, `folio` | kmm-zones' `mem_map` | slab (`kfree` in O(1)) |
+//! | [`KernelPageTable`] | `set_pte`, `flush_tlb_kernel_range` | x86 page tables | vmarea, highmem |
+//! | [`Platform`] | `smp_processor_id`, `local_irq_save` | the embedder | every layer with a lock |
+//! | [`Shrinker`] | `struct shrinker` | caches (slab) | zones, under memory pressure |
+//!
+//! This crate owns no memory and holds no state; it must stay small and
+//! stable: types, traits, and the lock primitive every layer shares.
+
+#![no_std]
+#![deny(unsafe_code)]
+
+mod addr;
+mod error;
+mod gfp;
+mod memmap;
+mod order;
+mod prot;
+pub mod sync;
+mod traits;
+
+pub use addr::{Pfn, PhysAddr, VirtAddr, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE};
+pub use error::Error;
+pub use gfp::*;
+pub use memmap::{MemoryRegion, RegionKind};
+pub use order::{get_order, Order, MAX_PAGE_ORDER, NR_PAGE_ORDERS, PAGE_ALLOC_COSTLY_ORDER};
+pub use prot::PageProt;
+pub use traits::{
+    DirectMap, FrameAllocator, IrqGuard, KernelPageTable, PageOwner, Platform, Shrinker, TlbFlush,
+};

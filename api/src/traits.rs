@@ -1,0 +1,306 @@
+//! The contracts the layers meet through.
+//!
+//! Each trait says who calls it, in what context, and what an implementation
+//! must never do. All take `&self` and are `Sync`: an implementation owns its
+//! locking, so callers never hold a lock on an allocator's behalf.
+
+use crate::{Error, GfpFlags, Order, PageProt, Pfn, VirtAddr};
+use core::ptr::NonNull;
+
+/// Allocates and frees blocks of `2^order` physically contiguous frames
+/// (Linux `alloc_pages` / `__free_pages`). Implemented by kmm-zones.
+///
+/// Called from any context the `gfp` allows: a request without
+/// `__GFP_DIRECT_RECLAIM` may come from interrupt context, and then the
+/// implementation must neither sleep nor call anything that may.
+pub trait FrameAllocator: Sync {
+    /// Allocates `2^order` contiguous frames aligned to their size, honouring
+    /// the zone and action modifiers of `gfp`.
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error>;
+
+    /// Frees a block returned by [`FrameAllocator::alloc_frames`] with the
+    /// same order. An invalid free (foreign pfn, wrong order, twice) is
+    /// refused with an error and changes nothing.
+    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error>;
+}
+
+/// The kernel's permanent linear mapping of low memory (Linux `page_address`,
+/// `virt_to_page`), and the one offset between machine addresses and the
+/// pointers this code dereferences.
+///
+/// # Safety
+///
+/// An implementation promises that for every frame it maps,
+/// `pfn_to_ptr(pfn)` points at `PAGE_SIZE` bytes that are valid for reads
+/// and writes for as long as the implementation lives, that those bytes are
+/// that frame's contents (no two frames share a pointer), and that
+/// `virt_to_pfn` is the exact inverse of `pfn_to_virt`.
+#[allow(unsafe_code)] // declares a contract; this crate has no unsafe blocks
+pub unsafe trait DirectMap: Sync {
+    /// The kernel virtual address where `pfn` is permanently mapped, or
+    /// `None` if the frame lies outside the direct map (highmem).
+    fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr>;
+
+    /// The frame a direct-map address lies in, or `None` for an address
+    /// outside the direct map.
+    fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn>;
+
+    /// Where machine virtual address 0 lies in the address space this code
+    /// runs in: 0 on hardware; the host window in the simulated machine.
+    fn window_base(&self) -> usize {
+        0
+    }
+
+    /// The pointer through which this code reaches machine address `addr`.
+    fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
+        self.window_base().wrapping_add(addr.as_usize()) as *mut u8
+    }
+
+    /// The machine virtual address of a pointer obtained from
+    /// [`DirectMap::virt_to_ptr`] (for reports and `virt_to_page`).
+    fn ptr_to_virt(&self, ptr: *const u8) -> VirtAddr {
+        VirtAddr::new((ptr as usize).wrapping_sub(self.window_base()))
+    }
+
+    /// A pointer to the first byte of a direct-mapped frame.
+    fn pfn_to_ptr(&self, pfn: Pfn) -> Option<NonNull<u8>> {
+        NonNull::new(self.virt_to_ptr(self.pfn_to_virt(pfn)?))
+    }
+
+    /// The frame a pointer into the direct map lies in.
+    fn ptr_to_pfn(&self, ptr: *const u8) -> Option<Pfn> {
+        self.virt_to_pfn(self.ptr_to_virt(ptr))
+    }
+}
+
+/// One word per allocated frame that the layer holding the frame may read
+/// and write (Linux overlays `struct slab` on `struct page` for this). It is
+/// how `kfree(p)` finds its cache in O(1), and tells a slab object from a
+/// large kmalloc. Implemented by kmm-zones' page descriptors.
+///
+/// The word is zero when a frame is allocated and is forgotten when it is
+/// freed. Reads are lock-free; only the frame's holder writes it.
+pub trait PageOwner: Sync {
+    /// The owner word of an allocated frame; `None` if the frame is free, not
+    /// managed, or otherwise not allocated.
+    fn owner(&self, pfn: Pfn) -> Option<usize>;
+
+    /// Sets the owner word of an allocated frame. Refused with an error, and
+    /// nothing changed, if the frame is not allocated.
+    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error>;
+}
+
+/// The kernel half of the page tables: map, unmap and translate one page,
+/// and flush the TLB. Consumed by vmarea (vmalloc, ioremap) and highmem
+/// (pkmap, kmap_local). Callers serialise use of any one virtual page; the
+/// implementation serialises its own table updates.
+pub trait KernelPageTable: Sync {
+    /// Maps the page at `addr` to `pfn`. Allocating a page-table page may
+    /// fail with [`Error::NoMemory`]; an existing mapping is refused with
+    /// [`Error::AlreadyMapped`].
+    fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error>;
+
+    /// Removes the mapping at `addr` and returns the frame it mapped with the
+    /// TLB range that must be flushed before the frame is reused.
+    fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error>;
+
+    /// The frame and protection mapped at `addr`, if any.
+    fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)>;
+
+    /// Invalidates cached translations for `[start, end)` on every CPU.
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr);
+}
+
+/// A TLB range still to be flushed after an unmap: a forgotten flush is a
+/// compile warning, not a stale mapping.
+#[must_use = "stale TLB entries remain until this range is flushed"]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TlbFlush {
+    start: VirtAddr,
+    end: VirtAddr,
+}
+
+impl TlbFlush {
+    /// The flush owed for `[start, end)`.
+    pub const fn new(start: VirtAddr, end: VirtAddr) -> Self {
+        Self { start, end }
+    }
+    /// The range owed.
+    pub const fn range(&self) -> (VirtAddr, VirtAddr) {
+        (self.start, self.end)
+    }
+    /// One flush covering both ranges (and whatever lies between).
+    pub fn merge(self, other: TlbFlush) -> TlbFlush {
+        TlbFlush {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+    /// Flushes the range now.
+    pub fn flush(self, table: &(impl KernelPageTable + ?Sized)) {
+        table.flush_tlb_range(self.start, self.end);
+    }
+    /// Defers the flush: the caller takes responsibility (lazy purging
+    /// batches many unmaps into one flush).
+    pub fn defer(self) {}
+}
+
+/// What the embedding kernel provides: CPU identity, interrupt masking, and
+/// optional hooks to wait, wake and reclaim.
+///
+/// Called from every context, including interrupt context for `cpu_id`,
+/// `irq_save` and `irq_restore`, which must therefore never sleep.
+pub trait Platform: Sync {
+    /// Number of CPUs; per-CPU structures are sized by it.
+    fn nr_cpus(&self) -> usize;
+
+    /// The current CPU, below `nr_cpus()`. Without preemption disabled the
+    /// caller may be migrated right after reading it, so per-CPU structures
+    /// reached through it must stay correct when used from another CPU.
+    fn cpu_id(&self) -> usize;
+
+    /// Disables local interrupts and returns the previous state, for locks
+    /// that atomic allocations can also take. The default does nothing (no
+    /// interrupts).
+    fn irq_save(&self) -> usize {
+        0
+    }
+
+    /// Restores the interrupt state returned by [`Platform::irq_save`].
+    fn irq_restore(&self, _flags: usize) {}
+
+    /// Waits for a [`Platform::wake_all`] (a full kmap pool, an allocation
+    /// that must not fail). Only called where `gfp` allows blocking. The
+    /// default spins once.
+    fn wait(&self) {
+        core::hint::spin_loop();
+    }
+
+    /// Wakes every waiter of [`Platform::wait`].
+    fn wake_all(&self) {}
+
+    /// Frees memory under pressure (page cache, swap), honouring `__GFP_IO`
+    /// and `__GFP_FS`; returns the pages freed. Only called where `gfp`
+    /// allows blocking. The default frees nothing.
+    fn reclaim(&self, _gfp: GfpFlags, _order: Order) -> usize {
+        0
+    }
+
+    /// Zeroes a frame that lies outside the direct map (for `__GFP_ZERO` on
+    /// highmem). The default refuses, and the allocation then fails cleanly.
+    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+        Err(Error::PfnOutOfRange { pfn })
+    }
+}
+
+/// Interrupts disabled for the guard's lifetime (Linux `local_irq_save` /
+/// `local_irq_restore`).
+pub struct IrqGuard<'a, P: Platform + ?Sized> {
+    platform: &'a P,
+    flags: usize,
+}
+
+impl<'a, P: Platform + ?Sized> IrqGuard<'a, P> {
+    /// Disables interrupts until the guard is dropped.
+    pub fn new(platform: &'a P) -> Self {
+        Self {
+            flags: platform.irq_save(),
+            platform,
+        }
+    }
+}
+
+impl<P: Platform + ?Sized> Drop for IrqGuard<'_, P> {
+    fn drop(&mut self) {
+        self.platform.irq_restore(self.flags);
+    }
+}
+
+/// A cache that can give memory back under pressure (Linux `struct
+/// shrinker`). Zones call registered shrinkers from the reclaim path, only
+/// for requests that may block.
+pub trait Shrinker: Sync {
+    /// Pages that [`Shrinker::scan_objects`] could free now (an estimate).
+    fn count_objects(&self) -> usize;
+
+    /// Frees up to `nr_to_scan` pages, honouring `__GFP_IO` / `__GFP_FS` in
+    /// `gfp`; returns the pages freed.
+    fn scan_objects(&self, gfp: GfpFlags, nr_to_scan: usize) -> usize;
+}
+
+// A reference to an implementation is an implementation, so layers can hold
+// either an owned value or a borrow of one shared with other layers.
+
+impl<T: FrameAllocator + ?Sized> FrameAllocator for &T {
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+        (**self).alloc_frames(gfp, order)
+    }
+    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        (**self).free_frames(pfn, order)
+    }
+}
+
+// SAFETY: forwards every method to `T`, which upholds the contract itself.
+#[allow(unsafe_code)]
+unsafe impl<T: DirectMap + ?Sized> DirectMap for &T {
+    fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr> {
+        (**self).pfn_to_virt(pfn)
+    }
+    fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn> {
+        (**self).virt_to_pfn(addr)
+    }
+    fn window_base(&self) -> usize {
+        (**self).window_base()
+    }
+}
+
+impl<T: PageOwner + ?Sized> PageOwner for &T {
+    fn owner(&self, pfn: Pfn) -> Option<usize> {
+        (**self).owner(pfn)
+    }
+    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
+        (**self).set_owner(pfn, word)
+    }
+}
+
+impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
+    fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        (**self).map(addr, pfn, prot)
+    }
+    fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+        (**self).unmap(addr)
+    }
+    fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)> {
+        (**self).translate(addr)
+    }
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
+        (**self).flush_tlb_range(start, end)
+    }
+}
+
+impl<T: Platform + ?Sized> Platform for &T {
+    fn nr_cpus(&self) -> usize {
+        (**self).nr_cpus()
+    }
+    fn cpu_id(&self) -> usize {
+        (**self).cpu_id()
+    }
+    fn irq_save(&self) -> usize {
+        (**self).irq_save()
+    }
+    fn irq_restore(&self, flags: usize) {
+        (**self).irq_restore(flags)
+    }
+    fn wait(&self) {
+        (**self).wait()
+    }
+    fn wake_all(&self) {
+        (**self).wake_all()
+    }
+    fn reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
+        (**self).reclaim(gfp, order)
+    }
+    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+        (**self).zero_frame(pfn)
+    }
+}

@@ -1,0 +1,2 @@
+//! placeholder until the buddy lands
+#![no_std]

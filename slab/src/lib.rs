@@ -1,0 +1,2 @@
+//! placeholder until the slab layer lands
+#![no_std]

@@ -1,0 +1,2 @@
+//! placeholder until the composition crate lands
+#![no_std]

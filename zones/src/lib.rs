@@ -1,0 +1,2 @@
+//! placeholder until the zones land
+#![no_std]
