@@ -86,6 +86,12 @@ pub enum Error {
         /// The address given.
         addr: VirtAddr,
     },
+    /// A fixed-capacity table of ranges (such as the boot allocator's region
+    /// arrays) has no slot left for the range that was to be recorded.
+    TooManyRegions {
+        /// Slots the table has.
+        capacity: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -117,6 +123,9 @@ impl fmt::Display for Error {
             Error::BadVirtAddr { addr } => write!(f, "bad virtual address {addr}"),
             Error::NotMapped { addr } => write!(f, "{addr} is not mapped"),
             Error::AlreadyMapped { addr } => write!(f, "{addr} is already mapped"),
+            Error::TooManyRegions { capacity } => {
+                write!(f, "region table is full: all {capacity} slots are in use")
+            }
         }
     }
 }
