@@ -58,6 +58,12 @@ pub enum Error {
         /// The order given to the free.
         freed: Order,
     },
+    /// A frame that must be free for this request (a range allocation,
+    /// Linux `alloc_contig_range`'s `-EBUSY`) is allocated or reserved.
+    Busy {
+        /// The first such frame.
+        pfn: Pfn,
+    },
     /// A frame not aligned to the order given.
     Misaligned {
         /// The frame given.
@@ -118,6 +124,7 @@ impl fmt::Display for Error {
                 f,
                 "{pfn} was allocated with {allocated} but freed with {freed}"
             ),
+            Error::Busy { pfn } => write!(f, "{pfn} is in use"),
             Error::Misaligned { pfn, order } => write!(f, "{pfn} is not aligned to {order}"),
             Error::BadPhysAddr { addr } => write!(f, "bad physical address {addr}"),
             Error::BadVirtAddr { addr } => write!(f, "bad virtual address {addr}"),
