@@ -37,5 +37,6 @@ pub use memmap::{MemoryRegion, RegionKind};
 pub use order::{get_order, Order, MAX_PAGE_ORDER, NR_PAGE_ORDERS, PAGE_ALLOC_COSTLY_ORDER};
 pub use prot::PageProt;
 pub use traits::{
-    DirectMap, FrameAllocator, IrqGuard, KernelPageTable, PageOwner, Platform, Shrinker, TlbFlush,
+    DirectMap, FrameAllocator, IrqGuard, KernelPageTable, PageOwner, Platform, PreemptControl,
+    Shrinker, TlbFlush,
 };

@@ -193,6 +193,29 @@ pub trait Platform: Sync {
     }
 }
 
+/// A [`Platform`] on which a caller can pin itself to its CPU (Linux
+/// `get_cpu` / `put_cpu`), so that per-CPU data reached inside the pinned
+/// section needs no atomic read-modify-write.
+///
+/// # Safety
+///
+/// An implementation promises that a CPU id returned by
+/// [`PreemptControl::get_cpu`] is below `nr_cpus()` and is held exclusively
+/// until the matching [`PreemptControl::put_cpu`]: no other execution
+/// context that calls into kmm (another thread, an interrupt handler) is
+/// handed the same id in between. A kernel keeps the promise by disabling
+/// preemption and local interrupts; a hosted embedder by giving each thread
+/// its own id, or by an uncontended lock per id.
+#[allow(unsafe_code)] // declares a contract; this crate has no unsafe blocks
+pub unsafe trait PreemptControl: Platform {
+    /// Pins the caller to its current CPU and returns that CPU's id.
+    fn get_cpu(&self) -> usize;
+
+    /// Ends the section begun by the [`PreemptControl::get_cpu`] that
+    /// returned `cpu`.
+    fn put_cpu(&self, cpu: usize);
+}
+
 /// Interrupts disabled for the guard's lifetime (Linux `local_irq_save` /
 /// `local_irq_restore`).
 pub struct IrqGuard<'a, P: Platform + ?Sized> {
@@ -275,6 +298,17 @@ impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
     }
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
         (**self).flush_tlb_range(start, end)
+    }
+}
+
+// SAFETY: forwards both methods to `T`, which upholds the contract itself.
+#[allow(unsafe_code)]
+unsafe impl<T: PreemptControl + ?Sized> PreemptControl for &T {
+    fn get_cpu(&self) -> usize {
+        (**self).get_cpu()
+    }
+    fn put_cpu(&self, cpu: usize) {
+        (**self).put_cpu(cpu)
     }
 }
 
