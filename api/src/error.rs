@@ -98,6 +98,13 @@ pub enum Error {
         /// Slots the table has.
         capacity: usize,
     },
+    /// An alignment that is not a power of two.
+    BadAlignment {
+        /// The alignment given, in bytes.
+        align: u64,
+    },
+    /// A request for zero bytes where a real range must be returned.
+    ZeroSize,
 }
 
 impl fmt::Display for Error {
@@ -133,6 +140,10 @@ impl fmt::Display for Error {
             Error::TooManyRegions { capacity } => {
                 write!(f, "region table is full: all {capacity} slots are in use")
             }
+            Error::BadAlignment { align } => {
+                write!(f, "alignment {align:#x} is not a power of two")
+            }
+            Error::ZeroSize => f.write_str("a zero-sized request cannot be satisfied"),
         }
     }
 }
