@@ -1,0 +1,67 @@
+//! The x86 32-bit two-level page table (non-PAE): one page directory (PGD)
+//! of 1024 four-byte entries, each pointing at a PTE page of 1024 entries,
+//! so one PTE page maps 4 MiB. Owns the kernel half's single-page mappings
+//! (vmalloc, pkmap, fixmap); the direct map is not entered here (the
+//! machine maps lowmem linearly at boot).
+//!
+//! Never: map over a present entry, map outside the range it was built
+//! for, or dereference a physical address: page-table pages are reached
+//! only through the [`kmm_api::DirectMap`] (module `raw`, the one place with
+//! `unsafe`).
+//!
+//! PAE's three-level format (64-bit entries, 2 MiB PMDs, an NX bit) is not
+//! implemented yet; the PAE *layout* arithmetic is, in [`crate::layout`].
+
+mod pte;
+mod raw;
+mod table;
+
+pub use pte::{PteFlags, PTRS_PER_PGD, PTRS_PER_PTE};
+pub use table::X86PageTable;
+
+use kmm_api::{Error, PageProt, Pfn, VirtAddr};
+
+/// What the machine must do when the page table changes: the hook between
+/// the table in memory and the translation hardware (or its simulation).
+///
+/// Called with the table lock held, for one page at a time; must not call
+/// back into the table. On hardware `pte_set` and `pte_cleared` do nothing
+/// (the MMU walks the table itself) and `flush_tlb_range` invalidates the
+/// TLB; the simulated machine mirrors each change into host mappings.
+pub trait Mmu: Sync {
+    /// A not-present entry for `addr` became present, mapping `pfn`. An
+    /// error undoes the entry and is returned to the caller of `map`.
+    fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        let _ = (addr, pfn, prot);
+        Ok(())
+    }
+
+    /// The present entry for `addr` was cleared.
+    fn pte_cleared(&self, addr: VirtAddr) {
+        let _ = addr;
+    }
+
+    /// Invalidates cached translations for `[start, end)`.
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr);
+}
+
+/// A table nobody walks (tests, or a table built before paging is on):
+/// changes need no mirroring and there is no TLB to flush.
+impl Mmu for () {
+    fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {}
+}
+
+impl<T: Mmu + ?Sized> Mmu for &T {
+    fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        (**self).pte_set(addr, pfn, prot)
+    }
+    fn pte_cleared(&self, addr: VirtAddr) {
+        (**self).pte_cleared(addr)
+    }
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
+        (**self).flush_tlb_range(start, end)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,279 @@
+//! [`X86PageTable`]: map, unmap and translate single kernel pages in the
+//! two-level table, taking PTE pages from a [`FrameAllocator`].
+//!
+//! Lock: one spin lock (`lock`) serialises every change and walk of the
+//! table, including the [`Mmu`] hook calls. Allocation of a PTE page is done
+//! with the lock dropped (it may reclaim), then installed under it; a racing
+//! installer wins and the spare page is freed.
+//!
+//! Entry states: a directory entry is zero (no PTE page) or present (points
+//! at a PTE page the table owns until it drops). A PTE is zero or present;
+//! `map` only moves zero → present, `unmap` only present → zero. PTE pages
+//! are kept once allocated, as Linux keeps kernel page tables.
+
+use super::pte::{Pte, PteFlags, MAX_PTE_PFN, PGDIR_SHIFT, PTRS_PER_PGD, PTRS_PER_PTE};
+use super::raw::TablePage;
+use super::Mmu;
+use kmm_api::sync::SpinLock;
+use kmm_api::{
+    DirectMap, Error, FrameAllocator, KernelPageTable, Order, PageProt, Pfn, TlbFlush, VirtAddr,
+    GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
+};
+
+/// A kernel page table over frames from `A`, reached through `D`, with
+/// changes reported to `M`.
+///
+/// ```
+/// # use kmm::x86::X86PageTable;
+/// # use kmm_api::*;
+/// # fn demo(alloc: impl FrameAllocator, dm: impl DirectMap, frame: Pfn) -> Result<(), Error> {
+/// let pt = X86PageTable::new(alloc, dm, (), (VirtAddr::new(0xf880_0000), VirtAddr::new(0xfffe_efff)))?;
+/// pt.map(VirtAddr::new(0xf880_0000), frame, PageProt::KERNEL)?;
+/// assert_eq!(pt.translate(VirtAddr::new(0xf880_0123)).map(|(p, _)| p), Some(frame));
+/// let (_, flush) = pt.unmap(VirtAddr::new(0xf880_0000))?;
+/// flush.flush(&pt);
+/// # Ok(()) }
+/// ```
+pub struct X86PageTable<A: FrameAllocator, D: DirectMap, M: Mmu> {
+    pgd: Pfn,
+    first: VirtAddr,
+    last: VirtAddr,
+    alloc: A,
+    direct_map: D,
+    mmu: M,
+    lock: SpinLock<()>,
+}
+
+impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
+    /// An empty table whose `map` accepts page addresses in
+    /// `[range.0, range.1]` (e.g. [`crate::Layout::kernel_map_range`]). The
+    /// page directory is one `GFP_KERNEL` page from `alloc`, which must be
+    /// in the direct map (else [`Error::PfnOutOfRange`], the page freed).
+    pub fn new(
+        alloc: A,
+        direct_map: D,
+        mmu: M,
+        range: (VirtAddr, VirtAddr),
+    ) -> Result<Self, Error> {
+        let (first, last) = range;
+        if first > last || u32::try_from(last.as_usize()).is_err() {
+            return Err(Error::BadVirtAddr { addr: last });
+        }
+        let pgd = alloc_table_page(&alloc, &direct_map)?;
+        Ok(X86PageTable {
+            pgd,
+            first: first.align_down(PAGE_SIZE),
+            last,
+            alloc,
+            direct_map,
+            mmu,
+            lock: SpinLock::new(()),
+        })
+    }
+
+    /// The frame of the page directory (what CR3 would hold).
+    pub fn pgd(&self) -> Pfn {
+        self.pgd
+    }
+
+    /// Allocates the PTE pages covering `[first, last]` now, so that later
+    /// maps there never allocate (Linux `page_table_range_init`, used for
+    /// the pkmap and fixmap, which atomic contexts map into).
+    pub fn populate(&self, first: VirtAddr, last: VirtAddr) -> Result<(), Error> {
+        self.check_addr(first.align_down(PAGE_SIZE))?;
+        self.check_addr(last.align_down(PAGE_SIZE))?;
+        let pgd_span = 1usize << PGDIR_SHIFT;
+        let mut addr = first.align_down(pgd_span);
+        while addr <= last {
+            self.pte_page_for(addr)?;
+            match addr.checked_add(pgd_span) {
+                Some(next) => addr = next,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn check_addr(&self, addr: VirtAddr) -> Result<(), Error> {
+        if !addr.is_aligned(PAGE_SIZE) || addr < self.first || addr > self.last {
+            return Err(Error::BadVirtAddr { addr });
+        }
+        Ok(())
+    }
+
+    fn pgd_page(&self) -> TablePage<'_> {
+        // SAFETY: the PGD frame is owned by this table until it drops, and
+        // the borrow of `self` keeps the DirectMap alive as long as the view.
+        // `new` checked that the direct map reaches it.
+        unsafe { TablePage::new(&self.direct_map, self.pgd) }
+            .expect("the page directory was checked to be in the direct map at creation")
+    }
+
+    fn pte_page(&self, pde: Pte) -> TablePage<'_> {
+        // SAFETY: a present directory entry names a PTE page this table
+        // allocated, owns until it drops, and checked to be in the direct map.
+        unsafe { TablePage::new(&self.direct_map, pde.pfn()) }
+            .expect("PTE pages were checked to be in the direct map when allocated")
+    }
+
+    /// The directory entry covering `addr`, allocating and installing a PTE
+    /// page if there is none.
+    fn pte_page_for(&self, addr: VirtAddr) -> Result<Pte, Error> {
+        let index = pgd_index(addr);
+        let existing = self.pgd_page().get(index);
+        if existing.is_present() {
+            return Ok(existing);
+        }
+        let page = alloc_table_page(&self.alloc, &self.direct_map)?;
+        let _guard = self.lock.lock();
+        let pgd = self.pgd_page();
+        let raced = pgd.get(index);
+        if raced.is_present() {
+            // Another mapper installed one while we allocated.
+            let _ = self.alloc.free_frames(page, Order::ZERO);
+            return Ok(raced);
+        }
+        let pde = Pte::new(page, PteFlags::KERNPG_TABLE);
+        pgd.set(index, pde);
+        Ok(pde)
+    }
+
+    /// Calls `f` on every present PTE with its address.
+    fn for_each_present(&self, mut f: impl FnMut(VirtAddr, Pte)) {
+        let pgd = self.pgd_page();
+        for i in 0..PTRS_PER_PGD {
+            let pde = pgd.get(i);
+            if !pde.is_present() {
+                continue;
+            }
+            let ptes = self.pte_page(pde);
+            for j in 0..PTRS_PER_PTE {
+                let pte = ptes.get(j);
+                if pte.is_present() {
+                    f(VirtAddr::new((i << PGDIR_SHIFT) | (j << PAGE_SHIFT)), pte);
+                }
+            }
+        }
+    }
+
+    /// Pages of page-table memory in use (the PGD plus PTE pages).
+    pub fn table_pages(&self) -> usize {
+        let _guard = self.lock.lock();
+        let pgd = self.pgd_page();
+        1 + (0..PTRS_PER_PGD)
+            .filter(|&i| pgd.get(i).is_present())
+            .count()
+    }
+
+    /// Pages currently mapped.
+    pub fn mapped_pages(&self) -> usize {
+        let _guard = self.lock.lock();
+        let mut n = 0;
+        self.for_each_present(|_, _| n += 1);
+        n
+    }
+}
+
+fn pgd_index(addr: VirtAddr) -> usize {
+    (addr.as_usize() >> PGDIR_SHIFT) % PTRS_PER_PGD
+}
+
+fn pte_index(addr: VirtAddr) -> usize {
+    (addr.as_usize() >> PAGE_SHIFT) % PTRS_PER_PTE
+}
+
+/// One zeroed page for the table, from lowmem.
+fn alloc_table_page(
+    alloc: &impl FrameAllocator,
+    direct_map: &impl DirectMap,
+) -> Result<Pfn, Error> {
+    let pfn = alloc.alloc_frames(GFP_KERNEL, Order::ZERO)?;
+    // SAFETY: the frame was just allocated for the table and nobody else
+    // holds it; the view ends with this function.
+    match unsafe { TablePage::new(direct_map, pfn) } {
+        Some(page) => {
+            page.clear();
+            Ok(pfn)
+        }
+        None => {
+            let _ = alloc.free_frames(pfn, Order::ZERO);
+            Err(Error::PfnOutOfRange { pfn })
+        }
+    }
+}
+
+impl<A: FrameAllocator, D: DirectMap, M: Mmu> KernelPageTable for X86PageTable<A, D, M> {
+    fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        self.check_addr(addr)?;
+        if pfn.as_usize() >= MAX_PTE_PFN {
+            return Err(Error::BadPhysAddr { addr: pfn.phys() });
+        }
+        let pde = self.pte_page_for(addr)?;
+        let _guard = self.lock.lock();
+        let ptes = self.pte_page(pde);
+        let index = pte_index(addr);
+        if ptes.get(index).is_present() {
+            return Err(Error::AlreadyMapped { addr });
+        }
+        ptes.set(index, Pte::new(pfn, PteFlags::from_prot(prot)));
+        if let Err(e) = self.mmu.pte_set(addr, pfn, prot) {
+            ptes.set(index, Pte(0));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+        self.check_addr(addr)?;
+        let _guard = self.lock.lock();
+        let pde = self.pgd_page().get(pgd_index(addr));
+        if !pde.is_present() {
+            return Err(Error::NotMapped { addr });
+        }
+        let ptes = self.pte_page(pde);
+        let index = pte_index(addr);
+        let pte = ptes.get(index);
+        if !pte.is_present() {
+            return Err(Error::NotMapped { addr });
+        }
+        ptes.set(index, Pte(0));
+        self.mmu.pte_cleared(addr);
+        // `check_addr` bounds `addr` by `last`, which is below 4 GiB and
+        // not in the top page, so the end does not wrap.
+        let end = VirtAddr::new(addr.as_usize() + PAGE_SIZE);
+        Ok((pte.pfn(), TlbFlush::new(addr, end)))
+    }
+
+    fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)> {
+        u32::try_from(addr.as_usize()).ok()?;
+        let _guard = self.lock.lock();
+        let pde = self.pgd_page().get(pgd_index(addr));
+        if !pde.is_present() {
+            return None;
+        }
+        let pte = self.pte_page(pde).get(pte_index(addr));
+        pte.is_present().then(|| (pte.pfn(), pte.flags().to_prot()))
+    }
+
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
+        self.mmu.flush_tlb_range(start, end);
+    }
+}
+
+/// Unmaps every page (reporting each to the [`Mmu`]) and frees the PTE
+/// pages and the page directory back to the allocator.
+impl<A: FrameAllocator, D: DirectMap, M: Mmu> Drop for X86PageTable<A, D, M> {
+    fn drop(&mut self) {
+        self.for_each_present(|addr, _| self.mmu.pte_cleared(addr));
+        let pgd = self.pgd_page();
+        for i in 0..PTRS_PER_PGD {
+            let pde = pgd.get(i);
+            if pde.is_present() {
+                let freed = self.alloc.free_frames(pde.pfn(), Order::ZERO);
+                debug_assert!(freed.is_ok(), "PTE page {:?} not freeable", pde.pfn());
+            }
+        }
+        let freed = self.alloc.free_frames(self.pgd, Order::ZERO);
+        debug_assert!(freed.is_ok(), "page directory not freeable");
+    }
+}
