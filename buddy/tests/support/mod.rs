@@ -36,6 +36,34 @@ impl FrameMeta for Frames {
     }
 }
 
+/// A buddy over `[base, base + nr)` on owned storage, nothing released.
+pub fn buddy(base: usize, nr: usize, max_order: u32) -> Buddy<Frames> {
+    let frames = Frames(vec![BuddyFrame::EMPTY; nr]);
+    Buddy::new(frames, Pfn::new(base), nr, order(max_order)).expect("valid buddy")
+}
+
+/// Everything a buddy holds, byte for byte: storage, per-order block
+/// counts, free pages, managed pages.
+#[derive(PartialEq, Debug)]
+pub struct Snapshot(Frames, Vec<usize>, usize, usize);
+
+pub fn snapshot(buddy: &Buddy<Frames>) -> Snapshot {
+    let counts = (0..=Order::LIMIT)
+        .map(|o| buddy.nr_free(order(o)))
+        .collect();
+    Snapshot(
+        buddy.meta().clone(),
+        counts,
+        buddy.free_pages(),
+        buddy.managed_pages(),
+    )
+}
+
+/// The per-order free block counts, orders `0..=max`.
+pub fn free_counts(buddy: &Buddy<Frames>, max: u32) -> Vec<usize> {
+    (0..=max).map(|o| buddy.nr_free(order(o))).collect()
+}
+
 /// One step. Positions (`pos`) are mapped onto the range with a margin of
 /// frames outside it on both sides; `pick` selects a live block.
 #[derive(Clone, Copy, Debug)]
@@ -99,16 +127,14 @@ pub struct Harness {
     live: BTreeMap<usize, u32>,
 }
 
-fn order(o: u32) -> Order {
+pub fn order(o: u32) -> Order {
     Order::new(o).expect("model orders stay within Order::LIMIT")
 }
 
 impl Harness {
     pub fn new(base: usize, nr: usize, max_order: u32) -> Self {
-        let frames = Frames(vec![BuddyFrame::EMPTY; nr]);
-        let buddy = Buddy::new(frames, Pfn::new(base), nr, order(max_order)).expect("valid buddy");
         Harness {
-            buddy,
+            buddy: buddy(base, nr, max_order),
             base,
             nr,
             max_order,
@@ -410,20 +436,11 @@ impl Harness {
         }
     }
 
-    /// Everything the buddy holds, byte for byte.
-    fn snapshot(&self) -> (Frames, Vec<usize>, usize, usize) {
-        let counts = (0..=Order::LIMIT)
-            .map(|o| self.buddy.nr_free(order(o)))
-            .collect();
-        (
-            self.buddy.meta().clone(),
-            counts,
-            self.buddy.free_pages(),
-            self.buddy.managed_pages(),
-        )
+    fn snapshot(&self) -> Snapshot {
+        snapshot(&self.buddy)
     }
 
-    fn assert_unchanged(&self, before: &(Frames, Vec<usize>, usize, usize)) {
+    fn assert_unchanged(&self, before: &Snapshot) {
         assert!(
             self.snapshot() == *before,
             "a refused operation changed the buddy"
