@@ -18,7 +18,12 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "std")]
+pub mod cpu;
+pub mod e820;
 pub mod layout;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod x86;
 
 pub use layout::Layout;

@@ -1,0 +1,267 @@
+//! The simulated i386 machine (feature `sim`): real host memory behind the
+//! real data structures, so every layer is tested on real bytes.
+//!
+//! RAM is a host memory file of the machine's size; the machine's 4 GiB
+//! virtual address space is one reserved host window; every kernel mapping
+//! is a host mapping of the RAM file at `window + virtual address`:
+//!
+//! - at boot, the direct map of lowmem (one mapping of `[0, lowmem)` at
+//!   `PAGE_OFFSET`);
+//! - afterwards, each page the x86 page table maps ([`Machine`] is the
+//!   table's [`Mmu`]): `map` maps the frame's file page at that address,
+//!   `unmap` turns the page back into an inaccessible reservation.
+//!
+//! So a direct-map address is a real pointer, a page mapped at two
+//! addresses shows the same bytes, and touching an address nobody mapped
+//! (a highmem page without a kmap, a vmalloc guard page) raises SIGSEGV.
+//! [`kmm_api::DirectMap::window_base`] is the window: the one offset
+//! between this machine and real i386 hardware, where it is 0.
+//!
+//! CPUs: host threads run as CPU `thread slot % nr_cpus` (see
+//! [`crate::cpu`]); `get_cpu` pins a CPU to one thread at a time.
+//!
+//! Never: maps anything outside the window, maps a frame beyond RAM, or
+//! lets the page table's hook touch the direct map (`pte_set` refuses
+//! addresses outside [`Layout::kernel_map_range`]). Dropping the last
+//! handle unmaps the window and closes the RAM file.
+
+mod host;
+#[cfg(test)]
+mod tests;
+
+use crate::cpu::HostCpus;
+use crate::e820::{pc_memory_map, DEFAULT_KERNEL_IMAGE_BYTES};
+use crate::layout::{Layout, NR_CPUS};
+use crate::x86::{Mmu, X86PageTable};
+use core::fmt;
+use host::HostMemory;
+use kmm_api::sync::{AtomicUsize, Ordering};
+use kmm_api::{
+    DirectMap, Error, FrameAllocator, MemoryRegion, PageProt, Pfn, Platform, PreemptControl,
+    VirtAddr, PAGE_SIZE,
+};
+use std::sync::Arc;
+
+/// What to build.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MachineConfig {
+    /// RAM in bytes (rounded down to pages); at most 4 GiB, 64 GiB with PAE.
+    pub ram_bytes: u64,
+    /// Use the PAE layout (the page table itself is the two-level one, so
+    /// frames above 4 GiB cannot be mapped outside the direct map yet).
+    pub pae: bool,
+    /// CPUs, `1..=NR_CPUS`.
+    pub nr_cpus: usize,
+}
+
+impl Default for MachineConfig {
+    /// A 2 GiB, two-CPU machine without PAE: 896 MiB lowmem, 1152 MiB highmem.
+    fn default() -> Self {
+        MachineConfig {
+            ram_bytes: 2 << 30,
+            pae: false,
+            nr_cpus: 2,
+        }
+    }
+}
+
+/// Why a machine could not be built.
+#[derive(Debug)]
+pub enum SimError {
+    /// The configuration has no valid layout or CPU count.
+    Config(Error),
+    /// The host refused the memory file or the window.
+    Host(std::io::Error),
+}
+
+impl fmt::Display for SimError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SimError::Config(e) => write!(f, "invalid machine configuration: {e}"),
+            SimError::Host(e) => write!(f, "host memory: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+struct Inner {
+    layout: Layout,
+    memory_map: [MemoryRegion; 4],
+    cpus: HostCpus,
+    tlb_flushes: AtomicUsize,
+    host: HostMemory,
+}
+
+/// A handle on a simulated i386 machine; clones share the machine, which
+/// lives until the last handle drops.
+///
+/// ```
+/// use kmm::sim::{Machine, MachineConfig};
+/// use kmm_api::{DirectMap, Pfn};
+/// let m = Machine::new(MachineConfig { ram_bytes: 32 << 20, ..Default::default() })?;
+/// let p = m.pfn_to_ptr(Pfn::new(0x400)).unwrap();
+/// // SAFETY: a direct-mapped frame of the machine, alive while `m` is.
+/// unsafe { p.as_ptr().write(7) };
+/// assert_eq!(m.pfn_to_virt(Pfn::new(0x400)).unwrap().as_usize(), 0xc040_0000);
+/// # Ok::<(), kmm::sim::SimError>(())
+/// ```
+#[derive(Clone)]
+pub struct Machine {
+    inner: Arc<Inner>,
+}
+
+/// The kernel page table of a simulated machine: the x86 table in
+/// simulated RAM, mirrored into host mappings by the machine.
+pub type SimPageTable<A> = X86PageTable<A, Machine, Machine>;
+
+impl Machine {
+    /// Builds the machine: RAM file, window, the PC memory map (see
+    /// [`crate::e820`]), and the direct map of lowmem.
+    pub fn new(config: MachineConfig) -> Result<Machine, SimError> {
+        if config.nr_cpus == 0 || config.nr_cpus > NR_CPUS {
+            return Err(SimError::Config(Error::SizeTooLarge {
+                bytes: config.nr_cpus,
+            }));
+        }
+        let layout = Layout::i386(config.ram_bytes, config.pae).map_err(SimError::Config)?;
+        let memory_map = pc_memory_map(layout.ram_bytes(), DEFAULT_KERNEL_IMAGE_BYTES)
+            .map_err(SimError::Config)?;
+        let host = HostMemory::new(layout.ram_bytes()).map_err(SimError::Host)?;
+        let lowmem = usize::try_from(layout.lowmem_bytes()).map_err(|_| {
+            SimError::Config(Error::BadPhysAddr {
+                addr: layout.lowmem_limit(),
+            })
+        })?;
+        host.map(
+            layout.page_offset(),
+            kmm_api::PhysAddr::new(0),
+            lowmem,
+            true,
+        )
+        .map_err(SimError::Config)?;
+        Ok(Machine {
+            inner: Arc::new(Inner {
+                layout,
+                memory_map,
+                cpus: HostCpus::new(config.nr_cpus),
+                tlb_flushes: AtomicUsize::new(0),
+                host,
+            }),
+        })
+    }
+
+    /// The machine's layout.
+    pub fn layout(&self) -> &Layout {
+        &self.inner.layout
+    }
+
+    /// The e820 memory map the firmware reports.
+    pub fn memory_map(&self) -> &[MemoryRegion] {
+        &self.inner.memory_map
+    }
+
+    /// The kernel page table, with page-table pages from `alloc` (normally
+    /// the zones). It may map pages anywhere in
+    /// [`Layout::kernel_map_range`]. Build one per machine: like the
+    /// hardware, the machine has a single kernel half, and two tables
+    /// would overwrite each other's host mappings.
+    pub fn kernel_page_table<A: FrameAllocator>(&self, alloc: A) -> Result<SimPageTable<A>, Error> {
+        X86PageTable::new(
+            alloc,
+            self.clone(),
+            self.clone(),
+            self.inner.layout.kernel_map_range(),
+        )
+    }
+
+    /// TLB flushes requested so far (a simulated TLB has nothing to drop,
+    /// but the count shows whether callers flush).
+    pub fn tlb_flushes(&self) -> usize {
+        self.inner.tlb_flushes.load(Ordering::Relaxed)
+    }
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("layout", &self.inner.layout)
+            .field("nr_cpus", &self.inner.cpus.nr_cpus())
+            .field("window", &self.inner.host.window())
+            .finish()
+    }
+}
+
+// SAFETY: frames below `max_low_pfn` are file pages `[0, lowmem)` mapped
+// read/write at `window + PAGE_OFFSET + phys` from `new` until the last
+// handle drops, so each pointer is valid for PAGE_SIZE bytes for as long as
+// any handle lives, and distinct frames have distinct pointers.
+// `virt_to_pfn` inverts `pfn_to_virt` exactly over that range. The page
+// table's hook refuses to remap anything inside it.
+unsafe impl DirectMap for Machine {
+    fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr> {
+        let l = &self.inner.layout;
+        (pfn < l.max_low_pfn())
+            .then(|| VirtAddr::new(l.page_offset().as_usize() + pfn.as_usize() * PAGE_SIZE))
+    }
+
+    fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn> {
+        let l = &self.inner.layout;
+        if addr < l.page_offset() || addr >= l.high_memory() {
+            return None;
+        }
+        Some(Pfn::new(
+            (addr.as_usize() - l.page_offset().as_usize()) / PAGE_SIZE,
+        ))
+    }
+
+    fn window_base(&self) -> usize {
+        self.inner.host.window() as usize
+    }
+}
+
+impl Platform for Machine {
+    fn nr_cpus(&self) -> usize {
+        self.inner.cpus.nr_cpus()
+    }
+    fn cpu_id(&self) -> usize {
+        self.inner.cpus.cpu_id()
+    }
+}
+
+// SAFETY: `HostCpus::get_cpu` hands each id to one caller at a time (an
+// acquire/release flag per CPU) and ids are below `nr_cpus`.
+unsafe impl PreemptControl for Machine {
+    fn get_cpu(&self) -> usize {
+        self.inner.cpus.get_cpu()
+    }
+    fn put_cpu(&self, cpu: usize) {
+        self.inner.cpus.put_cpu(cpu)
+    }
+}
+
+/// The machine's MMU: page-table changes become host mappings.
+impl Mmu for Machine {
+    fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        let (first, last) = self.inner.layout.kernel_map_range();
+        if addr < first || addr > last {
+            return Err(Error::BadVirtAddr { addr });
+        }
+        if pfn >= self.inner.layout.max_pfn() {
+            return Err(Error::PfnOutOfRange { pfn });
+        }
+        self.inner
+            .host
+            .map(addr, pfn.phys(), PAGE_SIZE, prot.contains(PageProt::WRITE))
+    }
+
+    fn pte_cleared(&self, addr: VirtAddr) {
+        // `pte_set` admitted this address, so the window accepts it.
+        let unmapped = self.inner.host.unmap(addr, PAGE_SIZE);
+        debug_assert!(unmapped.is_ok(), "unmap of {addr} refused");
+    }
+
+    fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {
+        self.inner.tlb_flushes.fetch_add(1, Ordering::Relaxed);
+    }
+}
