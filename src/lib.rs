@@ -21,6 +21,8 @@
 #[cfg(feature = "std")]
 pub mod cpu;
 pub mod e820;
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
+pub mod hosted;
 pub mod layout;
 #[cfg(feature = "sim")]
 pub mod sim;
