@@ -1,0 +1,178 @@
+//! The address side of the page allocator API: the calls that hand out or
+//! take back kernel virtual addresses (`__get_free_pages`, `free_pages`,
+//! `alloc_pages_exact`), `split_page`, and the direct-map translations
+//! (`page_address`, `virt_to_phys`, `phys_to_virt`, `virt_to_page`).
+//!
+//! Only lowmem has addresses: a request that could return a highmem page
+//! where an address is expected is refused with [`Error::InvalidGfp`]. This
+//! module never dereferences an address; it only translates through the
+//! [`DirectMap`].
+
+use crate::{ZoneType, Zones};
+use kmm_api::{
+    get_order, DirectMap, Error, GfpFlags, Order, Pfn, PhysAddr, Platform, VirtAddr, PAGE_SIZE,
+};
+use kmm_buddy::FrameTag;
+
+impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
+    /// Linux `__get_free_pages`: a block of `2^order` lowmem frames, by
+    /// its direct-map address. `__GFP_HIGHMEM` is refused with
+    /// [`Error::InvalidGfp`]: a highmem page has no address to return.
+    pub fn __get_free_pages(&self, gfp: GfpFlags, order: Order) -> Result<VirtAddr, Error> {
+        if gfp.contains(GfpFlags::HIGHMEM) {
+            return Err(Error::InvalidGfp { gfp });
+        }
+        let pfn = self.alloc_pages(gfp, order)?;
+        match self.page_address(pfn) {
+            Some(addr) => Ok(addr),
+            None => {
+                // A lowmem zone outside the direct map: a misconfigured
+                // machine. Give the block back and say which frame.
+                let _ = self.__free_pages(pfn, order);
+                Err(Error::PfnOutOfRange { pfn })
+            }
+        }
+    }
+
+    /// Linux `get_zeroed_page`: one zeroed lowmem page.
+    pub fn get_zeroed_page(&self, gfp: GfpFlags) -> Result<VirtAddr, Error> {
+        self.__get_free_pages(gfp | GfpFlags::ZERO, Order::ZERO)
+    }
+
+    /// Linux `free_pages`: frees a block by its direct-map address.
+    /// [`Error::BadVirtAddr`] for an address outside the direct map or not
+    /// page aligned; otherwise as [`Zones::__free_pages`].
+    pub fn free_pages(&self, addr: VirtAddr, order: Order) -> Result<(), Error> {
+        let pfn = self.virt_to_page(addr)?;
+        if addr.page_offset() != 0 {
+            return Err(Error::BadVirtAddr { addr });
+        }
+        self.__free_pages(pfn, order)
+    }
+
+    /// Linux `alloc_pages_exact`: `size` bytes of lowmem rounded up to whole
+    /// pages: a block of `get_order(size)` is split and the pages past the
+    /// end are freed at once. Free with [`Zones::free_pages_exact`].
+    ///
+    /// Errors: [`Error::ZeroSize`], [`Error::SizeTooLarge`],
+    /// [`Error::InvalidGfp`] for `__GFP_HIGHMEM`, else as `__get_free_pages`.
+    pub fn alloc_pages_exact(&self, size: usize, gfp: GfpFlags) -> Result<VirtAddr, Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let order = get_order(size)?;
+        let addr = self.__get_free_pages(gfp, order)?;
+        let pfn = self.virt_to_page(addr)?;
+        self.split_page(pfn, order)?;
+        let used = size.div_ceil(PAGE_SIZE);
+        for tail in used..order.pages() {
+            self.__free_pages(pfn.add(tail), Order::ZERO)?;
+        }
+        Ok(addr)
+    }
+
+    /// Linux `free_pages_exact`: frees what [`Zones::alloc_pages_exact`]
+    /// returned for the same `size`. Every page is checked before any is
+    /// freed, so a bad call changes nothing.
+    pub fn free_pages_exact(&self, addr: VirtAddr, size: usize) -> Result<(), Error> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        if addr.page_offset() != 0 {
+            return Err(Error::BadVirtAddr { addr });
+        }
+        let first = self.virt_to_page(addr)?;
+        let pages = size.div_ceil(PAGE_SIZE);
+        for i in 0..pages {
+            let pfn = first.checked_add(i).ok_or(Error::SizeTooLarge { bytes: size })?;
+            if self.page_address(pfn).is_none() {
+                return Err(Error::SizeTooLarge { bytes: size });
+            }
+            self.check_held_page(pfn)?;
+        }
+        for i in 0..pages {
+            self.__free_pages(first.add(i), Order::ZERO)?;
+        }
+        Ok(())
+    }
+
+    /// That `pfn` is a held order-0 page, as after `split_page`.
+    fn check_held_page(&self, pfn: Pfn) -> Result<(), Error> {
+        let (zone, idx) = self.zone_and_index(pfn)?;
+        let page = &zone.pages[idx];
+        match page.tag() {
+            FrameTag::Allocated(order) if page.is_held() && order == Order::ZERO => Ok(()),
+            FrameTag::Allocated(order) if page.is_held() => Err(Error::WrongOrder {
+                pfn,
+                allocated: order,
+                freed: Order::ZERO,
+            }),
+            _ if page.is_pcp() => Err(Error::DoubleFree { pfn }),
+            FrameTag::Free(_) => Err(Error::DoubleFree { pfn }),
+            _ => Err(Error::NotAllocated { pfn }),
+        }
+    }
+
+    /// Linux `split_page`: the held block of `order` at `pfn` becomes
+    /// `2^order` order-0 pages, each freed on its own. Errors as
+    /// [`Zones::__free_pages`], nothing changed.
+    pub fn split_page(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        let (zone, idx) = self.zone_and_index(pfn)?;
+        if order > self.config.max_order {
+            return Err(Error::OrderTooLarge {
+                order: order.as_u32(),
+                max: self.config.max_order.as_u32(),
+            });
+        }
+        zone.split(idx, order, &self.platform)
+    }
+
+    /// Linux `page_address`: the direct-map address of `pfn`, `None` for a
+    /// highmem frame or a frame outside memory.
+    #[inline]
+    pub fn page_address(&self, pfn: Pfn) -> Option<VirtAddr> {
+        match self.page_zone(pfn)? {
+            ZoneType::HighMem => None,
+            _ => self.direct_map.pfn_to_virt(pfn),
+        }
+    }
+
+    /// Linux `page_zone`: the zone of a frame of `mem_map`.
+    #[inline]
+    pub fn page_zone(&self, pfn: Pfn) -> Option<ZoneType> {
+        let idx = pfn.checked_offset_from(self.start_pfn)?;
+        Some(self.mem_map.get(idx)?.zone_type())
+    }
+
+    /// Linux `pfn_to_page`: the descriptor of a frame of `mem_map`.
+    pub fn pfn_to_page(&self, pfn: Pfn) -> Option<&crate::Page> {
+        self.mem_map.get(pfn.checked_offset_from(self.start_pfn)?)
+    }
+
+    /// Linux `virt_to_page` (as a frame number): the frame a direct-map
+    /// address lies in; [`Error::BadVirtAddr`] outside the direct map.
+    pub fn virt_to_page(&self, addr: VirtAddr) -> Result<Pfn, Error> {
+        self.direct_map
+            .virt_to_pfn(addr)
+            .filter(|&pfn| self.page_zone(pfn).is_some_and(|z| !z.is_highmem()))
+            .ok_or(Error::BadVirtAddr { addr })
+    }
+
+    /// Linux `virt_to_phys` for the direct map.
+    pub fn virt_to_phys(&self, addr: VirtAddr) -> Result<PhysAddr, Error> {
+        let pfn = self.virt_to_page(addr)?;
+        pfn.phys()
+            .checked_add(addr.page_offset() as u64)
+            .ok_or(Error::BadVirtAddr { addr })
+    }
+
+    /// Linux `phys_to_virt` for the direct map; [`Error::BadPhysAddr`] for
+    /// an address that is not direct-mapped lowmem.
+    pub fn phys_to_virt(&self, addr: PhysAddr) -> Result<VirtAddr, Error> {
+        let base = self
+            .page_address(addr.pfn())
+            .ok_or(Error::BadPhysAddr { addr })?;
+        base.checked_add(addr.page_offset())
+            .ok_or(Error::BadPhysAddr { addr })
+    }
+}

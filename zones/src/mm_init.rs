@@ -1,0 +1,209 @@
+//! Bringing the zones up (Linux `free_area_init`, `memblock_free_all`):
+//! [`ZoneConfig`] says where the zones split; [`Zones::new`] carves
+//! `mem_map` and the per-CPU lists from boot memory, builds one buddy per
+//! populated zone, releases every free memblock range into its zone, and
+//! computes managed pages, watermarks, lowmem reserves and pcp sizing.
+//!
+//! Nothing here is sized for one machine: every array comes from the
+//! [`BootMem`] the caller hands over, sized with [`Zones::metadata_bytes`].
+//! This module runs once, single-threaded, before any allocation.
+
+use crate::boot::BootMem;
+use crate::memblock::Memblock;
+use crate::page::{Page, ZoneMeta};
+use crate::pcp::PerCpuPages;
+use crate::shrinker::ShrinkerRegistry;
+use crate::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
+use crate::zone::{Zone, ZoneInit};
+use crate::{ZoneType, Zones, MAX_NR_ZONES};
+use kmm_api::{DirectMap, Error, Order, Pfn, Platform, MAX_PAGE_ORDER, PAGE_SHIFT};
+use kmm_buddy::Buddy;
+
+/// First frame above ZONE_DMA (Linux `MAX_DMA_PFN`: 16 MiB).
+pub const MAX_DMA_PFN: Pfn = Pfn::new((16 << 20) >> PAGE_SHIFT);
+/// First frame above ZONE_DMA32 (Linux `MAX_DMA32_PFN`: 4 GiB).
+pub const MAX_DMA32_PFN: Pfn = Pfn::new(1 << (32 - PAGE_SHIFT));
+
+/// Where the zones split: frames below `dma_end` are DMA, then DMA32 up to
+/// `dma32_end` (64-bit layouts only), NORMAL up to `lowmem_end` (Linux
+/// `max_low_pfn`), HIGHMEM above. Limits must not decrease in that order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct ZoneConfig {
+    /// One past the last DMA frame.
+    pub dma_end: Pfn,
+    /// One past the last DMA32 frame; `None` for layouts without DMA32.
+    pub dma32_end: Option<Pfn>,
+    /// One past the last frame of the direct map (`max_low_pfn`).
+    pub lowmem_end: Pfn,
+    /// Largest buddy order (Linux `MAX_PAGE_ORDER`).
+    pub max_order: Order,
+}
+
+impl ZoneConfig {
+    /// The i386 split: DMA below 16 MiB, NORMAL up to `lowmem_end`, HIGHMEM
+    /// above, orders up to 10.
+    pub const fn i386(lowmem_end: Pfn) -> Self {
+        Self {
+            dma_end: MAX_DMA_PFN,
+            dma32_end: None,
+            lowmem_end,
+            max_order: MAX_PAGE_ORDER,
+        }
+    }
+
+    /// The x86-64 split for memory ending at `end_pfn`: DMA below 16 MiB,
+    /// DMA32 below 4 GiB, NORMAL above, everything direct-mapped.
+    pub const fn x86_64(end_pfn: Pfn) -> Self {
+        Self {
+            dma_end: MAX_DMA_PFN,
+            dma32_end: Some(MAX_DMA32_PFN),
+            lowmem_end: if end_pfn.as_usize() > MAX_DMA32_PFN.as_usize() {
+                end_pfn
+            } else {
+                MAX_DMA32_PFN
+            },
+            max_order: MAX_PAGE_ORDER,
+        }
+    }
+
+    /// Each zone's `[start, end)` inside `[start, end)`, by zone index;
+    /// together they tile the range. [`Error::BadPhysAddr`] names a limit
+    /// below the one before it.
+    fn spans(&self, start: Pfn, end: Pfn) -> Result<[(Pfn, Pfn); MAX_NR_ZONES], Error> {
+        let dma32_end = self.dma32_end.unwrap_or(self.dma_end);
+        for (low, high) in [(self.dma_end, dma32_end), (dma32_end, self.lowmem_end)] {
+            if high < low {
+                return Err(Error::BadPhysAddr { addr: high.phys() });
+            }
+        }
+        let clamp = |pfn: Pfn| pfn.clamp(start, end);
+        let limits = [
+            start,
+            clamp(self.dma_end),
+            clamp(dma32_end),
+            clamp(self.lowmem_end),
+            end,
+        ];
+        Ok(core::array::from_fn(|z| (limits[z], limits[z + 1])))
+    }
+}
+
+/// RAM frames of each zone span.
+fn present_pages(memblock: &Memblock, spans: &[(Pfn, Pfn); MAX_NR_ZONES]) -> [usize; MAX_NR_ZONES] {
+    core::array::from_fn(|z| {
+        let (lo, hi) = spans[z];
+        memblock
+            .memory_ranges()
+            .map(|(s, e)| overlap((s, e), (lo, hi)).map_or(0, |(s, e)| e.as_usize() - s.as_usize()))
+            .sum()
+    })
+}
+
+/// The common part of two ranges, if any.
+fn overlap(a: (Pfn, Pfn), b: (Pfn, Pfn)) -> Option<(Pfn, Pfn)> {
+    let (lo, hi) = (a.0.max(b.0), a.1.min(b.1));
+    (lo < hi).then_some((lo, hi))
+}
+
+impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
+    /// Bytes of boot memory [`Zones::new`] needs at worst: `mem_map` for
+    /// `[memblock.start_pfn(), memblock.end_pfn())` plus one per-CPU list set
+    /// per populated zone and CPU, alignment padding included.
+    pub fn metadata_bytes(memblock: &Memblock, config: &ZoneConfig, nr_cpus: usize) -> usize {
+        let (start, end) = (memblock.start_pfn(), memblock.end_pfn());
+        let frames = end.as_usize().saturating_sub(start.as_usize());
+        let populated = config.spans(start, end).map_or(MAX_NR_ZONES, |spans| {
+            present_pages(memblock, &spans).iter().filter(|&&p| p > 0).count()
+        });
+        BootMem::footprint::<Page>(frames)
+            .saturating_add(BootMem::footprint::<PerCpuPages>(populated * nr_cpus.max(1)))
+    }
+
+    /// Boots the zones of the machine `memblock` describes. The caller has
+    /// already reserved (in `memblock`) the range `boot_mem` lies in, so it
+    /// is not released.
+    ///
+    /// Errors: [`Error::NoMemory`] for a memblock without RAM,
+    /// [`Error::BadPhysAddr`] for zone limits out of order,
+    /// [`Error::SizeTooLarge`] when `boot_mem` is smaller than
+    /// [`Zones::metadata_bytes`], and the buddy's errors for a range it
+    /// cannot describe (more than `u32::MAX - 1` frames in one zone).
+    pub fn new(
+        memblock: &Memblock,
+        config: ZoneConfig,
+        mut boot_mem: BootMem<'a>,
+        platform: P,
+        direct_map: D,
+    ) -> Result<Self, Error> {
+        let (start, end) = (memblock.start_pfn(), memblock.end_pfn());
+        if end <= start {
+            return Err(Error::NoMemory { order: Order::ZERO });
+        }
+        let spans = config.spans(start, end)?;
+        let present = present_pages(memblock, &spans);
+        let zone_of = |pfn: Pfn| {
+            let z = spans.iter().position(|&(lo, hi)| lo <= pfn && pfn < hi);
+            ZoneType::from_index(z.unwrap_or(0)).unwrap_or(ZoneType::Dma)
+        };
+        let frames = end.as_usize() - start.as_usize();
+        let mem_map: &'a [Page] = boot_mem.carve(frames, |i| Page::new(zone_of(start.add(i))))?;
+        let nr_cpus = platform.nr_cpus().max(1);
+        let populated = present.iter().filter(|&&p| p > 0).count();
+        let mut pcp: &'a [PerCpuPages] =
+            boot_mem.carve(populated * nr_cpus, |_| PerCpuPages::new())?;
+
+        let mut buddies: [Option<Buddy<ZoneMeta<'a>>>; MAX_NR_ZONES] = [None, None, None, None];
+        for (z, &(lo, hi)) in spans.iter().enumerate() {
+            if present[z] > 0 {
+                let pages = &mem_map[lo.as_usize() - start.as_usize()..hi.as_usize() - start.as_usize()];
+                let frames = hi.as_usize() - lo.as_usize();
+                buddies[z] = Some(Buddy::new(ZoneMeta { pages }, lo, frames, config.max_order)?);
+            }
+        }
+        for range in memblock.free_ranges() {
+            for (z, buddy) in buddies.iter_mut().enumerate() {
+                if let (Some(buddy), Some((lo, hi))) = (buddy, overlap(range, spans[z])) {
+                    buddy.release_range(lo, hi)?;
+                }
+            }
+        }
+
+        let managed: [usize; MAX_NR_ZONES] =
+            core::array::from_fn(|z| buddies[z].as_ref().map_or(0, |b| b.managed_pages()));
+        let watermarks = setup_per_zone_wmarks(&managed);
+        let lowmem_reserve = setup_per_zone_lowmem_reserve(&managed);
+        let mut zones: [Option<Zone<'a>>; MAX_NR_ZONES] = [None, None, None, None];
+        for (z, buddy) in buddies.into_iter().enumerate() {
+            let Some(buddy) = buddy else { continue };
+            let (lo, hi) = spans[z];
+            let (mine, rest) = pcp.split_at(nr_cpus);
+            pcp = rest;
+            zones[z] = Some(Zone::new(ZoneInit {
+                zone_type: ZoneType::from_index(z).unwrap_or(ZoneType::Dma),
+                present: present[z],
+                pages: &mem_map[lo.as_usize() - start.as_usize()..hi.as_usize() - start.as_usize()],
+                buddy,
+                watermarks: watermarks[z],
+                lowmem_reserve: lowmem_reserve[z],
+                pcp: mine,
+            }));
+        }
+        Ok(Zones {
+            mem_map,
+            start_pfn: start,
+            zones,
+            config,
+            platform,
+            direct_map,
+            shrinkers: ShrinkerRegistry::new(),
+        })
+    }
+
+    /// The configuration the zones were built with.
+    pub fn config(&self) -> &ZoneConfig {
+        &self.config
+    }
+
+    /// Bytes of descriptor memory per frame of `mem_map` (16).
+    pub const PAGE_DESCRIPTOR_BYTES: usize = core::mem::size_of::<Page>();
+}

@@ -1,0 +1,243 @@
+//! `mem_map`: one [`Page`] descriptor per frame, 16 bytes each, and the
+//! [`FrameMeta`] view through which a zone's buddy keeps its tags and free
+//! list links inside them.
+//!
+//! This module owns the descriptor layout and the rules for who may write
+//! which field when. It must never read or write a frame's contents.
+//!
+//! # Layout (16 bytes; Linux's `struct page` is 64)
+//!
+//! | field | bits | meaning |
+//! |---|---|---|
+//! | `flags` | 0..8 | the buddy's [`FrameTag`] byte |
+//! | | 8..10 | zone index (fixed at boot) |
+//! | | 16 | `PG_pcp`: head of a block on a per-CPU list |
+//! | `refcount` | 32 | 1 while a caller holds the block (head, or each page after `split_page`), else 0 |
+//! | `word` | 64 | free block: buddy links (`prev << 32 \| next`); on a per-CPU list: next index; allocated: the owner word |
+//!
+//! # Who writes what (the ordering argument)
+//!
+//! At any moment a frame belongs to exactly one domain: the zone's buddy
+//! (free, reserved or tail: zone lock), one per-CPU list (that list's lock),
+//! or the caller holding it. A field is written only from the frame's
+//! domain, or at a transition with both locks held (pcp refill and drain).
+//! Every change of domain passes through a lock release/acquire or through
+//! the `refcount` compare-exchange, so `Relaxed` accesses suffice: the locks
+//! order them. The only race a buggy caller can start (two frees of one
+//! block) meets the compare-exchange on `refcount`, which exactly one wins.
+//! Readers without a lock (`page_zone`, `owner`) see some recent value and
+//! are only relied upon by the frame's holder.
+
+use crate::ZoneType;
+use kmm_api::sync::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use kmm_buddy::{FrameMeta, FrameTag, Links};
+
+/// Bits of `flags` holding the buddy's tag byte.
+const TAG_MASK: u32 = 0xff;
+/// Shift and mask of the zone index in `flags`.
+const ZONE_SHIFT: u32 = 8;
+const ZONE_MASK: u32 = 0x3 << ZONE_SHIFT;
+/// Linux `PG_pcp`-like flag: the block sits on a per-CPU list.
+const PG_PCP: u32 = 1 << 16;
+
+/// The "no next" value of a per-CPU list link.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// The descriptor of one page frame (Linux `struct page`, compacted).
+///
+/// All fields are atomics so `mem_map` is `Sync` and readable without a
+/// lock; see the module documentation for who writes what.
+#[derive(Debug)]
+pub struct Page {
+    flags: AtomicU32,
+    refcount: AtomicU32,
+    word: AtomicU64,
+}
+
+static_assertions::const_assert!(core::mem::size_of::<Page>() <= 16);
+
+impl Page {
+    /// A reserved frame of `zone`, as every descriptor starts at boot.
+    pub(crate) fn new(zone: ZoneType) -> Self {
+        Self {
+            flags: AtomicU32::new(
+                (zone.index() as u32) << ZONE_SHIFT | FrameTag::Reserved.encode() as u32,
+            ),
+            refcount: AtomicU32::new(0),
+            word: AtomicU64::new(0),
+        }
+    }
+
+    /// The buddy's view of the frame.
+    #[inline]
+    pub fn tag(&self) -> FrameTag {
+        FrameTag::decode((self.flags.load(Relaxed) & TAG_MASK) as u8)
+    }
+
+    /// The zone the frame belongs to (Linux `page_zonenum`).
+    #[inline]
+    pub fn zone_type(&self) -> ZoneType {
+        let index = ((self.flags.load(Relaxed) & ZONE_MASK) >> ZONE_SHIFT) as usize;
+        // Every two-bit value is a zone index.
+        ZoneType::from_index(index).unwrap_or(ZoneType::Dma)
+    }
+
+    /// Whether the frame heads a block on a per-CPU list.
+    #[inline]
+    pub fn is_pcp(&self) -> bool {
+        self.flags.load(Relaxed) & PG_PCP != 0
+    }
+
+    /// Linux `page_count`: 1 while a caller holds the block, else 0.
+    #[inline]
+    pub fn page_count(&self) -> u32 {
+        self.refcount.load(Relaxed)
+    }
+
+    /// Whether a caller holds this frame as the head of a block.
+    #[inline]
+    pub(crate) fn is_held(&self) -> bool {
+        self.page_count() != 0
+    }
+
+    #[inline]
+    fn set_tag(&self, tag: FrameTag) {
+        // Load and store, not a read-modify-write: only the frame's domain
+        // writes `flags` (module documentation).
+        let flags = self.flags.load(Relaxed);
+        self.flags
+            .store((flags & !TAG_MASK) | tag.encode() as u32, Relaxed);
+    }
+
+    #[inline]
+    pub(crate) fn set_pcp(&self, on: bool) {
+        let flags = self.flags.load(Relaxed);
+        let flags = if on { flags | PG_PCP } else { flags & !PG_PCP };
+        self.flags.store(flags, Relaxed);
+    }
+
+    /// Hands the block to a caller (refcount 0 → 1) with a zero owner word.
+    #[inline]
+    pub(crate) fn set_held(&self) {
+        self.word.store(0, Relaxed);
+        self.refcount.store(1, Relaxed);
+    }
+
+    /// Takes the block back from its caller (Linux `put_page_testzero`):
+    /// exactly one of several racing frees wins.
+    #[inline]
+    pub(crate) fn try_release(&self) -> bool {
+        self.refcount
+            .compare_exchange(1, 0, Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    /// Undoes [`Page::try_release`] for a free refused after it.
+    #[inline]
+    pub(crate) fn restore_held(&self) {
+        self.refcount.store(1, Relaxed);
+    }
+
+    /// The owner word (meaningful only while the frame is held).
+    #[inline]
+    pub(crate) fn word(&self) -> u64 {
+        self.word.load(Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn set_word(&self, word: u64) {
+        self.word.store(word, Relaxed);
+    }
+
+    /// Next index on a per-CPU list.
+    #[inline]
+    pub(crate) fn pcp_next(&self) -> u32 {
+        self.word.load(Relaxed) as u32
+    }
+
+    #[inline]
+    pub(crate) fn set_pcp_next(&self, next: u32) {
+        self.word.store(u64::from(next), Relaxed);
+    }
+}
+
+/// A zone's slice of `mem_map` as its buddy's [`FrameMeta`]: index `i` is
+/// the zone's `i`-th frame. Mutation goes through the atomics, so the view
+/// is a shared borrow; the zone lock serialises the buddy's writes.
+#[derive(Clone, Copy)]
+pub(crate) struct ZoneMeta<'a> {
+    pub(crate) pages: &'a [Page],
+}
+
+impl FrameMeta for ZoneMeta<'_> {
+    #[inline]
+    fn tag(&self, idx: usize) -> FrameTag {
+        self.pages[idx].tag()
+    }
+    #[inline]
+    fn set_tag(&mut self, idx: usize, tag: FrameTag) {
+        self.pages[idx].set_tag(tag);
+    }
+    #[inline]
+    fn links(&self, idx: usize) -> Links {
+        let word = self.pages[idx].word.load(Relaxed);
+        Links {
+            prev: (word >> 32) as u32,
+            next: word as u32,
+        }
+    }
+    #[inline]
+    fn set_links(&mut self, idx: usize, links: Links) {
+        let word = (u64::from(links.prev) << 32) | u64::from(links.next);
+        self.pages[idx].word.store(word, Relaxed);
+    }
+    fn capacity(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kmm_api::Order;
+
+    #[test]
+    fn page_descriptor_is_at_most_16_bytes() {
+        assert_eq!(core::mem::size_of::<Page>(), 16);
+    }
+
+    #[test]
+    fn tag_zone_and_pcp_flag_share_flags_without_clobbering() {
+        let page = Page::new(ZoneType::HighMem);
+        let order = Order::new(3).unwrap();
+        page.set_tag(FrameTag::Allocated(order));
+        page.set_pcp(true);
+        assert_eq!(page.tag(), FrameTag::Allocated(order));
+        assert_eq!(page.zone_type(), ZoneType::HighMem);
+        assert!(page.is_pcp());
+        page.set_tag(FrameTag::Free(order));
+        page.set_pcp(false);
+        assert_eq!(page.tag(), FrameTag::Free(order));
+        assert!(!page.is_pcp());
+        assert_eq!(page.zone_type(), ZoneType::HighMem);
+    }
+
+    #[test]
+    fn only_one_of_two_releases_of_a_held_page_wins() {
+        let page = Page::new(ZoneType::Normal);
+        assert!(!page.try_release(), "a page nobody holds cannot be released");
+        page.set_held();
+        assert!(page.try_release());
+        assert!(!page.try_release());
+    }
+
+    #[test]
+    fn buddy_links_round_trip_through_the_word() {
+        let pages = [Page::new(ZoneType::Dma), Page::new(ZoneType::Dma)];
+        let mut meta = ZoneMeta { pages: &pages };
+        let links = Links { prev: 7, next: 1 };
+        meta.set_links(1, links);
+        assert_eq!(meta.links(1), links);
+        assert_eq!(meta.capacity(), 2);
+    }
+}

@@ -1,0 +1,244 @@
+//! [`Zones`] and the heart of Linux's `mm/page_alloc.c`: `alloc_pages`
+//! (fast path, slow path with reserves, reclaim and retry) and
+//! `__free_pages`.
+//!
+//! # The allocation path
+//!
+//! 1. `gfp_zone()` picks the highest zone; the zonelist walks down from it.
+//! 2. Fast path: the first zone whose free pages stay above its **low**
+//!    mark plus `lowmem_reserve[highest]` after the request gives a block
+//!    (its per-CPU list for orders `0..=3`).
+//! 3. Slow path: the same walk against **min**, lowered for `__GFP_HIGH`
+//!    (by half) and for a request that cannot block (a further quarter).
+//! 4. A request that cannot block fails here: it never calls a hook that
+//!    may sleep. One that can calls the shrinkers and `Platform::reclaim`,
+//!    retries, drains the per-CPU lists, retries, and then decides:
+//!    `__GFP_NOFAIL` waits (`Platform::wait`) and goes round forever;
+//!    `__GFP_NORETRY` fails after that one attempt; a costly order (> 3)
+//!    fails unless `__GFP_RETRY_MAYFAIL`; otherwise it goes round while
+//!    reclaim makes progress, at most [`MAX_RECLAIM_RETRIES`] rounds. There
+//!    is no OOM killer, so a plain `GFP_KERNEL` request behaves like
+//!    `__GFP_RETRY_MAYFAIL` once reclaim stops making progress.
+//!
+//! A `__GFP_NOFAIL` request that cannot block, or whose order is above the
+//! maximum, could only spin or never succeed: it is refused up front with
+//! an error, the only failure a `__GFP_NOFAIL` caller ever sees. (A
+//! `__GFP_NOFAIL` request larger than every block the zones could ever
+//! form waits forever, as in Linux.)
+//!
+//! This module must never sleep or call a hook for a request without
+//! `__GFP_DIRECT_RECLAIM`, and never hold a lock across a hook.
+
+use crate::page::Page;
+use crate::shrinker::ShrinkerRegistry;
+use crate::watermark::{gfp_to_alloc_flags, watermark_ok, AllocFlags};
+use crate::zone::Zone;
+use crate::{gfp_zone, ZoneConfig, ZoneType, MAX_NR_ZONES};
+use kmm_api::{DirectMap, Error, GfpFlags, Order, Pfn, Platform, PAGE_ALLOC_COSTLY_ORDER};
+
+/// Reclaim rounds a retrying request makes at most (Linux's value).
+pub const MAX_RECLAIM_RETRIES: usize = 16;
+
+/// The zoned page allocator of one machine: `mem_map`, the zones, the
+/// platform hooks and the direct map. See the [crate documentation](crate).
+pub struct Zones<'a, P: Platform, D: DirectMap> {
+    pub(crate) mem_map: &'a [Page],
+    pub(crate) start_pfn: Pfn,
+    pub(crate) zones: [Option<Zone<'a>>; MAX_NR_ZONES],
+    pub(crate) config: ZoneConfig,
+    pub(crate) platform: P,
+    pub(crate) direct_map: D,
+    pub(crate) shrinkers: ShrinkerRegistry<'a>,
+}
+
+impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
+    /// Linux `alloc_pages`: a block of `2^order` frames under the rules of
+    /// `gfp` (see the module documentation), zeroed for `__GFP_ZERO`.
+    ///
+    /// Errors: [`Error::OrderTooLarge`], [`Error::InvalidGfp`] (contradictory
+    /// zone modifiers, no zone at or below the requested one, or
+    /// `__GFP_NOFAIL` without `__GFP_DIRECT_RECLAIM`), [`Error::NoMemory`];
+    /// an error from [`Platform::zero_frame`] for a highmem frame that
+    /// could not be zeroed (the block is then freed again).
+    #[inline]
+    pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+        let pfn = self.alloc_block(gfp, order)?;
+        if gfp.contains(GfpFlags::ZERO) {
+            if let Err(err) = self.zero_block(pfn, order) {
+                // Just allocated and still held by us: this free succeeds.
+                let _ = self.__free_pages(pfn, order);
+                return Err(err);
+            }
+        }
+        Ok(pfn)
+    }
+
+    /// Linux `__free_pages`: returns a block to its zone.
+    ///
+    /// Errors, with nothing changed: [`Error::PfnOutOfRange`] (not a frame
+    /// of any zone), [`Error::OrderTooLarge`], [`Error::Misaligned`],
+    /// [`Error::DoubleFree`] (already free, in the buddy or on a per-CPU
+    /// list), [`Error::NotAllocated`], [`Error::WrongOrder`].
+    #[inline]
+    pub fn __free_pages(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        let (zone, idx) = self.zone_and_index(pfn)?;
+        zone.free(idx, order, self.config.max_order, &self.platform)
+    }
+
+    /// Linux `__alloc_pages` without the zeroing.
+    #[inline]
+    fn alloc_block(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+        if order > self.config.max_order {
+            return Err(Error::OrderTooLarge {
+                order: order.as_u32(),
+                max: self.config.max_order.as_u32(),
+            });
+        }
+        if gfp.contains(GfpFlags::NOFAIL) && !gfp.allows_blocking() {
+            return Err(Error::InvalidGfp { gfp });
+        }
+        let highest = self.gfp_zone(gfp)?;
+        if let Some(pfn) = self.get_page_from_freelist(order, highest, AllocFlags::WMARK_LOW) {
+            return Ok(pfn);
+        }
+        if !self.zones[..=highest.index()].iter().any(Option::is_some) {
+            return Err(Error::InvalidGfp { gfp });
+        }
+        self.alloc_pages_slowpath(gfp, order, highest)
+    }
+
+    /// `gfp_zone()` on this machine's layout: `__GFP_DMA32` means NORMAL
+    /// when there is no DMA32 zone.
+    #[inline]
+    pub fn gfp_zone(&self, gfp: GfpFlags) -> Result<ZoneType, Error> {
+        gfp_zone(gfp, self.config.dma32_end.is_some())
+    }
+
+    /// Walks the zonelist from `highest` down and takes a block from the
+    /// first zone that passes the watermark check.
+    #[inline]
+    fn get_page_from_freelist(
+        &self,
+        order: Order,
+        highest: ZoneType,
+        flags: AllocFlags,
+    ) -> Option<Pfn> {
+        let reserve_idx = highest.index();
+        for zone in self.zones[..=reserve_idx].iter().rev().flatten() {
+            let mark = zone.watermarks.get(flags.level());
+            let reserve = zone.lowmem_reserve[reserve_idx];
+            if !watermark_ok(zone.free_pages(), order, mark, reserve, flags) {
+                continue;
+            }
+            if let Some(pfn) = zone.rmqueue(order, &self.platform) {
+                return Some(pfn);
+            }
+        }
+        None
+    }
+
+    /// Linux `__alloc_pages_slowpath`, without kswapd, compaction or the
+    /// OOM killer.
+    #[cold]
+    fn alloc_pages_slowpath(
+        &self,
+        gfp: GfpFlags,
+        order: Order,
+        highest: ZoneType,
+    ) -> Result<Pfn, Error> {
+        let flags = gfp_to_alloc_flags(gfp);
+        let mut rounds = 0;
+        loop {
+            if let Some(pfn) = self.get_page_from_freelist(order, highest, flags) {
+                return Ok(pfn);
+            }
+            if !gfp.allows_blocking() {
+                return Err(Error::NoMemory { order });
+            }
+            let progress = self.direct_reclaim(gfp, order);
+            if let Some(pfn) = self.get_page_from_freelist(order, highest, flags) {
+                return Ok(pfn);
+            }
+            // Pages may sit on other CPUs' lists (Linux drains after a
+            // reclaim round that did not help).
+            self.drain_all_pages();
+            if let Some(pfn) = self.get_page_from_freelist(order, highest, flags) {
+                return Ok(pfn);
+            }
+            rounds += 1;
+            if gfp.contains(GfpFlags::NOFAIL) {
+                self.platform.wait();
+                continue;
+            }
+            let costly = order > PAGE_ALLOC_COSTLY_ORDER;
+            let give_up = gfp.contains(GfpFlags::NORETRY)
+                || (costly && !gfp.contains(GfpFlags::RETRY_MAYFAIL))
+                || progress == 0
+                || rounds >= MAX_RECLAIM_RETRIES;
+            if give_up {
+                return Err(Error::NoMemory { order });
+            }
+        }
+    }
+
+    /// One round of direct reclaim: every registered shrinker, then the
+    /// platform's hook. Returns the pages they report freed.
+    fn direct_reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
+        self.shrinkers.shrink_slab(gfp, order) + self.platform.reclaim(gfp, order)
+    }
+
+    /// Linux `drain_all_pages`: empties every CPU's per-CPU lists of every
+    /// zone into the buddies. O(pages listed).
+    pub fn drain_all_pages(&self) {
+        for zone in self.zones.iter().flatten() {
+            for cpu in 0..zone.pcp.len() {
+                zone.drain_pcp(cpu, &self.platform);
+            }
+        }
+    }
+
+    /// The zone `pfn` belongs to and its index there.
+    #[inline]
+    pub(crate) fn zone_and_index(&self, pfn: Pfn) -> Result<(&Zone<'a>, usize), Error> {
+        let page = pfn
+            .checked_offset_from(self.start_pfn)
+            .and_then(|i| self.mem_map.get(i))
+            .ok_or(Error::PfnOutOfRange { pfn })?;
+        let zone = self.zones[page.zone_type().index()]
+            .as_ref()
+            .ok_or(Error::PfnOutOfRange { pfn })?;
+        let idx = zone.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
+        Ok((zone, idx))
+    }
+
+    /// `__GFP_ZERO`: through the direct map where the frame has an
+    /// address, else through [`Platform::zero_frame`].
+    fn zero_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        for frame in (0..order.pages()).map(|i| pfn.add(i)) {
+            match self.direct_map.pfn_to_ptr(frame) {
+                Some(ptr) => zero_mapped_frame(ptr),
+                None => self.platform.zero_frame(frame)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The platform this allocator calls (CPU ids, hooks).
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// The direct map this allocator translates through.
+    pub fn direct_map(&self) -> &D {
+        &self.direct_map
+    }
+}
+
+/// Zeroes one direct-mapped frame we hold.
+#[allow(unsafe_code)]
+fn zero_mapped_frame(ptr: core::ptr::NonNull<u8>) {
+    // SAFETY: the `DirectMap` contract makes `ptr` point at the frame's
+    // PAGE_SIZE bytes, valid for writes while the map lives; the frame was
+    // just allocated, so no one else reads or writes it.
+    unsafe { ptr.as_ptr().write_bytes(0, kmm_api::PAGE_SIZE) };
+}

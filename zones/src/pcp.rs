@@ -1,0 +1,295 @@
+//! Per-CPU pages (Linux `per_cpu_pages`): for each zone and CPU, a small
+//! cache of free blocks of orders `0..=PAGE_ALLOC_COSTLY_ORDER`, so the
+//! common allocation and free take neither the zone lock nor a trip through
+//! the buddy's split and merge.
+//!
+//! This module owns the lists, their sizing (`batch`, `high`) and the bulk
+//! moves between a list and the zone's buddy. Lists are singly linked LIFO
+//! stacks threaded through the descriptors' `word` (no memory of their own);
+//! a block on a list is `Allocated(o)` to the buddy, has refcount 0 and
+//! `PG_pcp` set. It must never hold a block of another zone, a block a
+//! caller holds, or more than `high` pages after a free returns.
+//!
+//! # Locks
+//!
+//! Each list set has its own [`SpinLock`], taken with interrupts saved
+//! ([`kmm_api::IrqGuard`], by the caller). It is uncontended unless the
+//! owner was migrated after reading its CPU id, in which case the lock keeps
+//! the list correct. Lock order: **a pcp lock, then the zone lock**; only the
+//! invariant checker holds several pcp locks, in ascending CPU order.
+//!
+//! # Cost
+//!
+//! A pop or push is O(1); a refill or drain moves `batch` pages under one
+//! zone-lock hold, O(batch × max_order).
+
+use crate::check::Invariant;
+use crate::page::{Page, ZoneMeta, NIL};
+use crate::ZoneType;
+use kmm_api::sync::SpinLock;
+use kmm_api::{Order, Pfn, PAGE_ALLOC_COSTLY_ORDER, PAGE_SIZE};
+use kmm_buddy::{Buddy, FrameTag};
+
+/// Orders cached per CPU: `0..=PAGE_ALLOC_COSTLY_ORDER`.
+pub const NR_PCP_ORDERS: usize = PAGE_ALLOC_COSTLY_ORDER.as_usize() + 1;
+
+/// Linux's `batch` and `high` of a zone's per-CPU lists, in pages.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PcpSizing {
+    /// Pages moved per refill or drain.
+    pub batch: usize,
+    /// A free that leaves this many pages or more on a list drains `batch`.
+    pub high: usize,
+}
+
+impl PcpSizing {
+    /// Linux `zone_batchsize` and the classic `high = 6 * batch`:
+    /// `b = min(managed >> 10, 1 MiB / PAGE_SIZE) / 4`, then
+    /// `rounddown_pow_of_two(b + b/2) - 1`, at least 1 (Linux clamps the
+    /// zero a tiny zone yields to 1 when it installs the value).
+    ///
+    /// ```
+    /// use kmm_zones::PcpSizing;
+    /// assert_eq!(PcpSizing::for_managed(3_977), PcpSizing { batch: 1, high: 6 }); // 16 MiB DMA
+    /// assert_eq!(PcpSizing::for_managed(225_280).batch, 63); // 880 MiB NORMAL
+    /// ```
+    pub const fn for_managed(managed: usize) -> PcpSizing {
+        let cap = (1 << 20) / PAGE_SIZE;
+        let mut b = managed >> 10;
+        if b > cap {
+            b = cap;
+        }
+        b /= 4;
+        if b < 1 {
+            b = 1;
+        }
+        let grown = b + b / 2;
+        // rounddown_pow_of_two of a positive number.
+        let pow = 1usize << (usize::BITS - 1 - grown.leading_zeros());
+        let batch = if pow > 1 { pow - 1 } else { 1 };
+        PcpSizing {
+            batch,
+            high: 6 * batch,
+        }
+    }
+
+    /// Blocks of `order` one refill takes: `batch` at order 0, else
+    /// `max(batch >> order, 2)` (Linux `nr_pcp_alloc`, without the scaling).
+    pub const fn refill_blocks(&self, order: Order) -> usize {
+        if order.as_u32() == 0 {
+            self.batch
+        } else {
+            let blocks = self.batch >> order.as_u32();
+            if blocks < 2 {
+                2
+            } else {
+                blocks
+            }
+        }
+    }
+}
+
+/// One CPU's lists for one zone.
+pub struct PerCpuPages {
+    pub(crate) lists: SpinLock<PcpLists>,
+}
+
+impl PerCpuPages {
+    /// Empty lists.
+    pub fn new() -> Self {
+        Self {
+            lists: SpinLock::new(PcpLists::EMPTY),
+        }
+    }
+}
+
+impl Default for PerCpuPages {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The lists themselves, under their lock. Indices are relative to the
+/// zone's first frame.
+pub(crate) struct PcpLists {
+    /// Pages (not blocks) on all lists.
+    pub(crate) count: usize,
+    head: [u32; NR_PCP_ORDERS],
+    blocks: [u32; NR_PCP_ORDERS],
+}
+
+impl PcpLists {
+    const EMPTY: PcpLists = PcpLists {
+        count: 0,
+        head: [NIL; NR_PCP_ORDERS],
+        blocks: [0; NR_PCP_ORDERS],
+    };
+
+    /// Takes the most recently freed block of `order` (cache-hot first).
+    #[inline]
+    pub(crate) fn pop(&mut self, order: usize, pages: &[Page]) -> Option<usize> {
+        let idx = self.head[order];
+        let page = pages.get(idx as usize)?;
+        self.head[order] = page.pcp_next();
+        self.blocks[order] -= 1;
+        self.count -= 1 << order;
+        page.set_pcp(false);
+        Some(idx as usize)
+    }
+
+    /// Puts a block of `order` whose head is `idx` on its list.
+    #[inline]
+    pub(crate) fn push(&mut self, idx: usize, order: usize, pages: &[Page]) {
+        let page = &pages[idx];
+        page.set_pcp(true);
+        page.set_pcp_next(self.head[order]);
+        self.head[order] = idx as u32;
+        self.blocks[order] += 1;
+        self.count += 1 << order;
+    }
+
+    /// Linux `rmqueue_bulk`: moves up to `blocks` blocks of `order` from the
+    /// buddy onto the list, under the zone lock the caller holds. Returns
+    /// the blocks moved.
+    pub(crate) fn refill(
+        &mut self,
+        buddy: &mut Buddy<ZoneMeta<'_>>,
+        pages: &[Page],
+        order: Order,
+        blocks: usize,
+    ) -> usize {
+        let base = buddy.base().as_usize();
+        let mut moved = 0;
+        while moved < blocks {
+            let Ok(pfn) = buddy.alloc(order) else { break };
+            self.push(pfn.as_usize() - base, order.as_usize(), pages);
+            moved += 1;
+        }
+        moved
+    }
+
+    /// Linux `free_pcppages_bulk`: returns at least `nr_pages` pages (or all
+    /// there are) to the buddy, under the zone lock the caller holds, taking
+    /// from the lowest order first. Returns the pages moved.
+    pub(crate) fn drain(
+        &mut self,
+        buddy: &mut Buddy<ZoneMeta<'_>>,
+        pages: &[Page],
+        nr_pages: usize,
+    ) -> usize {
+        let base = buddy.base();
+        let mut moved = 0;
+        for order in 0..NR_PCP_ORDERS {
+            while moved < nr_pages {
+                let Some(idx) = self.pop(order, pages) else { break };
+                // A listed block is Allocated(order) to the buddy (checked
+                // by `check`), so this free cannot be refused.
+                let freed = buddy.free(base.add(idx), PCP_ORDER[order]);
+                debug_assert!(freed.is_ok(), "pcp block refused by its buddy: {freed:?}");
+                moved += 1 << order;
+            }
+        }
+        moved
+    }
+
+    /// Walks every list: each entry is a block of this zone tagged
+    /// `Allocated(order)`, flagged `PG_pcp`, not held, and the counters
+    /// match. Returns the pages listed.
+    pub(crate) fn check(
+        &self,
+        zone: ZoneType,
+        cpu: usize,
+        pages: &[Page],
+        base: Pfn,
+    ) -> Result<usize, Invariant> {
+        let mut listed = 0;
+        for order in 0..NR_PCP_ORDERS {
+            let fault = |pfn: Option<Pfn>, problem| Invariant::PcpList {
+                zone,
+                cpu,
+                order,
+                pfn,
+                problem,
+            };
+            let mut idx = self.head[order];
+            let mut blocks = 0u32;
+            while idx != NIL {
+                let Some(page) = pages.get(idx as usize) else {
+                    return Err(fault(None, "link points outside the zone"));
+                };
+                let pfn = base.add(idx as usize);
+                if blocks >= self.blocks[order] {
+                    return Err(fault(Some(pfn), "list is longer than its count (or loops)"));
+                }
+                if page.tag() != FrameTag::Allocated(PCP_ORDER[order]) {
+                    return Err(fault(Some(pfn), "entry is not a block of the list's order"));
+                }
+                if !page.is_pcp() || page.is_held() || page.zone_type() != zone {
+                    return Err(fault(Some(pfn), "entry lacks PG_pcp, is held, or is foreign"));
+                }
+                blocks += 1;
+                idx = page.pcp_next();
+            }
+            if blocks != self.blocks[order] {
+                return Err(fault(None, "list is shorter than its count"));
+            }
+            listed += (blocks as usize) << order;
+        }
+        if listed != self.count {
+            return Err(Invariant::PcpCount {
+                zone,
+                cpu,
+                recorded: self.count,
+                counted: listed,
+            });
+        }
+        Ok(listed)
+    }
+}
+
+/// The per-CPU orders as [`Order`] values, indexed by order.
+const PCP_ORDER: [Order; NR_PCP_ORDERS] = {
+    let mut orders = [Order::ZERO; NR_PCP_ORDERS];
+    let mut i = 0;
+    while i < NR_PCP_ORDERS {
+        orders[i] = match Order::new(i as u32) {
+            Ok(order) => order,
+            Err(_) => panic!("per-CPU orders are below Order::LIMIT"),
+        };
+        i += 1;
+    }
+    orders
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcp_batch_and_high_follow_linux_sizing_for_several_zone_sizes() {
+        // (managed pages, batch): tiny zones clamp to 1; 1 MiB / 4 caps b at 64.
+        for (managed, batch) in [
+            (0, 1),
+            (3_977, 1),       // 16 MiB DMA: b = 3 / 4 = 0 -> 1 -> rounddown(1) - 1 = 0 -> 1
+            (16_384, 3),      // 64 MiB: b = 4 -> 6 -> 4 - 1
+            (32_768, 7),      // 128 MiB: b = 8 -> 12 -> 8 - 1
+            (225_280, 63),    // 880 MiB: b = 55 -> 82 -> 64 - 1
+            (4 << 20, 63),    // 16 GiB: capped at b = 64 -> 96 -> 64 - 1
+        ] {
+            let sizing = PcpSizing::for_managed(managed);
+            assert_eq!(sizing.batch, batch, "managed {managed}");
+            assert_eq!(sizing.high, 6 * batch);
+            assert!(sizing.high >= 4 * sizing.batch);
+        }
+    }
+
+    #[test]
+    fn refill_takes_batch_order0_blocks_and_at_least_two_of_higher_orders() {
+        let sizing = PcpSizing { batch: 63, high: 378 };
+        assert_eq!(sizing.refill_blocks(Order::ZERO), 63);
+        assert_eq!(sizing.refill_blocks(Order::new(1).unwrap()), 31);
+        assert_eq!(sizing.refill_blocks(Order::new(3).unwrap()), 7);
+        let tiny = PcpSizing { batch: 1, high: 6 };
+        assert_eq!(tiny.refill_blocks(Order::new(2).unwrap()), 2);
+    }
+}

@@ -1,0 +1,77 @@
+//! The read side and the trait glue: counters, the invariant checker,
+//! shrinker registration, and the [`FrameAllocator`] and [`PageOwner`]
+//! implementations other layers consume.
+//!
+//! Counters are read without locks (a snapshot may be a moment stale);
+//! [`Zones::check`] takes every lock of a zone in the documented order.
+
+use crate::{Invariant, Zones, MAX_NR_ZONES};
+use kmm_api::{
+    DirectMap, Error, FrameAllocator, GfpFlags, Order, PageOwner, Pfn, Platform, Shrinker,
+};
+
+impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
+    /// Linux `nr_free_pages`: pages on every zone's free lists (pages on
+    /// per-CPU lists are not counted, as in Linux).
+    pub fn nr_free_pages(&self) -> usize {
+        self.zones.iter().flatten().map(|z| z.free_pages()).sum()
+    }
+
+    /// Which zones this machine has (Linux `populated_zone`), by zone index.
+    pub fn populated_zones(&self) -> [bool; MAX_NR_ZONES] {
+        core::array::from_fn(|z| self.zones[z].is_some())
+    }
+
+    /// The invariant checker: for every zone, each per-CPU list (only
+    /// `PG_pcp` blocks of the zone and the list's order, counts right), the
+    /// buddy's own check, the free counter, every descriptor, and
+    /// free + per-CPU + held == managed. O(frames); takes the locks.
+    pub fn check(&self) -> Result<(), Invariant> {
+        for zone in self.zones.iter().flatten() {
+            zone.check(&self.platform)?;
+        }
+        Ok(())
+    }
+
+    /// Linux `register_shrinker`: `shrinker` is called by the slow path of
+    /// requests that may block. [`Error::TooManyRegions`] when all
+    /// [`crate::MAX_SHRINKERS`] slots are taken.
+    pub fn register_shrinker(&self, shrinker: &'a dyn Shrinker) -> Result<(), Error> {
+        self.shrinkers.register(shrinker)
+    }
+
+    /// Linux `unregister_shrinker`; `false` if `shrinker` was not registered.
+    pub fn unregister_shrinker(&self, shrinker: &'a dyn Shrinker) -> bool {
+        self.shrinkers.unregister(shrinker)
+    }
+
+    /// The head of the held block `pfn` lies in: the descriptor whose owner
+    /// word the frame's holder may use. O(max_order).
+    fn held_frame(&self, pfn: Pfn) -> Option<&crate::Page> {
+        let (zone, idx) = self.zone_and_index(pfn).ok()?;
+        let head = zone.enclosing_head(idx)?;
+        zone.pages[head].is_held().then(|| &zone.pages[idx])
+    }
+}
+
+impl<P: Platform, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+        self.alloc_pages(gfp, order)
+    }
+    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        self.__free_pages(pfn, order)
+    }
+}
+
+/// The owner word of every frame of a held block (head and tails) is its
+/// descriptor's `word`, zeroed when the block is handed out.
+impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
+    fn owner(&self, pfn: Pfn) -> Option<usize> {
+        self.held_frame(pfn).map(|page| page.word() as usize)
+    }
+    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
+        let page = self.held_frame(pfn).ok_or(Error::NotAllocated { pfn })?;
+        page.set_word(word as u64);
+        Ok(())
+    }
+}

@@ -1,0 +1,353 @@
+//! `struct zone`: one zone's buddy (under the zone lock), its lock-free
+//! free-page counter, watermarks, lowmem reserves and per-CPU lists, and the
+//! zone-level halves of allocation (`rmqueue`) and free.
+//!
+//! # Locks and states
+//!
+//! Lock order: **a pcp lock, then the zone lock** (the `buddy` spin lock);
+//! both are taken with interrupts saved, because atomic allocations take
+//! them too. A block is in exactly one state, recorded in its head's
+//! descriptor:
+//!
+//! | state | buddy tag | `PG_pcp` | refcount |
+//! |---|---|---|---|
+//! | free in the buddy | `Free(o)` | no | 0 |
+//! | on a per-CPU list | `Allocated(o)` | yes | 0 |
+//! | held by a caller | `Allocated(o)` | no | 1 |
+//!
+//! `free_pages` mirrors the buddy's count after every change under the zone
+//! lock, so watermark checks read it without the lock (Linux
+//! `NR_FREE_PAGES`; pages on per-CPU lists are not counted as free).
+//!
+//! It must never hand out a block twice, take a block of another zone, or
+//! change anything when it refuses a free.
+
+use crate::check::Invariant;
+use crate::page::{Page, ZoneMeta};
+use crate::pcp::{PcpLists, PcpSizing, PerCpuPages, NR_PCP_ORDERS};
+use crate::watermark::Watermarks;
+use crate::{ZoneType, MAX_NR_ZONES};
+use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock, SpinLockGuard};
+use kmm_api::{Error, IrqGuard, Order, Pfn, Platform};
+use kmm_buddy::{Buddy, FrameTag};
+
+/// One zone.
+pub(crate) struct Zone<'a> {
+    pub(crate) zone_type: ZoneType,
+    pub(crate) start_pfn: Pfn,
+    /// Frames from the first to one past the last (holes included).
+    pub(crate) spanned: usize,
+    /// RAM frames in the span.
+    pub(crate) present: usize,
+    /// Frames released to the buddy (present minus reserved).
+    pub(crate) managed: usize,
+    /// This zone's slice of `mem_map`.
+    pub(crate) pages: &'a [Page],
+    pub(crate) buddy: SpinLock<Buddy<ZoneMeta<'a>>>,
+    free_pages: AtomicUsize,
+    pub(crate) watermarks: Watermarks,
+    pub(crate) lowmem_reserve: [usize; MAX_NR_ZONES],
+    pub(crate) pcp_sizing: PcpSizing,
+    /// One list set per CPU.
+    pub(crate) pcp: &'a [PerCpuPages],
+}
+
+/// What a zone is built from at boot.
+pub(crate) struct ZoneInit<'a> {
+    pub(crate) zone_type: ZoneType,
+    pub(crate) present: usize,
+    pub(crate) pages: &'a [Page],
+    pub(crate) buddy: Buddy<ZoneMeta<'a>>,
+    pub(crate) watermarks: Watermarks,
+    pub(crate) lowmem_reserve: [usize; MAX_NR_ZONES],
+    pub(crate) pcp: &'a [PerCpuPages],
+}
+
+impl<'a> Zone<'a> {
+    pub(crate) fn new(init: ZoneInit<'a>) -> Self {
+        let managed = init.buddy.managed_pages();
+        Zone {
+            zone_type: init.zone_type,
+            start_pfn: init.buddy.base(),
+            spanned: init.pages.len(),
+            present: init.present,
+            managed,
+            pages: init.pages,
+            free_pages: AtomicUsize::new(init.buddy.free_pages()),
+            buddy: SpinLock::new(init.buddy),
+            watermarks: init.watermarks,
+            lowmem_reserve: init.lowmem_reserve,
+            pcp_sizing: PcpSizing::for_managed(managed),
+            pcp: init.pcp,
+        }
+    }
+
+    /// Pages on the buddy's free lists, without the lock.
+    #[inline]
+    pub(crate) fn free_pages(&self) -> usize {
+        self.free_pages.load(Relaxed)
+    }
+
+    #[inline]
+    fn sync_free(&self, buddy: &Buddy<ZoneMeta<'a>>) {
+        self.free_pages.store(buddy.free_pages(), Relaxed);
+    }
+
+    /// The index of `pfn` in this zone, if it lies in the span.
+    #[inline]
+    pub(crate) fn index(&self, pfn: Pfn) -> Option<usize> {
+        pfn.checked_offset_from(self.start_pfn)
+            .filter(|&idx| idx < self.pages.len())
+    }
+
+    /// The list set of the CPU the caller runs on now. A caller migrated
+    /// after this read uses another CPU's set, which its lock keeps correct.
+    #[inline]
+    fn this_cpu<P: Platform>(&self, platform: &P) -> Option<&PerCpuPages> {
+        self.pcp.get(platform.cpu_id()).or(self.pcp.first())
+    }
+
+    /// Linux `rmqueue`: takes a block of `order` for a caller, from this
+    /// CPU's list (refilled by a batch if empty) or, above the per-CPU
+    /// orders, straight from the buddy. The watermark check is the caller's.
+    #[inline]
+    pub(crate) fn rmqueue<P: Platform>(&self, order: Order, platform: &P) -> Option<Pfn> {
+        let _irq = IrqGuard::new(platform);
+        let idx = match self.this_cpu(platform) {
+            Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
+                self.rmqueue_pcplist(&mut pcp.lists.lock(), order)?
+            }
+            _ => {
+                let mut buddy = self.buddy.lock();
+                let pfn = buddy.alloc(order).ok()?;
+                self.sync_free(&buddy);
+                pfn.as_usize() - self.start_pfn.as_usize()
+            }
+        };
+        self.prep_new_page(idx, order);
+        Some(self.start_pfn.add(idx))
+    }
+
+    #[inline]
+    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<usize> {
+        if let Some(idx) = lists.pop(order.as_usize(), self.pages) {
+            return Some(idx);
+        }
+        let mut buddy = self.buddy.lock();
+        lists.refill(
+            &mut buddy,
+            self.pages,
+            order,
+            self.pcp_sizing.refill_blocks(order),
+        );
+        self.sync_free(&buddy);
+        drop(buddy);
+        lists.pop(order.as_usize(), self.pages)
+    }
+
+    /// Hands a block to its caller: held, with zero owner words.
+    #[inline]
+    fn prep_new_page(&self, idx: usize, order: Order) {
+        for tail in &self.pages[idx + 1..idx + order.pages()] {
+            tail.set_word(0);
+        }
+        self.pages[idx].set_held();
+    }
+
+    /// Linux `__free_pages` for a pfn of this zone: validates, then puts
+    /// the block on this CPU's list (draining a batch at `high`) or, above
+    /// the per-CPU orders, back into the buddy.
+    ///
+    /// Errors, with nothing changed: [`Error::OrderTooLarge`],
+    /// [`Error::Misaligned`], [`Error::DoubleFree`] (free in the buddy, or
+    /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`].
+    #[inline]
+    pub(crate) fn free<P: Platform>(
+        &self,
+        idx: usize,
+        order: Order,
+        max_order: Order,
+        platform: &P,
+    ) -> Result<(), Error> {
+        let pfn = self.start_pfn.add(idx);
+        if order > max_order {
+            return Err(Error::OrderTooLarge {
+                order: order.as_u32(),
+                max: max_order.as_u32(),
+            });
+        }
+        if !pfn.is_aligned_to_order(order.as_u32()) {
+            return Err(Error::Misaligned { pfn, order });
+        }
+        let page = &self.pages[idx];
+        if !page.try_release() {
+            return Err(self.bad_free(idx, platform));
+        }
+        match page.tag() {
+            FrameTag::Allocated(allocated) if allocated == order => {}
+            FrameTag::Allocated(allocated) => {
+                page.restore_held();
+                return Err(Error::WrongOrder {
+                    pfn,
+                    allocated,
+                    freed: order,
+                });
+            }
+            _ => {
+                page.restore_held();
+                return Err(Error::NotAllocated { pfn });
+            }
+        }
+        let _irq = IrqGuard::new(platform);
+        match self.this_cpu(platform) {
+            Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
+                let mut lists = pcp.lists.lock();
+                lists.push(idx, order.as_usize(), self.pages);
+                if lists.count >= self.pcp_sizing.high {
+                    let mut buddy = self.buddy.lock();
+                    lists.drain(&mut buddy, self.pages, self.pcp_sizing.batch);
+                    self.sync_free(&buddy);
+                }
+                Ok(())
+            }
+            _ => {
+                let mut buddy = self.buddy.lock();
+                let freed = buddy.free(pfn, order);
+                self.sync_free(&buddy);
+                if freed.is_err() {
+                    page.restore_held();
+                }
+                freed
+            }
+        }
+    }
+
+    /// Why a free of a block nobody holds was refused.
+    #[cold]
+    fn bad_free<P: Platform>(&self, idx: usize, platform: &P) -> Error {
+        let pfn = self.start_pfn.add(idx);
+        let _irq = IrqGuard::new(platform);
+        let buddy = self.buddy.lock();
+        let head = self.enclosing_head(idx);
+        let on_pcp = head.is_some_and(|head| self.pages[head].is_pcp());
+        if on_pcp || buddy.is_free(pfn) {
+            Error::DoubleFree { pfn }
+        } else {
+            Error::NotAllocated { pfn }
+        }
+    }
+
+    /// The head of the block `idx` lies in, walking up the aligned blocks
+    /// that could contain it. O(max_order).
+    pub(crate) fn enclosing_head(&self, idx: usize) -> Option<usize> {
+        let pfn = self.start_pfn.as_usize() + idx;
+        for order in 0..=kmm_api::Order::LIMIT {
+            let head_pfn = pfn & !((1usize << order) - 1);
+            let head = head_pfn.checked_sub(self.start_pfn.as_usize())?;
+            match self.pages[head].tag() {
+                FrameTag::Tail => continue,
+                FrameTag::Free(o) | FrameTag::Allocated(o) if o.as_u32() >= order => {
+                    return Some(head)
+                }
+                _ => return None,
+            }
+        }
+        None
+    }
+
+    /// Linux `split_page`: the held block of `order` at `idx` becomes
+    /// `2^order` held pages. Errors as [`Zone::free`], nothing changed.
+    pub(crate) fn split<P: Platform>(
+        &self,
+        idx: usize,
+        order: Order,
+        platform: &P,
+    ) -> Result<(), Error> {
+        let pfn = self.start_pfn.add(idx);
+        if !self.pages[idx].is_held() {
+            return Err(self.bad_free(idx, platform));
+        }
+        let _irq = IrqGuard::new(platform);
+        self.buddy.lock().split(pfn, order)?;
+        for page in &self.pages[idx + 1..idx + order.pages()] {
+            page.restore_held();
+        }
+        Ok(())
+    }
+
+    /// Empties `cpu`'s lists into the buddy (Linux `drain_pages_zone`).
+    pub(crate) fn drain_pcp<P: Platform>(&self, cpu: usize, platform: &P) {
+        let Some(pcp) = self.pcp.get(cpu) else { return };
+        let _irq = IrqGuard::new(platform);
+        let mut lists = pcp.lists.lock();
+        if lists.count == 0 {
+            return;
+        }
+        let mut buddy = self.buddy.lock();
+        lists.drain(&mut buddy, self.pages, usize::MAX);
+        self.sync_free(&buddy);
+    }
+
+    /// The invariant checker for this zone: every per-CPU list, the buddy,
+    /// the free counter, and the accounting of every frame.
+    pub(crate) fn check<P: Platform>(&self, platform: &P) -> Result<(), Invariant> {
+        let _irq = IrqGuard::new(platform);
+        self.check_from_cpu(0, 0)
+    }
+
+    /// Holds the pcp locks of CPUs `cpu..` (ascending, on the stack of this
+    /// recursion) and then the zone lock, so the whole zone is still.
+    fn check_from_cpu(&self, cpu: usize, listed: usize) -> Result<(), Invariant> {
+        match self.pcp.get(cpu) {
+            Some(pcp) => {
+                let lists = pcp.lists.lock();
+                let here = lists.check(self.zone_type, cpu, self.pages, self.start_pfn)?;
+                self.check_from_cpu(cpu + 1, listed + here)
+            }
+            None => self.check_locked(&self.buddy.lock(), listed),
+        }
+    }
+
+    fn check_locked(
+        &self,
+        buddy: &SpinLockGuard<'_, Buddy<ZoneMeta<'a>>>,
+        listed: usize,
+    ) -> Result<(), Invariant> {
+        let zone = self.zone_type;
+        buddy
+            .check()
+            .map_err(|broken| Invariant::Buddy { zone, broken })?;
+        if self.free_pages() != buddy.free_pages() {
+            return Err(Invariant::FreeCounter {
+                zone,
+                recorded: self.free_pages(),
+                counted: buddy.free_pages(),
+            });
+        }
+        let (mut free, mut pcp, mut held) = (0, 0, 0);
+        for (idx, page) in self.pages.iter().enumerate() {
+            let pfn = self.start_pfn.add(idx);
+            let fault = |problem| Invariant::Descriptor { pfn, problem };
+            if page.zone_type() != zone {
+                return Err(fault("descriptor names another zone"));
+            }
+            match (page.tag(), page.is_pcp(), page.is_held()) {
+                (FrameTag::Free(o), false, false) => free += o.pages(),
+                (FrameTag::Allocated(o), true, false) => pcp += o.pages(),
+                (FrameTag::Allocated(o), false, true) => held += o.pages(),
+                (FrameTag::Reserved | FrameTag::Tail, false, false) => {}
+                _ => return Err(fault("tag, PG_pcp and refcount disagree")),
+            }
+        }
+        if pcp != listed || free + pcp + held != self.managed {
+            return Err(Invariant::Accounting {
+                zone,
+                free,
+                pcp: listed,
+                held,
+                managed: self.managed,
+            });
+        }
+        Ok(())
+    }
+}
