@@ -26,7 +26,8 @@
 //! `VMALLOC_END` that Linux writes as an inclusive bound.
 
 use core::fmt;
-use kmm_api::{Error, Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use kmm_api::{Error, Order, Pfn, PhysAddr, VirtAddr, PAGE_SHIFT, PAGE_SIZE};
+use kmm_zones::ZoneConfig;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -314,6 +315,17 @@ impl Layout {
     pub const fn max_pfn(&self) -> Pfn {
         pfn(self.ram_bytes)
     }
+    /// The zone limits of this layout for `kmm-zones`, with buddy orders
+    /// up to `max_order`.
+    pub const fn zone_config(&self, max_order: Order) -> ZoneConfig {
+        ZoneConfig {
+            dma_end: self.dma_end_pfn(),
+            dma32_end: self.dma32_end_pfn(),
+            lowmem_end: self.max_low_pfn(),
+            max_order,
+        }
+    }
+
     /// The physical address below which frames are permanently mapped (for
     /// early allocations that must be reachable through the direct map).
     pub const fn lowmem_limit(&self) -> PhysAddr {

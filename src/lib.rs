@@ -24,8 +24,14 @@ pub mod e820;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub mod hosted;
 pub mod layout;
+mod mm;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod x86;
 
 pub use layout::Layout;
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
+pub use mm::HostedMemoryManager;
+#[cfg(feature = "sim")]
+pub use mm::SimMemoryManager;
+pub use mm::{BootMetadata, MemoryManager};
