@@ -133,22 +133,23 @@ pub fn setup_per_zone_wmarks_with(
     min_free_kbytes: usize,
     watermark_scale_factor: usize,
 ) -> [Watermarks; MAX_NR_ZONES] {
-    let pages_min = (min_free_kbytes / PAGE_KBYTES) as u64;
-    let lowmem = lowmem_pages(managed) as u64;
+    // u128 keeps every product exact, whatever the tunables and the target;
+    // results beyond usize saturate.
+    let pages_min = (min_free_kbytes / PAGE_KBYTES) as u128;
+    let lowmem = lowmem_pages(managed) as u128;
     let mut marks = [Watermarks::default(); MAX_NR_ZONES];
     for (index, (mark, &pages)) in marks.iter_mut().zip(managed).enumerate() {
         if pages == 0 {
             continue;
         }
-        // u64 keeps pages_min * managed exact on 32-bit targets.
-        let share = (pages_min * pages as u64).checked_div(lowmem).unwrap_or(0);
+        let share = (pages_min * pages as u128).checked_div(lowmem).unwrap_or(0);
         let min = if is_highmem(index) {
             let (lo, hi) = HIGHMEM_MIN_PAGES;
-            (pages / HIGHMEM_MIN_DIVISOR).clamp(lo, hi) as u64
+            (pages / HIGHMEM_MIN_DIVISOR).clamp(lo, hi) as u128
         } else {
             share
         };
-        let gap = (share / 4).max(scaled(pages, watermark_scale_factor));
+        let gap = (share / 4).max(pages as u128 * watermark_scale_factor as u128 / 10000);
         *mark = Watermarks {
             min: saturate(min),
             low: saturate(min + gap),
@@ -335,13 +336,7 @@ fn is_highmem(index: usize) -> bool {
     ZoneType::from_index(index).is_some_and(ZoneType::is_highmem)
 }
 
-/// `pages * factor / 10000` without overflow (Linux's `mult_frac`).
-fn scaled(pages: usize, factor: usize) -> u64 {
-    let (pages, factor) = (pages as u64, factor as u64);
-    (pages / 10000) * factor + (pages % 10000) * factor / 10000
-}
-
-fn saturate(pages: u64) -> usize {
+fn saturate(pages: u128) -> usize {
     usize::try_from(pages).unwrap_or(usize::MAX)
 }
 

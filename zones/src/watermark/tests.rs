@@ -106,6 +106,17 @@ fn absent_zones_get_zero_marks_and_no_lowmem_means_no_share() {
 }
 
 #[test]
+fn absurd_tunables_saturate_instead_of_overflowing() {
+    let w = setup_per_zone_wmarks_with(&[usize::MAX; MAX_NR_ZONES], usize::MAX, usize::MAX);
+    for mark in w {
+        assert!(mark.min <= mark.low && mark.low <= mark.high, "{mark:?}");
+    }
+    assert_eq!(w[NORMAL].high, usize::MAX);
+    let r = setup_per_zone_lowmem_reserve_with(&[usize::MAX; MAX_NR_ZONES], &[1; MAX_NR_ZONES]);
+    assert_eq!(r[DMA][HIGHMEM], usize::MAX);
+}
+
+#[test]
 fn lowmem_reserve_reproduces_the_1_gib_example() {
     let r = setup_per_zone_lowmem_reserve(&ONE_GIB_I386);
     // The comment's figures, in bytes, turned into pages.
