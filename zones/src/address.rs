@@ -84,7 +84,9 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
         let first = self.virt_to_page(addr)?;
         let pages = size.div_ceil(PAGE_SIZE);
         for i in 0..pages {
-            let pfn = first.checked_add(i).ok_or(Error::SizeTooLarge { bytes: size })?;
+            let pfn = first
+                .checked_add(i)
+                .ok_or(Error::SizeTooLarge { bytes: size })?;
             if self.page_address(pfn).is_none() {
                 return Err(Error::SizeTooLarge { bytes: size });
             }

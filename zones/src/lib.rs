@@ -84,6 +84,7 @@ mod pcp;
 pub mod report;
 mod shrinker;
 mod stats;
+pub use stats::ZoneReport;
 pub mod watermark;
 mod zone;
 mod zone_type;

@@ -113,10 +113,14 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         let (start, end) = (memblock.start_pfn(), memblock.end_pfn());
         let frames = end.as_usize().saturating_sub(start.as_usize());
         let populated = config.spans(start, end).map_or(MAX_NR_ZONES, |spans| {
-            present_pages(memblock, &spans).iter().filter(|&&p| p > 0).count()
+            present_pages(memblock, &spans)
+                .iter()
+                .filter(|&&p| p > 0)
+                .count()
         });
-        BootMem::footprint::<Page>(frames)
-            .saturating_add(BootMem::footprint::<PerCpuPages>(populated * nr_cpus.max(1)))
+        BootMem::footprint::<Page>(frames).saturating_add(BootMem::footprint::<PerCpuPages>(
+            populated * nr_cpus.max(1),
+        ))
     }
 
     /// Boots the zones of the machine `memblock` describes. The caller has
@@ -155,9 +159,15 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         let mut buddies: [Option<Buddy<ZoneMeta<'a>>>; MAX_NR_ZONES] = [None, None, None, None];
         for (z, &(lo, hi)) in spans.iter().enumerate() {
             if present[z] > 0 {
-                let pages = &mem_map[lo.as_usize() - start.as_usize()..hi.as_usize() - start.as_usize()];
+                let pages =
+                    &mem_map[lo.as_usize() - start.as_usize()..hi.as_usize() - start.as_usize()];
                 let frames = hi.as_usize() - lo.as_usize();
-                buddies[z] = Some(Buddy::new(ZoneMeta { pages }, lo, frames, config.max_order)?);
+                buddies[z] = Some(Buddy::new(
+                    ZoneMeta { pages },
+                    lo,
+                    frames,
+                    config.max_order,
+                )?);
             }
         }
         for range in memblock.free_ranges() {

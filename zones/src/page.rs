@@ -225,7 +225,10 @@ mod tests {
     #[test]
     fn only_one_of_two_releases_of_a_held_page_wins() {
         let page = Page::new(ZoneType::Normal);
-        assert!(!page.try_release(), "a page nobody holds cannot be released");
+        assert!(
+            !page.try_release(),
+            "a page nobody holds cannot be released"
+        );
         page.set_held();
         assert!(page.try_release());
         assert!(!page.try_release());

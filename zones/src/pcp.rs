@@ -179,12 +179,14 @@ impl PcpLists {
     ) -> usize {
         let base = buddy.base();
         let mut moved = 0;
-        for order in 0..NR_PCP_ORDERS {
+        for (order, &block_order) in PCP_ORDER.iter().enumerate() {
             while moved < nr_pages {
-                let Some(idx) = self.pop(order, pages) else { break };
+                let Some(idx) = self.pop(order, pages) else {
+                    break;
+                };
                 // A listed block is Allocated(order) to the buddy (checked
                 // by `check`), so this free cannot be refused.
-                let freed = buddy.free(base.add(idx), PCP_ORDER[order]);
+                let freed = buddy.free(base.add(idx), block_order);
                 debug_assert!(freed.is_ok(), "pcp block refused by its buddy: {freed:?}");
                 moved += 1 << order;
             }
@@ -203,7 +205,7 @@ impl PcpLists {
         base: Pfn,
     ) -> Result<usize, Invariant> {
         let mut listed = 0;
-        for order in 0..NR_PCP_ORDERS {
+        for (order, &block_order) in PCP_ORDER.iter().enumerate() {
             let fault = |pfn: Option<Pfn>, problem| Invariant::PcpList {
                 zone,
                 cpu,
@@ -221,11 +223,14 @@ impl PcpLists {
                 if blocks >= self.blocks[order] {
                     return Err(fault(Some(pfn), "list is longer than its count (or loops)"));
                 }
-                if page.tag() != FrameTag::Allocated(PCP_ORDER[order]) {
+                if page.tag() != FrameTag::Allocated(block_order) {
                     return Err(fault(Some(pfn), "entry is not a block of the list's order"));
                 }
                 if !page.is_pcp() || page.is_held() || page.zone_type() != zone {
-                    return Err(fault(Some(pfn), "entry lacks PG_pcp, is held, or is foreign"));
+                    return Err(fault(
+                        Some(pfn),
+                        "entry lacks PG_pcp, is held, or is foreign",
+                    ));
                 }
                 blocks += 1;
                 idx = page.pcp_next();
@@ -270,11 +275,11 @@ mod tests {
         // (managed pages, batch): tiny zones clamp to 1; 1 MiB / 4 caps b at 64.
         for (managed, batch) in [
             (0, 1),
-            (3_977, 1),       // 16 MiB DMA: b = 3 / 4 = 0 -> 1 -> rounddown(1) - 1 = 0 -> 1
-            (16_384, 3),      // 64 MiB: b = 4 -> 6 -> 4 - 1
-            (32_768, 7),      // 128 MiB: b = 8 -> 12 -> 8 - 1
-            (225_280, 63),    // 880 MiB: b = 55 -> 82 -> 64 - 1
-            (4 << 20, 63),    // 16 GiB: capped at b = 64 -> 96 -> 64 - 1
+            (3_977, 1),    // 16 MiB DMA: b = 3 / 4 = 0 -> 1 -> rounddown(1) - 1 = 0 -> 1
+            (16_384, 3),   // 64 MiB: b = 4 -> 6 -> 4 - 1
+            (32_768, 7),   // 128 MiB: b = 8 -> 12 -> 8 - 1
+            (225_280, 63), // 880 MiB: b = 55 -> 82 -> 64 - 1
+            (4 << 20, 63), // 16 GiB: capped at b = 64 -> 96 -> 64 - 1
         ] {
             let sizing = PcpSizing::for_managed(managed);
             assert_eq!(sizing.batch, batch, "managed {managed}");
@@ -285,7 +290,10 @@ mod tests {
 
     #[test]
     fn refill_takes_batch_order0_blocks_and_at_least_two_of_higher_orders() {
-        let sizing = PcpSizing { batch: 63, high: 378 };
+        let sizing = PcpSizing {
+            batch: 63,
+            high: 378,
+        };
         assert_eq!(sizing.refill_blocks(Order::ZERO), 63);
         assert_eq!(sizing.refill_blocks(Order::new(1).unwrap()), 31);
         assert_eq!(sizing.refill_blocks(Order::new(3).unwrap()), 7);

@@ -5,16 +5,102 @@
 //! Counters are read without locks (a snapshot may be a moment stale);
 //! [`Zones::check`] takes every lock of a zone in the documented order.
 
+use crate::report::{BuddyInfo, MemInfo, ZoneInfo, ZoneStats};
+use crate::zone::Zone;
 use crate::{Invariant, Zones, MAX_NR_ZONES};
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, GfpFlags, Order, PageOwner, Pfn, Platform, Shrinker,
+    DirectMap, Error, FrameAllocator, GfpFlags, IrqGuard, Order, PageOwner, Pfn, Platform, Shrinker,
 };
+
+/// A snapshot of every present zone, lowest first, from which the `/proc`
+/// reports render.
+#[derive(Clone, Copy, Debug)]
+pub struct ZoneReport {
+    stats: [Option<ZoneStats>; MAX_NR_ZONES],
+    dense: [ZoneStats; MAX_NR_ZONES],
+    len: usize,
+}
+
+impl ZoneReport {
+    /// The present zones' snapshots, lowest first.
+    pub fn zones(&self) -> &[ZoneStats] {
+        &self.dense[..self.len]
+    }
+    /// The snapshot of one zone, if present.
+    pub fn zone(&self, zone: crate::ZoneType) -> Option<&ZoneStats> {
+        self.stats[zone.index()].as_ref()
+    }
+    /// `/proc/buddyinfo`.
+    pub fn buddyinfo(&self) -> BuddyInfo<'_> {
+        BuddyInfo(self.zones())
+    }
+    /// The watermark part of `/proc/zoneinfo`.
+    pub fn zoneinfo(&self) -> ZoneInfo<'_> {
+        ZoneInfo(self.zones())
+    }
+    /// The memory lines of `/proc/meminfo`.
+    pub fn meminfo(&self) -> MemInfo {
+        MemInfo::from_zones(self.zones())
+    }
+}
+
+impl Zone<'_> {
+    /// This zone's counters, read under the zone lock.
+    fn stats<P: Platform>(&self, platform: &P) -> ZoneStats {
+        let _irq = IrqGuard::new(platform);
+        let buddy = self.buddy.lock();
+        let max_order = buddy.max_order();
+        ZoneStats {
+            zone: self.zone_type,
+            start_pfn: self.start_pfn,
+            spanned: self.spanned,
+            present: self.present,
+            managed: self.managed,
+            free: buddy.free_pages(),
+            nr_free: core::array::from_fn(|o| {
+                Order::new(o as u32)
+                    .ok()
+                    .filter(|&order| order <= max_order)
+                    .map_or(0, |order| buddy.nr_free(order))
+            }),
+            max_order,
+            watermarks: self.watermarks,
+            lowmem_reserve: self.lowmem_reserve,
+        }
+    }
+}
 
 impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// Linux `nr_free_pages`: pages on every zone's free lists (pages on
     /// per-CPU lists are not counted, as in Linux).
     pub fn nr_free_pages(&self) -> usize {
         self.zones.iter().flatten().map(|z| z.free_pages()).sum()
+    }
+
+    /// A snapshot of every zone's counters, each zone read under its lock.
+    pub fn zone_stats(&self) -> [Option<ZoneStats>; MAX_NR_ZONES] {
+        core::array::from_fn(|z| {
+            self.zones[z]
+                .as_ref()
+                .map(|zone| zone.stats(&self.platform))
+        })
+    }
+
+    /// A snapshot of all zones for the `/proc` reports.
+    pub fn zone_report(&self) -> ZoneReport {
+        let stats = self.zone_stats();
+        let mut dense = [ZoneStats::empty(crate::ZoneType::Dma); MAX_NR_ZONES];
+        let mut len = 0;
+        for s in stats.iter().flatten() {
+            dense[len] = *s;
+            len += 1;
+        }
+        ZoneReport { stats, dense, len }
+    }
+
+    /// `/proc/meminfo`'s memory lines (MemTotal = managed pages).
+    pub fn meminfo(&self) -> MemInfo {
+        self.zone_report().meminfo()
     }
 
     /// Which zones this machine has (Linux `populated_zone`), by zone index.

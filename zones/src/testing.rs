@@ -42,7 +42,10 @@ pub struct TestRam {
 impl TestRam {
     /// RAM of `frames` pages (at least one).
     pub fn new(frames: usize) -> Arc<TestRam> {
-        let bytes = frames.max(1).checked_mul(PAGE_SIZE).expect("RAM size overflows");
+        let bytes = frames
+            .max(1)
+            .checked_mul(PAGE_SIZE)
+            .expect("RAM size overflows");
         let layout = Layout::from_size_align(bytes, PAGE_SIZE).expect("valid RAM layout");
         #[allow(unsafe_code)]
         // SAFETY: `layout` has a non-zero size.
@@ -61,13 +64,16 @@ impl TestRam {
 
     /// The host pointer to the first byte of `pfn`, if it is RAM.
     fn frame_ptr(&self, pfn: Pfn) -> Option<*mut u8> {
-        (pfn.as_usize() < self.frames()).then(|| (self.base + pfn.as_usize() * PAGE_SIZE) as *mut u8)
+        (pfn.as_usize() < self.frames())
+            .then(|| (self.base + pfn.as_usize() * PAGE_SIZE) as *mut u8)
     }
 
     /// Fills frame `pfn` with `byte`; `false` outside RAM. The caller must
     /// own the frame (tests: a frame they allocated).
     pub fn fill_frame(&self, pfn: Pfn, byte: u8) -> bool {
-        let Some(ptr) = self.frame_ptr(pfn) else { return false };
+        let Some(ptr) = self.frame_ptr(pfn) else {
+            return false;
+        };
         #[allow(unsafe_code)]
         // SAFETY: `ptr` starts a whole page inside the live allocation; the
         // caller owns the frame, so nothing else accesses these bytes now.
@@ -241,13 +247,21 @@ impl TestMachine {
 
     /// An i386-shaped machine of `frames` pages (at least 8), scaled down:
     /// DMA the first quarter, NORMAL up to three quarters, HIGHMEM the rest;
-    /// page 0 reserved (as the BIOS keeps it); two CPUs; orders up to 10.
+    /// page 0 reserved (as the BIOS keeps it, so not RAM); a two-page kernel
+    /// image at [`TestMachine::kernel_image`] (RAM, never released); two
+    /// CPUs; orders up to 10.
     pub fn i386_scaled(frames: usize) -> Self {
-        let frames = frames.max(8);
+        let frames = frames.max(16);
         let end = (frames * PAGE_SIZE) as u64;
+        let kernel = Self::kernel_image(frames).phys().as_u64();
         let map = [
             MemoryRegion::new(0, PAGE_SIZE as u64, RegionKind::Reserved),
             MemoryRegion::new(PAGE_SIZE as u64, end, RegionKind::Usable),
+            MemoryRegion::new(
+                kernel,
+                kernel + 2 * PAGE_SIZE as u64,
+                RegionKind::KernelImage,
+            ),
         ];
         let config = ZoneConfig {
             dma_end: Pfn::new(frames / 4),
@@ -256,6 +270,12 @@ impl TestMachine {
             max_order: MAX_PAGE_ORDER,
         };
         Self::new(&map, config, 2).expect("a well-formed test machine")
+    }
+
+    /// First frame of the kernel image of [`TestMachine::i386_scaled`]`(frames)`
+    /// (in ZONE_DMA).
+    pub fn kernel_image(frames: usize) -> Pfn {
+        Pfn::new(frames.max(16) / 8)
     }
 
     /// The zone limits.

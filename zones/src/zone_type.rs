@@ -22,8 +22,12 @@ pub enum ZoneType {
 
 impl ZoneType {
     /// Every kind, lowest first.
-    pub const ALL: [ZoneType; MAX_NR_ZONES] =
-        [ZoneType::Dma, ZoneType::Dma32, ZoneType::Normal, ZoneType::HighMem];
+    pub const ALL: [ZoneType; MAX_NR_ZONES] = [
+        ZoneType::Dma,
+        ZoneType::Dma32,
+        ZoneType::Normal,
+        ZoneType::HighMem,
+    ];
 
     /// The zone index (`zone_idx`).
     pub const fn index(self) -> usize {

@@ -72,9 +72,7 @@ pub fn zonelist(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kmm_api::{
-        GFP_ATOMIC, GFP_HIGHUSER, GFP_KERNEL, __GFP_DMA, __GFP_DMA32, __GFP_HIGHMEM,
-    };
+    use kmm_api::{__GFP_DMA, __GFP_DMA32, __GFP_HIGHMEM, GFP_ATOMIC, GFP_HIGHUSER, GFP_KERNEL};
 
     #[test]
     fn contradictory_zone_modifiers_are_invalid_gfp() {
@@ -90,8 +88,14 @@ mod tests {
 
     #[test]
     fn dma32_means_normal_on_a_layout_without_dma32() {
-        assert_eq!(gfp_zone(GFP_KERNEL | __GFP_DMA32, false), Ok(ZoneType::Normal));
-        assert_eq!(gfp_zone(GFP_KERNEL | __GFP_DMA32, true), Ok(ZoneType::Dma32));
+        assert_eq!(
+            gfp_zone(GFP_KERNEL | __GFP_DMA32, false),
+            Ok(ZoneType::Normal)
+        );
+        assert_eq!(
+            gfp_zone(GFP_KERNEL | __GFP_DMA32, true),
+            Ok(ZoneType::Dma32)
+        );
     }
 
     #[test]
@@ -105,7 +109,14 @@ mod tests {
     fn zonelist_falls_back_downward_only_and_skips_absent_zones() {
         let all = [true; MAX_NR_ZONES];
         let down: std::vec::Vec<_> = zonelist(ZoneType::HighMem, all).collect();
-        assert_eq!(down, ZoneType::ALL.iter().rev().copied().collect::<std::vec::Vec<_>>());
+        assert_eq!(
+            down,
+            ZoneType::ALL
+                .iter()
+                .rev()
+                .copied()
+                .collect::<std::vec::Vec<_>>()
+        );
         let normal: std::vec::Vec<_> = zonelist(ZoneType::Normal, all).collect();
         assert!(!normal.contains(&ZoneType::HighMem), "never upward");
         let dma_only = [false, false, true, true];

@@ -1,0 +1,657 @@
+//! One test per rule of the zoned allocator, each named after its rule.
+//! Machines are scaled-down i386 layouts from `kmm_zones::testing`
+//! (smaller still under miri).
+
+use kmm_api::{
+    DirectMap, Error, GfpFlags, Order, PageOwner, Pfn, Platform, Shrinker, __GFP_DMA,
+    __GFP_HIGHMEM, __GFP_NOFAIL, __GFP_NORETRY, __GFP_RETRY_MAYFAIL, __GFP_ZERO, GFP_ATOMIC,
+    GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, GFP_NOWAIT, PAGE_SIZE,
+};
+use kmm_buddy::FrameTag;
+use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
+use kmm_zones::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
+use kmm_zones::{PcpSizing, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Frames of the standard test machine.
+fn frames() -> usize {
+    if cfg!(miri) {
+        256
+    } else {
+        4096
+    }
+}
+
+fn order(o: u32) -> Order {
+    Order::new(o).unwrap()
+}
+
+/// Allocates order-0 pages with `gfp` until it fails; returns them.
+fn exhaust(zones: &TestZones<'_>, gfp: GfpFlags) -> Vec<Pfn> {
+    let mut taken = Vec::new();
+    while let Ok(pfn) = zones.alloc_pages(gfp, Order::ZERO) {
+        taken.push(pfn);
+    }
+    taken
+}
+
+/// Everything observable about the allocator's state: per-zone counters
+/// and each descriptor's (tag, PG_pcp, refcount).
+fn fingerprint(zones: &TestZones<'_>, machine_frames: usize) -> Vec<String> {
+    let mut state: Vec<String> = zones
+        .zone_stats()
+        .iter()
+        .map(|s| format!("{s:?}"))
+        .collect();
+    // Page 0 is a hole outside mem_map.
+    for page in (0..machine_frames).filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn))) {
+        state.push(format!(
+            "{:?} {} {}",
+            page.tag(),
+            page.is_pcp(),
+            page.page_count()
+        ));
+    }
+    state
+}
+
+#[test]
+fn boot_releases_free_ranges_and_computes_watermarks_and_reserves() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let stats = zones.zone_stats();
+    let managed: [usize; MAX_NR_ZONES] = std::array::from_fn(|z| stats[z].map_or(0, |s| s.managed));
+    let dma = stats[ZoneType::Dma.index()].unwrap();
+    // Page 0 is reserved, not RAM: memory starts at pfn 1.
+    assert_eq!(dma.start_pfn, Pfn::new(1));
+    assert_eq!(dma.spanned, frames() / 4 - 1);
+    assert_eq!(dma.present, frames() / 4 - 1);
+    assert_eq!(
+        dma.managed,
+        dma.present - 2,
+        "the kernel image is RAM, never released"
+    );
+    assert!(stats[ZoneType::Dma32.index()].is_none());
+    assert_eq!(managed.iter().sum::<usize>(), frames() - 3);
+    let wmarks = setup_per_zone_wmarks(&managed);
+    let reserve = setup_per_zone_lowmem_reserve(&managed);
+    for s in stats.iter().flatten() {
+        assert_eq!(s.watermarks, wmarks[s.zone.index()]);
+        assert_eq!(s.lowmem_reserve, reserve[s.zone.index()]);
+        assert_eq!(s.free, s.managed, "everything free after boot");
+    }
+    zones.check().unwrap();
+}
+
+#[test]
+fn metadata_is_16_bytes_per_frame_plus_per_cpu_lists() {
+    let machine = TestMachine::i386_scaled(frames());
+    let bytes = TestZones::metadata_bytes(machine.memblock(), &machine.config(), 2);
+    let per_cpu = bytes - frames() * 16;
+    assert_eq!(TestZones::PAGE_DESCRIPTOR_BYTES, 16);
+    // Three populated zones, two CPUs: a few hundred bytes, not per frame.
+    assert!(per_cpu < 3 * 2 * 128 + 64, "per-CPU part {per_cpu} bytes");
+}
+
+#[test]
+fn highmem_request_falls_back_to_normal_never_upward() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let mut seen_fallback = false;
+    for _ in 0..frames() / 2 {
+        let pfn = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
+        match zones.page_zone(pfn).unwrap() {
+            ZoneType::HighMem => assert!(!seen_fallback, "back to HIGHMEM after falling back"),
+            ZoneType::Normal => seen_fallback = true,
+            other => panic!("HIGHMEM request served from {other} while NORMAL has room"),
+        }
+    }
+    assert!(seen_fallback, "HIGHMEM exhausted, NORMAL used");
+    let kernel = exhaust(&zones, GFP_KERNEL);
+    assert!(kernel
+        .iter()
+        .all(|&pfn| zones.page_zone(pfn) != Some(ZoneType::HighMem)));
+    zones.check().unwrap();
+}
+
+#[test]
+fn gfp_dma_allocates_only_from_zone_dma() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let dma = exhaust(&zones, GFP_DMA | GFP_KERNEL);
+    assert!(!dma.is_empty());
+    assert!(dma
+        .iter()
+        .all(|&p| zones.page_zone(p) == Some(ZoneType::Dma)));
+    assert!(
+        zones.alloc_pages(GFP_KERNEL, Order::ZERO).is_ok(),
+        "NORMAL still has room"
+    );
+}
+
+#[test]
+fn lowmem_reserve_keeps_normal_requests_out_of_dma() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    exhaust(&zones, GFP_HIGHUSER);
+    let dma = zones.zone_stats()[ZoneType::Dma.index()].unwrap();
+    let kept = dma.watermarks.min + dma.lowmem_reserve[ZoneType::HighMem.index()];
+    assert!(
+        dma.free >= kept.min(dma.managed),
+        "DMA free {} < {kept}",
+        dma.free
+    );
+    let more_dma = exhaust(&zones, GFP_DMA | GFP_KERNEL);
+    assert!(
+        !more_dma.is_empty(),
+        "GFP_DMA may use what the reserve kept"
+    );
+}
+
+#[test]
+fn contradictory_zone_modifiers_are_refused_and_change_nothing() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let before = fingerprint(&zones, frames());
+    let gfp = GFP_KERNEL | __GFP_DMA | __GFP_HIGHMEM;
+    assert_eq!(
+        zones.alloc_pages(gfp, Order::ZERO),
+        Err(Error::InvalidGfp { gfp })
+    );
+    assert_eq!(fingerprint(&zones, frames()), before);
+}
+
+#[test]
+fn gfp_atomic_dips_below_min_where_gfp_kernel_fails() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    exhaust(&zones, GFP_KERNEL);
+    assert!(
+        zones.alloc_pages(GFP_NOWAIT, Order::ZERO).is_err(),
+        "NOWAIT has no reserve"
+    );
+    let normal_before = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
+    let atomic = zones.alloc_pages(GFP_ATOMIC, Order::ZERO).unwrap();
+    let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
+    assert_eq!(zones.page_zone(atomic), Some(ZoneType::Normal));
+    assert!(
+        normal_before.free <= normal.watermarks.min,
+        "GFP_KERNEL stopped at min"
+    );
+    assert!(
+        normal.free < normal.watermarks.min,
+        "GFP_ATOMIC went below min"
+    );
+    let rest = exhaust(&zones, GFP_ATOMIC);
+    let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
+    assert!(normal.free as f64 >= normal.watermarks.min as f64 * 0.375 - 1.0);
+    assert!(!rest.is_empty());
+    zones.check().unwrap();
+}
+
+#[test]
+fn gfp_atomic_never_calls_reclaim_wait_or_shrinkers() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let platform = machine.platform().with_reclaim(|_, _| 1);
+    let zones = machine.boot_with(platform).unwrap();
+    let shrinker = CountingShrinker::default();
+    zones.register_shrinker(&shrinker).unwrap();
+    exhaust(&zones, GFP_ATOMIC);
+    assert!(zones.alloc_pages(GFP_ATOMIC, order(3)).is_err());
+    assert_eq!(zones.platform().reclaim_calls(), 0);
+    assert_eq!(zones.platform().wait_calls(), 0);
+    assert_eq!(shrinker.counts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn noretry_makes_exactly_one_reclaim_attempt() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let platform = machine.platform().with_reclaim(|_, _| 1);
+    let zones = machine.boot_with(platform).unwrap();
+    exhaust(&zones, GFP_KERNEL | __GFP_NORETRY);
+    assert_eq!(zones.platform().reclaim_calls(), 1);
+    assert_eq!(zones.platform().wait_calls(), 0);
+}
+
+#[test]
+fn retry_mayfail_retries_while_reclaim_makes_progress_up_to_a_bound() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let platform = machine.platform().with_reclaim(|_, _| 1);
+    let zones = machine.boot_with(platform).unwrap();
+    exhaust(&zones, GFP_ATOMIC);
+    let err = zones.alloc_pages(GFP_KERNEL | __GFP_RETRY_MAYFAIL, Order::ZERO);
+    assert_eq!(err, Err(Error::NoMemory { order: Order::ZERO }));
+    assert_eq!(zones.platform().reclaim_calls(), MAX_RECLAIM_RETRIES);
+
+    let mut machine = TestMachine::i386_scaled(frames());
+    let calls = AtomicUsize::new(0);
+    let calls = std::sync::Arc::new(calls);
+    let seen = calls.clone();
+    let platform = machine
+        .platform()
+        .with_reclaim(move |_, _| usize::from(seen.fetch_add(1, Ordering::SeqCst) < 3));
+    let zones = machine.boot_with(platform).unwrap();
+    exhaust(&zones, GFP_ATOMIC);
+    assert!(zones
+        .alloc_pages(GFP_KERNEL | __GFP_RETRY_MAYFAIL, Order::ZERO)
+        .is_err());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "three rounds of progress, then none"
+    );
+}
+
+#[test]
+fn costly_orders_are_not_retried_without_retry_mayfail() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let platform = machine.platform().with_reclaim(|_, _| 1);
+    let zones = machine.boot_with(platform).unwrap();
+    exhaust(&zones, GFP_ATOMIC);
+    assert!(zones.alloc_pages(GFP_KERNEL, order(4)).is_err());
+    assert_eq!(zones.platform().reclaim_calls(), 1);
+}
+
+#[test]
+fn nofail_that_cannot_block_or_exceeds_max_order_is_refused_up_front() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let gfp = GFP_ATOMIC | __GFP_NOFAIL;
+    assert_eq!(
+        zones.alloc_pages(gfp, Order::ZERO),
+        Err(Error::InvalidGfp { gfp })
+    );
+    assert!(matches!(
+        zones.alloc_pages(GFP_KERNEL | __GFP_NOFAIL, order(11)),
+        Err(Error::OrderTooLarge { order: 11, max: 10 })
+    ));
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn nofail_waits_until_another_cpu_frees_memory() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let taken = exhaust(&zones, GFP_ATOMIC);
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            set_cpu(1);
+            zones.alloc_pages(GFP_KERNEL | __GFP_NOFAIL, Order::ZERO)
+        });
+        while zones.platform().wait_calls() == 0 {
+            std::thread::yield_now();
+        }
+        set_cpu(0);
+        for &pfn in &taken {
+            zones.__free_pages(pfn, Order::ZERO).unwrap();
+        }
+        let pfn = waiter.join().unwrap().unwrap();
+        zones.__free_pages(pfn, Order::ZERO).unwrap();
+    });
+    zones.check().unwrap();
+}
+
+#[derive(Default)]
+struct CountingShrinker {
+    counts: AtomicUsize,
+}
+
+impl Shrinker for CountingShrinker {
+    fn count_objects(&self) -> usize {
+        self.counts.fetch_add(1, Ordering::SeqCst);
+        0
+    }
+    fn scan_objects(&self, _gfp: GfpFlags, _nr: usize) -> usize {
+        0
+    }
+}
+
+#[test]
+fn shrinkers_run_for_blocking_requests_and_the_registry_is_bounded() {
+    let shrinkers: Vec<CountingShrinker> =
+        (0..=MAX_SHRINKERS).map(|_| Default::default()).collect();
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    for s in &shrinkers[..MAX_SHRINKERS] {
+        zones.register_shrinker(s).unwrap();
+    }
+    assert_eq!(
+        zones.register_shrinker(&shrinkers[MAX_SHRINKERS]),
+        Err(Error::TooManyRegions {
+            capacity: MAX_SHRINKERS
+        })
+    );
+    assert!(zones.unregister_shrinker(&shrinkers[0]));
+    assert!(!zones.unregister_shrinker(&shrinkers[0]));
+    exhaust(&zones, GFP_KERNEL);
+    assert_eq!(
+        shrinkers[0].counts.load(Ordering::SeqCst),
+        0,
+        "unregistered"
+    );
+    assert!(shrinkers[1..MAX_SHRINKERS]
+        .iter()
+        .all(|s| s.counts.load(Ordering::SeqCst) == 1));
+}
+
+#[test]
+fn every_invalid_free_is_an_error_and_changes_nothing() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let block = zones.alloc_pages(GFP_KERNEL, order(4)).unwrap();
+    let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    let freed = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    zones.__free_pages(freed, order(2)).unwrap();
+    let before = fingerprint(&zones, frames());
+    let kernel = TestMachine::kernel_image(frames());
+    let cases = [
+        (
+            Pfn::new(frames()),
+            Order::ZERO,
+            Error::PfnOutOfRange {
+                pfn: Pfn::new(frames()),
+            },
+        ),
+        (
+            Pfn::new(0),
+            Order::ZERO,
+            Error::PfnOutOfRange { pfn: Pfn::new(0) },
+        ),
+        (kernel, Order::ZERO, Error::NotAllocated { pfn: kernel }),
+        (
+            block,
+            order(3),
+            Error::WrongOrder {
+                pfn: block,
+                allocated: order(4),
+                freed: order(3),
+            },
+        ),
+        (
+            block.add(1),
+            Order::ZERO,
+            Error::NotAllocated { pfn: block.add(1) },
+        ),
+        (
+            block.add(2),
+            order(2),
+            Error::Misaligned {
+                pfn: block.add(2),
+                order: order(2),
+            },
+        ),
+        (page, order(11), Error::OrderTooLarge { order: 11, max: 10 }),
+        (freed, order(2), Error::DoubleFree { pfn: freed }),
+    ];
+    for (pfn, o, err) in cases {
+        assert_eq!(
+            zones.__free_pages(pfn, o),
+            Err(err),
+            "free of {pfn:?} order {o:?}"
+        );
+        assert_eq!(
+            fingerprint(&zones, frames()),
+            before,
+            "after refusing {err}"
+        );
+    }
+    zones.check().unwrap();
+}
+
+#[test]
+fn double_free_of_a_page_on_a_pcp_list_is_detected() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let pfn = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    zones.__free_pages(pfn, Order::ZERO).unwrap();
+    assert!(zones.pfn_to_page(pfn).unwrap().is_pcp());
+    let before = fingerprint(&zones, frames());
+    assert_eq!(
+        zones.__free_pages(pfn, Order::ZERO),
+        Err(Error::DoubleFree { pfn })
+    );
+    set_cpu(1);
+    assert_eq!(
+        zones.__free_pages(pfn, Order::ZERO),
+        Err(Error::DoubleFree { pfn })
+    );
+    set_cpu(0);
+    assert_eq!(fingerprint(&zones, frames()), before);
+    zones.check().unwrap();
+}
+
+#[test]
+fn pcp_refill_takes_a_batch_and_a_free_at_high_drains_a_batch() {
+    // A zone large enough for batch > 1: NORMAL of 64 Ki frames.
+    let mut machine = TestMachine::i386_scaled(if cfg!(miri) { 1024 } else { 1 << 17 });
+    let zones = machine.boot().unwrap();
+    let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
+    let sizing = PcpSizing::for_managed(normal.managed);
+    let free_before = zones.nr_free_pages();
+    let first = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    assert_eq!(
+        zones.nr_free_pages(),
+        free_before - sizing.batch,
+        "one batch refilled"
+    );
+    let mut held = vec![first];
+    for _ in 0..sizing.high + sizing.batch {
+        held.push(zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap());
+    }
+    zones.drain_all_pages();
+    let drained = zones.nr_free_pages();
+    for (i, &pfn) in held.iter().enumerate() {
+        zones.__free_pages(pfn, Order::ZERO).unwrap();
+        let listed = drained + i + 1 - zones.nr_free_pages();
+        assert!(
+            listed < sizing.high,
+            "pcp holds {listed} >= high {}",
+            sizing.high
+        );
+    }
+    zones.check().unwrap();
+    zones.drain_all_pages();
+    assert_eq!(
+        zones.nr_free_pages(),
+        free_before,
+        "drain_all_pages empties every list"
+    );
+}
+
+#[test]
+fn a_caller_migrated_between_cpus_keeps_every_list_correct() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let mut held = Vec::new();
+    for i in 0..64 {
+        set_cpu(i % 2);
+        held.push(zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap());
+    }
+    for (i, pfn) in held.into_iter().enumerate() {
+        set_cpu((i / 3) % 2);
+        zones.__free_pages(pfn, Order::ZERO).unwrap();
+    }
+    set_cpu(0);
+    zones.check().unwrap();
+}
+
+#[test]
+fn get_free_pages_refuses_highmem_because_the_page_has_no_address() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let before = fingerprint(&zones, frames());
+    let gfp = GFP_HIGHUSER;
+    assert_eq!(
+        zones.__get_free_pages(gfp, Order::ZERO),
+        Err(Error::InvalidGfp { gfp })
+    );
+    assert_eq!(fingerprint(&zones, frames()), before);
+    let addr = zones.__get_free_pages(GFP_KERNEL, order(1)).unwrap();
+    let pfn = zones.virt_to_page(addr).unwrap();
+    assert_eq!(zones.page_address(pfn), Some(addr));
+    zones.free_pages(addr, order(1)).unwrap();
+    assert!(zones.free_pages(addr, order(1)).is_err());
+}
+
+#[test]
+fn page_address_is_none_for_highmem_and_the_direct_map_round_trips() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let high = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
+    assert_eq!(zones.page_zone(high), Some(ZoneType::HighMem));
+    assert_eq!(zones.page_address(high), None);
+    assert!(zones.phys_to_virt(high.phys()).is_err());
+    let low = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    let phys = low.phys().checked_add(0x123).unwrap();
+    let virt = zones.phys_to_virt(phys).unwrap();
+    assert_eq!(zones.virt_to_phys(virt), Ok(phys));
+    assert_eq!(zones.virt_to_page(virt), Ok(low));
+    assert_eq!(zones.direct_map().pfn_to_virt(low), zones.page_address(low));
+}
+
+#[test]
+fn alloc_pages_exact_frees_its_tail_pages() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    zones.drain_all_pages();
+    let free_before = zones.nr_free_pages();
+    let size = 5 * PAGE_SIZE - 100;
+    let addr = zones.alloc_pages_exact(size, GFP_KERNEL).unwrap();
+    let first = zones.virt_to_page(addr).unwrap();
+    for i in 0..8 {
+        let held = zones.pfn_to_page(first.add(i)).unwrap().page_count() == 1;
+        assert_eq!(held, i < 5, "page {i} of the order-3 block");
+    }
+    zones.drain_all_pages();
+    assert_eq!(zones.nr_free_pages(), free_before - 5);
+    assert!(
+        zones.free_pages_exact(addr, 6 * PAGE_SIZE).is_err(),
+        "checked before freeing"
+    );
+    zones.free_pages_exact(addr, size).unwrap();
+    zones.drain_all_pages();
+    assert_eq!(zones.nr_free_pages(), free_before);
+    assert_eq!(zones.alloc_pages_exact(0, GFP_KERNEL), Err(Error::ZeroSize));
+    zones.check().unwrap();
+}
+
+#[test]
+fn split_page_makes_each_page_freeable_alone() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let pfn = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    assert!(
+        zones.split_page(pfn.add(1), Order::ZERO).is_err(),
+        "not a block head"
+    );
+    zones.split_page(pfn, order(2)).unwrap();
+    assert_eq!(
+        zones.pfn_to_page(pfn.add(3)).unwrap().tag(),
+        FrameTag::Allocated(Order::ZERO)
+    );
+    for i in [2, 0, 3, 1] {
+        zones.__free_pages(pfn.add(i), Order::ZERO).unwrap();
+    }
+    zones.check().unwrap();
+}
+
+#[test]
+fn gfp_zero_zeroes_lowmem_through_the_direct_map_and_highmem_through_the_platform() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let ram = machine.ram.clone();
+    let zones = machine.boot().unwrap();
+    for gfp in [GFP_KERNEL, GFP_HIGHUSER] {
+        let pfn = zones.alloc_pages(gfp, order(1)).unwrap();
+        for i in 0..2 {
+            assert!(ram.fill_frame(pfn.add(i), 0xaa));
+        }
+        zones.__free_pages(pfn, order(1)).unwrap();
+        let again = zones.alloc_pages(gfp | __GFP_ZERO, order(1)).unwrap();
+        assert_eq!(again, pfn, "the per-CPU list hands back the hot block");
+        for i in 0..2 {
+            assert!(ram.frame_bytes(pfn.add(i)).unwrap().iter().all(|&b| b == 0));
+        }
+    }
+    let addr = zones.get_zeroed_page(GFP_KERNEL).unwrap();
+    let pfn = zones.virt_to_page(addr).unwrap();
+    assert!(ram.frame_bytes(pfn).unwrap().iter().all(|&b| b == 0));
+}
+
+#[test]
+fn owner_word_is_zero_when_allocated_and_refused_for_frames_not_held() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let pfn = zones.alloc_pages(GFP_KERNEL, order(1)).unwrap();
+    assert_eq!(zones.owner(pfn), Some(0));
+    assert_eq!(
+        zones.owner(pfn.add(1)),
+        Some(0),
+        "tails of a held block have a word"
+    );
+    zones.set_owner(pfn.add(1), 0xdead).unwrap();
+    assert_eq!(zones.owner(pfn.add(1)), Some(0xdead));
+    zones.__free_pages(pfn, order(1)).unwrap();
+    assert_eq!(zones.owner(pfn), None, "on a per-CPU list");
+    assert_eq!(zones.set_owner(pfn, 1), Err(Error::NotAllocated { pfn }));
+    assert_eq!(zones.owner(Pfn::new(0)), None, "reserved");
+    let again = zones.alloc_pages(GFP_KERNEL, order(1)).unwrap();
+    assert_eq!(
+        (again, zones.owner(again.add(1))),
+        (pfn, Some(0)),
+        "zeroed on reuse"
+    );
+    zones.check().unwrap();
+}
+
+#[test]
+fn freeing_everything_merges_back_to_maximal_blocks() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let boot = zones.zone_stats();
+    let mut held = Vec::new();
+    for i in 0..200u32 {
+        let o = order(i % 4);
+        let gfp = if i % 3 == 0 { GFP_HIGHUSER } else { GFP_KERNEL };
+        if let Ok(pfn) = zones.alloc_pages(gfp, o) {
+            held.push((pfn, o));
+        }
+    }
+    for (pfn, o) in held.into_iter().rev() {
+        zones.__free_pages(pfn, o).unwrap();
+    }
+    zones.drain_all_pages();
+    assert_eq!(zones.zone_stats(), boot);
+    zones.check().unwrap();
+}
+
+#[test]
+fn reports_render_in_the_kernel_formats() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let report = zones.zone_report();
+    let buddyinfo = report.buddyinfo().to_string();
+    assert!(
+        buddyinfo.starts_with("Node 0, zone      DMA"),
+        "{buddyinfo}"
+    );
+    assert_eq!(buddyinfo.lines().count(), 3);
+    assert!(report.zoneinfo().to_string().contains("HighMem"));
+    let meminfo = zones.meminfo();
+    assert_eq!(meminfo.total_pages, frames() - 3);
+    assert_eq!(meminfo.high_total_pages, frames() / 4);
+}
+
+#[test]
+fn frame_allocator_trait_forwards_to_alloc_pages_and_free_pages() {
+    fn use_it(alloc: &dyn kmm_api::FrameAllocator) -> Result<(), Error> {
+        let pfn = alloc.alloc_frames(GFP_KERNEL, order(1))?;
+        alloc.free_frames(pfn, order(1))?;
+        assert!(alloc.free_frames(pfn, order(1)).is_err());
+        Ok(())
+    }
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    use_it(&zones).unwrap();
+    assert_eq!(zones.platform().nr_cpus(), 2);
+    let _: &Zones<'_, _, _> = &zones;
+}
