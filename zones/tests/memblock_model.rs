@@ -144,8 +144,17 @@ impl Model {
     }
 }
 
+/// A few cases under miri, which also cannot read the regression files.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 });
+    if cfg!(miri) {
+        config.failure_persistence = None;
+    }
+    config
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 4 } else { 256 }))]
+    #![proptest_config(config())]
     #[test]
     fn memblock_matches_a_page_model_after_every_step(ops in proptest::collection::vec(op(), 1..60)) {
         let (mut mb, mut model) = (Memblock::new(), Model::new());
