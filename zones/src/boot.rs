@@ -8,10 +8,11 @@
 //! the region itself. Pieces never overlap, because each one is split off the
 //! remaining tail with the safe slice splitting of `core`.
 //!
-//! This module is the only place in kmm-zones that uses `unsafe`, and only in
-//! one block: turning bytes that have just been written with `T` values into
-//! a `&mut [T]`. The crate root denies `unsafe_code`, so that function carries
-//! an item-level `allow`; everything else in the crate stays checkably safe.
+//! The unsafe code is confined to [`BootMem::carve`]: writing each value into
+//! bytes just split off the region, then viewing those bytes as the `&mut [T]`
+//! they now hold. Raw memory has no safe typed view, so this cannot be avoided;
+//! the crate root denies `unsafe_code` and `carve` alone carries an item-level
+//! `allow`, so any other unsafe in this module would be refused.
 //!
 //! It must never hand out memory it has not initialised, never hand out the
 //! same byte twice, and never take bytes when it returns an error. Carved
