@@ -21,6 +21,7 @@
 //!
 //! Cost: `carve` is O(n) in the elements initialised; everything else O(1).
 
+use core::fmt;
 use core::mem::{align_of, size_of, MaybeUninit};
 use core::ptr::NonNull;
 use kmm_api::Error;
@@ -45,6 +46,14 @@ use kmm_api::Error;
 pub struct BootMem<'a> {
     /// Bytes not yet carved; everything before it has been handed out.
     rest: &'a mut [MaybeUninit<u8>],
+}
+
+impl fmt::Debug for BootMem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BootMem")
+            .field("remaining", &self.rest.len())
+            .finish()
+    }
 }
 
 impl<'a> BootMem<'a> {

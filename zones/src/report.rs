@@ -91,6 +91,7 @@ impl ZoneStats {
 ///     "Node 0, zone      DMA      3      0     12 \n"
 /// );
 /// ```
+#[derive(Clone, Copy, Debug)]
 pub struct BuddyInfo<'a>(pub &'a [ZoneStats]);
 
 impl fmt::Display for BuddyInfo<'_> {
@@ -117,6 +118,7 @@ impl fmt::Display for BuddyInfo<'_> {
 /// assert!(text.starts_with("Node 0, zone    DMA32\n  pages free     0\n"));
 /// assert!(text.ends_with("        protection: (0, 0, 0, 0)\n"));
 /// ```
+#[derive(Clone, Copy, Debug)]
 pub struct ZoneInfo<'a>(pub &'a [ZoneStats]);
 
 impl fmt::Display for ZoneInfo<'_> {
