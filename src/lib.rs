@@ -27,6 +27,8 @@ pub mod layout;
 mod mm;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "std")]
+pub mod workload;
 pub mod x86;
 
 pub use layout::Layout;

@@ -1,0 +1,268 @@
+//! A tour of kmm on a simulated i386 machine: the layout, the zones, the
+//! kernel's `/proc` reports, and the page allocator's zone policy at work.
+//!
+//! ```text
+//! cargo run --example tour --features sim -- [--mem <MiB>] [--pae] [--cpus <n>]
+//! ```
+//!
+//! Every figure printed is computed from the machine, none is typed in.
+
+use kmm::sim::MachineConfig;
+use kmm::workload::{self, Drain, Report};
+use kmm::{Layout, MemoryManager, SimMemoryManager};
+use kmm_api::{DirectMap, MemoryRegion, RegionKind, VirtAddr, PAGE_SIZE};
+use kmm_zones::ZoneType;
+use std::process::ExitCode;
+
+const MIB: u64 = 1 << 20;
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: tour [--mem <MiB>] [--pae] [--cpus <n>]   (default: 2048 MiB, no PAE, 2 CPUs)"
+    );
+    ExitCode::from(2)
+}
+
+fn parse_args() -> Option<MachineConfig> {
+    let mut config = MachineConfig::default();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--mem" => config.ram_bytes = args.next()?.parse::<u64>().ok()?.checked_mul(MIB)?,
+            "--pae" => config.pae = true,
+            "--cpus" => config.nr_cpus = args.next()?.parse().ok()?,
+            _ => return None,
+        }
+    }
+    Some(config)
+}
+
+fn main() -> ExitCode {
+    let Some(config) = parse_args() else {
+        return usage();
+    };
+    let mm = match MemoryManager::sim(config) {
+        Ok(mm) => mm,
+        Err(e) => {
+            eprintln!("tour: cannot build the machine: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "kmm tour: a simulated i386 machine with {} MiB of RAM, {} CPUs, PAE {}\n",
+        mm.layout().ram_bytes() / MIB,
+        config.nr_cpus,
+        if config.pae { "on" } else { "off" }
+    );
+    print_memory_map(mm.machine().memory_map());
+    print_layout(&mm);
+    print_zones(&mm);
+    println!("/proc/meminfo (memory lines)\n{}", mm.zones().meminfo());
+    println!("/proc/buddyinfo\n{}", mm.zones().zone_report().buddyinfo());
+    println!(
+        "/proc/zoneinfo (watermarks)\n{}",
+        mm.zones().zone_report().zoneinfo()
+    );
+    match workload::run(&mm) {
+        Ok(report) => {
+            print_workload(&report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tour: the workload failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_memory_map(map: &[MemoryRegion]) {
+    println!("BIOS-provided physical RAM map:");
+    for r in map {
+        let kind = match r.kind {
+            RegionKind::Usable => "usable",
+            RegionKind::Reserved => "reserved",
+            RegionKind::KernelImage => "usable (kernel image)",
+        };
+        println!(
+            " BIOS-e820: [mem {:#018x}-{:#018x}] {kind}",
+            r.start.as_u64(),
+            r.end.as_u64() - 1
+        );
+    }
+    println!();
+}
+
+fn area(name: &str, start: u64, end: u64, note: &str) {
+    let size = end - start;
+    let (n, unit) = if size >= 4 * MIB {
+        (size / MIB, "MB")
+    } else {
+        (size >> 10, "kB")
+    };
+    println!(
+        "  {name:<11} {start:#010x} - {:#010x} {n:>6} {unit}  {note}",
+        end - 1
+    );
+}
+
+fn print_layout(mm: &SimMemoryManager) {
+    let l: &Layout = mm.layout();
+    let u = |a: VirtAddr| a.as_usize() as u64;
+    let pkmap_base = l.pkmap_base().map_or(0, u);
+    let pkmap_end = pkmap_base + (l.last_pkmap() * PAGE_SIZE) as u64;
+    println!("Virtual address space (4 GiB; the kernel owns everything above PAGE_OFFSET):");
+    area("user", 0, u(l.page_offset()), "process address spaces");
+    area(
+        "direct map",
+        u(l.page_offset()),
+        u(l.high_memory()),
+        "lowmem at PAGE_OFFSET + phys, up to high_memory",
+    );
+    area(
+        "hole",
+        u(l.high_memory()),
+        u(l.vmalloc_start()),
+        "VMALLOC_OFFSET: catches overruns past high_memory",
+    );
+    area(
+        "vmalloc",
+        u(l.vmalloc_start()),
+        u(l.vmalloc_end()),
+        "VMALLOC_START .. VMALLOC_END",
+    );
+    area("guard", u(l.vmalloc_end()), pkmap_base, "two pages");
+    area(
+        "pkmap",
+        pkmap_base,
+        pkmap_end,
+        &format!("LAST_PKMAP = {} kmap slots", l.last_pkmap()),
+    );
+    area("", pkmap_end, u(l.fixaddr_start()), "unused, PMD alignment");
+    area(
+        "fixmap",
+        u(l.fixaddr_start()),
+        u(l.fixaddr_top()) + PAGE_SIZE as u64,
+        &format!(
+            "{} kmap_local slots x {} CPUs, and the hole at FIXADDR_TOP",
+            kmm::layout::KM_MAX_IDX,
+            kmm::layout::NR_CPUS
+        ),
+    );
+    println!(
+        "  MAXMEM = 4 GiB - PAGE_OFFSET - VMALLOC_RESERVE = {} MiB of lowmem at most\n",
+        Layout::i386_maxmem() / MIB
+    );
+    println!("As Linux prints it at boot:\n{l}");
+    println!(
+        "Simulation: machine address 0 is host address {:#x}; every address above is a machine address.\n",
+        mm.machine().window_base()
+    );
+}
+
+fn print_zones(mm: &SimMemoryManager) {
+    println!("Zones (frames of 4 KiB):");
+    println!("  zone      pfn range              spanned   present   managed    free");
+    for s in mm.zones().zone_stats().iter().flatten() {
+        let end = s.start_pfn.as_usize() + s.spanned;
+        println!(
+            "  {:<8} {:#07x} - {:#07x}   {:>9} {:>9} {:>9} {:>7}",
+            s.zone.name(),
+            s.start_pfn.as_usize(),
+            end,
+            s.spanned,
+            s.present,
+            s.managed,
+            s.free
+        );
+    }
+    let meta = mm.boot_metadata();
+    let frames = mm.layout().max_pfn().as_usize();
+    println!(
+        "  boot metadata (mem_map + per-CPU lists): {} KiB at phys {} in lowmem, {} bytes per frame ({}.{:02}% of RAM)",
+        meta.bytes >> 10,
+        meta.base,
+        meta.bytes / frames,
+        meta.bytes * 100 / (frames * PAGE_SIZE),
+        meta.bytes * 10000 / (frames * PAGE_SIZE) % 100
+    );
+    println!(
+        "  memblock: {} pages of RAM, {} reserved at boot (BIOS hole, kernel image, metadata)\n",
+        mm.memory_pages(),
+        mm.reserved_pages()
+    );
+}
+
+fn zone_name(index: usize) -> &'static str {
+    ZoneType::from_index(index).map_or("?", ZoneType::name)
+}
+
+fn print_drain(step: &str, d: &Drain) {
+    let z = d.zone.index();
+    println!(
+        "{step} {} from {} until it refuses even one page:",
+        d.name,
+        d.zone.name()
+    );
+    println!(
+        "   took {} pages ({} MiB); {} left free (min {}, low {}, high {}): the fast path stops at low",
+        d.taken,
+        (d.taken * PAGE_SIZE) >> 20,
+        d.at_fallback.free,
+        d.at_fallback.watermarks.min,
+        d.at_fallback.watermarks.low,
+        d.at_fallback.watermarks.high
+    );
+    for (i, (before, at)) in d.free_before.iter().zip(d.free_at_fallback).enumerate() {
+        if i != z && *before != 0 {
+            println!(
+                "   {:<8} free {before} before, {at} at the fallback",
+                zone_name(i)
+            );
+        }
+    }
+    match d.fallback {
+        Some((pfn, zone)) => println!("   the next page came from {}: {pfn}\n", zone.name()),
+        None => println!("   no other zone could serve it\n"),
+    }
+}
+
+fn print_workload(r: &Report) {
+    println!("Workload\n");
+    println!("1. Where each request is served:");
+    for p in &r.placements {
+        println!("   {:<13} -> {:<7} {}", p.name, p.zone.name(), p.pfn);
+    }
+    let n = &r.never_upward;
+    println!(
+        "\n2. {} GFP_KERNEL pages while HighMem has {} pages free: {} from Normal, {} from DMA, {} from HighMem (never upward)\n",
+        n.count,
+        n.highmem_free,
+        n.served[ZoneType::Normal.index()],
+        n.served[ZoneType::Dma.index()],
+        n.served[ZoneType::HighMem.index()]
+    );
+    if let Some(h) = &r.highmem {
+        print_drain("3.", h);
+    }
+    print_drain("4.", &r.normal);
+    let a = &r.atomic;
+    println!(
+        "5. GFP_KERNEL took {} more pages, then failed: {}",
+        a.kernel_pages, a.kernel_error
+    );
+    println!(
+        "   GFP_ATOMIC still got {} from {}: {} free now, below min {} (__GFP_HIGH halves min, not blocking takes a quarter more)\n",
+        a.atomic.0,
+        a.atomic.1.name(),
+        a.after.free,
+        a.after.watermarks.min
+    );
+    match &r.highmem_address {
+        Some(e) => println!("6. __get_free_pages(__GFP_HIGHMEM, 0) refused: {e}"),
+        None => println!("6. __get_free_pages(__GFP_HIGHMEM, 0) was granted (it should not be)"),
+    }
+    println!(
+        "\nAt the peak the workload held {} pages; after releasing them all: {} free pages, as before ({}).",
+        r.peak_held, r.free_before_after.1, r.free_before_after.0
+    );
+}

@@ -1,0 +1,102 @@
+//! The tour's workload on simulated i386 machines, asserted: the same
+//! functions `examples/tour.rs` prints.
+
+use kmm::sim::MachineConfig;
+use kmm::workload::{self, Report};
+use kmm::MemoryManager;
+use kmm_api::Error;
+use kmm_zones::ZoneType::{self, Dma, HighMem, Normal};
+
+const MIB: u64 = 1 << 20;
+
+fn run(ram_bytes: u64, pae: bool) -> Report {
+    let mm = MemoryManager::sim(MachineConfig {
+        ram_bytes,
+        pae,
+        nr_cpus: 2,
+    })
+    .unwrap();
+    let report = workload::run(&mm).unwrap();
+    mm.zones().check().unwrap();
+    report
+}
+
+fn zone_of(report: &Report, name: &str) -> ZoneType {
+    report
+        .placements
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap()
+        .zone
+}
+
+#[test]
+fn each_gfp_zone_modifier_is_served_by_its_zone_on_i386() {
+    let r = run(2 << 30, false);
+    assert_eq!(zone_of(&r, "GFP_DMA"), Dma);
+    // i386 has no ZONE_DMA32: __GFP_DMA32 means NORMAL there.
+    assert_eq!(zone_of(&r, "GFP_DMA32"), Normal);
+    assert_eq!(zone_of(&r, "GFP_KERNEL"), Normal);
+    assert_eq!(zone_of(&r, "GFP_HIGHUSER"), HighMem);
+}
+
+#[test]
+fn tour_workload_shows_every_fallback_rule_on_a_2_gib_machine() {
+    let r = run(2 << 30, false);
+
+    let n = r.never_upward;
+    assert!(n.highmem_free > 0);
+    assert_eq!(
+        n.served[Normal.index()],
+        n.count,
+        "GFP_KERNEL never goes upward"
+    );
+
+    let h = r.highmem.expect("a 2 GiB machine has HIGHMEM");
+    assert_eq!(h.fallback.map(|(_, z)| z), Some(Normal));
+    let w = h.at_fallback.watermarks;
+    assert!(h.at_fallback.free >= w.min && h.at_fallback.free <= w.low);
+    assert_eq!(h.free_before[Dma.index()], h.free_at_fallback[Dma.index()]);
+    assert_eq!(
+        h.free_before[Normal.index()],
+        h.free_at_fallback[Normal.index()]
+    );
+
+    let d = r.normal;
+    assert_eq!(d.fallback.map(|(_, z)| z), Some(Dma));
+    assert_eq!(
+        d.free_before[Dma.index()],
+        d.free_at_fallback[Dma.index()],
+        "DMA untouched by NORMAL requests until NORMAL is exhausted"
+    );
+    assert!(d.at_fallback.free <= d.at_fallback.watermarks.low);
+
+    let a = r.atomic;
+    assert!(matches!(a.kernel_error, Error::NoMemory { .. }));
+    assert!(
+        a.after.free < a.after.watermarks.min,
+        "GFP_ATOMIC dips below min"
+    );
+
+    assert!(matches!(r.highmem_address, Some(Error::InvalidGfp { .. })));
+    assert_eq!(r.free_before_after.0, r.free_before_after.1);
+}
+
+#[test]
+fn a_machine_without_highmem_skips_the_highmem_drain() {
+    let r = run(160 * MIB, false);
+    assert!(r.highmem.is_none());
+    assert_eq!(zone_of(&r, "GFP_HIGHUSER"), Normal);
+    assert_eq!(r.normal.fallback.map(|(_, z)| z), Some(Dma));
+    assert_eq!(r.free_before_after.0, r.free_before_after.1);
+}
+
+#[test]
+fn the_workload_runs_the_same_with_the_pae_layout() {
+    let r = run(1 << 30, true);
+    assert_eq!(
+        r.highmem.and_then(|h| h.fallback).map(|(_, z)| z),
+        Some(Normal)
+    );
+    assert_eq!(r.free_before_after.0, r.free_before_after.1);
+}
