@@ -1,0 +1,400 @@
+//! The public entry points: `kmem_cache_*` and the kmalloc family, each a
+//! thin, checked front over the cache paths. Every refusal is an error
+//! value with nothing changed.
+
+use crate::{
+    debug::{Corruption, Track},
+    error::SlabError,
+    kmalloc::{
+        kmalloc_index, kmalloc_index_aligned, KMALLOC_CLASSES, KMALLOC_MAX_CACHE_SIZE,
+        KMALLOC_MAX_SIZE,
+    },
+    kmem::{CacheId, Kmem, Owned, SlabBackend},
+    raw,
+};
+use core::{panic::Location, ptr::NonNull, sync::atomic::Ordering::Relaxed};
+use kmm_api::{get_order, GfpFlags, MAX_PAGE_ORDER};
+
+/// What kmalloc returns for a request of zero bytes (Linux `ZERO_SIZE_PTR`):
+/// a distinct, never-dereferenceable address that `kfree` accepts.
+pub const ZERO_SIZE_PTR: NonNull<u8> = {
+    #[repr(align(16))]
+    struct Sixteen;
+    NonNull::<Sixteen>::dangling().cast()
+};
+
+fn is_zero_or_null(p: *const u8) -> bool {
+    p.is_null() || p == ZERO_SIZE_PTR.as_ptr().cast_const()
+}
+
+/// A cache's layout, as `/proc/slabinfo` and tests see it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct CacheInfo {
+    /// The cache's name.
+    pub name: &'static str,
+    /// Bytes a caller may use per object.
+    pub object_size: usize,
+    /// Bytes from one object to the next (object plus metadata and padding).
+    pub stride: usize,
+    /// Alignment of every object.
+    pub align: usize,
+    /// Objects per slab.
+    pub objects_per_slab: usize,
+    /// Pages per slab.
+    pub pages_per_slab: usize,
+    /// Bytes of each slab no object or header uses.
+    pub leftover: usize,
+    /// Whether the slab header lives off the slab.
+    pub off_slab: bool,
+    /// Offset of the encoded free pointer in a free object's slot.
+    pub free_pointer_offset: usize,
+}
+
+/// A cache's counters at one moment.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct CacheStats {
+    /// Objects allocated to users.
+    pub active_objs: usize,
+    /// Objects in all slabs.
+    pub num_objs: usize,
+    /// Slabs holding at least one object not on their free list.
+    pub active_slabs: usize,
+    /// All slabs.
+    pub num_slabs: usize,
+    /// Objects in per-CPU arrays.
+    pub cached_objs: usize,
+    /// Objects quarantined after corruption.
+    pub quarantined: usize,
+    /// Errors counted by debug checks.
+    pub errors: usize,
+}
+
+impl<B: SlabBackend> Kmem<B> {
+    /// Allocates an object (Linux `kmem_cache_alloc`).
+    #[track_caller]
+    #[inline]
+    pub fn kmem_cache_alloc(&self, id: CacheId, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {
+        let c = self.cache(id)?;
+        self.cache_alloc(c, gfp, c.geo.object_size, Location::caller())
+    }
+
+    /// Allocates a zeroed object (Linux `kmem_cache_zalloc`).
+    #[track_caller]
+    pub fn kmem_cache_zalloc(&self, id: CacheId, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {
+        self.kmem_cache_alloc(id, gfp | GfpFlags::ZERO)
+    }
+
+    /// Frees an object to its cache (Linux `kmem_cache_free`); refuses an
+    /// object of another cache, a pointer that is not an object start, and
+    /// an object already free. Null is a no-op.
+    #[track_caller]
+    #[inline]
+    pub fn kmem_cache_free(&self, id: CacheId, p: *const u8) -> Result<(), SlabError> {
+        if p.is_null() {
+            return Ok(());
+        }
+        let expected = self.cache(id)?;
+        match self.find(p)? {
+            Owned::Slab { cache, slab, index } if cache.index == expected.index => {
+                self.cache_free(cache, slab, index, Location::caller())
+            }
+            Owned::Slab { cache, .. } => Err(SlabError::WrongCache {
+                addr: self.virt(p),
+                expected: expected.name,
+                found: cache.name,
+            }),
+            Owned::Large { .. } => Err(SlabError::WrongCache {
+                addr: self.virt(p),
+                expected: expected.name,
+                found: "kmalloc (pages)",
+            }),
+        }
+    }
+
+    /// Returns this CPU's cached objects and every empty slab of the cache
+    /// to the page allocator (Linux `kmem_cache_shrink`); the pages freed.
+    pub fn kmem_cache_shrink(&self, id: CacheId) -> Result<usize, SlabError> {
+        Ok(self.shrink_cache(self.cache(id)?))
+    }
+
+    /// Shrinks every cache; the pages freed. Repeats until a pass frees
+    /// nothing, since freeing an off-slab slab frees its header into a
+    /// small kmalloc cache.
+    pub fn shrink_all(&self) -> usize {
+        let mut total = 0;
+        loop {
+            let pass: usize = self.caches().map(|c| self.shrink_cache(c)).sum();
+            if pass == 0 {
+                return total;
+            }
+            total += pass;
+        }
+    }
+
+    /// Returns the calling CPU's cached objects of every cache to their
+    /// slabs (Linux `flush_cpu_slab`, which a kernel runs on each CPU).
+    pub fn drain_local(&self) {
+        for c in self.caches() {
+            self.shrink_cache(c);
+        }
+    }
+
+    /// The layout of a cache.
+    pub fn kmem_cache_info(&self, id: CacheId) -> Result<CacheInfo, SlabError> {
+        let c = self.cache(id)?;
+        Ok(CacheInfo {
+            name: c.name,
+            object_size: c.geo.object_size,
+            stride: c.geo.stride,
+            align: c.geo.align,
+            objects_per_slab: c.geo.objects,
+            pages_per_slab: c.geo.pages(),
+            leftover: c.geo.leftover(),
+            off_slab: c.geo.off_slab,
+            free_pointer_offset: c.geo.fp_offset,
+        })
+    }
+
+    /// The counters of a cache.
+    pub fn kmem_cache_stats(&self, id: CacheId) -> Result<CacheStats, SlabError> {
+        Ok(self.stats_of(self.cache(id)?))
+    }
+
+    pub(crate) fn stats_of(&self, c: &crate::cache::KmemCache) -> CacheStats {
+        let node = c.node.lock();
+        CacheStats {
+            active_objs: c.live_objects(&node),
+            num_objs: node.total_objects,
+            active_slabs: node.nr_slabs - node.nr_empty,
+            num_slabs: node.nr_slabs,
+            cached_objs: c.cached_objects(),
+            quarantined: c.quarantined.load(Relaxed),
+            errors: c.errors.load(Relaxed),
+        }
+    }
+
+    /// The latest corruption report of a cache.
+    pub fn kmem_cache_last_report(&self, id: CacheId) -> Result<Option<Corruption>, SlabError> {
+        Ok(*self.cache(id)?.last_report.lock())
+    }
+
+    /// The recorded call sites of an object of a `SLAB_STORE_USER` cache.
+    pub fn kmem_obj_track(&self, p: *const u8) -> Result<Option<Track>, SlabError> {
+        match self.find(p)? {
+            Owned::Slab { cache, slab, index } => {
+                Ok(cache.track(slab.object(index, cache.geo.stride)))
+            }
+            Owned::Large { .. } => Ok(None),
+        }
+    }
+
+    /// The kmalloc cache serving `size` bytes with `gfp` (Linux
+    /// `kmalloc_slab`); `None` above `KMALLOC_MAX_CACHE_SIZE` or for 0.
+    pub fn kmalloc_slab(&self, size: usize, gfp: GfpFlags) -> Option<CacheId> {
+        if size == 0 || size > KMALLOC_MAX_CACHE_SIZE {
+            return None;
+        }
+        let c = self.kmalloc_cache(kmalloc_index(size), gfp.contains(GfpFlags::DMA));
+        Some(self.id_of(c.index))
+    }
+
+    /// Allocates `size` bytes (Linux `kmalloc`): from the smallest size
+    /// class that holds them (a `dma-kmalloc-*` class for `GFP_DMA`), from
+    /// whole pages above `KMALLOC_MAX_CACHE_SIZE`, refused above
+    /// `KMALLOC_MAX_SIZE`. Zero bytes give [`ZERO_SIZE_PTR`].
+    ///
+    /// ```
+    /// use kmm_slab::{testing::HostMachine, Kmem, KmemConfig};
+    /// use kmm_api::GFP_KERNEL;
+    /// let machine = HostMachine::new(256, 1);
+    /// let kmem = Kmem::new(&machine, KmemConfig::default()).unwrap();
+    /// let p = kmem.kmalloc(100, GFP_KERNEL).unwrap();
+    /// assert_eq!(kmem.ksize(p.as_ptr()).unwrap(), 128);
+    /// kmem.kfree(p.as_ptr()).unwrap();
+    /// assert!(kmem.kfree(p.as_ptr()).is_err()); // double free caught
+    /// ```
+    #[track_caller]
+    #[inline]
+    pub fn kmalloc(&self, size: usize, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {
+        if size == 0 {
+            return Ok(ZERO_SIZE_PTR);
+        }
+        if gfp.contains(GfpFlags::HIGHMEM) {
+            return Err(SlabError::InvalidGfp { gfp });
+        }
+        if size > KMALLOC_MAX_CACHE_SIZE {
+            return self.kmalloc_large(size, gfp);
+        }
+        let c = self.kmalloc_cache(kmalloc_index(size), gfp.contains(GfpFlags::DMA));
+        self.cache_alloc(c, gfp, size, Location::caller())
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two up to a
+    /// page): the class is raised until its natural alignment suffices.
+    #[track_caller]
+    pub fn kmalloc_aligned(
+        &self,
+        size: usize,
+        align: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        if !align.is_power_of_two() || align > kmm_api::PAGE_SIZE {
+            return Err(SlabError::BadGeometry { size, align });
+        }
+        match kmalloc_index_aligned(size, align) {
+            Some(class) if !gfp.contains(GfpFlags::HIGHMEM) => {
+                let c = self.kmalloc_cache(class, gfp.contains(GfpFlags::DMA));
+                self.cache_alloc(c, gfp, size.max(1), Location::caller())
+            }
+            _ => self.kmalloc(size.max(align), gfp),
+        }
+    }
+
+    /// `kmalloc` with `__GFP_ZERO`.
+    #[track_caller]
+    pub fn kzalloc(&self, size: usize, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {
+        self.kmalloc(size, gfp | GfpFlags::ZERO)
+    }
+
+    /// An array of `n` elements of `size` bytes; overflow is an error.
+    #[track_caller]
+    pub fn kmalloc_array(
+        &self,
+        n: usize,
+        size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        let bytes = n.checked_mul(size).ok_or(SlabError::Overflow { n, size })?;
+        self.kmalloc(bytes, gfp)
+    }
+
+    /// A zeroed array of `n` elements of `size` bytes; overflow is an error.
+    #[track_caller]
+    pub fn kcalloc(&self, n: usize, size: usize, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {
+        self.kmalloc_array(n, size, gfp | GfpFlags::ZERO)
+    }
+
+    /// Bytes usable at `p` (Linux `ksize`): the class size, or the pages of
+    /// a large allocation.
+    pub fn ksize(&self, p: *const u8) -> Result<usize, SlabError> {
+        if is_zero_or_null(p) {
+            return Ok(0);
+        }
+        match self.find(p)? {
+            Owned::Slab { cache, .. } => Ok(cache.geo.object_size),
+            Owned::Large { order, .. } => Ok(order.bytes()),
+        }
+    }
+
+    /// Frees what kmalloc returned (Linux `kfree`); null and
+    /// [`ZERO_SIZE_PTR`] are no-ops. The owner is found in O(1) through the
+    /// page's owner word; a foreign pointer, a pointer inside an object and
+    /// a double free are refused.
+    #[track_caller]
+    #[inline]
+    pub fn kfree(&self, p: *const u8) -> Result<(), SlabError> {
+        if is_zero_or_null(p) {
+            return Ok(());
+        }
+        match self.find(p)? {
+            Owned::Slab { cache, slab, index } => {
+                self.cache_free(cache, slab, index, Location::caller())
+            }
+            Owned::Large { pfn, order } => {
+                self.free_block(pfn, order);
+                Ok(())
+            }
+        }
+    }
+
+    /// Resizes an allocation (Linux `krealloc`): in place while the class
+    /// still fits, otherwise a new allocation with the contents copied and
+    /// the old one freed. On error the old allocation is untouched.
+    #[track_caller]
+    pub fn krealloc(
+        &self,
+        p: *const u8,
+        new_size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        if is_zero_or_null(p) {
+            return self.kmalloc(new_size, gfp);
+        }
+        let (src, old_size, fits) = match self.find(p)? {
+            Owned::Slab { cache, slab, index } => {
+                if slab.state(index) != crate::slab::ObjState::Allocated {
+                    return Err(SlabError::DoubleFree {
+                        cache: cache.name,
+                        addr: self.virt(p),
+                    });
+                }
+                let obj = slab.object(index, cache.geo.stride);
+                let used = cache.requested_size(obj).unwrap_or(cache.geo.object_size);
+                let fits = new_size <= cache.geo.object_size && new_size > 0;
+                if fits && cache.debug {
+                    // Move the kmalloc red zone to the new requested size.
+                    cache.debug_on_alloc(obj, new_size, Location::caller());
+                }
+                (obj, used, fits)
+            }
+            Owned::Large { pfn, order } => {
+                let base = self.backend().pfn_to_ptr(pfn);
+                let base = base.ok_or(SlabError::InvalidPointer { addr: self.virt(p) })?;
+                let fits = new_size <= order.bytes() && new_size > KMALLOC_MAX_CACHE_SIZE;
+                (base.as_ptr(), order.bytes(), fits)
+            }
+        };
+        if fits {
+            return NonNull::new(p.cast_mut())
+                .ok_or(SlabError::InvalidPointer { addr: self.virt(p) });
+        }
+        if new_size == 0 {
+            self.kfree(p)?;
+            return Ok(ZERO_SIZE_PTR);
+        }
+        let new = self.kmalloc(new_size, gfp)?;
+        // SAFETY: `src` is the live allocation `p` (found through its owner
+        // word), at least `old_size` bytes; `new` is a distinct one of at
+        // least `new_size`.
+        unsafe { raw::copy(src, new.as_ptr(), old_size.min(new_size)) };
+        self.kfree(p)?;
+        Ok(new)
+    }
+
+    /// A kmalloc used by the allocator itself (off-slab headers).
+    pub(crate) fn kmalloc_internal(
+        &self,
+        size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        let c = self.kmalloc_cache(kmalloc_index(size), false);
+        self.cache_alloc(c, gfp, size, Location::caller())
+    }
+
+    fn kmalloc_large(&self, size: usize, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {
+        let too_large = SlabError::SizeTooLarge {
+            bytes: size,
+            max: KMALLOC_MAX_SIZE,
+        };
+        let order = get_order(size).map_err(|_| too_large)?;
+        if size > KMALLOC_MAX_SIZE || order > MAX_PAGE_ORDER {
+            return Err(too_large);
+        }
+        let (pfn, base) =
+            self.alloc_block(gfp & !GfpFlags::ZONE_MASK | (gfp & GfpFlags::DMA), order)?;
+        if let Err(e) = self.set_large_owner(pfn, order) {
+            self.free_block(pfn, order);
+            return Err(e);
+        }
+        if gfp.contains(GfpFlags::ZERO) {
+            // SAFETY: the block is fresh and `order.bytes()` long.
+            unsafe { raw::fill(base, 0, order.bytes()) };
+        }
+        NonNull::new(base).ok_or(too_large)
+    }
+}
+
+/// The class sizes, for reports and tests.
+pub fn kmalloc_classes() -> &'static [usize] {
+    &KMALLOC_CLASSES
+}

@@ -1,0 +1,452 @@
+//! One object cache (Linux `struct kmem_cache`): its descriptor, and the
+//! allocation and free paths that run through the per-CPU array (fast),
+//! the node's slabs (refill, flush) and the page allocator (grow, discard).
+//!
+//! Paths and costs:
+//! - alloc fast: pin CPU, pop an entry, mark it allocated: O(1), no lock.
+//! - free fast: state-byte check, mark cached, pin CPU, push: O(1), no lock.
+//! - refill / flush: one node-lock hold for `batch` objects.
+//! - grow: one `alloc_frames` plus an O(objects) slab build, CPU unpinned
+//!   (the page allocator may sleep).
+//! - debug caches (`SLAB_POISON | SLAB_RED_ZONE | SLAB_STORE_USER`) bypass
+//!   the per-CPU arrays and run every alloc and free under the node lock.
+//!
+//! The node lock is never held across a page-allocator call and the CPU
+//! is never pinned across one; a path never pins the CPU twice.
+
+use crate::{
+    cpu::{CpuArray, CpuGuard, Entries, Entry},
+    debug::Corruption,
+    error::SlabError,
+    flags::SlabFlags,
+    freelist::FreePtr,
+    geometry::Geometry,
+    kmem::{Kmem, SlabBackend},
+    node::{Node, MIN_PARTIAL},
+    slab::{ObjState, SlabHeader},
+};
+use core::{
+    panic::Location,
+    ptr::{self, NonNull},
+    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+};
+use kmm_api::{sync::SpinLock, GfpFlags, Order, Pfn};
+
+/// An object constructor, run once per object when its slab is populated.
+pub type Ctor = fn(NonNull<u8>);
+
+/// A cache descriptor. It lives at the start of a page block taken from the
+/// page allocator, followed by one [`CpuArray`] per CPU.
+pub(crate) struct KmemCache {
+    /// The cache's name (`/proc/slabinfo`).
+    pub name: &'static str,
+    /// Its slot in the cache table.
+    pub index: usize,
+    /// Creation flags, including the global debug flags.
+    pub flags: SlabFlags,
+    /// Object and slab layout.
+    pub geo: Geometry,
+    /// The constructor, if any.
+    pub ctor: Option<Ctor>,
+    /// Zone flags for slab pages (`GFP_DMA` for DMA caches).
+    pub gfp: GfpFlags,
+    /// Per-CPU array limit and refill/flush batch (`/proc/slabinfo` tunables).
+    pub limit: usize,
+    /// Objects moved per refill or flush.
+    pub batch: usize,
+    /// Free-pointer codec with the cache's secret.
+    pub fp: FreePtr,
+    /// Whether the cache runs its debug checks (and skips the fast path).
+    pub debug: bool,
+    /// The slab lists.
+    pub node: SpinLock<Node>,
+    /// Objects quarantined after a corruption report.
+    pub quarantined: AtomicUsize,
+    /// Errors counted by debug checks (reports and repairs).
+    pub errors: AtomicUsize,
+    /// The latest corruption report.
+    pub last_report: SpinLock<Option<Corruption>>,
+    /// The per-CPU arrays, `nr_cpus` of them.
+    pub cpus: *const CpuArray,
+    /// Number of per-CPU arrays.
+    pub nr_cpus: usize,
+    /// The page block holding this descriptor.
+    pub desc: (Pfn, Order),
+}
+
+// SAFETY: the raw `cpus` pointer names per-CPU arrays owned by this
+// descriptor, reached only as the `cpu` module allows.
+unsafe impl Sync for KmemCache {}
+// SAFETY: as above.
+unsafe impl Send for KmemCache {}
+
+/// Slabs found surplus while the CPU was pinned, freed after unpinning.
+#[derive(Default)]
+struct Discards {
+    slabs: [Option<NonNull<SlabHeader>>; 2],
+}
+
+impl KmemCache {
+    /// The per-CPU array of the pinned CPU.
+    #[inline]
+    fn cpu_array<P: kmm_api::PreemptControl>(&self, guard: &CpuGuard<'_, P>) -> &CpuArray {
+        debug_assert!(guard.cpu() < self.nr_cpus);
+        let cpu = guard.cpu().min(self.nr_cpus - 1);
+        // SAFETY: `cpus` points at `nr_cpus` initialised arrays living as
+        // long as the descriptor; `cpu` is in range.
+        unsafe { crate::raw::as_ref(self.cpus.add(cpu)) }
+    }
+
+    /// Every CPU's array (for counting; entries are not touched).
+    pub fn all_cpu_arrays(&self) -> impl Iterator<Item = &CpuArray> {
+        // SAFETY: as in `cpu_array`, for each index below `nr_cpus`.
+        (0..self.nr_cpus).map(move |cpu| unsafe { crate::raw::as_ref(self.cpus.add(cpu)) })
+    }
+
+    /// Objects held by per-CPU arrays.
+    pub fn cached_objects(&self) -> usize {
+        self.all_cpu_arrays().map(CpuArray::avail).sum()
+    }
+
+    /// Objects handed to users and not yet freed.
+    pub fn live_objects(&self, node: &Node) -> usize {
+        node.total_objects
+            .saturating_sub(node.free_objects)
+            .saturating_sub(self.cached_objects())
+            .saturating_sub(self.quarantined.load(Relaxed))
+    }
+
+    fn record(&self, report: Corruption) {
+        *self.last_report.lock() = Some(report);
+    }
+
+    /// Takes up to `want` objects off the node's slabs into `out`, marking
+    /// them `Cached`; returns how many.
+    fn take_from_node<B: SlabBackend>(
+        &self,
+        kmem: &Kmem<B>,
+        node: &mut Node,
+        want: usize,
+        mut out: impl FnMut(*mut u8, &SlabHeader, usize),
+    ) -> usize {
+        let mut taken = 0;
+        while taken < want {
+            let Some(slab) = node.slab_with_free() else {
+                break;
+            };
+            let slab: &SlabHeader = {
+                let p: *const SlabHeader = slab;
+                // SAFETY: listed slabs stay live while the node lock is held.
+                unsafe { SlabHeader::from_ptr(p) }
+            };
+            match self.fp.pop(slab, &self.geo) {
+                Ok(Some(index)) => {
+                    slab.set_state(index, ObjState::Cached);
+                    node.relist(slab, -1);
+                    out(slab.object(index, self.geo.stride), slab, index);
+                    taken += 1;
+                }
+                Ok(None) => break,
+                Err(index) => {
+                    node.relist(slab, -1);
+                    self.quarantined.fetch_add(1, Relaxed);
+                    let virt = kmem.virt(slab.object(index, self.geo.stride));
+                    self.record(self.free_pointer_corrupt(virt));
+                }
+            }
+        }
+        taken
+    }
+
+    /// Returns the oldest `n` entries of a per-CPU array to their slabs.
+    fn flush<B: SlabBackend>(
+        &self,
+        kmem: &Kmem<B>,
+        e: &mut Entries,
+        avail: &mut usize,
+        n: usize,
+    ) -> Discards {
+        let n = n.min(*avail);
+        let mut node = self.node.lock();
+        for entry in &e.slots[..n] {
+            if let Some((slab, index)) = kmem.slab_index(entry.obj) {
+                self.fp.push(slab, &self.geo, index);
+                node.relist(slab, 1);
+            }
+        }
+        e.slots.copy_within(n..*avail, 0);
+        *avail -= n;
+        let mut out = Discards::default();
+        for slot in &mut out.slabs {
+            if let Some(slab) = node.surplus_empty(MIN_PARTIAL) {
+                let p = NonNull::from(slab);
+                // SAFETY: `p` is a listed slab, live under the lock.
+                node.remove_slab(unsafe { p.as_ref() });
+                *slot = Some(p);
+            }
+        }
+        out
+    }
+}
+
+impl<B: SlabBackend> Kmem<B> {
+    /// Allocates one object of `c` (the fast path and its refills).
+    #[inline]
+    pub(crate) fn cache_alloc(
+        &self,
+        c: &KmemCache,
+        gfp: GfpFlags,
+        requested: usize,
+        site: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, SlabError> {
+        let obj = if c.debug {
+            self.debug_alloc(c, gfp, requested, site)?
+        } else {
+            loop {
+                let got = {
+                    let guard = CpuGuard::new(self.backend());
+                    c.cpu_array(&guard).with(&guard, |e, avail| {
+                        if *avail == 0 {
+                            let mut node = c.node.lock();
+                            let mut n = 0;
+                            c.take_from_node(self, &mut node, c.batch, |obj, slab, i| {
+                                e.slots[n] = Entry {
+                                    obj,
+                                    state: &slab.states()[i],
+                                };
+                                n += 1;
+                            });
+                            *avail = n;
+                        }
+                        (*avail > 0).then(|| {
+                            *avail -= 1;
+                            e.slots[*avail]
+                        })
+                    })
+                };
+                match got {
+                    Some(entry) => {
+                        // SAFETY: the entry's state pointer names the state
+                        // byte of its object in a live slab header.
+                        unsafe { &*entry.state }.store(ObjState::Allocated as u8, Relaxed);
+                        break entry.obj;
+                    }
+                    None => self.grow(c, gfp)?,
+                }
+            }
+        };
+        if gfp.contains(GfpFlags::ZERO) {
+            // SAFETY: `obj` is a freshly allocated object of `object_size` bytes.
+            unsafe { crate::raw::fill(obj, 0, c.geo.object_size) };
+        }
+        NonNull::new(obj).ok_or(SlabError::Page(kmm_api::Error::NoMemory {
+            order: c.geo.order,
+        }))
+    }
+
+    /// Frees object `index` of `slab`, which the caller found through the
+    /// object's page owner word and checked to belong to `c`.
+    #[inline]
+    pub(crate) fn cache_free(
+        &self,
+        c: &KmemCache,
+        slab: &SlabHeader,
+        index: usize,
+        site: &'static Location<'static>,
+    ) -> Result<(), SlabError> {
+        let obj = slab.object(index, c.geo.stride);
+        if slab.state(index) != ObjState::Allocated {
+            return Err(SlabError::DoubleFree {
+                cache: c.name,
+                addr: self.virt(obj),
+            });
+        }
+        if c.debug {
+            return self.debug_free(c, slab, index, site);
+        }
+        slab.set_state(index, ObjState::Cached);
+        let discards = {
+            let guard = CpuGuard::new(self.backend());
+            c.cpu_array(&guard).with(&guard, |e, avail| {
+                let discards = if *avail >= c.limit {
+                    c.flush(self, e, avail, c.batch)
+                } else {
+                    Discards::default()
+                };
+                e.slots[*avail] = Entry {
+                    obj,
+                    state: &slab.states()[index],
+                };
+                *avail += 1;
+                discards
+            })
+        };
+        for slab in discards.slabs.into_iter().flatten() {
+            // SAFETY: the slab was unlinked from its node and is ours alone.
+            self.discard(c, unsafe { slab.as_ref() });
+        }
+        Ok(())
+    }
+
+    /// Builds a new slab for `c` with the CPU unpinned and no lock held.
+    pub(crate) fn grow(&self, c: &KmemCache, gfp: GfpFlags) -> Result<(), SlabError> {
+        let action = gfp & !(GfpFlags::ZONE_MASK | GfpFlags::ZERO);
+        let g = &c.geo;
+        let (pfn, base) = self.alloc_block(c.gfp | action, g.order)?;
+        let header: *mut SlabHeader = if g.off_slab {
+            match self.kmalloc_internal(g.header_bytes, action) {
+                Ok(h) => h.as_ptr().cast(),
+                Err(e) => {
+                    self.free_block(pfn, g.order);
+                    return Err(e);
+                }
+            }
+        } else {
+            base.cast()
+        };
+        let s_mem = base.wrapping_add(g.s_mem_offset);
+        // SAFETY: `header` is either the slab's first page (on-slab: the
+        // geometry reserved `header_bytes` before `s_mem`) or a fresh
+        // kmalloc object of `header_bytes`; both word aligned and unshared.
+        let slab = unsafe { SlabHeader::init(header, base, s_mem, g.objects, c.index) };
+        for index in (0..g.objects).rev() {
+            let obj = slab.object(index, g.stride);
+            if c.debug {
+                c.debug_init_slot(obj);
+                c.debug_init_free(obj);
+            }
+            if let Some(ctor) = c.ctor {
+                if let Some(obj) = NonNull::new(obj) {
+                    ctor(obj);
+                }
+            }
+            c.fp.push(slab, g, index);
+        }
+        if let Err(e) = self.set_slab_owner(pfn, g.order, slab) {
+            if g.off_slab {
+                let _ = self.kfree(header.cast());
+            }
+            self.free_block(pfn, g.order);
+            return Err(e);
+        }
+        c.node.lock().add_slab(slab);
+        Ok(())
+    }
+
+    /// Returns an unlinked slab's pages (and off-slab header).
+    pub(crate) fn discard(&self, c: &KmemCache, slab: &SlabHeader) {
+        let base = slab.base;
+        let header: *const SlabHeader = slab;
+        if let Some(pfn) = self.backend().ptr_to_pfn(base) {
+            self.free_block(pfn, c.geo.order);
+        }
+        if c.geo.off_slab {
+            let _ = self.kfree(header.cast());
+        }
+    }
+
+    /// The debug allocation path: node lock held, free objects checked.
+    fn debug_alloc(
+        &self,
+        c: &KmemCache,
+        gfp: GfpFlags,
+        requested: usize,
+        site: &'static Location<'static>,
+    ) -> Result<*mut u8, SlabError> {
+        loop {
+            {
+                let mut node = c.node.lock();
+                loop {
+                    let mut got = None;
+                    c.take_from_node(self, &mut node, 1, |obj, slab, i| {
+                        got = Some((obj, ptr::from_ref(slab), i))
+                    });
+                    let Some((obj, slab, index)) = got else { break };
+                    // SAFETY: the slab is listed and live under the lock.
+                    let slab = unsafe { SlabHeader::from_ptr(slab) };
+                    if let Err(report) = c.check_free_object(obj, self.virt(obj)) {
+                        slab.set_state(index, ObjState::Quarantined);
+                        c.quarantined.fetch_add(1, Relaxed);
+                        c.record(report);
+                        continue;
+                    }
+                    slab.set_state(index, ObjState::Allocated);
+                    c.debug_on_alloc(obj, requested, site);
+                    return Ok(obj);
+                }
+            }
+            self.grow(c, gfp)?;
+        }
+    }
+
+    /// The debug free path: red zones checked, patterns rewritten, the
+    /// object returned straight to its slab.
+    fn debug_free(
+        &self,
+        c: &KmemCache,
+        slab: &SlabHeader,
+        index: usize,
+        site: &'static Location<'static>,
+    ) -> Result<(), SlabError> {
+        let obj = slab.object(index, c.geo.stride);
+        let discard = {
+            let mut node = c.node.lock();
+            if let Err(report) = c.check_live_object(obj, self.virt(obj)) {
+                slab.set_state(index, ObjState::Quarantined);
+                c.quarantined.fetch_add(1, Relaxed);
+                c.record(report);
+                return Err(SlabError::Corrupted(report));
+            }
+            c.debug_on_free(obj, ptr::from_ref(site));
+            c.fp.push(slab, &c.geo, index);
+            node.relist(slab, 1);
+            let surplus = node.surplus_empty(MIN_PARTIAL).map(NonNull::from);
+            if let Some(p) = surplus {
+                // SAFETY: a listed slab, live under the lock.
+                node.remove_slab(unsafe { p.as_ref() });
+            }
+            surplus
+        };
+        if let Some(slab) = discard {
+            // SAFETY: unlinked above; ours alone.
+            self.discard(c, unsafe { slab.as_ref() });
+        }
+        Ok(())
+    }
+
+    /// Returns the calling CPU's cached objects of `c` to their slabs, and
+    /// every empty slab to the page allocator; the pages freed.
+    pub(crate) fn shrink_cache(&self, c: &KmemCache) -> usize {
+        let mut pages = 0;
+        if !c.debug {
+            let discards = {
+                let guard = CpuGuard::new(self.backend());
+                c.cpu_array(&guard).with(&guard, |e, avail| {
+                    let n = *avail;
+                    c.flush(self, e, avail, n)
+                })
+            };
+            for slab in discards.slabs.into_iter().flatten() {
+                // SAFETY: unlinked by the flush; ours alone.
+                self.discard(c, unsafe { slab.as_ref() });
+                pages += c.geo.pages();
+            }
+        }
+        loop {
+            let slab = {
+                let mut node = c.node.lock();
+                let Some(s) = node.surplus_empty(0) else {
+                    break;
+                };
+                let p = NonNull::from(s);
+                // SAFETY: a listed slab, live under the lock.
+                node.remove_slab(unsafe { p.as_ref() });
+                p
+            };
+            // SAFETY: unlinked above; ours alone.
+            self.discard(c, unsafe { slab.as_ref() });
+            pages += c.geo.pages();
+        }
+        pages
+    }
+}

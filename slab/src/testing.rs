@@ -1,0 +1,273 @@
+//! Test doubles of the kmm-api traits over host memory, shared by the unit
+//! tests, integration tests, benchmarks, doctests and the fuzz target
+//! (feature `testing`, which needs std).
+//!
+//! [`HostMachine`] is a page source, direct map and platform in one: an
+//! aligned host buffer whose frames are numbered by address (so
+//! `pfn * PAGE_SIZE` is the host address and the direct map is the
+//! identity, `window_base` 0), a first-fit allocator of naturally aligned
+//! blocks, one owner word per frame, and CPU ids handed to threads.
+
+extern crate std;
+
+use core::sync::atomic::{
+    AtomicBool, AtomicUsize,
+    Ordering::{AcqRel, Acquire, Relaxed, Release},
+};
+use kmm_api::{
+    DirectMap, Error, FrameAllocator, GfpFlags, Order, PageOwner, Pfn, Platform, PreemptControl,
+    VirtAddr, PAGE_SHIFT, PAGE_SIZE,
+};
+use std::{alloc::Layout, boxed::Box, cell::Cell, sync::Mutex, vec, vec::Vec};
+
+/// How the double keeps the `PreemptControl` promise.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pinning {
+    /// Each thread gets an id; an uncontended lock per id makes it exclusive
+    /// even when there are more threads than CPUs.
+    Locked,
+    /// One thread only (the caller promised): CPU 0, nothing to do.
+    SingleThread,
+}
+
+/// Host memory posing as a machine's RAM, with the frame allocator, direct
+/// map, owner words and CPUs the slab layer needs.
+pub struct HostMachine {
+    arena: *mut u8,
+    layout: Layout,
+    base_pfn: usize,
+    frames: usize,
+    /// Order + 1 of the block starting at each frame, 0 if none; under the
+    /// lock, as is the search hint.
+    blocks: Mutex<(Vec<u8>, usize)>,
+    allocated: Box<[AtomicBool]>,
+    owners: Box<[AtomicUsize]>,
+    in_use: AtomicUsize,
+    nr_cpus: usize,
+    cpu_locks: Box<[AtomicBool]>,
+    pinning: Pinning,
+    fail_after: AtomicUsize,
+}
+
+// SAFETY: the arena is plain memory owned by this value; all bookkeeping is
+// atomic or behind the mutex.
+unsafe impl Sync for HostMachine {}
+// SAFETY: as above.
+unsafe impl Send for HostMachine {}
+
+static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
+std::thread_local!(static THREAD_ID: Cell<usize> = const { Cell::new(usize::MAX) });
+
+fn thread_id() -> usize {
+    THREAD_ID.with(|id| {
+        if id.get() == usize::MAX {
+            id.set(NEXT_THREAD.fetch_add(1, Relaxed));
+        }
+        id.get()
+    })
+}
+
+impl HostMachine {
+    /// A machine of `frames` pages and `nr_cpus` CPUs, safe for any number
+    /// of threads.
+    pub fn new(frames: usize, nr_cpus: usize) -> Self {
+        Self::build(frames, nr_cpus, Pinning::Locked)
+    }
+
+    /// A one-CPU machine whose CPU pinning costs nothing, as under a kernel
+    /// with preemption disabled.
+    ///
+    /// # Safety
+    /// Only one thread may ever call into allocators built over it.
+    pub unsafe fn single_threaded(frames: usize) -> Self {
+        Self::build(frames, 1, Pinning::SingleThread)
+    }
+
+    fn build(frames: usize, nr_cpus: usize, pinning: Pinning) -> Self {
+        let frames = frames.max(1);
+        let layout = Layout::from_size_align(frames * PAGE_SIZE, PAGE_SIZE).expect("arena layout");
+        // SAFETY: the layout has a non-zero size.
+        let arena = unsafe { std::alloc::alloc_zeroed(layout) };
+        assert!(!arena.is_null(), "host memory for the test machine");
+        Self {
+            arena,
+            layout,
+            base_pfn: arena as usize >> PAGE_SHIFT,
+            frames,
+            blocks: Mutex::new((vec![0; frames], 0)),
+            allocated: (0..frames).map(|_| AtomicBool::new(false)).collect(),
+            owners: (0..frames).map(|_| AtomicUsize::new(0)).collect(),
+            in_use: AtomicUsize::new(0),
+            nr_cpus: nr_cpus.max(1),
+            cpu_locks: (0..nr_cpus.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            pinning,
+            fail_after: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    /// Frames currently allocated.
+    pub fn frames_in_use(&self) -> usize {
+        self.in_use.load(Relaxed)
+    }
+
+    /// Frames the machine has.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Makes allocations fail once `n` more have succeeded (fault injection).
+    pub fn fail_after(&self, n: usize) {
+        self.fail_after.store(n, Relaxed);
+    }
+
+    fn index(&self, pfn: Pfn) -> Option<usize> {
+        pfn.checked_offset_from(Pfn::new(self.base_pfn))
+            .filter(|&i| i < self.frames)
+    }
+}
+
+impl Drop for HostMachine {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `build` with this layout.
+        unsafe { std::alloc::dealloc(self.arena, self.layout) };
+    }
+}
+
+impl FrameAllocator for HostMachine {
+    fn alloc_frames(&self, _gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+        let budget = self.fail_after.load(Relaxed);
+        if budget == 0 {
+            return Err(Error::NoMemory { order });
+        }
+        if budget != usize::MAX {
+            self.fail_after.store(budget - 1, Relaxed);
+        }
+        let n = order.pages();
+        let mut guard = self.blocks.lock().map_err(|_| Error::NoMemory { order })?;
+        let (blocks, hint) = &mut *guard;
+        // Blocks are aligned to their size in absolute frame numbers, so
+        // the host addresses are aligned too.
+        let first = (self.base_pfn.next_multiple_of(n)) - self.base_pfn;
+        let starts = (first..self.frames.saturating_sub(n - 1)).step_by(n);
+        let count = starts.len();
+        let skip = (hint.saturating_sub(first) / n).min(count);
+        let found = starts
+            .clone()
+            .skip(skip)
+            .chain(starts.take(skip))
+            .find(|&i| (i..i + n).all(|j| !self.allocated[j].load(Relaxed)));
+        let i = found.ok_or(Error::NoMemory { order })?;
+        for j in i..i + n {
+            self.allocated[j].store(true, Release);
+            self.owners[j].store(0, Relaxed);
+        }
+        blocks[i] = order.as_u32() as u8 + 1;
+        *hint = i + n;
+        self.in_use.fetch_add(n, Relaxed);
+        Ok(Pfn::new(self.base_pfn + i))
+    }
+
+    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        let i = self.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
+        let mut guard = self
+            .blocks
+            .lock()
+            .map_err(|_| Error::NotAllocated { pfn })?;
+        let (blocks, hint) = &mut *guard;
+        match blocks[i] {
+            0 if self.allocated[i].load(Relaxed) => return Err(Error::NotAllocated { pfn }),
+            0 => return Err(Error::DoubleFree { pfn }),
+            b if u32::from(b - 1) != order.as_u32() => {
+                return Err(Error::WrongOrder {
+                    pfn,
+                    allocated: Order::new(u32::from(b - 1)).unwrap_or(Order::ZERO),
+                    freed: order,
+                })
+            }
+            _ => {}
+        }
+        blocks[i] = 0;
+        for j in i..i + order.pages() {
+            self.allocated[j].store(false, Release);
+            self.owners[j].store(0, Relaxed);
+        }
+        *hint = (*hint).min(i);
+        self.in_use.fetch_sub(order.pages(), Relaxed);
+        Ok(())
+    }
+}
+
+// SAFETY: frame `pfn` is the host page at `pfn * PAGE_SIZE`, inside the
+// arena this value owns for its whole life; the mapping is the identity,
+// so `virt_to_pfn` inverts `pfn_to_virt` exactly.
+unsafe impl DirectMap for HostMachine {
+    fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr> {
+        self.index(pfn)?;
+        Some(VirtAddr::new(pfn.as_usize() << PAGE_SHIFT))
+    }
+
+    fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn> {
+        let pfn = Pfn::new(addr.as_usize() >> PAGE_SHIFT);
+        self.index(pfn).map(|_| pfn)
+    }
+}
+
+impl PageOwner for HostMachine {
+    fn owner(&self, pfn: Pfn) -> Option<usize> {
+        let i = self.index(pfn)?;
+        self.allocated[i]
+            .load(Acquire)
+            .then(|| self.owners[i].load(Acquire))
+    }
+
+    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
+        let i = self.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
+        if !self.allocated[i].load(Acquire) {
+            return Err(Error::NotAllocated { pfn });
+        }
+        self.owners[i].store(word, Release);
+        Ok(())
+    }
+}
+
+impl Platform for HostMachine {
+    fn nr_cpus(&self) -> usize {
+        self.nr_cpus
+    }
+
+    fn cpu_id(&self) -> usize {
+        match self.pinning {
+            Pinning::SingleThread => 0,
+            Pinning::Locked => thread_id() % self.nr_cpus,
+        }
+    }
+}
+
+// SAFETY: `Locked` hands a CPU id out only while holding that id's lock,
+// released by `put_cpu`; `SingleThread` is used by one thread only (the
+// promise of `single_threaded`).
+unsafe impl PreemptControl for HostMachine {
+    #[inline]
+    fn get_cpu(&self) -> usize {
+        if self.pinning == Pinning::SingleThread {
+            return 0;
+        }
+        let cpu = self.cpu_id();
+        while self.cpu_locks[cpu]
+            .compare_exchange_weak(false, true, AcqRel, Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        cpu
+    }
+
+    #[inline]
+    fn put_cpu(&self, cpu: usize) {
+        if self.pinning == Pinning::Locked {
+            self.cpu_locks[cpu].store(false, Release);
+        }
+    }
+}
