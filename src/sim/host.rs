@@ -133,6 +133,34 @@ impl HostMemory {
         Ok(())
     }
 
+    /// Zeroes `len` bytes of RAM from `phys` without mapping them, by
+    /// punching a hole in the file (reads back as zeros, and gives the
+    /// host its memory back).
+    pub(super) fn zero(&self, phys: PhysAddr, len: usize) -> Result<(), Error> {
+        let in_ram = phys.is_aligned(PAGE_SIZE as u64)
+            && phys
+                .as_u64()
+                .checked_add(len as u64)
+                .is_some_and(|e| e <= self.ram_bytes);
+        if !in_ram {
+            return Err(Error::BadPhysAddr { addr: phys });
+        }
+        // SAFETY: operates on our own file descriptor; the range lies inside
+        // the file; no memory of this process is passed.
+        let rc = unsafe {
+            libc::fallocate(
+                self.fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                phys.as_u64() as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            return Err(Error::BadPhysAddr { addr: phys });
+        }
+        Ok(())
+    }
+
     /// Returns `len` bytes at `addr` to the reserved, inaccessible state:
     /// touching them faults again.
     pub(super) fn unmap(&self, addr: VirtAddr, len: usize) -> Result<(), Error> {

@@ -227,6 +227,14 @@ impl Platform for Machine {
     fn cpu_id(&self) -> usize {
         self.inner.cpus.cpu_id()
     }
+    /// Zeroes a highmem frame (for `__GFP_ZERO`) in the RAM file itself,
+    /// where a kernel would borrow a `kmap_local` slot.
+    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+        if pfn >= self.inner.layout.max_pfn() {
+            return Err(Error::PfnOutOfRange { pfn });
+        }
+        self.inner.host.zero(pfn.phys(), PAGE_SIZE)
+    }
 }
 
 // SAFETY: `HostCpus::get_cpu` hands each id to one caller at a time (an
