@@ -9,6 +9,7 @@
 
 use crate::frame::{FrameMeta, FrameTag};
 use crate::free_area::{FreeAreas, ORDERS};
+use core::fmt;
 use kmm_api::{Error, Order, Pfn};
 
 /// A binary-buddy allocator over the frames `[base, base + nr_frames)`.
@@ -268,5 +269,31 @@ impl<M: FrameMeta> Buddy<M> {
             }
         }
         None
+    }
+}
+
+/// The range, the counters, and the block count of each order up to the
+/// maximum (the storage is not printed).
+impl<M: FrameMeta> fmt::Debug for Buddy<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let orders = &self.free_area.area[..=self.max_order.as_usize()];
+        f.debug_struct("Buddy")
+            .field("base", &self.base())
+            .field("end", &self.end())
+            .field("max_order", &self.max_order)
+            .field("free_pages", &self.free_area.free_pages)
+            .field("managed_pages", &self.managed_pages)
+            .field("nr_free", &DebugCounts(orders))
+            .finish()
+    }
+}
+
+struct DebugCounts<'a>(&'a [crate::free_area::FreeArea]);
+
+impl fmt::Debug for DebugCounts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|area| area.nr_free))
+            .finish()
     }
 }

@@ -372,3 +372,11 @@ fn check_names_an_unmerged_buddy_pair() {
     ));
     assert!(!broken.to_string().is_empty());
 }
+
+#[test]
+fn debug_shows_the_range_and_per_order_counts() {
+    let b = released(16, 2);
+    let shown = format!("{b:?}");
+    assert!(shown.contains("nr_free: [0, 0, 4]"), "{shown}");
+    assert!(shown.contains("free_pages: 16"), "{shown}");
+}
