@@ -275,6 +275,14 @@ unsafe impl<T: DirectMap + ?Sized> DirectMap for &T {
     fn window_base(&self) -> usize {
         (**self).window_base()
     }
+    // Forwarded too, so an implementation's own pointer derivation (e.g.
+    // one that keeps a buffer's provenance) is not replaced by the default.
+    fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
+        (**self).virt_to_ptr(addr)
+    }
+    fn ptr_to_virt(&self, ptr: *const u8) -> VirtAddr {
+        (**self).ptr_to_virt(ptr)
+    }
 }
 
 impl<T: PageOwner + ?Sized> PageOwner for &T {
