@@ -1,0 +1,77 @@
+//! Fuzzes the x86 kernel page table: arbitrary map / unmap / translate
+//! sequences (valid and not) over a hosted machine, checked against a map
+//! model after every operation, and every page-table page back in the
+//! zones after the table drops.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use kmm::layout::Layout;
+use kmm::x86::X86PageTable;
+use kmm::MemoryManager;
+use kmm_api::{Error, KernelPageTable, PageProt, Pfn, VirtAddr, PAGE_SIZE};
+use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeMap;
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    Map { page: u16, pfn: u32, prot: u8 },
+    Unmap { page: u16 },
+    Translate { page: u16 },
+    Raw { addr: u32, pfn: u32 },
+}
+
+fuzz_target!(|ops: Vec<Op>| {
+    let mm = MemoryManager::hosted(4 << 20, 1).expect("hosted machine");
+    let zones = mm.zones();
+    zones.drain_all_pages();
+    let free = zones.nr_free_pages();
+    let layout = Layout::i386(1 << 30, false).expect("layout");
+    let (first, last) = layout.kernel_map_range();
+    let pages = (last.as_usize() - first.as_usize()) / PAGE_SIZE + 1;
+    let addr_of = |page: u16| VirtAddr::new(first.as_usize() + (page as usize % pages) * PAGE_SIZE);
+    {
+        let pt = X86PageTable::new(zones, zones.direct_map(), (), (first, last)).expect("table");
+        let mut model: BTreeMap<VirtAddr, Pfn> = BTreeMap::new();
+        for op in ops.into_iter().take(256) {
+            match op {
+                Op::Map { page, pfn, prot } => {
+                    let (addr, pfn) = (addr_of(page), Pfn::new(pfn as usize));
+                    let got = pt.map(addr, pfn, PageProt::from_bits_truncate(prot));
+                    if pfn.as_usize() >= 1 << 20 {
+                        assert_eq!(got, Err(Error::BadPhysAddr { addr: pfn.phys() }));
+                    } else if model.contains_key(&addr) {
+                        assert_eq!(got, Err(Error::AlreadyMapped { addr }));
+                    } else if got.is_ok() {
+                        model.insert(addr, pfn);
+                    } else {
+                        // Only running out of page-table pages may refuse.
+                        assert!(matches!(got, Err(Error::NoMemory { .. })), "{got:?}");
+                    }
+                }
+                Op::Unmap { page } => {
+                    let addr = addr_of(page);
+                    match model.remove(&addr) {
+                        Some(pfn) => assert_eq!(pt.unmap(addr).map(|(p, f)| (p, f.range().0)), Ok((pfn, addr))),
+                        None => assert_eq!(pt.unmap(addr).map(|(p, _)| p), Err(Error::NotMapped { addr })),
+                    }
+                }
+                Op::Translate { page } => {
+                    let addr = addr_of(page);
+                    assert_eq!(pt.translate(addr).map(|(p, _)| p), model.get(&addr).copied());
+                }
+                Op::Raw { addr, pfn } => {
+                    let addr = VirtAddr::new(addr as usize);
+                    let inside = addr >= first && addr <= last && addr.is_aligned(PAGE_SIZE);
+                    if !inside {
+                        let got = pt.map(addr, Pfn::new(pfn as usize), PageProt::KERNEL);
+                        assert_eq!(got, Err(Error::BadVirtAddr { addr }));
+                        assert_eq!(pt.unmap(addr).map(|(p, _)| p), Err(Error::BadVirtAddr { addr }));
+                    }
+                }
+            }
+            assert_eq!(pt.mapped_pages(), model.len());
+        }
+    }
+    zones.drain_all_pages();
+    assert_eq!(zones.nr_free_pages(), free);
+});
