@@ -18,7 +18,14 @@ use kmm_api::{
     DirectMap, Error, FrameAllocator, GfpFlags, Order, PageOwner, Pfn, Platform, PreemptControl,
     VirtAddr, PAGE_SHIFT, PAGE_SIZE,
 };
-use std::{alloc::Layout, boxed::Box, cell::Cell, sync::Mutex, vec, vec::Vec};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    boxed::Box,
+    cell::Cell,
+    sync::Mutex,
+    vec,
+    vec::Vec,
+};
 
 /// How the double keeps the `PreemptControl` promise.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -86,8 +93,9 @@ impl HostMachine {
     fn build(frames: usize, nr_cpus: usize, pinning: Pinning) -> Self {
         let frames = frames.max(1);
         let layout = Layout::from_size_align(frames * PAGE_SIZE, PAGE_SIZE).expect("arena layout");
-        // SAFETY: the layout has a non-zero size.
-        let arena = unsafe { std::alloc::alloc_zeroed(layout) };
+        // SAFETY: the layout has a non-zero size. The system allocator, not
+        // the global one, which may be a kmalloc over this very machine.
+        let arena = unsafe { System.alloc_zeroed(layout) };
         assert!(!arena.is_null(), "host memory for the test machine");
         Self {
             arena,
@@ -112,6 +120,11 @@ impl HostMachine {
         self.in_use.load(Relaxed)
     }
 
+    /// Whether `p` lies in the machine's memory.
+    pub fn contains(&self, p: *const u8) -> bool {
+        (p as usize).wrapping_sub(self.arena as usize) < self.layout.size()
+    }
+
     /// Frames the machine has.
     pub fn frames(&self) -> usize {
         self.frames
@@ -130,8 +143,8 @@ impl HostMachine {
 
 impl Drop for HostMachine {
     fn drop(&mut self) {
-        // SAFETY: allocated in `build` with this layout.
-        unsafe { std::alloc::dealloc(self.arena, self.layout) };
+        // SAFETY: allocated in `build` from `System` with this layout.
+        unsafe { System.dealloc(self.arena, self.layout) };
     }
 }
 

@@ -1,0 +1,103 @@
+//! A `GlobalAlloc` over any [`Kmem`]: kmalloc classes up to
+//! `KMALLOC_MAX_CACHE_SIZE`, whole pages above, alignment up to a page
+//! honoured by moving to a class whose natural alignment suffices.
+//! `alloc_zeroed` is kzalloc, `realloc` is krealloc where the class keeps
+//! the alignment. Holds no state of its own beyond how to reach the
+//! allocator; must never panic (failures are null pointers).
+
+use crate::{
+    kmalloc::{kmalloc_index, kmalloc_index_aligned, KMALLOC_MAX_CACHE_SIZE},
+    kmem::{Kmem, SlabBackend},
+};
+use core::{alloc::GlobalAlloc, alloc::Layout, ptr};
+use kmm_api::{GfpFlags, GFP_KERNEL, PAGE_SIZE};
+
+/// A `#[global_allocator]` over the kmalloc family of a [`Kmem`] reached
+/// through `kmem`, which returns `None` until the allocator is built (and
+/// allocation then fails with a null pointer).
+///
+/// ```ignore
+/// static KMEM: spin::Once<Kmem<MyMachine>> = spin::Once::new();
+/// #[global_allocator]
+/// static GLOBAL: KmallocGlobal<MyMachine> = KmallocGlobal::new(|| KMEM.get());
+/// ```
+pub struct KmallocGlobal<B: 'static> {
+    kmem: fn() -> Option<&'static Kmem<B>>,
+    gfp: GfpFlags,
+}
+
+impl<B: 'static> KmallocGlobal<B> {
+    /// An adaptor allocating with `GFP_KERNEL`.
+    pub const fn new(kmem: fn() -> Option<&'static Kmem<B>>) -> Self {
+        Self {
+            kmem,
+            gfp: GFP_KERNEL,
+        }
+    }
+
+    /// The same adaptor allocating with `gfp` (e.g. `GFP_ATOMIC` where
+    /// allocations may come from interrupt context).
+    pub const fn with_gfp(self, gfp: GfpFlags) -> Self {
+        Self { gfp, ..self }
+    }
+}
+
+// SAFETY: every pointer returned comes from `kmalloc_aligned`, is valid for
+// `layout.size()` bytes and aligned to `layout.align()` (or is null);
+// `dealloc` and `realloc` hand it back to the same allocator.
+unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match (self.kmem)() {
+            Some(k) => k
+                .kmalloc_aligned(layout.size(), layout.align(), self.gfp)
+                .map_or(ptr::null_mut(), |p| p.as_ptr()),
+            None => ptr::null_mut(),
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        match (self.kmem)() {
+            Some(k) => k
+                .kmalloc_aligned(layout.size(), layout.align(), self.gfp | GfpFlags::ZERO)
+                .map_or(ptr::null_mut(), |p| p.as_ptr()),
+            None => ptr::null_mut(),
+        }
+    }
+
+    unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
+        if let Some(k) = (self.kmem)() {
+            let freed = k.kfree(p);
+            debug_assert!(freed.is_ok(), "dealloc of {p:?}: {freed:?}");
+        }
+    }
+
+    unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some(k) = (self.kmem)() else {
+            return ptr::null_mut();
+        };
+        // krealloc picks a class by size alone: use it when that class (or
+        // the page path) already gives the alignment.
+        let keeps_align = layout.align() <= PAGE_SIZE
+            && (new_size > KMALLOC_MAX_CACHE_SIZE
+                || kmalloc_index_aligned(new_size, layout.align())
+                    == Some(kmalloc_index(new_size.max(1))));
+        if keeps_align {
+            return k
+                .krealloc(p, new_size, self.gfp)
+                .map_or(ptr::null_mut(), |q| q.as_ptr());
+        }
+        let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: forwarded from our caller's contract.
+        let q = unsafe { self.alloc(new_layout) };
+        if !q.is_null() {
+            // SAFETY: `p` holds `layout.size()` bytes, `q` at least
+            // `new_size`; distinct allocations.
+            unsafe { ptr::copy_nonoverlapping(p, q, layout.size().min(new_size)) };
+            // SAFETY: `p` was allocated by us with `layout`.
+            unsafe { self.dealloc(p, layout) };
+        }
+        q
+    }
+}

@@ -1,0 +1,150 @@
+//! `KmallocGlobal` as the process's `#[global_allocator]`: alloc
+//! collections run on kmalloc over the host machine once it is built.
+
+use kmm_api::GFP_KERNEL;
+use kmm_slab::{testing::HostMachine, KmallocGlobal, Kmem, KmemConfig};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    collections::BTreeMap,
+    sync::atomic::{AtomicPtr, Ordering},
+    sync::Once,
+};
+
+type Machine = &'static HostMachine;
+
+static KMEM: AtomicPtr<Kmem<Machine>> = AtomicPtr::new(std::ptr::null_mut());
+static MACHINE: AtomicPtr<HostMachine> = AtomicPtr::new(std::ptr::null_mut());
+static INIT: Once = Once::new();
+
+fn kmem() -> Option<&'static Kmem<Machine>> {
+    // SAFETY: published once, never freed.
+    unsafe { KMEM.load(Ordering::Acquire).as_ref() }
+}
+
+fn machine() -> Option<&'static HostMachine> {
+    // SAFETY: published once, never freed.
+    unsafe { MACHINE.load(Ordering::Acquire).as_ref() }
+}
+
+static KMALLOC: KmallocGlobal<Machine> = KmallocGlobal::new(kmem);
+
+/// Before the allocator exists (the test harness starts first), requests
+/// go to the system allocator; afterwards every request goes to kmalloc,
+/// and each pointer is returned to whichever allocator made it.
+struct Boot;
+
+// SAFETY: each pointer is freed by the allocator that produced it, told
+// apart by whether it lies in the machine's memory.
+unsafe impl GlobalAlloc for Boot {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match kmem() {
+                Some(_) => KMALLOC.alloc(l),
+                None => System.alloc(l),
+            }
+        }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            match kmem() {
+                Some(_) => KMALLOC.alloc_zeroed(l),
+                None => System.alloc_zeroed(l),
+            }
+        }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: forwarded contract; `p` goes back to its maker.
+        unsafe {
+            match machine() {
+                Some(m) if m.contains(p) => KMALLOC.dealloc(p, l),
+                _ => System.dealloc(p, l),
+            }
+        }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        // SAFETY: forwarded contract; `p` is resized by its maker.
+        unsafe {
+            match machine() {
+                Some(m) if m.contains(p) => KMALLOC.realloc(p, l, n),
+                _ => System.realloc(p, l, n),
+            }
+        }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Boot = Boot;
+
+fn boot() -> &'static HostMachine {
+    INIT.call_once(|| {
+        let m: &'static HostMachine = Box::leak(Box::new(HostMachine::new(16 << 8, 4)));
+        let k = Box::leak(Box::new(Kmem::new(m, KmemConfig::default()).unwrap()));
+        MACHINE.store(std::ptr::from_ref(m).cast_mut(), Ordering::Release);
+        KMEM.store(k, Ordering::Release);
+    });
+    machine().unwrap()
+}
+
+#[test]
+fn vec_btreemap_and_string_run_on_kmalloc() {
+    let m = boot();
+    let mut v: Vec<u64> = Vec::new();
+    for i in 0..10_000 {
+        v.push(i);
+    }
+    assert!(
+        m.contains(v.as_ptr().cast()),
+        "Vec storage comes from kmalloc pages"
+    );
+    assert_eq!(v.iter().sum::<u64>(), 10_000 * 9_999 / 2);
+    let mut map = BTreeMap::new();
+    for i in 0..2_000u32 {
+        map.insert(i, format!("value {i}"));
+    }
+    assert_eq!(map[&1234], "value 1234");
+    let mut s = String::new();
+    for _ in 0..1000 {
+        s.push_str("kmalloc ");
+    }
+    assert!(m.contains(s.as_ptr()));
+    assert_eq!(s.len(), 8000);
+}
+
+#[test]
+fn over_aligned_layouts_up_to_a_page_are_honoured() {
+    boot();
+    for align in [16, 32, 64, 128, 1024, 4096] {
+        for size in [1, 24, 80, 100, 5000] {
+            let l = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: non-zero size; freed below with the same layout.
+            unsafe {
+                let p = GLOBAL.alloc(l);
+                assert!(!p.is_null());
+                assert_eq!(p as usize % align, 0, "size {size} align {align}");
+                let q = GLOBAL.realloc(p, l, size * 3);
+                assert_eq!(q as usize % align, 0, "realloc keeps align {align}");
+                GLOBAL.dealloc(q, Layout::from_size_align(size * 3, align).unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn alloc_zeroed_is_zero_and_large_requests_take_pages() {
+    let m = boot();
+    let l = Layout::from_size_align(64 << 10, 8).unwrap();
+    // SAFETY: non-zero size; freed below.
+    unsafe {
+        let p = GLOBAL.alloc_zeroed(l);
+        assert!(m.contains(p));
+        assert!(std::slice::from_raw_parts(p, l.size())
+            .iter()
+            .all(|&b| b == 0));
+        assert_eq!(kmem().unwrap().ksize(p).unwrap(), 64 << 10);
+        GLOBAL.dealloc(p, l);
+    }
+    let p = kmem().unwrap().kmalloc(10, GFP_KERNEL).unwrap();
+    kmem().unwrap().kfree(p.as_ptr()).unwrap();
+}
