@@ -7,9 +7,12 @@
 //! Lock order: a thread holds at most one CPU slot (from `get_cpu` to
 //! `put_cpu`); kmm's own locks may be taken inside it, never the reverse.
 
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::AtomicUsize;
+use kmm_api::sync::{AtomicBool, Ordering};
 use std::boxed::Box;
 
+// The slot counter is plain `core` (a loom model cannot hold a static);
+// the per-CPU flags are the loom-swappable atomics the model checks.
 static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
 
 std::thread_local! {
@@ -64,6 +67,9 @@ impl HostCpus {
                     return cpu;
                 }
             }
+            #[cfg(loom)]
+            loom::thread::yield_now();
+            #[cfg(not(loom))]
             core::hint::spin_loop();
         }
     }

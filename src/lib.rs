@@ -1,20 +1,41 @@
 //! kmm: a kernel memory manager in the Linux mould, composed.
 //!
-//! This crate owns the parts that tie the layers to a machine: the virtual
-//! [`layout`] (where lowmem, vmalloc, pkmap and the fixmap lie, and where the
-//! zones end), the 32-bit [`x86`] page table, and, behind features, the
-//! simulated i386 machine (`sim`) and the hosted 64-bit preset (`std`).
+//! This crate owns what ties the layers to a machine: the [`MemoryManager`]
+//! that boots the zones from a physical memory map, the virtual [`layout`]
+//! (where lowmem, vmalloc, pkmap and the fixmap lie, and where the zones
+//! end), the PC memory map ([`e820`]), and the 32-bit [`x86`] kernel page
+//! table. Behind features:
 //!
-//! Invariants: layouts are pure arithmetic over the RAM size; a kernel page
-//! table maps each virtual page at most once and refuses anything outside
-//! the range its layout gives it; every page-table page is reached through
-//! the [`kmm_api::DirectMap`], never through a cast of a physical address.
+//! | feature | module | what |
+//! |---|---|---|
+//! | (none) | `layout`, `e820`, `x86`, `MemoryManager::boot` | `no_std`, for kernels |
+//! | `std` | `hosted`, `cpu`, `workload` | the hosted 64-bit preset over a host buffer; host CPU slots; the tour's workload |
+//! | `sim` | `sim` | the simulated i386 machine: memfd RAM in a reserved 4 GiB host window |
 //!
-//! Costs: layout queries are O(1); page-table map, unmap and translate are
-//! O(1) (two levels) under one short spin lock.
+//! Invariants: layouts are pure arithmetic over the RAM size; the zones'
+//! metadata lives in the machine's own lowmem, reserved in memblock before
+//! the zones release the rest; a kernel page table maps each virtual page at
+//! most once, only inside the range its layout gives it, and reaches its
+//! page-table pages only through the [`kmm_api::DirectMap`].
 //!
-//! Never: allocate from a global heap (`no_std` without features), hold a
-//! singleton, or touch a frame outside the direct map without a mapping.
+//! Costs: layout queries O(1); boot O(frames) (descriptor initialisation);
+//! page-table map, unmap and translate O(1) (two levels) under one short
+//! spin lock, plus one host `mmap` on the simulated machine.
+//!
+//! Never: allocate from a global heap without `std`, hold a singleton, or
+//! touch a frame outside the direct map without a mapping.
+//!
+//! ```
+//! # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
+//! use kmm::MemoryManager;
+//! use kmm_api::{Order, GFP_KERNEL};
+//! let mm = MemoryManager::hosted(16 << 20, 2)?;
+//! let page = mm.zones().__get_free_pages(GFP_KERNEL, Order::ZERO)?;
+//! mm.zones().free_pages(page, Order::ZERO)?;
+//! print!("{}", mm.zones().meminfo());
+//! # }
+//! # Ok::<(), kmm_api::Error>(())
+//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
