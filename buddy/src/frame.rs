@@ -5,6 +5,7 @@
 //! This module owns the one-byte tag encoding. It never looks at a frame's
 //! contents: all of this lives in the caller's descriptor array.
 
+use crate::free_area::ORDERS;
 use kmm_api::Order;
 
 /// State of one frame as the buddy sees it.
@@ -34,13 +35,16 @@ pub enum FrameTag {
     Allocated(Order),
 }
 
-/// Bits 7..6 of an encoded tag select the kind, bits 4..0 hold the order.
-const KIND_SHIFT: u32 = 6;
+/// The encoding: bits 7..6 hold the kind, bits 4..0 the order. Only these
+/// bytes, with an order up to [`Order::LIMIT`], decode as a tag other than
+/// `Reserved`.
+const RESERVED: u8 = 0x00;
+const TAIL: u8 = 0x40;
+const FREE: u8 = 0x80;
+const ALLOCATED: u8 = 0xc0;
 const ORDER_MASK: u8 = 0x1f;
-const KIND_RESERVED: u8 = 0;
-const KIND_TAIL: u8 = 1;
-const KIND_FREE: u8 = 2;
-const KIND_ALLOCATED: u8 = 3;
+const FREE_LAST: u8 = FREE | Order::LIMIT as u8;
+const ALLOCATED_LAST: u8 = ALLOCATED | Order::LIMIT as u8;
 
 // The order field must hold every order an allocator can be configured for.
 const _: () = assert!(Order::LIMIT <= ORDER_MASK as u32);
@@ -59,10 +63,10 @@ impl FrameTag {
     #[inline]
     pub const fn encode(self) -> u8 {
         match self {
-            FrameTag::Reserved => KIND_RESERVED << KIND_SHIFT,
-            FrameTag::Tail => KIND_TAIL << KIND_SHIFT,
-            FrameTag::Free(o) => (KIND_FREE << KIND_SHIFT) | o.as_u32() as u8,
-            FrameTag::Allocated(o) => (KIND_ALLOCATED << KIND_SHIFT) | o.as_u32() as u8,
+            FrameTag::Reserved => RESERVED,
+            FrameTag::Tail => TAIL,
+            FrameTag::Free(o) => FREE | o.as_u32() as u8,
+            FrameTag::Allocated(o) => ALLOCATED | o.as_u32() as u8,
         }
     }
 
@@ -71,16 +75,10 @@ impl FrameTag {
     /// byte can never make the buddy treat a frame as its own.
     #[inline]
     pub const fn decode(byte: u8) -> FrameTag {
-        let order = match Order::new((byte & ORDER_MASK) as u32) {
-            Ok(order) => order,
-            Err(_) => return FrameTag::Reserved,
-        };
-        match byte >> KIND_SHIFT {
-            KIND_TAIL if byte == KIND_TAIL << KIND_SHIFT => FrameTag::Tail,
-            KIND_FREE if byte & !ORDER_MASK == KIND_FREE << KIND_SHIFT => FrameTag::Free(order),
-            KIND_ALLOCATED if byte & !ORDER_MASK == KIND_ALLOCATED << KIND_SHIFT => {
-                FrameTag::Allocated(order)
-            }
+        match byte {
+            TAIL => FrameTag::Tail,
+            FREE..=FREE_LAST => FrameTag::Free(ORDERS[(byte & ORDER_MASK) as usize]),
+            ALLOCATED..=ALLOCATED_LAST => FrameTag::Allocated(ORDERS[(byte & ORDER_MASK) as usize]),
             _ => FrameTag::Reserved,
         }
     }
