@@ -130,7 +130,13 @@ fn print_layout(mm: &SimMemoryManager) {
         u(l.vmalloc_end()),
         "VMALLOC_START .. VMALLOC_END",
     );
-    area("guard", u(l.vmalloc_end()), pkmap_base, "two pages");
+    let guard_pages = (pkmap_base - u(l.vmalloc_end())) / PAGE_SIZE as u64;
+    area(
+        "guard",
+        u(l.vmalloc_end()),
+        pkmap_base,
+        &format!("{guard_pages} unmapped pages"),
+    );
     area(
         "pkmap",
         pkmap_base,

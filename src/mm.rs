@@ -199,7 +199,7 @@ mod sim_preset {
         }
 
         /// The kernel page table, its page-table pages allocated from the
-        /// zones. One per manager at a time (see
+        /// zones. One per machine at a time (see
         /// [`Machine::kernel_page_table`]).
         pub fn kernel_page_table(
             &self,

@@ -7,9 +7,14 @@
 //!
 //! - at boot, the direct map of lowmem (one mapping of `[0, lowmem)` at
 //!   `PAGE_OFFSET`);
-//! - afterwards, each page the x86 page table maps ([`Machine`] is the
+//! - afterwards, each page the x86 page table maps ([`SimMmu`] is the
 //!   table's [`Mmu`]): `map` maps the frame's file page at that address,
 //!   `unmap` turns the page back into an inaccessible reservation.
+//!
+//! Each mapped page that does not continue its neighbour's mapping is one
+//! host mapping, so the host's `vm.max_map_count` (65530 by default)
+//! bounds how many scattered pages can be mapped at once; past it `map`
+//! fails with [`Error::NoMemory`] rather than faulting.
 //!
 //! So a direct-map address is a real pointer, a page mapped at two
 //! addresses shows the same bytes, and touching an address nobody mapped
@@ -35,7 +40,7 @@ use crate::layout::{Layout, NR_CPUS};
 use crate::x86::{Mmu, X86PageTable};
 use core::fmt;
 use host::HostMemory;
-use kmm_api::sync::{AtomicUsize, Ordering};
+use kmm_api::sync::{AtomicBool, AtomicUsize, Ordering};
 use kmm_api::{
     DirectMap, Error, FrameAllocator, MemoryRegion, PageProt, Pfn, Platform, PreemptControl,
     VirtAddr, PAGE_SIZE,
@@ -90,6 +95,7 @@ struct Inner {
     memory_map: [MemoryRegion; 4],
     cpus: HostCpus,
     tlb_flushes: AtomicUsize,
+    table_attached: AtomicBool,
     host: HostMemory,
 }
 
@@ -113,7 +119,7 @@ pub struct Machine {
 
 /// The kernel page table of a simulated machine: the x86 table in
 /// simulated RAM, mirrored into host mappings by the machine.
-pub type SimPageTable<A> = X86PageTable<A, Machine, Machine>;
+pub type SimPageTable<A> = X86PageTable<A, Machine, SimMmu>;
 
 impl Machine {
     /// Builds the machine: RAM file, window, the PC memory map (see
@@ -146,6 +152,7 @@ impl Machine {
                 memory_map,
                 cpus: HostCpus::new(config.nr_cpus),
                 tlb_flushes: AtomicUsize::new(0),
+                table_attached: AtomicBool::new(false),
                 host,
             }),
         })
@@ -163,16 +170,19 @@ impl Machine {
 
     /// The kernel page table, with page-table pages from `alloc` (normally
     /// the zones). It may map pages anywhere in
-    /// [`Layout::kernel_map_range`]. Build one per machine: like the
-    /// hardware, the machine has a single kernel half, and two tables
-    /// would overwrite each other's host mappings.
+    /// [`Layout::kernel_map_range`]. Like the hardware, the machine has one
+    /// kernel half: while a table is alive a second one is refused with
+    /// [`Error::AlreadyMapped`] (naming the start of that range), since
+    /// two would overwrite each other's host mappings.
     pub fn kernel_page_table<A: FrameAllocator>(&self, alloc: A) -> Result<SimPageTable<A>, Error> {
-        X86PageTable::new(
-            alloc,
-            self.clone(),
-            self.clone(),
-            self.inner.layout.kernel_map_range(),
-        )
+        let range = self.inner.layout.kernel_map_range();
+        let attached = &self.inner.table_attached;
+        if attached.swap(true, Ordering::Acquire) {
+            return Err(Error::AlreadyMapped { addr: range.0 });
+        }
+        // From here the flag is cleared by `SimMmu`'s drop, whether `new`
+        // fails (dropping its arguments) or the table drops later.
+        X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range)
     }
 
     /// TLB flushes requested so far (a simulated TLB has nothing to drop,
@@ -248,28 +258,45 @@ unsafe impl PreemptControl for Machine {
     }
 }
 
-/// The machine's MMU: page-table changes become host mappings.
-impl Mmu for Machine {
+/// The machine's MMU as its kernel page table sees it: page-table changes
+/// become host mappings. Made only by [`Machine::kernel_page_table`], one at
+/// a time; dropping it (with its table) lets the next table attach.
+pub struct SimMmu(Machine);
+
+impl Drop for SimMmu {
+    fn drop(&mut self) {
+        self.0.inner.table_attached.store(false, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for SimMmu {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SimMmu").field(&self.0).finish()
+    }
+}
+
+impl Mmu for SimMmu {
     fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
-        let (first, last) = self.inner.layout.kernel_map_range();
+        let inner = &self.0.inner;
+        let (first, last) = inner.layout.kernel_map_range();
         if addr < first || addr > last {
             return Err(Error::BadVirtAddr { addr });
         }
-        if pfn >= self.inner.layout.max_pfn() {
+        if pfn >= inner.layout.max_pfn() {
             return Err(Error::PfnOutOfRange { pfn });
         }
-        self.inner
+        inner
             .host
             .map(addr, pfn.phys(), PAGE_SIZE, prot.contains(PageProt::WRITE))
     }
 
     fn pte_cleared(&self, addr: VirtAddr) {
         // `pte_set` admitted this address, so the window accepts it.
-        let unmapped = self.inner.host.unmap(addr, PAGE_SIZE);
+        let unmapped = self.0.inner.host.unmap(addr, PAGE_SIZE);
         debug_assert!(unmapped.is_ok(), "unmap of {addr} refused");
     }
 
     fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {
-        self.inner.tlb_flushes.fetch_add(1, Ordering::Relaxed);
+        self.0.inner.tlb_flushes.fetch_add(1, Ordering::Relaxed);
     }
 }

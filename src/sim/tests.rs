@@ -160,16 +160,31 @@ fn the_direct_map_covers_lowmem_exactly() {
 #[test]
 fn the_mmu_hook_refuses_the_direct_map_and_frames_beyond_ram() {
     let m = machine(64 * MIB);
+    let mmu = SimMmu(m.clone());
     let direct = m.layout().page_offset();
     assert_eq!(
-        m.pte_set(direct, Pfn::new(1), PageProt::KERNEL),
+        mmu.pte_set(direct, Pfn::new(1), PageProt::KERNEL),
         Err(Error::BadVirtAddr { addr: direct })
     );
     let beyond = m.layout().max_pfn();
     assert_eq!(
-        m.pte_set(m.layout().vmalloc_start(), beyond, PageProt::KERNEL),
+        mmu.pte_set(m.layout().vmalloc_start(), beyond, PageProt::KERNEL),
         Err(Error::PfnOutOfRange { pfn: beyond })
     );
+}
+
+#[test]
+fn only_one_kernel_page_table_is_attached_at_a_time() {
+    let m = machine(64 * MIB);
+    let frames = Frames::new();
+    let first = m.kernel_page_table(&frames).unwrap();
+    let start = m.layout().kernel_map_range().0;
+    assert_eq!(
+        m.kernel_page_table(&frames).err(),
+        Some(Error::AlreadyMapped { addr: start })
+    );
+    drop(first);
+    assert!(m.kernel_page_table(&frames).is_ok());
 }
 
 #[test]
