@@ -1,0 +1,263 @@
+//! The zones reference model shared by `tests/model.rs` (proptest) and the
+//! `zones` fuzz target: operations with arbitrary GFP flags, valid and
+//! invalid frees, splits, drains and migrations, each checked against a
+//! model of the held blocks; after every step the allocator's invariant
+//! checker runs, and every refusal must have left all state unchanged.
+
+#![allow(dead_code)] // each user takes the parts it needs
+
+/// `ensure!(cond, fmt...)`: fail the step with a message.
+macro_rules! ensure {
+    ($cond:expr $(,)?) => {
+        if !$cond {
+            return Err(format!("{} failed at {}:{}", stringify!($cond), file!(), line!()));
+        }
+    };
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// `ensure_eq!(left, right)`.
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr $(,)?) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            return Err(format!("{left:?} != {right:?} at {}:{}", file!(), line!()));
+        }
+    }};
+    ($left:expr, $right:expr, $($msg:tt)+) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            return Err(format!("{left:?} != {right:?}: {}", format!($($msg)+)));
+        }
+    }};
+}
+
+use kmm_api::{Error, GfpFlags, Order, Pfn};
+use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
+use kmm_zones::{gfp_zone, ZoneType};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Machine size: small enough that miri finishes in a minute.
+pub const FRAMES: usize = if cfg!(miri) { 256 } else { 1024 };
+pub const MAX_TEST_ORDER: u32 = 5;
+
+/// The GFP bits a request may carry here: everything but `__GFP_NOFAIL`,
+/// which would wait forever for a free that a single-threaded model never
+/// makes (it has its own tests).
+const GFP_BITS: [GfpFlags; 14] = [
+    GfpFlags::DMA,
+    GfpFlags::HIGHMEM,
+    GfpFlags::DMA32,
+    GfpFlags::MOVABLE,
+    GfpFlags::HIGH,
+    GfpFlags::IO,
+    GfpFlags::FS,
+    GfpFlags::ZERO,
+    GfpFlags::DIRECT_RECLAIM,
+    GfpFlags::KSWAPD_RECLAIM,
+    GfpFlags::NOWARN,
+    GfpFlags::RETRY_MAYFAIL,
+    GfpFlags::NORETRY,
+    GfpFlags::COMP,
+];
+
+/// One step of the model.
+#[derive(Clone, Debug)]
+pub enum Op {
+    Alloc { gfp: u16, order: u32 },
+    Free { which: usize },
+    FreeWrongOrder { which: usize, order: u32 },
+    FreeTail { which: usize },
+    FreeAgain { which: usize },
+    FreeForeign { pfn: usize },
+    Split { which: usize },
+    Drain,
+    Migrate { cpu: usize },
+}
+
+pub fn gfp_of(bits: u16) -> GfpFlags {
+    GFP_BITS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| bits & (1 << i) != 0)
+        .fold(GfpFlags::empty(), |acc, (_, &flag)| acc | flag)
+}
+
+fn order(o: u32) -> Order {
+    Order::new(o).unwrap()
+}
+
+/// Every descriptor and zone counter, to prove a refusal changed nothing.
+pub fn fingerprint(zones: &TestZones<'_>) -> Vec<(String, bool, u32)> {
+    let mut state: Vec<_> = zones
+        .zone_stats()
+        .iter()
+        .map(|s| (format!("{s:?}"), false, 0))
+        .collect();
+    for page in (0..FRAMES).filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn))) {
+        state.push((
+            format!("{:?}", page.tag()),
+            page.is_pcp(),
+            page.page_count(),
+        ));
+    }
+    state
+}
+
+/// The reference model: held blocks by head pfn, and freed heads that have
+/// not been handed out again (a second free of them is a double free).
+#[derive(Default)]
+pub struct Model {
+    pub held: BTreeMap<usize, Order>,
+    pub freed: BTreeSet<usize>,
+}
+
+impl Model {
+    fn nth(&self, which: usize) -> Option<(usize, Order)> {
+        let n = self.held.len();
+        (n > 0).then(|| self.held.iter().nth(which % n).map(|(&p, &o)| (p, o)))?
+    }
+
+    /// Records a new held block; it must overlap no held block.
+    fn take(&mut self, pfn: usize, o: Order) -> Result<(), String> {
+        let end = pfn + o.pages();
+        if let Some((&prev, &po)) = self.held.range(..end).next_back() {
+            ensure!(prev + po.pages() <= pfn, "{pfn:#x} overlaps held {prev:#x}");
+        }
+        self.freed.retain(|&f| f < pfn || f >= end);
+        self.held.insert(pfn, o);
+        Ok(())
+    }
+}
+
+fn expect_refused(zones: &TestZones<'_>, pfn: Pfn, o: Order, want: Error) -> Result<(), String> {
+    let before = fingerprint(zones);
+    ensure_eq!(zones.__free_pages(pfn, o), Err(want));
+    ensure!(fingerprint(zones) == before, "refused free changed state");
+    Ok(())
+}
+
+pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), String> {
+    match op {
+        Op::Alloc { gfp, order: o } => {
+            let gfp = gfp_of(gfp);
+            let o = order(o);
+            match zones.alloc_pages(gfp, o) {
+                Ok(pfn) => {
+                    let highest = zones.gfp_zone(gfp).unwrap();
+                    let zone = zones.page_zone(pfn).unwrap();
+                    ensure!(
+                        zone <= highest,
+                        "{:?} from {:?} above {:?}",
+                        gfp,
+                        zone,
+                        highest
+                    );
+                    if highest == ZoneType::Dma {
+                        ensure_eq!(zone, ZoneType::Dma);
+                    }
+                    ensure!(pfn.is_aligned_to_order(o.as_u32()));
+                    model.take(pfn.as_usize(), o)?;
+                }
+                Err(Error::InvalidGfp { .. }) => {
+                    ensure!(gfp_zone(gfp, false).is_err());
+                }
+                Err(err) => ensure_eq!(err, Error::NoMemory { order: o }),
+            }
+        }
+        Op::Free { which } => {
+            if let Some((pfn, o)) = model.nth(which) {
+                ensure_eq!(zones.__free_pages(Pfn::new(pfn), o), Ok(()));
+                model.held.remove(&pfn);
+                model.freed.insert(pfn);
+            }
+        }
+        Op::FreeWrongOrder {
+            which,
+            order: wrong,
+        } => {
+            if let Some((pfn, o)) = model.nth(which) {
+                let wrong = order(wrong);
+                let p = Pfn::new(pfn);
+                let want = if wrong == o {
+                    return Ok(());
+                } else if wrong.as_u32() > 10 {
+                    Error::OrderTooLarge {
+                        order: wrong.as_u32(),
+                        max: 10,
+                    }
+                } else if !p.is_aligned_to_order(wrong.as_u32()) {
+                    Error::Misaligned {
+                        pfn: p,
+                        order: wrong,
+                    }
+                } else {
+                    Error::WrongOrder {
+                        pfn: p,
+                        allocated: o,
+                        freed: wrong,
+                    }
+                };
+                expect_refused(zones, p, wrong, want)?;
+            }
+        }
+        Op::FreeTail { which } => {
+            if let Some((pfn, o)) = model.nth(which).filter(|&(_, o)| o.as_u32() > 0) {
+                let tail = Pfn::new(pfn + o.pages() - 1);
+                expect_refused(zones, tail, Order::ZERO, Error::NotAllocated { pfn: tail })?;
+            }
+        }
+        Op::FreeAgain { which } => {
+            let n = model.freed.len();
+            if n > 0 {
+                let pfn = Pfn::new(*model.freed.iter().nth(which % n).unwrap());
+                expect_refused(zones, pfn, Order::ZERO, Error::DoubleFree { pfn })?;
+            }
+        }
+        Op::FreeForeign { pfn } => {
+            let pfn = Pfn::new(pfn);
+            expect_refused(zones, pfn, Order::ZERO, Error::PfnOutOfRange { pfn })?;
+        }
+        Op::Split { which } => {
+            if let Some((pfn, o)) = model.nth(which) {
+                ensure_eq!(zones.split_page(Pfn::new(pfn), o), Ok(()));
+                model.held.remove(&pfn);
+                for i in 0..o.pages() {
+                    model.held.insert(pfn + i, Order::ZERO);
+                }
+            }
+        }
+        Op::Drain => zones.drain_all_pages(),
+        Op::Migrate { cpu } => set_cpu(cpu),
+    }
+    zones
+        .check()
+        .map_err(|broken| format!("invariant broken: {broken}"))
+}
+
+/// Runs `ops` on a fresh machine, then frees everything, drains, and
+/// requires the boot-time free lists back.
+pub fn run(ops: impl IntoIterator<Item = Op>) -> Result<(), String> {
+    let mut machine = TestMachine::i386_scaled(FRAMES);
+    let zones = machine.boot().map_err(|e| e.to_string())?;
+    let boot = zones.zone_stats();
+    let mut model = Model::default();
+    set_cpu(0);
+    for op in ops {
+        step(&zones, &mut model, op)?;
+    }
+    for (&pfn, &o) in &model.held {
+        ensure_eq!(zones.__free_pages(Pfn::new(pfn), o), Ok(()));
+    }
+    zones.drain_all_pages();
+    ensure_eq!(
+        zones.zone_stats(),
+        boot,
+        "free lists hold the maximal blocks again"
+    );
+    zones.check().map_err(|broken| broken.to_string())
+}
