@@ -32,6 +32,10 @@ use core::{
 };
 use kmm_api::{sync::SpinLock, GfpFlags, Order, Pfn};
 
+/// Whether the fast path keeps the state bytes (the always-on double-free
+/// check); off only in the `no-free-checks` build that measures its cost.
+const FREE_CHECKS: bool = !cfg!(feature = "no-free-checks");
+
 /// An object constructor, run once per object when its slab is populated.
 pub type Ctor = fn(NonNull<u8>);
 
@@ -190,9 +194,42 @@ impl KmemCache {
 }
 
 impl<B: SlabBackend> Kmem<B> {
-    /// Allocates one object of `c` (the fast path and its refills).
-    #[inline]
+    /// Allocates one object of `c`: the fast path, inlined into callers.
+    #[inline(always)]
     pub(crate) fn cache_alloc(
+        &self,
+        c: &KmemCache,
+        gfp: GfpFlags,
+        requested: usize,
+        site: &'static Location<'static>,
+    ) -> Result<NonNull<u8>, SlabError> {
+        if !c.debug && !gfp.contains(GfpFlags::ZERO) {
+            let guard = CpuGuard::new(self.backend());
+            if let Some(entry) = c.cpu_array(&guard).pop(&guard) {
+                drop(guard);
+                return Ok(Self::hand_out(entry));
+            }
+        }
+        self.cache_alloc_slow(c, gfp, requested, site)
+    }
+
+    /// Marks a cached entry allocated and returns its object.
+    #[inline(always)]
+    fn hand_out(entry: Entry) -> NonNull<u8> {
+        if FREE_CHECKS {
+            // SAFETY: the entry's state pointer names the state byte of its
+            // object in a live slab header.
+            unsafe { &*entry.state }.store(ObjState::Allocated as u8, Relaxed);
+        }
+        // SAFETY: entries only ever hold object addresses inside slabs.
+        unsafe { NonNull::new_unchecked(entry.obj) }
+    }
+
+    /// Allocation when the fast path cannot serve: debug caches, zeroing,
+    /// and an empty per-CPU array (refill from the node, or grow).
+    #[cold]
+    #[inline(never)]
+    fn cache_alloc_slow(
         &self,
         c: &KmemCache,
         gfp: GfpFlags,
@@ -205,8 +242,9 @@ impl<B: SlabBackend> Kmem<B> {
             loop {
                 let got = {
                     let guard = CpuGuard::new(self.backend());
-                    c.cpu_array(&guard).with(&guard, |e, avail| {
-                        if *avail == 0 {
+                    let array = c.cpu_array(&guard);
+                    if array.avail() == 0 {
+                        array.with(&guard, |e, avail| {
                             let mut node = c.node.lock();
                             let mut n = 0;
                             c.take_from_node(self, &mut node, c.batch, |obj, slab, i| {
@@ -217,20 +255,12 @@ impl<B: SlabBackend> Kmem<B> {
                                 n += 1;
                             });
                             *avail = n;
-                        }
-                        (*avail > 0).then(|| {
-                            *avail -= 1;
-                            e.slots[*avail]
-                        })
-                    })
+                        });
+                    }
+                    array.pop(&guard)
                 };
                 match got {
-                    Some(entry) => {
-                        // SAFETY: the entry's state pointer names the state
-                        // byte of its object in a live slab header.
-                        unsafe { &*entry.state }.store(ObjState::Allocated as u8, Relaxed);
-                        break entry.obj;
-                    }
+                    Some(entry) => break Self::hand_out(entry).as_ptr(),
                     None => self.grow(c, gfp)?,
                 }
             }
@@ -246,7 +276,7 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Frees object `index` of `slab`, which the caller found through the
     /// object's page owner word and checked to belong to `c`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn cache_free(
         &self,
         c: &KmemCache,
@@ -255,7 +285,7 @@ impl<B: SlabBackend> Kmem<B> {
         site: &'static Location<'static>,
     ) -> Result<(), SlabError> {
         let obj = slab.object(index, c.geo.stride);
-        if slab.state(index) != ObjState::Allocated {
+        if (FREE_CHECKS || c.debug) && slab.state(index) != ObjState::Allocated {
             return Err(SlabError::DoubleFree {
                 cache: c.name,
                 addr: self.virt(obj),
@@ -264,7 +294,31 @@ impl<B: SlabBackend> Kmem<B> {
         if c.debug {
             return self.debug_free(c, slab, index, site);
         }
-        slab.set_state(index, ObjState::Cached);
+        if FREE_CHECKS {
+            slab.set_state(index, ObjState::Cached);
+        }
+        let entry = Entry {
+            obj,
+            state: &slab.states()[index],
+        };
+        let pushed = {
+            let guard = CpuGuard::new(self.backend());
+            c.cpu_array(&guard).push(&guard, entry, c.limit)
+        };
+        match pushed {
+            Ok(()) => Ok(()),
+            Err(entry) => {
+                self.cache_free_flush(c, entry);
+                Ok(())
+            }
+        }
+    }
+
+    /// Free when this CPU's array is full: flush its older half to the
+    /// node, push, and return surplus empty slabs to the page allocator.
+    #[cold]
+    #[inline(never)]
+    fn cache_free_flush(&self, c: &KmemCache, entry: Entry) {
         let discards = {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).with(&guard, |e, avail| {
@@ -273,10 +327,7 @@ impl<B: SlabBackend> Kmem<B> {
                 } else {
                     Discards::default()
                 };
-                e.slots[*avail] = Entry {
-                    obj,
-                    state: &slab.states()[index],
-                };
+                e.slots[*avail] = entry;
                 *avail += 1;
                 discards
             })
@@ -285,7 +336,6 @@ impl<B: SlabBackend> Kmem<B> {
             // SAFETY: the slab was unlinked from its node and is ours alone.
             self.discard(c, unsafe { slab.as_ref() });
         }
-        Ok(())
     }
 
     /// Builds a new slab for `c` with the CPU unpinned and no lock held.

@@ -68,8 +68,39 @@ impl CpuArray {
         self.avail.load(Relaxed)
     }
 
+    /// Pops the newest entry (the fast allocation path).
+    #[inline(always)]
+    pub fn pop<P: PreemptControl>(&self, guard: &CpuGuard<'_, P>) -> Option<Entry> {
+        self.with(guard, |e, avail| {
+            if *avail == 0 {
+                return None;
+            }
+            *avail -= 1;
+            Some(e.slots[*avail])
+        })
+    }
+
+    /// Pushes an entry unless the array holds `limit` (the fast free path);
+    /// gives the entry back when full.
+    #[inline(always)]
+    pub fn push<P: PreemptControl>(
+        &self,
+        guard: &CpuGuard<'_, P>,
+        entry: Entry,
+        limit: usize,
+    ) -> Result<(), Entry> {
+        self.with(guard, |e, avail| {
+            if *avail >= limit {
+                return Err(entry);
+            }
+            e.slots[*avail] = entry;
+            *avail += 1;
+            Ok(())
+        })
+    }
+
     /// Runs `f` on the entries and the count, with the CPU pinned by `guard`.
-    #[inline]
+    #[inline(always)]
     pub fn with<P: PreemptControl, R>(
         &self,
         _guard: &CpuGuard<'_, P>,

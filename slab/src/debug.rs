@@ -153,8 +153,8 @@ impl KmemCache {
         // or a `&'static Location` written by `debug_on_alloc`/`_free`;
         // freshly populated slabs zero them in `debug_init_slot`.
         unsafe {
-            let alloc = raw::read_word(obj.add(at)) as Site;
-            let free = raw::read_word(obj.add(at).add(size_of::<usize>())) as Site;
+            let alloc = raw::read(obj.add(at).cast::<Site>());
+            let free = raw::read(obj.add(at).cast::<Site>().add(1));
             Some(Track {
                 alloc: alloc.as_ref(),
                 free: free.as_ref(),
@@ -166,7 +166,10 @@ impl KmemCache {
     pub(crate) fn debug_init_slot(&self, obj: *mut u8) {
         if let Some(at) = self.geo.track_offset {
             // SAFETY: the track words lie in this object's slot.
-            unsafe { raw::fill(obj.add(at), 0, 2 * size_of::<usize>()) };
+            unsafe {
+                raw::write(obj.add(at).cast::<Site>(), core::ptr::null());
+                raw::write(obj.add(at).cast::<Site>().add(1), core::ptr::null());
+            }
         }
     }
 

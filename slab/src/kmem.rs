@@ -382,7 +382,7 @@ impl<B: SlabBackend> Kmem<B> {
     }
 
     /// Finds who owns `p`, in O(1) through its frame's owner word.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn find(&self, p: *const u8) -> Result<Owned<'_>, SlabError> {
         let invalid = SlabError::InvalidPointer { addr: self.virt(p) };
         let pfn = self.backend.ptr_to_pfn(p).ok_or(invalid)?;

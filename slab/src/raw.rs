@@ -16,6 +16,16 @@ pub(crate) unsafe fn write<T>(dst: *mut T, value: T) {
     unsafe { ptr::write(dst, value) }
 }
 
+/// Reads the `T` at `src` (keeping a pointer's provenance, unlike a word).
+///
+/// # Safety
+/// `src` must be valid for reads of an initialised `T` and aligned for it.
+#[inline]
+pub(crate) unsafe fn read<T>(src: *const T) -> T {
+    // SAFETY: the caller guarantees `src` is valid and aligned.
+    unsafe { ptr::read(src) }
+}
+
 /// A shared reference to a `T` the caller has initialised at `src`.
 ///
 /// # Safety

@@ -73,6 +73,9 @@ pub(crate) struct SlabHeader {
     pub objects: usize,
     /// Index of the owning cache in the cache table.
     pub cache: usize,
+    /// The state bytes right after the fixed header (kept as a pointer so
+    /// they are reached with the provenance of the whole header block).
+    states: *const AtomicU8,
     /// First object on the free list (a plain pointer; links inside objects
     /// are encoded).
     freelist: AtomicPtr<u8>,
@@ -103,11 +106,13 @@ impl SlabHeader {
         objects: usize,
         cache: usize,
     ) -> &'a SlabHeader {
+        let states = at.cast::<u8>().wrapping_add(HEADER_SIZE);
         let header = SlabHeader {
             base,
             s_mem,
             objects,
             cache,
+            states: states.cast_const().cast(),
             freelist: AtomicPtr::new(ptr::null_mut()),
             free: AtomicUsize::new(0),
             list: AtomicU8::new(SlabList::Full as u8),
@@ -140,13 +145,9 @@ impl SlabHeader {
     /// One state byte per object.
     #[inline]
     pub fn states(&self) -> &[AtomicU8] {
-        let first = (self as *const SlabHeader)
-            .cast::<u8>()
-            .wrapping_add(HEADER_SIZE)
-            .cast::<AtomicU8>();
-        // SAFETY: `init` wrote `objects` state bytes right after the fixed
-        // header, and they live as long as the header.
-        unsafe { raw::as_slice(first, self.objects) }
+        // SAFETY: `init` wrote `objects` state bytes at `states`, and they
+        // live as long as the header.
+        unsafe { raw::as_slice(self.states, self.objects) }
     }
 
     /// The state of object `index`.

@@ -135,6 +135,7 @@ impl HostMachine {
         self.fail_after.store(n, Relaxed);
     }
 
+    #[inline]
     fn index(&self, pfn: Pfn) -> Option<usize> {
         pfn.checked_offset_from(Pfn::new(self.base_pfn))
             .filter(|&i| i < self.frames)
@@ -216,11 +217,13 @@ impl FrameAllocator for HostMachine {
 // arena this value owns for its whole life; the mapping is the identity,
 // so `virt_to_pfn` inverts `pfn_to_virt` exactly.
 unsafe impl DirectMap for HostMachine {
+    #[inline]
     fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr> {
         self.index(pfn)?;
         Some(VirtAddr::new(pfn.as_usize() << PAGE_SHIFT))
     }
 
+    #[inline]
     fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn> {
         let pfn = Pfn::new(addr.as_usize() >> PAGE_SHIFT);
         self.index(pfn).map(|_| pfn)
@@ -228,6 +231,7 @@ unsafe impl DirectMap for HostMachine {
 }
 
 impl PageOwner for HostMachine {
+    #[inline]
     fn owner(&self, pfn: Pfn) -> Option<usize> {
         let i = self.index(pfn)?;
         self.allocated[i]

@@ -1,0 +1,284 @@
+//! kmalloc against peer allocators on the workloads of the slab issue:
+//! O1 64-byte alloc+free pairs, O2 100,000 64-byte allocations freed in
+//! shuffled order, O3 churn over 50,000 live objects of a kernel-like size
+//! mix (8 B to 4 KiB). Every allocator gets its own arena; kmm runs over
+//! the host page source with one pinned CPU (as a kernel with preemption
+//! disabled). Prints O3's memory efficiency for kmm before the runs.
+
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use kmm_api::{GFP_KERNEL, PAGE_SIZE};
+use kmm_slab::{testing::HostMachine, Kmem, KmemConfig};
+use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
+use std::{
+    alloc::{GlobalAlloc, Layout, System},
+    ptr::NonNull,
+    time::Duration,
+};
+
+const ARENA: usize = 256 << 20;
+const O2_OBJECTS: usize = 100_000;
+const O3_LIVE: usize = 50_000;
+
+/// A kernel-like size mix: mostly small objects (dentries, list nodes,
+/// skb heads), a tail of buffers up to a page.
+const MIX: [(usize, u32); 12] = [
+    (8, 10),
+    (16, 15),
+    (32, 20),
+    (64, 20),
+    (96, 8),
+    (128, 10),
+    (192, 5),
+    (256, 5),
+    (512, 3),
+    (1024, 2),
+    (2048, 1),
+    (4096, 1),
+];
+
+trait Bench {
+    fn alloc(&mut self, size: usize) -> NonNull<u8>;
+    fn free(&mut self, p: NonNull<u8>, size: usize);
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+struct Kmm(Kmem<HostMachine>);
+impl Bench for Kmm {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        self.0.kmalloc(size, GFP_KERNEL).unwrap()
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, _size: usize) {
+        self.0.kfree(p.as_ptr()).unwrap()
+    }
+}
+
+struct Sys;
+impl Bench for Sys {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        // SAFETY: non-zero size.
+        NonNull::new(unsafe { System.alloc(layout(size)) }).unwrap()
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: allocated above with this layout.
+        unsafe { System.dealloc(p.as_ptr(), layout(size)) }
+    }
+}
+
+fn arena() -> &'static mut [u8] {
+    Box::leak(vec![0u8; ARENA].into_boxed_slice())
+}
+
+struct Talc(talc::Talc<talc::ErrOnOom>);
+impl Bench for Talc {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        // SAFETY: non-zero size.
+        unsafe { self.0.malloc(layout(size)) }.unwrap()
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: allocated above with this layout.
+        unsafe { self.0.free(p, layout(size)) }
+    }
+}
+
+struct LinkedList(linked_list_allocator::Heap);
+impl Bench for LinkedList {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        self.0.allocate_first_fit(layout(size)).unwrap()
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: allocated above with this layout.
+        unsafe { self.0.deallocate(p, layout(size)) }
+    }
+}
+
+struct Buddy(buddy_system_allocator::Heap<32>);
+impl Bench for Buddy {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        self.0.alloc(layout(size)).unwrap()
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        self.0.dealloc(p, layout(size))
+    }
+}
+
+fn kmm() -> Kmm {
+    // SAFETY: each benchmark drives its allocator from this one thread.
+    let machine = unsafe { HostMachine::single_threaded(ARENA / PAGE_SIZE) };
+    Kmm(Kmem::new(machine, KmemConfig::default()).unwrap())
+}
+
+fn allocators() -> Vec<(&'static str, Box<dyn FnMut() -> Box<dyn Bench>>)> {
+    vec![
+        (
+            "kmm-kmalloc",
+            Box::new(|| Box::new(kmm()) as Box<dyn Bench>),
+        ),
+        ("system-malloc", Box::new(|| Box::new(Sys))),
+        (
+            "talc",
+            Box::new(|| {
+                let mut t = talc::Talc::new(talc::ErrOnOom);
+                // SAFETY: the arena is leaked, so valid for the program.
+                unsafe { t.claim(arena().into()) }.unwrap();
+                Box::new(Talc(t))
+            }),
+        ),
+        (
+            "linked_list_allocator",
+            Box::new(|| {
+                let a = arena();
+                // SAFETY: the arena is leaked and used by this heap alone.
+                Box::new(LinkedList(unsafe {
+                    linked_list_allocator::Heap::new(a.as_mut_ptr(), a.len())
+                }))
+            }),
+        ),
+        (
+            "buddy_system_allocator",
+            Box::new(|| {
+                let a = arena();
+                let mut h = buddy_system_allocator::Heap::<32>::new();
+                // SAFETY: the arena is leaked and used by this heap alone.
+                unsafe { h.init(a.as_mut_ptr() as usize, a.len()) };
+                Box::new(Buddy(h))
+            }),
+        ),
+    ]
+}
+
+fn mix_size(rng: &mut SmallRng) -> usize {
+    let total: u32 = MIX.iter().map(|&(_, w)| w).sum();
+    let mut pick = rng.gen_range(0..total);
+    for &(size, w) in &MIX {
+        if pick < w {
+            // Sizes spread within the class, as kernel requests are.
+            return rng.gen_range(size / 2 + 1..=size);
+        }
+        pick -= w;
+    }
+    8
+}
+
+fn o1_pairs(c: &mut Criterion) {
+    let mut g = c.benchmark_group("O1 64B alloc+free pair");
+    for (name, mut make) in allocators() {
+        let mut a = make();
+        // Warm the caches so the pair is the steady-state fast path.
+        let p = a.alloc(64);
+        a.free(p, 64);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let p = a.alloc(black_box(64));
+                a.free(black_box(p), 64);
+            })
+        });
+    }
+    g.finish();
+}
+
+fn o2_shuffled(c: &mut Criterion) {
+    let mut g = c.benchmark_group("O2 100k x 64B, shuffled frees");
+    g.throughput(Throughput::Elements(O2_OBJECTS as u64));
+    g.sample_size(10);
+    let mut order: Vec<usize> = (0..O2_OBJECTS).collect();
+    order.shuffle(&mut SmallRng::seed_from_u64(2));
+    for (name, mut make) in allocators() {
+        let mut a = make();
+        let mut ptrs = Vec::with_capacity(O2_OBJECTS);
+        g.bench_with_input(BenchmarkId::from_parameter(name), &order, |b, order| {
+            b.iter(|| {
+                ptrs.clear();
+                for _ in 0..O2_OBJECTS {
+                    ptrs.push(a.alloc(64));
+                }
+                for &i in order {
+                    a.free(ptrs[i], 64);
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+fn o3_churn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("O3 churn, 50k live, 8B-4KiB mix");
+    let mut rng = SmallRng::seed_from_u64(3);
+    let steps: Vec<(usize, usize)> = (0..1 << 16)
+        .map(|_| (rng.gen_range(0..O3_LIVE), mix_size(&mut rng)))
+        .collect();
+    for (name, mut make) in allocators() {
+        let mut a = make();
+        let mut live: Vec<(NonNull<u8>, usize)> = (0..O3_LIVE)
+            .map(|_| {
+                let s = mix_size(&mut rng);
+                (a.alloc(s), s)
+            })
+            .collect();
+        let mut at = 0;
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                let (slot, size) = steps[at & (steps.len() - 1)];
+                at += 1;
+                let (p, old) = live[slot];
+                a.free(p, old);
+                live[slot] = (a.alloc(size), size);
+            })
+        });
+    }
+    g.finish();
+}
+
+/// O3's memory efficiency for kmm: bytes requested by live objects over
+/// bytes of slab pages held (cache descriptors excluded).
+fn o3_efficiency() {
+    let Kmm(k) = kmm();
+    let base = k.backend().frames_in_use();
+    let mut rng = SmallRng::seed_from_u64(3);
+    let mut live: Vec<(NonNull<u8>, usize)> = (0..O3_LIVE)
+        .map(|_| {
+            let s = mix_size(&mut rng);
+            (k.kmalloc(s, GFP_KERNEL).unwrap(), s)
+        })
+        .collect();
+    for _ in 0..200_000 {
+        let slot = rng.gen_range(0..O3_LIVE);
+        k.kfree(live[slot].0.as_ptr()).unwrap();
+        let s = mix_size(&mut rng);
+        live[slot] = (k.kmalloc(s, GFP_KERNEL).unwrap(), s);
+    }
+    let requested: usize = live.iter().map(|&(_, s)| s).sum();
+    let held = (k.backend().frames_in_use() - base) * PAGE_SIZE;
+    eprintln!(
+        "O3 memory efficiency: {requested} bytes requested / {held} bytes of slab pages = {:.3}",
+        requested as f64 / held as f64
+    );
+}
+
+fn config() -> Criterion {
+    o3_efficiency();
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = o1_pairs, o2_shuffled, o3_churn
+}
+criterion_main!(benches);
