@@ -122,7 +122,10 @@ fn kmm() -> Kmm {
     Kmm(Kmem::new(machine, KmemConfig::default()).unwrap())
 }
 
-fn allocators() -> Vec<(&'static str, Box<dyn FnMut() -> Box<dyn Bench>>)> {
+/// Builds one allocator, each over its own arena.
+type Maker = Box<dyn FnMut() -> Box<dyn Bench>>;
+
+fn allocators() -> Vec<(&'static str, Maker)> {
     vec![
         (
             "kmm-kmalloc",
