@@ -169,8 +169,8 @@ impl Machine {
     }
 
     /// The kernel page table, with page-table pages from `alloc` (normally
-    /// the zones). It may map pages anywhere in
-    /// [`Layout::kernel_map_range`]. Like the hardware, the machine has one
+    /// the zones): the direct map of lowmem already entered (4 MiB pages),
+    /// and single pages mapped anywhere in [`Layout::kernel_map_range`]. Like the hardware, the machine has one
     /// kernel half: while a table is alive a second one is refused with
     /// [`Error::AlreadyMapped`] (naming the start of that range), since
     /// two would overwrite each other's host mappings.
@@ -182,7 +182,14 @@ impl Machine {
         }
         // From here the flag is cleared by `SimMmu`'s drop, whether `new`
         // fails (dropping its arguments) or the table drops later.
-        X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range)
+        let table = X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range)?;
+        let layout = &self.inner.layout;
+        table.map_direct(
+            layout.page_offset(),
+            layout.max_low_pfn().as_usize(),
+            PageProt::KERNEL,
+        )?;
+        Ok(table)
     }
 
     /// TLB flushes requested so far (a simulated TLB has nothing to drop,

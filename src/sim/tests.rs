@@ -113,6 +113,21 @@ fn translate_follows_map_and_unmap() {
 }
 
 #[test]
+fn the_kernel_page_table_translates_the_direct_map_too() {
+    let m = machine(102 * MIB);
+    let frames = Frames::new();
+    let pt = m.kernel_page_table(&frames).unwrap();
+    let last = Pfn::new(m.layout().max_low_pfn().as_usize() - 1);
+    for pfn in [Pfn::new(0), Pfn::new(0x1234), last] {
+        let addr = m.pfn_to_virt(pfn).unwrap();
+        assert_eq!(pt.translate(addr).map(|(p, _)| p), Some(pfn));
+    }
+    assert_eq!(pt.translate(m.layout().high_memory()), None);
+    // 102 MiB is 25 whole 4 MiB pages and a 2 MiB tail in one PTE page.
+    assert_eq!(pt.table_pages(), 2);
+}
+
+#[test]
 fn touching_an_address_nobody_mapped_faults() {
     let m = machine(1 << 30);
     let frames = Frames::new();

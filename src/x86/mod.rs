@@ -1,8 +1,9 @@
 //! The x86 32-bit two-level page table (non-PAE): one page directory (PGD)
 //! of 1024 four-byte entries, each pointing at a PTE page of 1024 entries,
-//! so one PTE page maps 4 MiB. Owns the kernel half's single-page mappings
-//! (vmalloc, pkmap, fixmap); the direct map is not entered here (the
-//! machine maps lowmem linearly at boot).
+//! so one PTE page maps 4 MiB. Owns the kernel half's mappings: the direct
+//! map of lowmem, entered once at boot with 4 MiB pages (PSE), and the
+//! single pages of vmalloc, pkmap and the fixmap, mapped and unmapped one
+//! by one in a range disjoint from it.
 //!
 //! Never: map over a present entry, map outside the range it was built
 //! for, or dereference a physical address: page-table pages are reached

@@ -6,8 +6,8 @@
 //! with the lock dropped (it may reclaim), then installed under it; a racing
 //! installer wins and the spare page is freed.
 //!
-//! Entry states: a directory entry is zero (no PTE page) or present (points
-//! at a PTE page the table owns until it drops). A PTE is zero or present;
+//! Entry states: a directory entry is zero, a PTE page the table owns
+//! until it drops, or (direct map only, see `map_direct`) a 4 MiB page. A PTE is zero or present;
 //! `map` only moves zero → present, `unmap` only present → zero. PTE pages
 //! are kept once allocated, as Linux keeps kernel page tables.
 
@@ -138,12 +138,13 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
         Ok(pde)
     }
 
-    /// Calls `f` on every present PTE with its address.
+    /// Calls `f` on every present PTE of the single-page range with its
+    /// address (the direct map lies outside it, see `map_direct`).
     fn for_each_present(&self, mut f: impl FnMut(VirtAddr, Pte)) {
         let pgd = self.pgd_page();
-        for i in 0..PTRS_PER_PGD {
+        for i in pgd_index(self.first)..=pgd_index(self.last) {
             let pde = pgd.get(i);
-            if !pde.is_present() {
+            if !is_table(pde) {
                 continue;
             }
             let ptes = self.pte_page(pde);
@@ -156,13 +157,73 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
         }
     }
 
+    /// Enters the direct map: `frames` frames from physical 0 at
+    /// `page_offset` (Linux `kernel_physical_mapping_init`), as 4 MiB pages
+    /// (PSE) for every whole 4 MiB and one PTE page for the rest. The MMU
+    /// hook is not told: the machine maps lowmem itself at boot (or, on
+    /// hardware, walks these entries).
+    ///
+    /// The range must start on a 4 MiB boundary, end below 4 GiB, and share
+    /// no 4 MiB region with the single-page range, else
+    /// [`Error::BadVirtAddr`]; an entry already there gives
+    /// [`Error::AlreadyMapped`]. Either way nothing changes. O(frames / 1024).
+    pub fn map_direct(
+        &self,
+        page_offset: VirtAddr,
+        frames: usize,
+        prot: PageProt,
+    ) -> Result<(), Error> {
+        let span = 1usize << PGDIR_SHIFT;
+        let bad = Error::BadVirtAddr { addr: page_offset };
+        if frames == 0 {
+            return Err(bad);
+        }
+        let bytes = frames.checked_mul(PAGE_SIZE).ok_or(bad)?;
+        let end = page_offset.checked_add(bytes).ok_or(bad)?;
+        let regions = bytes.div_ceil(span);
+        let disjoint = end.as_usize() <= self.first.align_down(span).as_usize()
+            || page_offset.as_usize() > self.last.as_usize();
+        let fits = u32::try_from(end.as_usize() - 1).is_ok() && frames <= MAX_PTE_PFN;
+        if !page_offset.is_aligned(span) || !disjoint || !fits {
+            return Err(bad);
+        }
+        let (whole, tail) = (frames / PTRS_PER_PTE, frames % PTRS_PER_PTE);
+        let tail_page = match tail {
+            0 => None,
+            _ => Some(alloc_table_page(&self.alloc, &self.direct_map)?),
+        };
+        let _guard = self.lock.lock();
+        let pgd = self.pgd_page();
+        let first = pgd_index(page_offset);
+        if let Some(i) = (first..first + regions).find(|&i| pgd.get(i).is_present()) {
+            if let Some(page) = tail_page {
+                let _ = self.alloc.free_frames(page, Order::ZERO);
+            }
+            return Err(Error::AlreadyMapped {
+                addr: VirtAddr::new(i << PGDIR_SHIFT),
+            });
+        }
+        let large = PteFlags::from_prot(prot) | PteFlags::PSE;
+        for r in 0..whole {
+            pgd.set(first + r, Pte::new(Pfn::new(r * PTRS_PER_PTE), large));
+        }
+        if let Some(page) = tail_page {
+            let pde = Pte::new(page, PteFlags::KERNPG_TABLE);
+            let ptes = self.pte_page(pde);
+            for j in 0..tail {
+                let pfn = Pfn::new(whole * PTRS_PER_PTE + j);
+                ptes.set(j, Pte::new(pfn, PteFlags::from_prot(prot)));
+            }
+            pgd.set(first + whole, pde);
+        }
+        Ok(())
+    }
+
     /// Pages of page-table memory in use (the PGD plus PTE pages).
     pub fn table_pages(&self) -> usize {
         let _guard = self.lock.lock();
         let pgd = self.pgd_page();
-        1 + (0..PTRS_PER_PGD)
-            .filter(|&i| pgd.get(i).is_present())
-            .count()
+        1 + (0..PTRS_PER_PGD).filter(|&i| is_table(pgd.get(i))).count()
     }
 
     /// Pages currently mapped.
@@ -172,6 +233,12 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
         self.for_each_present(|_, _| n += 1);
         n
     }
+}
+
+/// Whether a directory entry points at a PTE page (rather than being
+/// empty or a 4 MiB page).
+fn is_table(pde: Pte) -> bool {
+    pde.is_present() && !pde.flags().contains(PteFlags::PSE)
 }
 
 fn pgd_index(addr: VirtAddr) -> usize {
@@ -251,6 +318,10 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> KernelPageTable for X86PageTable<A
         if !pde.is_present() {
             return None;
         }
+        if pde.flags().contains(PteFlags::PSE) {
+            let pfn = pde.pfn().add(pte_index(addr));
+            return Some((pfn, pde.flags().to_prot()));
+        }
         let pte = self.pte_page(pde).get(pte_index(addr));
         pte.is_present().then(|| (pte.pfn(), pte.flags().to_prot()))
     }
@@ -260,15 +331,16 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> KernelPageTable for X86PageTable<A
     }
 }
 
-/// Unmaps every page (reporting each to the [`Mmu`]) and frees the PTE
-/// pages and the page directory back to the allocator.
+/// Unmaps every page of the single-page range (reporting each to the
+/// [`Mmu`]) and frees the PTE pages and the page directory back to the
+/// allocator. The direct map is left to the machine that made it.
 impl<A: FrameAllocator, D: DirectMap, M: Mmu> Drop for X86PageTable<A, D, M> {
     fn drop(&mut self) {
         self.for_each_present(|addr, _| self.mmu.pte_cleared(addr));
         let pgd = self.pgd_page();
         for i in 0..PTRS_PER_PGD {
             let pde = pgd.get(i);
-            if pde.is_present() {
+            if is_table(pde) {
                 let freed = self.alloc.free_frames(pde.pfn(), Order::ZERO);
                 debug_assert!(freed.is_ok(), "PTE page {:?} not freeable", pde.pfn());
             }

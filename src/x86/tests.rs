@@ -277,3 +277,78 @@ fn drop_reports_every_mapping_cleared_and_frees_the_table_pages() {
     let cleared = mmu.log.lock().iter().filter(|(set, _)| !set).count();
     assert_eq!(cleared, 2);
 }
+
+const DIRECT: usize = 0xc000_0000;
+
+#[test]
+fn the_direct_map_uses_4_mib_pages_and_a_pte_page_for_the_tail() {
+    let (ram, mmu) = (HostRam::new(), Recorder::default());
+    let pt = table(&ram, &mmu);
+    let frames = 2 * PTRS_PER_PTE + 3;
+    pt.map_direct(VirtAddr::new(DIRECT), frames, PageProt::KERNEL)
+        .unwrap();
+    let pde = ram.read_entry(pt.pgd(), DIRECT >> 22);
+    assert_eq!(pde & PteFlags::PSE.bits(), PteFlags::PSE.bits());
+    assert_eq!(pde >> 22, 0);
+    let (pfn, prot) = pt.translate(VirtAddr::new(DIRECT + 0x40_1234)).unwrap();
+    assert_eq!(pfn, Pfn::new(0x401));
+    assert!(prot.contains(PageProt::WRITE));
+    let tail = VirtAddr::new(DIRECT + (2 * PTRS_PER_PTE + 2) * PAGE_SIZE);
+    assert_eq!(
+        pt.translate(tail).map(|(p, _)| p),
+        Some(Pfn::new(2 * PTRS_PER_PTE + 2))
+    );
+    let past = VirtAddr::new(DIRECT + frames * PAGE_SIZE);
+    assert_eq!(pt.translate(past), None);
+    assert_eq!(pt.table_pages(), 2);
+    assert_eq!(pt.mapped_pages(), 0);
+    assert!(mmu.log.lock().is_empty(), "the machine maps lowmem itself");
+}
+
+#[test]
+fn the_direct_map_must_be_aligned_disjoint_and_entered_once() {
+    let (ram, mmu) = (HostRam::new(), Recorder::default());
+    let pt = table(&ram, &mmu);
+    let kernel = PageProt::KERNEL;
+    let at = VirtAddr::new(DIRECT);
+    assert!(pt
+        .map_direct(VirtAddr::new(DIRECT + PAGE_SIZE), 1, kernel)
+        .is_err());
+    assert!(pt.map_direct(at, 0, kernel).is_err());
+    // Reaching into the single-page range's 4 MiB regions is refused.
+    let too_many = (FIRST - DIRECT) / PAGE_SIZE + 1;
+    assert!(pt.map_direct(at, too_many, kernel).is_err());
+    pt.map_direct(at, PTRS_PER_PTE, kernel).unwrap();
+    assert_eq!(
+        pt.map_direct(at, 1, kernel),
+        Err(Error::AlreadyMapped { addr: at })
+    );
+    assert_eq!(ram.frames_in_use(), 1);
+    assert_eq!(
+        pt.map(at, Pfn::new(1), kernel),
+        Err(Error::BadVirtAddr { addr: at })
+    );
+    assert_eq!(pt.unmap(at).unwrap_err(), Error::BadVirtAddr { addr: at });
+}
+
+#[test]
+fn drop_leaves_the_direct_map_to_the_machine_and_frees_its_pte_page() {
+    let (ram, mmu) = (HostRam::new(), Recorder::default());
+    {
+        let pt = table(&ram, &mmu);
+        pt.map_direct(VirtAddr::new(DIRECT), PTRS_PER_PTE + 1, PageProt::KERNEL)
+            .unwrap();
+        pt.map(VirtAddr::new(FIRST), Pfn::new(1), PageProt::KERNEL)
+            .unwrap();
+        assert_eq!(ram.frames_in_use(), 3);
+    }
+    assert_eq!(ram.frames_in_use(), 0);
+    let cleared: Vec<_> = mmu
+        .log
+        .lock()
+        .iter()
+        .filter(|(set, _)| !set)
+        .map(|e| e.1)
+        .collect();
+    assert_eq!(cleared, [FIRST]);
+}
