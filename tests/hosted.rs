@@ -45,3 +45,40 @@ fn hosted_pages_are_host_memory_and_zeroed_on_request() {
     zones.__free_pages(again, Order::ZERO).unwrap();
     zones.check().unwrap();
 }
+
+#[test]
+fn boot_refuses_ram_beyond_the_layout_and_a_map_without_room_for_metadata() {
+    use kmm::hosted::Hosted;
+    use kmm::Layout;
+    use kmm_api::{Error, MemoryRegion, RegionKind};
+    let host = Hosted::new(ram_bytes(), 1).unwrap();
+    let half = Layout::x86_64_at(ram_bytes() as u64 / 2, host.layout().page_offset()).unwrap();
+    // SAFETY: the buffer is used by nothing else, and the handles passed
+    // keep it alive for as long as a manager could.
+    let beyond =
+        unsafe { MemoryManager::boot(&host.memory_map(), half, host.clone(), host.clone()) };
+    assert!(matches!(beyond.err(), Some(Error::BadPhysAddr { .. })));
+    let all_kernel = [
+        MemoryRegion::new(0, 2 * PAGE_SIZE as u64, RegionKind::Usable),
+        MemoryRegion::new(0, 2 * PAGE_SIZE as u64, RegionKind::KernelImage),
+    ];
+    // SAFETY: as above.
+    let full = unsafe { MemoryManager::boot(&all_kernel, *host.layout(), host.clone(), host) };
+    assert!(full.is_err(), "no free RAM for mem_map");
+}
+
+#[test]
+fn boot_metadata_lies_in_reserved_ram_and_the_rest_is_managed() {
+    let mm = MemoryManager::hosted(ram_bytes(), 2).unwrap();
+    let meta = mm.boot_metadata();
+    assert!(meta.base.as_u64() + meta.bytes as u64 <= ram_bytes() as u64);
+    let managed: usize = mm
+        .zones()
+        .zone_stats()
+        .iter()
+        .flatten()
+        .map(|s| s.managed)
+        .sum();
+    assert_eq!(managed, mm.memory_pages() - mm.reserved_pages());
+    assert_eq!(mm.reserved_pages(), meta.bytes.div_ceil(PAGE_SIZE));
+}
