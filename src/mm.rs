@@ -124,7 +124,10 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
         })
     }
 
-    /// The zoned page allocator.
+    /// The zoned page allocator. Its `'static` only says the metadata is
+    /// not borrowed from the caller (it lives in machine RAM); nothing it
+    /// returns outlives `&self`. Shrinkers registered with it must be
+    /// `'static` for the same reason.
     pub fn zones(&self) -> &Zones<'static, P, D> {
         &self.zones
     }
