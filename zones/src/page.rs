@@ -21,12 +21,15 @@
 //! (free, reserved or tail: zone lock), one per-CPU list (that list's lock),
 //! or the caller holding it. A field is written only from the frame's
 //! domain, or at a transition with both locks held (pcp refill and drain).
-//! Every change of domain passes through a lock release/acquire or through
-//! the `refcount` compare-exchange, so `Relaxed` accesses suffice: the locks
-//! order them. The only race a buggy caller can start (two frees of one
-//! block) meets the compare-exchange on `refcount`, which exactly one wins.
-//! Readers without a lock (`page_zone`, `owner`) see some recent value and
-//! are only relied upon by the frame's holder.
+//! Every change of domain passes through a lock release/acquire (a free
+//! checks and clears `refcount` under the pcp or zone lock it goes
+//! through; an allocation sets it after taking the block off a list), so
+//! `Relaxed` accesses suffice: the locks order them. Readers without a
+//! lock (`page_zone`, `owner`) see some recent value and are only relied
+//! upon by the frame's holder. The one race the descriptors do not
+//! arbitrate is a caller freeing one block twice on two CPUs at the same
+//! instant (see `Zone::release`): arbitrating it would need an atomic
+//! read-modify-write on every free, doubling the fast path.
 
 use crate::ZoneType;
 use kmm_api::sync::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -125,19 +128,12 @@ impl Page {
         self.refcount.store(1, Relaxed);
     }
 
-    /// Takes the block back from its caller (Linux `put_page_testzero`):
-    /// exactly one of several racing frees wins.
+    /// Sets the refcount: 0 when the block leaves its caller, 1 for each
+    /// page `split_page` makes (module documentation: under the lock the
+    /// transition goes through).
     #[inline]
-    pub(crate) fn try_release(&self) -> bool {
-        self.refcount
-            .compare_exchange(1, 0, Relaxed, Relaxed)
-            .is_ok()
-    }
-
-    /// Undoes [`Page::try_release`] for a free refused after it.
-    #[inline]
-    pub(crate) fn restore_held(&self) {
-        self.refcount.store(1, Relaxed);
+    pub(crate) fn set_refcount(&self, count: u32) {
+        self.refcount.store(count, Relaxed);
     }
 
     /// The owner word (meaningful only while the frame is held).
@@ -225,15 +221,15 @@ mod tests {
     }
 
     #[test]
-    fn only_one_of_two_releases_of_a_held_page_wins() {
+    fn a_page_is_held_from_set_held_until_its_refcount_drops() {
         let page = Page::new(ZoneType::Normal);
-        assert!(
-            !page.try_release(),
-            "a page nobody holds cannot be released"
-        );
+        assert!(!page.is_held());
+        page.set_word(7);
         page.set_held();
-        assert!(page.try_release());
-        assert!(!page.try_release());
+        assert!(page.is_held());
+        assert_eq!(page.word(), 0, "a new holder starts with a zero owner word");
+        page.set_refcount(0);
+        assert!(!page.is_held());
     }
 
     #[test]

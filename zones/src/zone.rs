@@ -179,29 +179,18 @@ impl<'a> Zone<'a> {
         if !pfn.is_aligned_to_order(order.as_u32()) {
             return Err(Error::Misaligned { pfn, order });
         }
-        let page = &self.pages[idx];
-        if !page.try_release() {
-            return Err(self.bad_free(idx, platform));
-        }
-        match page.tag() {
-            FrameTag::Allocated(allocated) if allocated == order => {}
-            FrameTag::Allocated(allocated) => {
-                page.restore_held();
-                return Err(Error::WrongOrder {
-                    pfn,
-                    allocated,
-                    freed: order,
-                });
-            }
-            _ => {
-                page.restore_held();
-                return Err(Error::NotAllocated { pfn });
-            }
-        }
         let _irq = IrqGuard::new(platform);
         match self.this_cpu(platform) {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lists.lock();
+                match self.release(idx, order) {
+                    Ok(()) => {}
+                    Err(Some(err)) => return Err(err),
+                    Err(None) => {
+                        drop(lists);
+                        return Err(self.bad_free(idx, platform));
+                    }
+                }
                 lists.push(idx, order.as_usize(), self.pages);
                 if lists.count >= self.pcp_sizing.high {
                     let mut buddy = self.buddy.lock();
@@ -212,22 +201,63 @@ impl<'a> Zone<'a> {
             }
             _ => {
                 let mut buddy = self.buddy.lock();
+                match self.release(idx, order) {
+                    Ok(()) => {}
+                    Err(Some(err)) => return Err(err),
+                    Err(None) => return Err(self.classify_bad_free(idx, &buddy)),
+                }
                 let freed = buddy.free(pfn, order);
                 self.sync_free(&buddy);
                 if freed.is_err() {
-                    page.restore_held();
+                    self.pages[idx].set_refcount(1);
                 }
                 freed
             }
         }
     }
 
+    /// Takes the block at `idx` back from its caller (refcount 1 → 0) if it
+    /// is held with this order. Called under the lock the free goes through
+    /// (the pcp lock or the zone lock), so frees serialised by that lock or
+    /// by the caller are checked exactly; two frees of one block racing on
+    /// two CPUs at once are a caller bug the fast path does not arbitrate
+    /// (that would cost an atomic read-modify-write on every free).
+    ///
+    /// `Err(None)`: the block is not held; the caller names the error with
+    /// [`Zone::bad_free`] (which needs the zone lock).
+    #[inline]
+    fn release(&self, idx: usize, order: Order) -> Result<(), Option<Error>> {
+        let page = &self.pages[idx];
+        if !page.is_held() {
+            return Err(None);
+        }
+        match page.tag() {
+            FrameTag::Allocated(allocated) if allocated == order => {
+                page.set_refcount(0);
+                Ok(())
+            }
+            FrameTag::Allocated(allocated) => Err(Some(Error::WrongOrder {
+                pfn: self.start_pfn.add(idx),
+                allocated,
+                freed: order,
+            })),
+            _ => Err(Some(Error::NotAllocated {
+                pfn: self.start_pfn.add(idx),
+            })),
+        }
+    }
+
     /// Why a free of a block nobody holds was refused.
     #[cold]
     fn bad_free<P: Platform>(&self, idx: usize, platform: &P) -> Error {
-        let pfn = self.start_pfn.add(idx);
         let _irq = IrqGuard::new(platform);
-        let buddy = self.buddy.lock();
+        self.classify_bad_free(idx, &self.buddy.lock())
+    }
+
+    /// [`Zone::bad_free`] with the zone lock held.
+    #[cold]
+    fn classify_bad_free(&self, idx: usize, buddy: &Buddy<ZoneMeta<'a>>) -> Error {
+        let pfn = self.start_pfn.add(idx);
         let head = self.enclosing_head(idx);
         let on_pcp = head.is_some_and(|head| self.pages[head].is_pcp());
         if on_pcp || buddy.is_free(pfn) {
@@ -270,7 +300,7 @@ impl<'a> Zone<'a> {
         let _irq = IrqGuard::new(platform);
         self.buddy.lock().split(pfn, order)?;
         for page in &self.pages[idx + 1..idx + order.pages()] {
-            page.restore_held();
+            page.set_refcount(1);
         }
         Ok(())
     }
