@@ -66,7 +66,18 @@ fn main() -> ExitCode {
     match workload::run(&mm) {
         Ok(report) => {
             print_workload(&report);
-            ExitCode::SUCCESS
+            match mm.zones().check() {
+                Ok(()) => {
+                    println!(
+                        "Invariant check (free lists, per-CPU lists, counters, descriptors): ok"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(broken) => {
+                    println!("Invariant check failed: {broken}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("tour: the workload failed: {e}");

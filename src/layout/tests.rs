@@ -129,3 +129,13 @@ fn zone_config_splits_at_dma_and_max_low_pfn() {
         (pfn(8 * MIB), pfn(8 * MIB))
     );
 }
+
+#[test]
+fn x86_64_display_prints_64_bit_addresses_and_no_pkmap() {
+    extern crate std;
+    use std::string::ToString;
+    let text = Layout::x86_64(4 * GIB).unwrap().to_string();
+    assert!(text.contains("    lowmem  : 0xffff888000000000 - 0xffff888100000000   (4096 MB)\n"));
+    assert!(text.contains("    vmalloc : 0xffffc90000000000 - "));
+    assert!(!text.contains("pkmap"));
+}
