@@ -192,9 +192,13 @@ impl<'a> Zone<'a> {
                     }
                 }
                 lists.push(idx, order.as_usize(), self.pages);
-                if lists.count >= self.pcp_sizing.high {
+                let high = self.pcp_sizing.high;
+                if lists.count >= high {
+                    // A batch, or more if a higher-order refill overfilled
+                    // the lists: a free always leaves fewer than `high`.
+                    let excess = lists.count + 1 - high;
                     let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, self.pcp_sizing.batch);
+                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_sizing.batch));
                     self.sync_free(&buddy);
                 }
                 Ok(())

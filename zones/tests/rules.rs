@@ -3,14 +3,18 @@
 //! (smaller still under miri).
 
 use kmm_api::{
-    DirectMap, Error, GfpFlags, Order, PageOwner, Pfn, Platform, Shrinker, __GFP_DMA,
-    __GFP_HIGHMEM, __GFP_NOFAIL, __GFP_NORETRY, __GFP_RETRY_MAYFAIL, __GFP_ZERO, GFP_ATOMIC,
-    GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, GFP_NOWAIT, PAGE_SIZE,
+    DirectMap, Error, GfpFlags, MemoryRegion, Order, PageOwner, Pfn, Platform, RegionKind,
+    Shrinker, __GFP_DMA, __GFP_DMA32, __GFP_HIGHMEM, __GFP_NOFAIL, __GFP_NORETRY,
+    __GFP_RETRY_MAYFAIL, __GFP_ZERO, GFP_ATOMIC, GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, GFP_NOWAIT,
+    MAX_PAGE_ORDER, PAGE_SIZE,
 };
 use kmm_buddy::FrameTag;
+use kmm_zones::boot::BootMem;
 use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
 use kmm_zones::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
-use kmm_zones::{PcpSizing, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS};
+use kmm_zones::{
+    PcpSizing, ZoneConfig, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Frames of the standard test machine.
@@ -94,19 +98,93 @@ fn metadata_is_16_bytes_per_frame_plus_per_cpu_lists() {
 }
 
 #[test]
+fn boot_memory_smaller_than_metadata_bytes_is_an_error() {
+    let machine = TestMachine::i386_scaled(frames());
+    let bytes = TestZones::metadata_bytes(machine.memblock(), &machine.config(), 2);
+    let mut short = vec![std::mem::MaybeUninit::uninit(); bytes / 2];
+    let result = Zones::new(
+        machine.memblock(),
+        machine.config(),
+        BootMem::new(&mut short),
+        machine.platform(),
+        machine.direct_map(),
+    );
+    assert!(matches!(result, Err(Error::SizeTooLarge { .. })));
+    let mut config = machine.config();
+    config.lowmem_end = Pfn::new(1);
+    let result = Zones::new(
+        machine.memblock(),
+        config,
+        BootMem::new(&mut short),
+        machine.platform(),
+        machine.direct_map(),
+    );
+    assert!(
+        matches!(result, Err(Error::BadPhysAddr { .. })),
+        "limits out of order"
+    );
+}
+
+#[test]
+fn a_dma32_layout_falls_back_normal_then_dma32_then_dma() {
+    let frames = frames();
+    let map = [MemoryRegion::new(
+        0,
+        (frames * PAGE_SIZE) as u64,
+        RegionKind::Usable,
+    )];
+    let config = ZoneConfig {
+        dma_end: Pfn::new(frames / 8),
+        dma32_end: Some(Pfn::new(frames / 2)),
+        lowmem_end: Pfn::new(frames),
+        max_order: MAX_PAGE_ORDER,
+    };
+    let mut machine = TestMachine::new(&map, config, 1).unwrap();
+    let zones = machine.boot().unwrap();
+    assert_eq!(zones.populated_zones(), [true, true, true, false]);
+    let kernel = exhaust(&zones, GFP_KERNEL);
+    let order: Vec<ZoneType> = kernel
+        .iter()
+        .map(|&p| zones.page_zone(p).unwrap())
+        .collect();
+    // The fast path takes the first zone above its low mark, the slow path
+    // the first above min: NORMAL first, then the zones below it, never up.
+    assert_eq!(order.first(), Some(&ZoneType::Normal));
+    assert!(order.contains(&ZoneType::Dma32));
+    assert!(order.iter().all(|&z| z <= ZoneType::Normal));
+    let high = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO);
+    assert_eq!(high.err(), Some(Error::NoMemory { order: Order::ZERO }));
+    zones.check().unwrap();
+    drop(zones);
+
+    let zones = machine.boot().unwrap();
+    let dma32 = exhaust(&zones, GFP_KERNEL | __GFP_DMA32);
+    assert!(dma32
+        .iter()
+        .all(|&p| zones.page_zone(p) <= Some(ZoneType::Dma32)));
+    assert!(dma32
+        .iter()
+        .any(|&p| zones.page_zone(p) == Some(ZoneType::Dma32)));
+    zones.check().unwrap();
+}
+
+#[test]
 fn highmem_request_falls_back_to_normal_never_upward() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
-    let mut seen_fallback = false;
-    for _ in 0..frames() / 2 {
-        let pfn = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
-        match zones.page_zone(pfn).unwrap() {
-            ZoneType::HighMem => assert!(!seen_fallback, "back to HIGHMEM after falling back"),
-            ZoneType::Normal => seen_fallback = true,
-            other => panic!("HIGHMEM request served from {other} while NORMAL has room"),
-        }
-    }
-    assert!(seen_fallback, "HIGHMEM exhausted, NORMAL used");
+    let got: Vec<ZoneType> = (0..frames() / 2)
+        .map(|_| zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap())
+        .map(|pfn| zones.page_zone(pfn).unwrap())
+        .collect();
+    assert_eq!(got[0], ZoneType::HighMem, "HIGHMEM first");
+    assert!(
+        got.contains(&ZoneType::Normal),
+        "HIGHMEM exhausted, NORMAL used"
+    );
+    assert!(
+        !got.contains(&ZoneType::Dma),
+        "DMA untouched while NORMAL has room"
+    );
     let kernel = exhaust(&zones, GFP_KERNEL);
     assert!(kernel
         .iter()
