@@ -7,7 +7,10 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use criterion::{
+    black_box, criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup, Criterion,
+    Throughput,
+};
 use kmm_api::{GFP_KERNEL, PAGE_SIZE};
 use kmm_slab::{testing::HostMachine, Kmem, KmemConfig};
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
@@ -122,47 +125,40 @@ fn kmm() -> Kmm {
     Kmm(Kmem::new(machine, KmemConfig::default()).unwrap())
 }
 
-/// Builds one allocator, each over its own arena.
-type Maker = Box<dyn FnMut() -> Box<dyn Bench>>;
-
-fn allocators() -> Vec<(&'static str, Maker)> {
-    vec![
-        (
-            "kmm-kmalloc",
-            Box::new(|| Box::new(kmm()) as Box<dyn Bench>),
-        ),
-        ("system-malloc", Box::new(|| Box::new(Sys))),
-        (
-            "talc",
-            Box::new(|| {
-                let mut t = talc::Talc::new(talc::ErrOnOom);
-                // SAFETY: the arena is leaked, so valid for the program.
-                unsafe { t.claim(arena().into()) }.unwrap();
-                Box::new(Talc(t))
-            }),
-        ),
-        (
-            "linked_list_allocator",
-            Box::new(|| {
-                let a = arena();
-                // SAFETY: the arena is leaked and used by this heap alone.
-                Box::new(LinkedList(unsafe {
-                    linked_list_allocator::Heap::new(a.as_mut_ptr(), a.len())
-                }))
-            }),
-        ),
-        (
-            "buddy_system_allocator",
-            Box::new(|| {
-                let a = arena();
-                let mut h = buddy_system_allocator::Heap::<32>::new();
-                // SAFETY: the arena is leaked and used by this heap alone.
-                unsafe { h.init(a.as_mut_ptr() as usize, a.len()) };
-                Box::new(Buddy(h))
-            }),
-        ),
-    ]
+fn talc() -> Talc {
+    let mut t = talc::Talc::new(talc::ErrOnOom);
+    // SAFETY: the arena is leaked, so valid for the program.
+    unsafe { t.claim(arena().into()) }.unwrap();
+    Talc(t)
 }
+
+fn linked_list() -> LinkedList {
+    let a = arena();
+    // SAFETY: the arena is leaked and used by this heap alone.
+    LinkedList(unsafe { linked_list_allocator::Heap::new(a.as_mut_ptr(), a.len()) })
+}
+
+fn buddy() -> Buddy {
+    let a = arena();
+    let mut h = buddy_system_allocator::Heap::<32>::new();
+    // SAFETY: the arena is leaked and used by this heap alone.
+    unsafe { h.init(a.as_mut_ptr() as usize, a.len()) };
+    Buddy(h)
+}
+
+/// Runs `workload` once per allocator, each a concrete type (no dynamic
+/// dispatch in the measured loop), each over its own arena.
+macro_rules! each_allocator {
+    ($group:expr, $workload:ident) => {
+        $workload(&mut $group, "kmm-kmalloc", kmm());
+        $workload(&mut $group, "system-malloc", Sys);
+        $workload(&mut $group, "talc", talc());
+        $workload(&mut $group, "linked_list_allocator", linked_list());
+        $workload(&mut $group, "buddy_system_allocator", buddy());
+    };
+}
+
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
 
 fn mix_size(rng: &mut SmallRng) -> usize {
     let total: u32 = MIX.iter().map(|&(_, w)| w).sum();
@@ -177,72 +173,75 @@ fn mix_size(rng: &mut SmallRng) -> usize {
     8
 }
 
+fn o1<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
+    // Warm the caches so the pair is the steady-state fast path.
+    let p = a.alloc(64);
+    a.free(p, 64);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let p = a.alloc(black_box(64));
+            a.free(black_box(p), 64);
+        })
+    });
+}
+
 fn o1_pairs(c: &mut Criterion) {
     let mut g = c.benchmark_group("O1 64B alloc+free pair");
-    for (name, mut make) in allocators() {
-        let mut a = make();
-        // Warm the caches so the pair is the steady-state fast path.
-        let p = a.alloc(64);
-        a.free(p, 64);
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let p = a.alloc(black_box(64));
-                a.free(black_box(p), 64);
-            })
-        });
-    }
+    each_allocator!(g, o1);
     g.finish();
+}
+
+fn o2<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
+    let mut order: Vec<usize> = (0..O2_OBJECTS).collect();
+    order.shuffle(&mut SmallRng::seed_from_u64(2));
+    let mut ptrs = Vec::with_capacity(O2_OBJECTS);
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            ptrs.clear();
+            for _ in 0..O2_OBJECTS {
+                ptrs.push(a.alloc(64));
+            }
+            for &i in &order {
+                a.free(ptrs[i], 64);
+            }
+        })
+    });
 }
 
 fn o2_shuffled(c: &mut Criterion) {
     let mut g = c.benchmark_group("O2 100k x 64B, shuffled frees");
     g.throughput(Throughput::Elements(O2_OBJECTS as u64));
     g.sample_size(10);
-    let mut order: Vec<usize> = (0..O2_OBJECTS).collect();
-    order.shuffle(&mut SmallRng::seed_from_u64(2));
-    for (name, mut make) in allocators() {
-        let mut a = make();
-        let mut ptrs = Vec::with_capacity(O2_OBJECTS);
-        g.bench_with_input(BenchmarkId::from_parameter(name), &order, |b, order| {
-            b.iter(|| {
-                ptrs.clear();
-                for _ in 0..O2_OBJECTS {
-                    ptrs.push(a.alloc(64));
-                }
-                for &i in order {
-                    a.free(ptrs[i], 64);
-                }
-            })
-        });
-    }
+    each_allocator!(g, o2);
     g.finish();
 }
 
-fn o3_churn(c: &mut Criterion) {
-    let mut g = c.benchmark_group("O3 churn, 50k live, 8B-4KiB mix");
+fn o3<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
     let mut rng = SmallRng::seed_from_u64(3);
     let steps: Vec<(usize, usize)> = (0..1 << 16)
         .map(|_| (rng.gen_range(0..O3_LIVE), mix_size(&mut rng)))
         .collect();
-    for (name, mut make) in allocators() {
-        let mut a = make();
-        let mut live: Vec<(NonNull<u8>, usize)> = (0..O3_LIVE)
-            .map(|_| {
-                let s = mix_size(&mut rng);
-                (a.alloc(s), s)
-            })
-            .collect();
-        let mut at = 0;
-        g.bench_function(name, |b| {
-            b.iter(|| {
-                let (slot, size) = steps[at & (steps.len() - 1)];
-                at += 1;
-                let (p, old) = live[slot];
-                a.free(p, old);
-                live[slot] = (a.alloc(size), size);
-            })
-        });
-    }
+    let mut live: Vec<(NonNull<u8>, usize)> = (0..O3_LIVE)
+        .map(|_| {
+            let s = mix_size(&mut rng);
+            (a.alloc(s), s)
+        })
+        .collect();
+    let mut at = 0;
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let (slot, size) = steps[at & (steps.len() - 1)];
+            at += 1;
+            let (p, old) = live[slot];
+            a.free(p, old);
+            live[slot] = (a.alloc(size), size);
+        })
+    });
+}
+
+fn o3_churn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("O3 churn, 50k live, 8B-4KiB mix");
+    each_allocator!(g, o3);
     g.finish();
 }
 

@@ -358,7 +358,7 @@ impl<B: SlabBackend> Kmem<B> {
         // SAFETY: `header` is either the slab's first page (on-slab: the
         // geometry reserved `header_bytes` before `s_mem`) or a fresh
         // kmalloc object of `header_bytes`; both word aligned and unshared.
-        let slab = unsafe { SlabHeader::init(header, base, s_mem, g.objects, c.index) };
+        let slab = unsafe { SlabHeader::init(header, base, s_mem, g.objects, c) };
         for index in (0..g.objects).rev() {
             let obj = slab.object(index, g.stride);
             if c.debug {

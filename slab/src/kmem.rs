@@ -394,7 +394,9 @@ impl<B: SlabBackend> Kmem<B> {
                 // `set_slab_owner`, for slabs live until their frames are
                 // freed (which forgets the word).
                 let slab = unsafe { SlabHeader::from_ptr(header.cast_const().cast()) };
-                let cache = self.cache_at(slab.cache).ok_or(invalid)?;
+                // SAFETY: a live slab's cache outlives it (destroy frees
+                // every slab before the descriptor).
+                let cache = unsafe { raw::as_ref(slab.owner) };
                 let offset = (p as usize)
                     .checked_sub(slab.s_mem as usize)
                     .ok_or(invalid)?;

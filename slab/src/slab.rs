@@ -20,7 +20,7 @@
 //! are used as plain loads and stores (no read-modify-write). Must never be
 //! handed an object of another slab.
 
-use crate::raw;
+use crate::{cache::KmemCache, raw};
 use core::mem::size_of;
 use core::ptr;
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::Relaxed};
@@ -73,6 +73,8 @@ pub(crate) struct SlabHeader {
     pub objects: usize,
     /// Index of the owning cache in the cache table.
     pub cache: usize,
+    /// The owning cache's descriptor (saves `kfree` a table lookup).
+    pub owner: *const KmemCache,
     /// The state bytes right after the fixed header (kept as a pointer so
     /// they are reached with the provenance of the whole header block).
     states: *const AtomicU8,
@@ -104,14 +106,15 @@ impl SlabHeader {
         base: *mut u8,
         s_mem: *mut u8,
         objects: usize,
-        cache: usize,
+        owner: &KmemCache,
     ) -> &'a SlabHeader {
         let states = at.cast::<u8>().wrapping_add(HEADER_SIZE);
         let header = SlabHeader {
             base,
             s_mem,
             objects,
-            cache,
+            cache: owner.index,
+            owner,
             states: states.cast_const().cast(),
             freelist: AtomicPtr::new(ptr::null_mut()),
             free: AtomicUsize::new(0),
