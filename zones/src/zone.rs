@@ -113,18 +113,28 @@ impl<'a> Zone<'a> {
     #[inline]
     pub(crate) fn rmqueue<P: Platform>(&self, order: Order, platform: &P) -> Option<Pfn> {
         let _irq = IrqGuard::new(platform);
+        // The head becomes held under the lock the block leaves through, so
+        // the checker (holding every lock) never sees it in between states.
         let idx = match self.this_cpu(platform) {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                self.rmqueue_pcplist(&mut pcp.lists.lock(), order)?
+                let mut lists = pcp.lists.lock();
+                let idx = self.rmqueue_pcplist(&mut lists, order)?;
+                self.pages[idx].set_held();
+                idx
             }
             _ => {
                 let mut buddy = self.buddy.lock();
                 let pfn = buddy.alloc(order).ok()?;
                 self.sync_free(&buddy);
-                pfn.as_usize() - self.start_pfn.as_usize()
+                let idx = pfn.as_usize() - self.start_pfn.as_usize();
+                self.pages[idx].set_held();
+                idx
             }
         };
-        self.prep_new_page(idx, order);
+        // Tail owner words are the caller's alone now: no lock needed.
+        for tail in &self.pages[idx + 1..idx + order.pages()] {
+            tail.set_word(0);
+        }
         Some(self.start_pfn.add(idx))
     }
 
@@ -143,15 +153,6 @@ impl<'a> Zone<'a> {
         self.sync_free(&buddy);
         drop(buddy);
         lists.pop(order.as_usize(), self.pages)
-    }
-
-    /// Hands a block to its caller: held, with zero owner words.
-    #[inline]
-    fn prep_new_page(&self, idx: usize, order: Order) {
-        for tail in &self.pages[idx + 1..idx + order.pages()] {
-            tail.set_word(0);
-        }
-        self.pages[idx].set_held();
     }
 
     /// Linux `__free_pages` for a pfn of this zone: validates, then puts
@@ -302,7 +303,9 @@ impl<'a> Zone<'a> {
             return Err(self.bad_free(idx, platform));
         }
         let _irq = IrqGuard::new(platform);
-        self.buddy.lock().split(pfn, order)?;
+        let mut buddy = self.buddy.lock();
+        buddy.split(pfn, order)?;
+        // Under the zone lock, so the checker never sees a split page unheld.
         for page in &self.pages[idx + 1..idx + order.pages()] {
             page.set_refcount(1);
         }

@@ -537,6 +537,31 @@ fn pcp_refill_takes_a_batch_and_a_free_at_high_drains_a_batch() {
 }
 
 #[test]
+fn a_free_after_an_overfilling_higher_order_refill_leaves_fewer_than_high() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
+    let sizing = PcpSizing::for_managed(normal.managed);
+    let managed: usize = zones.zone_stats().iter().flatten().map(|s| s.managed).sum();
+    let block = zones.alloc_pages(GFP_KERNEL, order(3)).unwrap();
+    let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    let listed = |held: usize| managed - zones.nr_free_pages() - held;
+    assert!(
+        listed(9) >= sizing.high,
+        "the order-3 refill overfilled the lists"
+    );
+    zones.__free_pages(page, Order::ZERO).unwrap();
+    assert!(
+        listed(8) < sizing.high,
+        "{} listed, high {}",
+        listed(8),
+        sizing.high
+    );
+    zones.__free_pages(block, order(3)).unwrap();
+    zones.check().unwrap();
+}
+
+#[test]
 fn a_caller_migrated_between_cpus_keeps_every_list_correct() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
@@ -550,6 +575,54 @@ fn a_caller_migrated_between_cpus_keeps_every_list_correct() {
         zones.__free_pages(pfn, Order::ZERO).unwrap();
     }
     set_cpu(0);
+    zones.check().unwrap();
+}
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn the_checker_sees_a_consistent_zone_while_other_cpus_allocate_and_free() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let ops = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for cpu in 0..2 {
+            let (zones, stop, ops) = (&zones, &stop, &ops);
+            s.spawn(move || {
+                set_cpu(cpu);
+                let mut held = Vec::new();
+                for i in 0u32.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    ops.fetch_add(1, Ordering::Relaxed);
+                    let o = order(i % 5);
+                    match zones.alloc_pages(GFP_KERNEL, o) {
+                        Ok(pfn) if i % 7 == 0 => {
+                            zones.split_page(pfn, o).unwrap();
+                            held.extend((0..o.pages()).map(|p| (pfn.add(p), Order::ZERO)));
+                        }
+                        Ok(pfn) => held.push((pfn, o)),
+                        Err(_) => {}
+                    }
+                    if held.len() > 40 || i % 3 == 0 {
+                        if let Some((pfn, o)) = held.pop() {
+                            zones.__free_pages(pfn, o).unwrap();
+                        }
+                    }
+                }
+                for (pfn, o) in held {
+                    zones.__free_pages(pfn, o).unwrap();
+                }
+            });
+        }
+        let mut checks = 0;
+        while ops.load(Ordering::Relaxed) < 20_000 || checks < 20 {
+            zones.check().unwrap();
+            checks += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
     zones.check().unwrap();
 }
 
