@@ -6,7 +6,9 @@
 //!
 //! Nothing here is sized for one machine: every array comes from the
 //! [`BootMem`] the caller hands over, sized with [`Zones::metadata_bytes`].
-//! This module runs once, single-threaded, before any allocation.
+//! This module runs once, single-threaded, before any allocation. It must
+//! never release a frame memblock keeps reserved (the boot metadata among
+//! them), nor need more boot memory than `metadata_bytes` promised.
 
 use crate::boot::BootMem;
 use crate::memblock::Memblock;
@@ -26,7 +28,9 @@ pub const MAX_DMA32_PFN: Pfn = Pfn::new(1 << (32 - PAGE_SHIFT));
 
 /// Where the zones split: frames below `dma_end` are DMA, then DMA32 up to
 /// `dma32_end` (64-bit layouts only), NORMAL up to `lowmem_end` (Linux
-/// `max_low_pfn`), HIGHMEM above. Limits must not decrease in that order.
+/// `max_low_pfn`), HIGHMEM above. As in Linux's `zone_sizes_init`, the DMA
+/// zones are clamped to lowmem (an 8 MiB i386 machine is all ZONE_DMA) and
+/// a limit below the previous one leaves its zone empty.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct ZoneConfig {
     /// One past the last DMA frame.
@@ -67,24 +71,15 @@ impl ZoneConfig {
     }
 
     /// Each zone's `[start, end)` inside `[start, end)`, by zone index;
-    /// together they tile the range. [`Error::BadPhysAddr`] names a limit
-    /// below the one before it.
-    fn spans(&self, start: Pfn, end: Pfn) -> Result<[(Pfn, Pfn); MAX_NR_ZONES], Error> {
-        let dma32_end = self.dma32_end.unwrap_or(self.dma_end);
-        for (low, high) in [(self.dma_end, dma32_end), (dma32_end, self.lowmem_end)] {
-            if high < low {
-                return Err(Error::BadPhysAddr { addr: high.phys() });
-            }
-        }
-        let clamp = |pfn: Pfn| pfn.clamp(start, end);
-        let limits = [
-            start,
-            clamp(self.dma_end),
-            clamp(dma32_end),
-            clamp(self.lowmem_end),
-            end,
-        ];
-        Ok(core::array::from_fn(|z| (limits[z], limits[z + 1])))
+    /// together they tile the range.
+    fn spans(&self, start: Pfn, end: Pfn) -> [(Pfn, Pfn); MAX_NR_ZONES] {
+        // Each clamp below has its lower bound at or under its upper one.
+        let end = end.max(start);
+        let lowmem_end = self.lowmem_end.clamp(start, end);
+        let dma_end = self.dma_end.clamp(start, lowmem_end);
+        let dma32_end = self.dma32_end.unwrap_or(dma_end).clamp(dma_end, lowmem_end);
+        let limits = [start, dma_end, dma32_end, lowmem_end, end];
+        core::array::from_fn(|z| (limits[z], limits[z + 1]))
     }
 }
 
@@ -112,12 +107,11 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     pub fn metadata_bytes(memblock: &Memblock, config: &ZoneConfig, nr_cpus: usize) -> usize {
         let (start, end) = (memblock.start_pfn(), memblock.end_pfn());
         let frames = end.as_usize().saturating_sub(start.as_usize());
-        let populated = config.spans(start, end).map_or(MAX_NR_ZONES, |spans| {
-            present_pages(memblock, &spans)
-                .iter()
-                .filter(|&&p| p > 0)
-                .count()
-        });
+        let spans = config.spans(start, end);
+        let populated = present_pages(memblock, &spans)
+            .iter()
+            .filter(|&&p| p > 0)
+            .count();
         BootMem::footprint::<Page>(frames).saturating_add(BootMem::footprint::<PerCpuPages>(
             populated * nr_cpus.max(1),
         ))
@@ -128,7 +122,6 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// is not released.
     ///
     /// Errors: [`Error::NoMemory`] for a memblock without RAM,
-    /// [`Error::BadPhysAddr`] for zone limits out of order,
     /// [`Error::SizeTooLarge`] when `boot_mem` is smaller than
     /// [`Zones::metadata_bytes`], and the buddy's errors for a range it
     /// cannot describe (more than `u32::MAX - 1` frames in one zone).
@@ -143,7 +136,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         if end <= start {
             return Err(Error::NoMemory { order: Order::ZERO });
         }
-        let spans = config.spans(start, end)?;
+        let spans = config.spans(start, end);
         let present = present_pages(memblock, &spans);
         let zone_of = |pfn: Pfn| {
             let z = spans.iter().position(|&(lo, hi)| lo <= pfn && pfn < hi);
@@ -216,4 +209,57 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
 
     /// Bytes of descriptor memory per frame of `mem_map` (16).
     pub const PAGE_DESCRIPTOR_BYTES: usize = core::mem::size_of::<Page>();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spans(config: ZoneConfig, end: usize) -> [(usize, usize); MAX_NR_ZONES] {
+        config
+            .spans(Pfn::new(0), Pfn::new(end))
+            .map(|(lo, hi)| (lo.as_usize(), hi.as_usize()))
+    }
+
+    fn mib(n: usize) -> usize {
+        (n << 20) >> PAGE_SHIFT
+    }
+
+    #[test]
+    fn i386_zones_split_at_16_mib_and_max_low_pfn() {
+        let spans = spans(ZoneConfig::i386(Pfn::new(mib(896))), mib(2048));
+        let want = [
+            (0, mib(16)),
+            (mib(16), mib(16)),
+            (mib(16), mib(896)),
+            (mib(896), mib(2048)),
+        ];
+        assert_eq!(spans, want);
+    }
+
+    #[test]
+    fn a_machine_below_16_mib_is_all_zone_dma() {
+        let spans = spans(ZoneConfig::i386(Pfn::new(mib(8))), mib(8));
+        assert_eq!(spans[ZoneType::Dma.index()], (0, mib(8)));
+        assert!(spans[1..].iter().all(|&(lo, hi)| lo == hi));
+    }
+
+    #[test]
+    fn dma_zones_are_clamped_to_lowmem() {
+        let config = ZoneConfig {
+            dma_end: Pfn::new(64),
+            dma32_end: Some(Pfn::new(32)),
+            lowmem_end: Pfn::new(48),
+            max_order: MAX_PAGE_ORDER,
+        };
+        assert_eq!(spans(config, 100), [(0, 48), (48, 48), (48, 48), (48, 100)]);
+    }
+
+    #[test]
+    fn x86_64_has_dma32_below_4_gib_and_no_highmem() {
+        let end = 2 * MAX_DMA32_PFN.as_usize();
+        let spans = spans(ZoneConfig::x86_64(Pfn::new(end)), end);
+        let (dma, dma32) = (MAX_DMA_PFN.as_usize(), MAX_DMA32_PFN.as_usize());
+        assert_eq!(spans, [(0, dma), (dma, dma32), (dma32, end), (end, end)]);
+    }
 }

@@ -5,7 +5,8 @@
 //! register. The table lock is held only to copy the table out: shrinkers
 //! are called with no lock held, since they free pages (taking pcp and zone
 //! locks) and may sleep. Only the slow path of a request that may block
-//! calls them.
+//! calls them; it must never call one for a request that cannot block, nor
+//! with any allocator lock held.
 
 use kmm_api::sync::SpinLock;
 use kmm_api::{Error, GfpFlags, Order, Shrinker};

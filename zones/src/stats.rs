@@ -4,6 +4,8 @@
 //!
 //! Counters are read without locks (a snapshot may be a moment stale);
 //! [`Zones::check`] takes every lock of a zone in the documented order.
+//! Nothing here changes allocator state, except `set_owner`, which writes
+//! only the owner word of a frame its caller holds.
 
 use crate::report::{BuddyInfo, MemInfo, ZoneInfo, ZoneStats};
 use crate::zone::Zone;
