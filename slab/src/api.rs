@@ -11,6 +11,7 @@ use crate::{
     },
     kmem::{CacheId, Kmem, Owned, SlabBackend},
     raw,
+    slab::ObjState,
 };
 use core::{panic::Location, ptr::NonNull, sync::atomic::Ordering::Relaxed};
 use kmm_api::{get_order, GfpFlags, MAX_PAGE_ORDER};
@@ -322,11 +323,8 @@ impl<B: SlabBackend> Kmem<B> {
         }
         let (src, old_size, fits) = match self.find(p)? {
             Owned::Slab { cache, slab, index } => {
-                if slab.state(index) != crate::slab::ObjState::Allocated {
-                    return Err(SlabError::DoubleFree {
-                        cache: cache.name,
-                        addr: self.virt(p),
-                    });
+                if slab.state(index) != ObjState::Allocated {
+                    return Err(self.not_allocated(cache, slab, index));
                 }
                 let obj = slab.object(index, cache.geo.stride);
                 let used = cache.requested_size(obj).unwrap_or(cache.geo.object_size);
@@ -361,14 +359,30 @@ impl<B: SlabBackend> Kmem<B> {
         Ok(new)
     }
 
-    /// A kmalloc used by the allocator itself (off-slab headers).
+    /// A kmalloc used by the allocator itself (off-slab headers), marked
+    /// `Internal` so no caller can free it.
     pub(crate) fn kmalloc_internal(
         &self,
         size: usize,
         gfp: GfpFlags,
     ) -> Result<NonNull<u8>, SlabError> {
         let c = self.kmalloc_cache(kmalloc_index(size), false);
-        self.cache_alloc(c, gfp, size, Location::caller())
+        let p = self.cache_alloc(c, gfp, size, Location::caller())?;
+        if let Some((slab, index)) = self.slab_index(p.as_ptr()) {
+            slab.set_state(index, ObjState::Internal);
+        }
+        Ok(p)
+    }
+
+    /// Frees what [`Kmem::kmalloc_internal`] returned.
+    pub(crate) fn kfree_internal(&self, p: *const u8) {
+        if let Ok(Owned::Slab { cache, slab, index }) = self.find(p) {
+            if slab.state(index) == ObjState::Internal {
+                slab.set_state(index, ObjState::Allocated);
+                let freed = self.cache_free(cache, slab, index, Location::caller());
+                debug_assert!(freed.is_ok(), "internal free of {p:?}: {freed:?}");
+            }
+        }
     }
 
     fn kmalloc_large(&self, size: usize, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {

@@ -286,10 +286,7 @@ impl<B: SlabBackend> Kmem<B> {
     ) -> Result<(), SlabError> {
         let obj = slab.object(index, c.geo.stride);
         if (FREE_CHECKS || c.debug) && slab.state(index) != ObjState::Allocated {
-            return Err(SlabError::DoubleFree {
-                cache: c.name,
-                addr: self.virt(obj),
-            });
+            return Err(self.not_allocated(c, slab, index));
         }
         if c.debug {
             return self.debug_free(c, slab, index, site);
@@ -311,6 +308,25 @@ impl<B: SlabBackend> Kmem<B> {
                 self.cache_free_flush(c, entry);
                 Ok(())
             }
+        }
+    }
+
+    /// Why object `index` cannot be freed by a caller: already free, or
+    /// the allocator's own.
+    #[cold]
+    pub(crate) fn not_allocated(
+        &self,
+        c: &KmemCache,
+        slab: &SlabHeader,
+        index: usize,
+    ) -> SlabError {
+        let addr = self.virt(slab.object(index, c.geo.stride));
+        match slab.state(index) {
+            ObjState::Internal => SlabError::InvalidPointer { addr },
+            _ => SlabError::DoubleFree {
+                cache: c.name,
+                addr,
+            },
         }
     }
 
@@ -374,7 +390,7 @@ impl<B: SlabBackend> Kmem<B> {
         }
         if let Err(e) = self.set_slab_owner(pfn, g.order, slab) {
             if g.off_slab {
-                let _ = self.kfree(header.cast());
+                self.kfree_internal(header.cast());
             }
             self.free_block(pfn, g.order);
             return Err(e);
@@ -391,7 +407,7 @@ impl<B: SlabBackend> Kmem<B> {
             self.free_block(pfn, c.geo.order);
         }
         if c.geo.off_slab {
-            let _ = self.kfree(header.cast());
+            self.kfree_internal(header.cast());
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `Cached` | in a per-CPU array, free to the user | that CPU, or the node lock holder draining it |
 //! | `Allocated` | the user's | alloc (to), free (from) |
 //! | `Quarantined` | found corrupted, never reused | debug checks |
+//! | `Internal` | an off-slab header, the allocator's own | grow (to), discard (from) |
 //!
 //! The free list, counters and list links change only under the owning
 //! cache's node lock; the atomics exist so shared references are sound, and
@@ -37,6 +38,9 @@ pub(crate) enum ObjState {
     Allocated = 2,
     /// Corrupted; never handed out again.
     Quarantined = 3,
+    /// Allocated by the slab layer for itself (an off-slab header): a
+    /// caller's `kfree` of it is refused.
+    Internal = 4,
 }
 
 impl ObjState {
@@ -45,6 +49,7 @@ impl ObjState {
             0 => ObjState::Free,
             1 => ObjState::Cached,
             2 => ObjState::Allocated,
+            4 => ObjState::Internal,
             _ => ObjState::Quarantined,
         }
     }

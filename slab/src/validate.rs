@@ -72,7 +72,7 @@ impl<B: SlabBackend> Kmem<B> {
             let checked = match slab.state(index) {
                 ObjState::Free => c.check_free_object(obj, self.virt(obj)),
                 ObjState::Allocated => c.check_live_object(obj, self.virt(obj)),
-                ObjState::Cached | ObjState::Quarantined => Ok(()),
+                ObjState::Cached | ObjState::Quarantined | ObjState::Internal => Ok(()),
             };
             if let Err(report) = checked {
                 *c.last_report.lock() = Some(report);

@@ -117,6 +117,7 @@ impl Model<'_> {
         let (from, to) = Self::user_range(l);
         // SAFETY: the object is live and holds `size` bytes.
         let bytes = unsafe { std::slice::from_raw_parts(l.p.add(from), to - from) };
+        // SAFETY: as above; constructed objects hold at least 8 bytes.
         let ctor_ok = !l.has_ctor || unsafe { l.p.cast::<u64>().read_unaligned() } == CTOR_WORD;
         ctor_ok && bytes.iter().all(|&b| b == l.fill)
     }
@@ -142,11 +143,8 @@ impl Model<'_> {
         };
         if has_ctor {
             // SAFETY: a fresh object of a constructed cache, 8+ bytes.
-            assert_eq!(
-                unsafe { p.cast::<u64>().read_unaligned() },
-                CTOR_WORD,
-                "constructor state"
-            );
+            let word = unsafe { p.cast::<u64>().read_unaligned() };
+            assert_eq!(word, CTOR_WORD, "constructor state");
         }
         self.fill(&mut l);
         self.live.push(l);
