@@ -18,6 +18,7 @@ use crate::shrinker::ShrinkerRegistry;
 use crate::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
 use crate::zone::{Zone, ZoneInit};
 use crate::{ZoneType, Zones, MAX_NR_ZONES};
+use kmm_api::sync::AtomicUsize;
 use kmm_api::{DirectMap, Error, Order, Pfn, Platform, MAX_PAGE_ORDER, PAGE_SHIFT};
 use kmm_buddy::Buddy;
 
@@ -199,6 +200,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             platform,
             direct_map,
             shrinkers: ShrinkerRegistry::new(),
+            bad_frees: AtomicUsize::new(0),
         })
     }
 

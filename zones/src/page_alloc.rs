@@ -34,6 +34,7 @@ use crate::shrinker::ShrinkerRegistry;
 use crate::watermark::{gfp_to_alloc_flags, watermark_ok, AllocFlags};
 use crate::zone::Zone;
 use crate::{gfp_zone, ZoneConfig, ZoneType, MAX_NR_ZONES};
+use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
 use kmm_api::{DirectMap, Error, GfpFlags, Order, Pfn, Platform, PAGE_ALLOC_COSTLY_ORDER};
 
 /// Reclaim rounds a retrying request makes at most (Linux's value).
@@ -49,6 +50,8 @@ pub struct Zones<'a, P: Platform, D: DirectMap> {
     pub(crate) platform: P,
     pub(crate) direct_map: D,
     pub(crate) shrinkers: ShrinkerRegistry<'a>,
+    /// Frees refused so far (double, foreign, wrong order, ...).
+    pub(crate) bad_frees: AtomicUsize,
 }
 
 impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
@@ -81,8 +84,17 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// list), [`Error::NotAllocated`], [`Error::WrongOrder`].
     #[inline]
     pub fn __free_pages(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
-        let (zone, idx) = self.zone_and_index(pfn)?;
-        zone.free(idx, order, self.config.max_order, &self.platform)
+        self.zone_and_index(pfn)
+            .and_then(|(zone, idx)| zone.free(idx, order, self.config.max_order, &self.platform))
+            .inspect_err(|_| {
+                self.bad_frees.fetch_add(1, Relaxed);
+            })
+    }
+
+    /// Frees refused with an error since boot (each left everything as it
+    /// was); a kernel would warn about each.
+    pub fn bad_frees(&self) -> usize {
+        self.bad_frees.load(Relaxed)
     }
 
     /// Linux `__alloc_pages` without the zeroing.

@@ -448,6 +448,8 @@ fn every_invalid_free_is_an_error_and_changes_nothing() {
         (page, order(11), Error::OrderTooLarge { order: 11, max: 10 }),
         (freed, order(2), Error::DoubleFree { pfn: freed }),
     ];
+    let refused_before = zones.bad_frees();
+    let refused = cases.len();
     for (pfn, o, err) in cases {
         assert_eq!(
             zones.__free_pages(pfn, o),
@@ -460,6 +462,11 @@ fn every_invalid_free_is_an_error_and_changes_nothing() {
             "after refusing {err}"
         );
     }
+    assert_eq!(
+        zones.bad_frees(),
+        refused_before + refused,
+        "each refusal counted"
+    );
     zones.check().unwrap();
 }
 
