@@ -207,10 +207,13 @@ fn lowmem_reserve_keeps_normal_requests_out_of_dma() {
         dma.free
     );
     let more_dma = exhaust(&zones, GFP_DMA | GFP_KERNEL);
-    assert!(
-        !more_dma.is_empty(),
-        "GFP_DMA may use what the reserve kept"
-    );
+    // (A miri-sized machine's reserve rounds down to 0 pages.)
+    if dma.lowmem_reserve[ZoneType::HighMem.index()] > 0 {
+        assert!(
+            !more_dma.is_empty(),
+            "GFP_DMA may use what the reserve kept"
+        );
+    }
 }
 
 #[test]
