@@ -136,7 +136,7 @@ impl<B: SlabBackend> Kmem<B> {
     /// slabs (Linux `flush_cpu_slab`, which a kernel runs on each CPU).
     pub fn drain_local(&self) {
         for c in self.caches() {
-            self.shrink_cache(c);
+            self.drain_cpu(c);
         }
     }
 

@@ -126,6 +126,7 @@ impl KmemCache {
 
     /// Takes up to `want` objects off the node's slabs into `out`, marking
     /// them `Cached`; returns how many.
+    #[inline]
     fn take_from_node<B: SlabBackend>(
         &self,
         kmem: &Kmem<B>,
@@ -173,10 +174,12 @@ impl KmemCache {
         let n = n.min(*avail);
         let mut node = self.node.lock();
         for entry in &e.slots[..n] {
-            if let Some((slab, index)) = kmem.slab_index(entry.obj) {
-                self.fp.push(slab, &self.geo, index);
-                node.relist(slab, 1);
-            }
+            // SAFETY: an entry's slab is live while the entry exists (a slab
+            // with cached objects is never empty, so never discarded).
+            let slab = unsafe { SlabHeader::from_ptr(entry.slab) };
+            self.fp
+                .push(slab, &self.geo, slab.index_of_state(entry.state));
+            node.relist(slab, 1);
         }
         e.slots.copy_within(n..*avail, 0);
         *avail -= n;
@@ -248,10 +251,7 @@ impl<B: SlabBackend> Kmem<B> {
                             let mut node = c.node.lock();
                             let mut n = 0;
                             c.take_from_node(self, &mut node, c.batch, |obj, slab, i| {
-                                e.slots[n] = Entry {
-                                    obj,
-                                    state: &slab.states()[i],
-                                };
+                                e.slots[n] = Entry::new(slab, i, obj);
                                 n += 1;
                             });
                             *avail = n;
@@ -294,10 +294,7 @@ impl<B: SlabBackend> Kmem<B> {
         if FREE_CHECKS {
             slab.set_state(index, ObjState::Cached);
         }
-        let entry = Entry {
-            obj,
-            state: &slab.states()[index],
-        };
+        let entry = Entry::new(slab, index, obj);
         let pushed = {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).push(&guard, entry, c.limit)
@@ -480,24 +477,33 @@ impl<B: SlabBackend> Kmem<B> {
         Ok(())
     }
 
+    /// Returns the calling CPU's cached objects of `c` to their slabs (and
+    /// slabs beyond `MIN_PARTIAL` empty ones to the page allocator); the
+    /// pages freed.
+    pub(crate) fn drain_cpu(&self, c: &KmemCache) -> usize {
+        if c.debug {
+            return 0;
+        }
+        let discards = {
+            let guard = CpuGuard::new(self.backend());
+            c.cpu_array(&guard).with(&guard, |e, avail| {
+                let n = *avail;
+                c.flush(self, e, avail, n)
+            })
+        };
+        let mut pages = 0;
+        for slab in discards.slabs.into_iter().flatten() {
+            // SAFETY: unlinked by the flush; ours alone.
+            self.discard(c, unsafe { slab.as_ref() });
+            pages += c.geo.pages();
+        }
+        pages
+    }
+
     /// Returns the calling CPU's cached objects of `c` to their slabs, and
     /// every empty slab to the page allocator; the pages freed.
     pub(crate) fn shrink_cache(&self, c: &KmemCache) -> usize {
-        let mut pages = 0;
-        if !c.debug {
-            let discards = {
-                let guard = CpuGuard::new(self.backend());
-                c.cpu_array(&guard).with(&guard, |e, avail| {
-                    let n = *avail;
-                    c.flush(self, e, avail, n)
-                })
-            };
-            for slab in discards.slabs.into_iter().flatten() {
-                // SAFETY: unlinked by the flush; ours alone.
-                self.discard(c, unsafe { slab.as_ref() });
-                pages += c.geo.pages();
-            }
-        }
+        let mut pages = self.drain_cpu(c);
         loop {
             let slab = {
                 let mut node = c.node.lock();

@@ -13,6 +13,7 @@
 //! another CPU's count; it is written by its owner alone. This module must
 //! never touch another CPU's entries.
 
+use crate::slab::SlabHeader;
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use kmm_api::PreemptControl;
@@ -23,21 +24,34 @@ use loom::cell::UnsafeCell;
 /// Entries a per-CPU array can hold; a cache's `limit` is at most this.
 pub(crate) const CPU_ARRAY_CAP: usize = 64;
 
-/// An object in a per-CPU array, with its state byte (so allocation marks
-/// it without finding its slab again).
+/// An object in a per-CPU array, with its state byte and slab (so neither
+/// allocation nor a flush has to find its slab again).
 #[derive(Clone, Copy)]
 pub(crate) struct Entry {
     /// The object.
     pub obj: *mut u8,
     /// Its state byte in the slab header.
     pub state: *const AtomicU8,
+    /// Its slab.
+    pub slab: *const SlabHeader,
 }
 
 impl Entry {
     const EMPTY: Entry = Entry {
         obj: core::ptr::null_mut(),
         state: core::ptr::null(),
+        slab: core::ptr::null(),
     };
+
+    /// The entry of object `index` of `slab`.
+    #[inline(always)]
+    pub fn new(slab: &SlabHeader, index: usize, obj: *mut u8) -> Self {
+        Entry {
+            obj,
+            state: &slab.states()[index],
+            slab,
+        }
+    }
 }
 
 /// The entries of one CPU's array.

@@ -72,6 +72,10 @@ pub struct CacheId {
 
 /// The slab allocator: object caches and the kmalloc family over a page
 /// source `B`. See the crate documentation for the mechanism.
+///
+/// Dropping it returns nothing to the page source: destroy the caches and
+/// call [`Kmem::shrink_all`] first if the pages must go back (kmalloc's
+/// cache descriptors stay with the page source's own lifetime).
 pub struct Kmem<B> {
     backend: B,
     config: KmemConfig,

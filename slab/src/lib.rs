@@ -68,6 +68,7 @@ mod kmalloc;
 mod kmem;
 mod node;
 mod raw;
+mod shrinker;
 mod slab;
 mod slabinfo;
 mod validate;

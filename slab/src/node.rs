@@ -6,7 +6,8 @@
 //! it is taken with the caller's CPU pinned or not, and never held across a
 //! call into the page allocator (new slabs are built before it is taken,
 //! discarded slabs are freed after it is dropped). It must never be taken
-//! twice, nor while holding another cache's node lock.
+//! twice, nor while holding another cache's node lock. The only lock taken
+//! inside it is the same cache's `last_report` lock (a leaf).
 
 use crate::slab::{SlabHeader, SlabList};
 use core::ptr;

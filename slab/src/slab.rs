@@ -158,6 +158,12 @@ impl SlabHeader {
         unsafe { raw::as_slice(self.states, self.objects) }
     }
 
+    /// The index of the object whose state byte is at `state`.
+    #[inline]
+    pub fn index_of_state(&self, state: *const AtomicU8) -> usize {
+        state as usize - self.states as usize
+    }
+
     /// The state of object `index`.
     #[inline]
     pub fn state(&self, index: usize) -> ObjState {
