@@ -164,13 +164,7 @@ impl KmemCache {
     }
 
     /// Returns the oldest `n` entries of a per-CPU array to their slabs.
-    fn flush<B: SlabBackend>(
-        &self,
-        kmem: &Kmem<B>,
-        e: &mut Entries,
-        avail: &mut usize,
-        n: usize,
-    ) -> Discards {
+    fn flush(&self, e: &mut Entries, avail: &mut usize, n: usize) -> Discards {
         let n = n.min(*avail);
         let mut node = self.node.lock();
         for entry in &e.slots[..n] {
@@ -336,7 +330,7 @@ impl<B: SlabBackend> Kmem<B> {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).with(&guard, |e, avail| {
                 let discards = if *avail >= c.limit {
-                    c.flush(self, e, avail, c.batch)
+                    c.flush(e, avail, c.batch)
                 } else {
                     Discards::default()
                 };
@@ -488,7 +482,7 @@ impl<B: SlabBackend> Kmem<B> {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).with(&guard, |e, avail| {
                 let n = *avail;
-                c.flush(self, e, avail, n)
+                c.flush(e, avail, n)
             })
         };
         let mut pages = 0;
