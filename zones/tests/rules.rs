@@ -614,7 +614,7 @@ fn the_checker_sees_a_consistent_zone_while_other_cpus_allocate_and_free() {
             });
         }
         let mut checks = 0;
-        while ops.load(Ordering::Relaxed) < 20_000 || checks < 20 {
+        while ops.load(Ordering::Relaxed) < 5_000 || checks < 20 {
             zones.check().unwrap();
             checks += 1;
         }
