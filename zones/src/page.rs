@@ -21,15 +21,17 @@
 //! (free, reserved or tail: zone lock), one per-CPU list (that list's lock),
 //! or the caller holding it. A field is written only from the frame's
 //! domain, or at a transition with both locks held (pcp refill and drain).
-//! Every change of domain passes through a lock release/acquire (a free
-//! checks and clears `refcount` under the pcp or zone lock it goes
-//! through; an allocation sets it after taking the block off a list), so
-//! `Relaxed` accesses suffice: the locks order them. Readers without a
-//! lock (`page_zone`, `owner`) see some recent value and are only relied
-//! upon by the frame's holder. The one race the descriptors do not
-//! arbitrate is a caller freeing one block twice on two CPUs at the same
-//! instant (see `Zone::release`): arbitrating it would need an atomic
-//! read-modify-write on every free, doubling the fast path.
+//! Every change of domain passes through a lock release/acquire (an
+//! allocation sets `refcount` after taking the block off a list; a free
+//! takes it back before its block enters a list), so `Relaxed` accesses
+//! suffice: the locks order them. Readers without a lock (`page_zone`,
+//! `owner`) see some recent value and are only relied upon by the frame's
+//! holder. The one transition no lock arbitrates is a free: two frees of
+//! one block may run on two CPUs at once, under two different pcp locks.
+//! So a free takes the block back with a compare-and-swap of `refcount`
+//! from 1 to 0 ([`Page::try_release`], Linux's `put_page_testzero`): one
+//! wins, the other sees 0 and is refused as a double free, and the block
+//! never reaches two lists.
 
 use crate::ZoneType;
 use kmm_api::sync::{AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -126,6 +128,16 @@ impl Page {
     pub(crate) fn set_held(&self) {
         self.word.store(0, Relaxed);
         self.refcount.store(1, Relaxed);
+    }
+
+    /// Takes the block back from its caller: refcount 1 → 0 atomically, so
+    /// of two frees racing on two CPUs exactly one succeeds. `false` if
+    /// nobody held it.
+    #[inline]
+    pub(crate) fn try_release(&self) -> bool {
+        self.refcount
+            .compare_exchange(1, 0, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// Sets the refcount: 0 when the block leaves its caller, 1 for each

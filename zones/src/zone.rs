@@ -222,11 +222,10 @@ impl<'a> Zone<'a> {
     }
 
     /// Takes the block at `idx` back from its caller (refcount 1 → 0) if it
-    /// is held with this order. Called under the lock the free goes through
-    /// (the pcp lock or the zone lock), so frees serialised by that lock or
-    /// by the caller are checked exactly; two frees of one block racing on
-    /// two CPUs at once are a caller bug the fast path does not arbitrate
-    /// (that would cost an atomic read-modify-write on every free).
+    /// is held with this order. The refcount is taken back by
+    /// compare-and-swap, so two frees of one block racing on two CPUs (under
+    /// two different pcp locks) cannot both succeed: the loser is refused as
+    /// a double free and the block reaches exactly one list.
     ///
     /// `Err(None)`: the block is not held; the caller names the error with
     /// [`Zone::bad_free`] (which needs the zone lock).
@@ -238,8 +237,11 @@ impl<'a> Zone<'a> {
         }
         match page.tag() {
             FrameTag::Allocated(allocated) if allocated == order => {
-                page.set_refcount(0);
-                Ok(())
+                if page.try_release() {
+                    Ok(())
+                } else {
+                    Err(None)
+                }
             }
             FrameTag::Allocated(allocated) => Err(Some(Error::WrongOrder {
                 pfn: self.start_pfn.add(idx),

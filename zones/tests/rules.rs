@@ -803,3 +803,35 @@ fn frame_allocator_trait_forwards_to_alloc_pages_and_free_pages() {
     assert_eq!(zones.platform().nr_cpus(), 2);
     let _: &Zones<'_, _, _> = &zones;
 }
+
+#[test]
+#[cfg_attr(miri, ignore)]
+fn a_double_free_racing_on_two_cpus_succeeds_once_and_is_refused_once() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    for round in 0..2_000u32 {
+        let o = order(round % 4);
+        let pfn = zones.alloc_pages(GFP_KERNEL, o).unwrap();
+        let barrier = std::sync::Barrier::new(2);
+        let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
+            let frees: Vec<_> = (0..2)
+                .map(|cpu| {
+                    let (zones, barrier) = (&zones, &barrier);
+                    s.spawn(move || {
+                        set_cpu(cpu);
+                        barrier.wait();
+                        zones.__free_pages(pfn, o)
+                    })
+                })
+                .collect();
+            frees.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        assert!(results
+            .iter()
+            .any(|r| matches!(r, Err(Error::DoubleFree { .. } | Error::NotAllocated { .. }))));
+    }
+    zones.drain_all_pages();
+    zones.check().unwrap();
+}
