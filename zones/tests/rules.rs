@@ -828,9 +828,10 @@ fn a_double_free_racing_on_two_cpus_succeeds_once_and_is_refused_once() {
         });
         let won = results.iter().filter(|r| r.is_ok()).count();
         assert_eq!(won, 1, "round {round}: {results:?}");
-        assert!(results
-            .iter()
-            .any(|r| matches!(r, Err(Error::DoubleFree { .. } | Error::NotAllocated { .. }))));
+        assert!(results.iter().any(|r| matches!(
+            r,
+            Err(Error::DoubleFree { .. } | Error::NotAllocated { .. })
+        )));
     }
     zones.drain_all_pages();
     zones.check().unwrap();
