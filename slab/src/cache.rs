@@ -33,8 +33,9 @@ use core::{
 use kmm_api::{sync::SpinLock, GfpFlags, Order, Pfn};
 
 /// Whether the fast path keeps the state bytes (the always-on double-free
-/// check); off only in the `no-free-checks` build that measures its cost.
-const FREE_CHECKS: bool = !cfg!(feature = "no-free-checks");
+/// check). Off only in a build with `RUSTFLAGS="--cfg kmm_no_free_checks"`,
+/// which exists to measure what the check costs; never ship one.
+const FREE_CHECKS: bool = !cfg!(kmm_no_free_checks);
 
 /// An object constructor, run once per object when its slab is populated.
 pub type Ctor = fn(NonNull<u8>);

@@ -228,6 +228,14 @@ unsafe impl DirectMap for HostMachine {
         let pfn = Pfn::new(addr.as_usize() >> PAGE_SHIFT);
         self.index(pfn).map(|_| pfn)
     }
+
+    /// Derived from the arena pointer, so pointers keep its provenance
+    /// (the code runs under miri's strict provenance).
+    #[inline]
+    fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
+        self.arena
+            .wrapping_add(addr.as_usize().wrapping_sub(self.arena as usize))
+    }
 }
 
 impl PageOwner for HostMachine {

@@ -401,13 +401,17 @@ fn remote_frees_on_another_cpu_are_correct() {
     let m = HostMachine::new(frames(), 2);
     let k = kmem(&m);
     let n = if cfg!(miri) { 20 } else { 2000 };
-    let objs: Vec<usize> = (0..n)
-        .map(|_| k.kmalloc(64, GFP_KERNEL).unwrap().as_ptr() as usize)
-        .collect();
+    /// Objects handed to another thread (the allocator is `Sync`).
+    struct Objects(Vec<NonNull<u8>>);
+    // SAFETY: the objects are plain slab memory owned by this test.
+    unsafe impl Send for Objects {}
+    let objs = Objects((0..n).map(|_| k.kmalloc(64, GFP_KERNEL).unwrap()).collect());
+    let k = &k;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            for &p in &objs {
-                k.kfree(p as *const u8).unwrap();
+        s.spawn(move || {
+            let objs = objs;
+            for p in objs.0 {
+                k.kfree(p.as_ptr()).unwrap();
             }
             k.drain_local();
         });

@@ -79,7 +79,10 @@ static GLOBAL: Boot = Boot;
 
 fn boot() -> &'static HostMachine {
     INIT.call_once(|| {
-        let m: &'static HostMachine = Box::leak(Box::new(HostMachine::new(16 << 8, 4)));
+        let m: &'static HostMachine = Box::leak(Box::new(HostMachine::new(
+            if cfg!(miri) { 1024 } else { 4096 },
+            4,
+        )));
         let k = Box::leak(Box::new(Kmem::new(m, KmemConfig::default()).unwrap()));
         MACHINE.store(std::ptr::from_ref(m).cast_mut(), Ordering::Release);
         KMEM.store(k, Ordering::Release);
