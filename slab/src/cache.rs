@@ -27,7 +27,7 @@ use crate::{
 };
 use core::{
     panic::Location,
-    ptr::{self, NonNull},
+    ptr::NonNull,
     sync::atomic::{AtomicUsize, Ordering::Relaxed},
 };
 use kmm_api::{sync::SpinLock, GfpFlags, Order, Pfn};
@@ -121,14 +121,14 @@ impl KmemCache {
             .saturating_sub(self.quarantined.load(Relaxed))
     }
 
-    fn record(&self, report: Corruption) {
+    pub(crate) fn record(&self, report: Corruption) {
         *self.last_report.lock() = Some(report);
     }
 
     /// Takes up to `want` objects off the node's slabs into `out`, marking
     /// them `Cached`; returns how many.
     #[inline]
-    fn take_from_node<B: SlabBackend>(
+    pub(crate) fn take_from_node<B: SlabBackend>(
         &self,
         kmem: &Kmem<B>,
         node: &mut Node,
@@ -401,75 +401,6 @@ impl<B: SlabBackend> Kmem<B> {
         if c.geo.off_slab {
             self.kfree_internal(header.cast());
         }
-    }
-
-    /// The debug allocation path: node lock held, free objects checked.
-    fn debug_alloc(
-        &self,
-        c: &KmemCache,
-        gfp: GfpFlags,
-        requested: usize,
-        site: &'static Location<'static>,
-    ) -> Result<*mut u8, SlabError> {
-        loop {
-            {
-                let mut node = c.node.lock();
-                loop {
-                    let mut got = None;
-                    c.take_from_node(self, &mut node, 1, |obj, slab, i| {
-                        got = Some((obj, ptr::from_ref(slab), i))
-                    });
-                    let Some((obj, slab, index)) = got else { break };
-                    // SAFETY: the slab is listed and live under the lock.
-                    let slab = unsafe { SlabHeader::from_ptr(slab) };
-                    if let Err(report) = c.check_free_object(obj, self.virt(obj)) {
-                        slab.set_state(index, ObjState::Quarantined);
-                        c.quarantined.fetch_add(1, Relaxed);
-                        c.record(report);
-                        continue;
-                    }
-                    slab.set_state(index, ObjState::Allocated);
-                    c.debug_on_alloc(obj, requested, site);
-                    return Ok(obj);
-                }
-            }
-            self.grow(c, gfp)?;
-        }
-    }
-
-    /// The debug free path: red zones checked, patterns rewritten, the
-    /// object returned straight to its slab.
-    fn debug_free(
-        &self,
-        c: &KmemCache,
-        slab: &SlabHeader,
-        index: usize,
-        site: &'static Location<'static>,
-    ) -> Result<(), SlabError> {
-        let obj = slab.object(index, c.geo.stride);
-        let discard = {
-            let mut node = c.node.lock();
-            if let Err(report) = c.check_live_object(obj, self.virt(obj)) {
-                slab.set_state(index, ObjState::Quarantined);
-                c.quarantined.fetch_add(1, Relaxed);
-                c.record(report);
-                return Err(SlabError::Corrupted(report));
-            }
-            c.debug_on_free(obj, ptr::from_ref(site));
-            c.fp.push(slab, &c.geo, index);
-            node.relist(slab, 1);
-            let surplus = node.surplus_empty(MIN_PARTIAL).map(NonNull::from);
-            if let Some(p) = surplus {
-                // SAFETY: a listed slab, live under the lock.
-                node.remove_slab(unsafe { p.as_ref() });
-            }
-            surplus
-        };
-        if let Some(slab) = discard {
-            // SAFETY: unlinked above; ours alone.
-            self.discard(c, unsafe { slab.as_ref() });
-        }
-        Ok(())
     }
 
     /// Returns the calling CPU's cached objects of `c` to their slabs (and

@@ -1,7 +1,8 @@
 //! Debug checks of `SLAB_POISON`, `SLAB_RED_ZONE` and `SLAB_STORE_USER`
 //! caches (Linux `check_object`, `init_object`, `set_track`): byte patterns
 //! written when an object changes hands and verified at the next change,
-//! and the reports they produce.
+//! the reports they produce, and the allocation and free paths of debug
+//! caches, which run under the node lock instead of the per-CPU arrays.
 //!
 //! A detection counts two errors, as SLUB counts them under kunit: the
 //! report and the repair (the damaged bytes are restored, so one overwrite
@@ -11,11 +12,20 @@
 
 use crate::{
     cache::KmemCache,
+    error::SlabError,
     flags::{SlabFlags, POISON_END, POISON_FREE, SLUB_RED_ACTIVE, SLUB_RED_INACTIVE},
+    kmem::{Kmem, SlabBackend},
+    node::MIN_PARTIAL,
     raw,
+    slab::{ObjState, SlabHeader},
 };
-use core::{fmt, panic::Location, sync::atomic::Ordering::Relaxed};
-use kmm_api::VirtAddr;
+use core::{
+    fmt,
+    panic::Location,
+    ptr::{self, NonNull},
+    sync::atomic::Ordering::Relaxed,
+};
+use kmm_api::{GfpFlags, VirtAddr};
 
 /// What a debug check found overwritten.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -261,5 +271,76 @@ impl KmemCache {
             found: 0,
             expected: 0,
         }
+    }
+}
+
+impl<B: SlabBackend> Kmem<B> {
+    /// The debug allocation path: node lock held, free objects checked.
+    pub(crate) fn debug_alloc(
+        &self,
+        c: &KmemCache,
+        gfp: GfpFlags,
+        requested: usize,
+        site: &'static Location<'static>,
+    ) -> Result<*mut u8, SlabError> {
+        loop {
+            {
+                let mut node = c.node.lock();
+                loop {
+                    let mut got = None;
+                    c.take_from_node(self, &mut node, 1, |obj, slab, i| {
+                        got = Some((obj, ptr::from_ref(slab), i))
+                    });
+                    let Some((obj, slab, index)) = got else { break };
+                    // SAFETY: the slab is listed and live under the lock.
+                    let slab = unsafe { SlabHeader::from_ptr(slab) };
+                    if let Err(report) = c.check_free_object(obj, self.virt(obj)) {
+                        slab.set_state(index, ObjState::Quarantined);
+                        c.quarantined.fetch_add(1, Relaxed);
+                        c.record(report);
+                        continue;
+                    }
+                    slab.set_state(index, ObjState::Allocated);
+                    c.debug_on_alloc(obj, requested, site);
+                    return Ok(obj);
+                }
+            }
+            self.grow(c, gfp)?;
+        }
+    }
+
+    /// The debug free path: red zones checked, patterns rewritten, the
+    /// object returned straight to its slab.
+    pub(crate) fn debug_free(
+        &self,
+        c: &KmemCache,
+        slab: &SlabHeader,
+        index: usize,
+        site: &'static Location<'static>,
+    ) -> Result<(), SlabError> {
+        let obj = slab.object(index, c.geo.stride);
+        let discard = {
+            let mut node = c.node.lock();
+            if let Err(report) = c.check_live_object(obj, self.virt(obj)) {
+                slab.set_state(index, ObjState::Quarantined);
+                c.quarantined.fetch_add(1, Relaxed);
+                c.record(report);
+                return Err(SlabError::Corrupted(report));
+            }
+            c.debug_on_free(obj, ptr::from_ref(site));
+            c.fp.push(slab, &c.geo, index);
+            node.relist(slab, 1);
+            let surplus = node.surplus_empty(MIN_PARTIAL).map(NonNull::from);
+            if let Some(p) = surplus {
+                // SAFETY: a listed slab, live under the lock.
+                node.remove_slab(unsafe { p.as_ref() });
+            }
+            surplus
+        };
+        if let Some(slab) = discard {
+            // SAFETY: unlinked above; ours alone.
+            self.discard(c, unsafe { slab.as_ref() });
+        }
+        Ok(())
     }
 }

@@ -16,10 +16,34 @@ use kmm_api::{GfpFlags, GFP_KERNEL, PAGE_SIZE};
 /// through `kmem`, which returns `None` until the allocator is built (and
 /// allocation then fails with a null pointer).
 ///
+/// A kernel writes three lines (with its own machine type and a `Once`):
+///
 /// ```ignore
 /// static KMEM: spin::Once<Kmem<MyMachine>> = spin::Once::new();
 /// #[global_allocator]
 /// static GLOBAL: KmallocGlobal<MyMachine> = KmallocGlobal::new(|| KMEM.get());
+/// ```
+///
+/// The adaptor itself, over the host test machine:
+///
+/// ```
+/// use core::alloc::{GlobalAlloc, Layout};
+/// use kmm_slab::{testing::HostMachine, KmallocGlobal, Kmem, KmemConfig};
+/// use std::sync::OnceLock;
+///
+/// static KMEM: OnceLock<Kmem<HostMachine>> = OnceLock::new();
+/// static GLOBAL: KmallocGlobal<HostMachine> = KmallocGlobal::new(|| KMEM.get());
+///
+/// let layout = Layout::from_size_align(100, 64).unwrap();
+/// // SAFETY: a non-zero size; the allocator does not exist yet.
+/// assert!(unsafe { GLOBAL.alloc(layout) }.is_null());
+/// KMEM.set(Kmem::new(HostMachine::new(256, 1), KmemConfig::default()).unwrap()).ok();
+/// // SAFETY: a non-zero size; freed with the same layout.
+/// unsafe {
+///     let p = GLOBAL.alloc(layout);
+///     assert_eq!(p as usize % 64, 0);
+///     GLOBAL.dealloc(p, layout);
+/// }
 /// ```
 pub struct KmallocGlobal<B: 'static> {
     kmem: fn() -> Option<&'static Kmem<B>>,
