@@ -115,6 +115,12 @@ impl HostMachine {
         }
     }
 
+    /// Makes the calling thread run as CPU `cpu` (modulo `nr_cpus`) from
+    /// now on, for tests that need two threads on distinct CPUs.
+    pub fn set_thread_cpu(cpu: usize) {
+        THREAD_ID.with(|id| id.set(cpu));
+    }
+
     /// Frames currently allocated.
     pub fn frames_in_use(&self) -> usize {
         self.in_use.load(Relaxed)

@@ -483,3 +483,58 @@ fn churn_keeps_every_invariant_and_returns_every_page() {
     k.shrink_all();
     assert_eq!(m.frames_in_use(), base);
 }
+
+#[test]
+fn destroy_refuses_while_another_cpu_caches_objects_until_it_drains() {
+    let m = HostMachine::new(frames(), 2);
+    let k = kmem(&m);
+    HostMachine::set_thread_cpu(0);
+    let id = k
+        .kmem_cache_create("percpu", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let (to_main, from_worker) = std::sync::mpsc::channel();
+    let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
+    let k = &k;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            HostMachine::set_thread_cpu(1);
+            let p = k.kmem_cache_alloc(id, GFP_KERNEL).unwrap();
+            k.kmem_cache_free(id, p.as_ptr()).unwrap();
+            to_main.send(()).unwrap();
+            from_main.recv().unwrap();
+            k.drain_local();
+        });
+        from_worker.recv().unwrap();
+        let err = k.kmem_cache_destroy(id).unwrap_err();
+        assert!(matches!(
+            err,
+            SlabError::CachedElsewhere {
+                cache: "percpu",
+                ..
+            }
+        ));
+        to_worker.send(()).unwrap();
+    });
+    k.kmem_cache_destroy(id).unwrap();
+}
+
+#[test]
+fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
+    use kmm_api::{DirectMap, PageOwner, VirtAddr};
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let p = k.kmalloc(5000, GFP_KERNEL).unwrap();
+    assert!(
+        k.kmem_cache_info(k.kmem_cache_of(p.as_ptr()).unwrap())
+            .unwrap()
+            .off_slab
+    );
+    let word = m.owner(m.ptr_to_pfn(p.as_ptr()).unwrap()).unwrap();
+    let header = m.virt_to_ptr(VirtAddr::new(word & !7));
+    assert!(matches!(
+        k.kfree(header),
+        Err(SlabError::InvalidPointer { .. })
+    ));
+    k.kfree(p.as_ptr()).unwrap();
+    k.check_invariants().unwrap();
+}
