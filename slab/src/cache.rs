@@ -280,16 +280,21 @@ impl<B: SlabBackend> Kmem<B> {
         site: &'static Location<'static>,
     ) -> Result<(), SlabError> {
         let obj = slab.object(index, c.geo.stride);
-        if (FREE_CHECKS || c.debug) && slab.state(index) != ObjState::Allocated {
+        let state = &slab.states()[index];
+        if (FREE_CHECKS || c.debug) && state.load(Relaxed) != ObjState::Allocated as u8 {
             return Err(self.not_allocated(c, slab, index));
         }
         if c.debug {
             return self.debug_free(c, slab, index, site);
         }
         if FREE_CHECKS {
-            slab.set_state(index, ObjState::Cached);
+            state.store(ObjState::Cached as u8, Relaxed);
         }
-        let entry = Entry::new(slab, index, obj);
+        let entry = Entry {
+            obj,
+            state,
+            slab,
+        };
         let pushed = {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).push(&guard, entry, c.limit)

@@ -52,6 +52,8 @@ pub(crate) struct Geometry {
     pub order: Order,
     /// Objects per slab.
     pub objects: usize,
+    /// Bytes the objects span from the first one's start (`objects * stride`).
+    pub span: usize,
     /// Whether the slab header lives in a separate kmalloc object.
     pub off_slab: bool,
     /// Offset of the first object from the slab's first byte.
@@ -115,6 +117,7 @@ impl Geometry {
             stride_shift: stride.is_power_of_two().then(|| stride.trailing_zeros()),
             order,
             objects,
+            span: objects * stride,
             off_slab,
             s_mem_offset,
             header_bytes: HEADER_SIZE + objects,
@@ -128,14 +131,13 @@ impl Geometry {
 
     /// The index of the object at `offset` from the first object, or the
     /// distance past an object's start when `offset` is not on a boundary.
-    #[inline]
+    #[inline(always)]
     pub fn index_of(&self, offset: usize) -> Result<usize, usize> {
-        let index = match self.stride_shift {
-            Some(shift) => offset >> shift,
-            None => offset / self.stride,
+        let (index, into) = match self.stride_shift {
+            Some(shift) => (offset >> shift, offset & (self.stride - 1)),
+            None => (offset / self.stride, offset % self.stride),
         };
-        let into = offset - index * self.stride;
-        if into == 0 && index < self.objects {
+        if into == 0 && offset < self.span {
             Ok(index)
         } else {
             Err(into)

@@ -404,7 +404,7 @@ impl<B: SlabBackend> Kmem<B> {
                 let offset = (p as usize)
                     .checked_sub(slab.s_mem as usize)
                     .ok_or(invalid)?;
-                if offset >= slab.objects * cache.geo.stride {
+                if offset >= cache.geo.span {
                     return Err(invalid);
                 }
                 match cache.geo.index_of(offset) {

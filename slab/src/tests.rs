@@ -538,3 +538,14 @@ fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
     k.kfree(p.as_ptr()).unwrap();
     k.check_invariants().unwrap();
 }
+
+#[test]
+fn a_slab_header_is_eleven_words_plus_a_state_byte_per_object() {
+    // The figure BENCHMARKS.md and the crate documentation give.
+    assert_eq!(slab_header_bytes(), 11 * core::mem::size_of::<usize>());
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let info = k.kmem_cache_info(k.kmalloc_slab(64, GFP_KERNEL).unwrap()).unwrap();
+    assert_eq!(info.objects_per_slab, 61);
+    assert!(!info.off_slab);
+}
