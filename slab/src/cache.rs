@@ -290,11 +290,7 @@ impl<B: SlabBackend> Kmem<B> {
         if FREE_CHECKS {
             state.store(ObjState::Cached as u8, Relaxed);
         }
-        let entry = Entry {
-            obj,
-            state,
-            slab,
-        };
+        let entry = Entry { obj, state, slab };
         let pushed = {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).push(&guard, entry, c.limit)

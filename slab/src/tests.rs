@@ -545,7 +545,9 @@ fn a_slab_header_is_eleven_words_plus_a_state_byte_per_object() {
     assert_eq!(slab_header_bytes(), 11 * core::mem::size_of::<usize>());
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
-    let info = k.kmem_cache_info(k.kmalloc_slab(64, GFP_KERNEL).unwrap()).unwrap();
+    let info = k
+        .kmem_cache_info(k.kmalloc_slab(64, GFP_KERNEL).unwrap())
+        .unwrap();
     assert_eq!(info.objects_per_slab, 61);
     assert!(!info.off_slab);
 }
