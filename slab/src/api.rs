@@ -282,7 +282,10 @@ impl<B: SlabBackend> Kmem<B> {
             return Ok(0);
         }
         match self.find(p)? {
-            Owned::Slab { cache, .. } => Ok(cache.geo.object_size),
+            Owned::Slab { cache, slab, index } => match slab.state(index) {
+                ObjState::Allocated => Ok(cache.geo.object_size),
+                _ => Err(self.not_allocated(cache, slab, index)),
+            },
             Owned::Large { order, .. } => Ok(order.bytes()),
         }
     }

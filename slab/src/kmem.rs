@@ -117,13 +117,30 @@ impl<B: SlabBackend> Kmem<B> {
             used: SpinLock::new(0),
             kmalloc: [NonNull::dangling(); 2 * NR_KMALLOC],
         };
+        if let Err(e) = kmem.create_kmalloc_caches() {
+            // Nothing was handed out yet: give every descriptor back.
+            for slot in &kmem.table {
+                let c = slot.swap(ptr::null_mut(), Acquire);
+                if !c.is_null() {
+                    // SAFETY: published by `create`, now unpublished.
+                    let (pfn, order) = unsafe { raw::as_ref(c) }.desc;
+                    kmem.free_block(pfn, order);
+                }
+            }
+            return Err(e);
+        }
+        Ok(kmem)
+    }
+
+    /// Makes the normal and DMA kmalloc caches, in class order.
+    fn create_kmalloc_caches(&mut self) -> Result<(), SlabError> {
         for (i, &size) in KMALLOC_CLASSES.iter().enumerate() {
             let align = if size.is_power_of_two() {
                 size.min(PAGE_SIZE)
             } else {
                 size & size.wrapping_neg()
             };
-            let normal = kmem.create(
+            let normal = self.create(
                 KMALLOC_NAMES[i],
                 size,
                 align,
@@ -131,7 +148,7 @@ impl<B: SlabBackend> Kmem<B> {
                 None,
                 true,
             )?;
-            let dma = kmem.create(
+            let dma = self.create(
                 DMA_KMALLOC_NAMES[i],
                 size,
                 align,
@@ -139,11 +156,11 @@ impl<B: SlabBackend> Kmem<B> {
                 None,
                 true,
             )?;
-            kmem.kmalloc[i] = NonNull::from(kmem.cache_at(normal).ok_or(SlabError::NoSuchCache)?);
-            kmem.kmalloc[NR_KMALLOC + i] =
-                NonNull::from(kmem.cache_at(dma).ok_or(SlabError::NoSuchCache)?);
+            self.kmalloc[i] = NonNull::from(self.cache_at(normal).ok_or(SlabError::NoSuchCache)?);
+            self.kmalloc[NR_KMALLOC + i] =
+                NonNull::from(self.cache_at(dma).ok_or(SlabError::NoSuchCache)?);
         }
-        Ok(kmem)
+        Ok(())
     }
 
     /// The page source.

@@ -551,3 +551,26 @@ fn a_slab_header_is_eleven_words_plus_a_state_byte_per_object() {
     assert_eq!(info.objects_per_slab, 61);
     assert!(!info.off_slab);
 }
+
+#[test]
+fn a_failed_boot_returns_every_page_it_took() {
+    let m = HostMachine::new(frames(), 1);
+    m.fail_after(7);
+    assert!(matches!(
+        Kmem::new(&m, KmemConfig::default()),
+        Err(SlabError::Page(_))
+    ));
+    assert_eq!(m.frames_in_use(), 0);
+}
+
+#[test]
+fn ksize_of_a_freed_object_is_a_double_free_error() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let p = k.kmalloc(40, GFP_KERNEL).unwrap();
+    k.kfree(p.as_ptr()).unwrap();
+    assert!(matches!(
+        k.ksize(p.as_ptr()),
+        Err(SlabError::DoubleFree { .. })
+    ));
+}
