@@ -48,6 +48,7 @@ pub mod layout;
 mod mm;
 #[cfg(feature = "sim")]
 pub mod sim;
+mod slab;
 #[cfg(feature = "std")]
 pub mod workload;
 pub mod x86;
@@ -58,3 +59,4 @@ pub use mm::HostedMemoryManager;
 #[cfg(feature = "sim")]
 pub use mm::SimMemoryManager;
 pub use mm::{BootMetadata, MemoryManager};
+pub use slab::SlabPages;

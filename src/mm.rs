@@ -1,45 +1,77 @@
 //! [`MemoryManager`]: the composed memory manager of one machine, booted
-//! from a physical memory map and a [`Layout`]. Owns the zones (and, in
-//! later layers, slab, vmalloc and kmap); never allocates before the zones
-//! exist, except the one early carve-out below.
+//! from a physical memory map and a [`Layout`]. Owns the zones and the slab
+//! layer over them (and, in later layers, vmalloc and kmap); never
+//! allocates before the zones exist, except the one early carve-out below.
 //!
 //! # Boot sequence (Linux `setup_arch` → `mm_core_init`)
 //!
 //! 1. `Memblock::from_memory_map`: RAM and reservations (the firmware hole,
 //!    the kernel image) as page ranges.
 //! 2. `Zones::metadata_bytes`: the bytes `mem_map` and the per-CPU lists
-//!    need for this machine and CPU count.
+//!    need for this machine and CPU count, plus the manager's core (the
+//!    `Zones` and `Kmem` values themselves).
 //! 3. `memblock.alloc(bytes, PAGE_SIZE, lowmem limit)`: the highest free
 //!    lowmem range that fits, now reserved, so it is never released.
 //! 4. That range, seen through the direct map, becomes the `BootMem` the
 //!    zones carve their metadata from.
-//! 5. `Zones::new` releases every other free frame into its zone.
+//! 5. `Zones::new` releases every other free frame into its zone; the
+//!    zones are written into the core.
+//! 6. `Kmem::new` builds the kmalloc caches from the zones (Linux
+//!    `kmem_cache_init`), is written into the core, and is registered as
+//!    the zones' shrinker.
+//!
+//! The core never moves: the slab layer's page source points at the zones
+//! and the zones' shrinker table at the slab layer. Teardown runs the
+//! other way (see `drop_core`).
 //!
 //! The metadata lives in the machine's own RAM, as in a kernel: no host
 //! allocation and no static array is sized for the machine.
 
 use crate::layout::Layout;
-use core::mem::MaybeUninit;
-use kmm_api::{DirectMap, Error, MemoryRegion, PhysAddr, Platform, MAX_PAGE_ORDER, PAGE_SIZE};
+use crate::slab::SlabPages;
+use core::marker::PhantomData;
+use core::mem::{align_of, size_of, MaybeUninit};
+use core::ptr::{self, addr_of, addr_of_mut, NonNull};
+use kmm_api::{
+    DirectMap, Error, MemoryRegion, PhysAddr, PreemptControl, MAX_PAGE_ORDER, PAGE_SIZE,
+};
+use kmm_slab::{Kmem, KmemConfig, SlabError};
 use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
 use kmm_zones::Zones;
 
-/// Where boot put the zones' metadata: a physical range inside lowmem.
+/// Where boot put the manager's metadata: a physical range inside lowmem.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct BootMetadata {
     /// First byte.
     pub base: PhysAddr,
-    /// Bytes reserved (what `Zones::metadata_bytes` asked for).
+    /// Bytes reserved: the zones and slab descriptors themselves, then
+    /// what `Zones::metadata_bytes` asked for (`mem_map`, per-CPU lists).
     pub bytes: usize,
+}
+
+/// The part of the manager that must not move, kept at the start of the
+/// boot range (as Linux keeps `contig_page_data` and the boot
+/// `kmem_cache`s in static storage): the slab layer's page source points
+/// at the zones, and the zones' shrinker table points at the slab layer.
+struct Core<P: PreemptControl + 'static, D: DirectMap + 'static> {
+    zones: Zones<'static, P, D>,
+    kmem: Kmem<SlabPages<P, D>>,
 }
 
 /// The memory manager of one machine.
 ///
 /// The zones API (Linux names: `alloc_pages`, `__free_pages`,
 /// `__get_free_pages`, watermarks, reports) is reached through
-/// [`MemoryManager::zones`]; the manager adds the layout and the boot
-/// record, and is where later layers attach.
+/// [`MemoryManager::zones`]; the kmalloc family and `kmem_cache_*` are
+/// methods of the manager itself (see the `slab` methods below), backed by
+/// a [`Kmem`] over the zones that is registered as their shrinker.
+///
+/// Ownership: the zones and the slab allocator live in machine RAM that
+/// boot reserved in memblock, at an address fixed for the manager's life.
+/// Dropping the manager unregisters the shrinker, drops the slab allocator,
+/// then moves the zones out of RAM and drops them (which releases the
+/// platform and direct-map handles last).
 ///
 /// ```
 /// # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
@@ -48,28 +80,48 @@ pub struct BootMetadata {
 /// let mm = MemoryManager::hosted(8 << 20, 1)?;
 /// let pfn = mm.zones().alloc_pages(GFP_KERNEL, Order::ZERO)?;
 /// mm.zones().__free_pages(pfn, Order::ZERO)?;
+/// let p = mm.kmalloc(100, GFP_KERNEL).unwrap();
+/// assert_eq!(mm.ksize(p.as_ptr()).unwrap(), 128);
+/// mm.kfree(p.as_ptr()).unwrap();
 /// # }
 /// # Ok::<(), kmm_api::Error>(())
 /// ```
-pub struct MemoryManager<P: Platform, D: DirectMap> {
-    // 'static is a private promise: the metadata slice lives in machine RAM
-    // that `D` keeps reachable, and nothing hands it out past `&self`.
-    zones: Zones<'static, P, D>,
+pub struct MemoryManager<P: PreemptControl + 'static, D: DirectMap + 'static> {
+    // Initialised by `boot`, valid until `drop`; the `'static` inside is a
+    // private promise, never handed out past `&self`.
+    core: NonNull<Core<P, D>>,
     layout: Layout,
     metadata: BootMetadata,
     memory_pages: usize,
     reserved_pages: usize,
+    _owns: PhantomData<Core<P, D>>,
 }
 
-impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
+// SAFETY: the manager owns its `Core` exclusively (nothing else holds the
+// pointer), so sending it sends the zones and the slab allocator, whose
+// page source is a shared reference to the zones.
+unsafe impl<P: PreemptControl, D: DirectMap> Send for MemoryManager<P, D> where
+    Zones<'static, P, D>: Send + Sync
+{
+}
+// SAFETY: `&MemoryManager` gives only `&Zones` and `&Kmem`, both `Sync`
+// when the zones are (the slab allocator's backend is `&Zones`).
+unsafe impl<P: PreemptControl, D: DirectMap> Sync for MemoryManager<P, D> where
+    Zones<'static, P, D>: Sync
+{
+}
+
+impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     /// Boots the zones of a machine from its memory map, with the zone
-    /// limits of `layout` and orders up to `MAX_PAGE_ORDER`.
+    /// limits of `layout` and orders up to `MAX_PAGE_ORDER`, then the slab
+    /// layer over them with a free-pointer seed taken from the boot range's
+    /// address (see [`MemoryManager::boot_with`] to choose it).
     ///
     /// Errors: the memory map's ([`Error::TooManyRegions`], ...), RAM in the
     /// map beyond `layout` ([`Error::BadPhysAddr`]), no lowmem range large
     /// enough for the metadata ([`Error::NoMemory`]), a direct map that does
     /// not map that range contiguously ([`Error::PfnOutOfRange`]), and
-    /// those of `Zones::new`.
+    /// those of `Zones::new` and `Kmem::new`.
     ///
     /// # Safety
     ///
@@ -84,6 +136,24 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
         platform: P,
         direct_map: D,
     ) -> Result<Self, Error> {
+        // SAFETY: forwarded from our caller.
+        unsafe { Self::boot_with(map, layout, platform, direct_map, None) }
+    }
+
+    /// [`MemoryManager::boot`] with the slab layer's settings (`slub_debug`
+    /// flags, the free-pointer seed a kernel draws from its entropy pool).
+    ///
+    /// # Safety
+    ///
+    /// As for [`MemoryManager::boot`].
+    pub unsafe fn boot_with(
+        map: &[MemoryRegion],
+        layout: Layout,
+        platform: P,
+        direct_map: D,
+        kmem_config: Option<KmemConfig>,
+    ) -> Result<Self, Error> {
+        const { assert!(align_of::<Core<P, D>>() <= PAGE_SIZE) };
         let mut memblock = Memblock::from_memory_map(map)?;
         if memblock.end_pfn() > layout.max_pfn() {
             return Err(Error::BadPhysAddr {
@@ -91,9 +161,12 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
             });
         }
         let config = layout.zone_config(MAX_PAGE_ORDER);
-        let bytes = Zones::<P, D>::metadata_bytes(&memblock, &config, platform.nr_cpus());
+        let zone_bytes = Zones::<P, D>::metadata_bytes(&memblock, &config, platform.nr_cpus());
+        let core_bytes = size_of::<Core<P, D>>();
+        let bytes = core_bytes + zone_bytes;
         let base = memblock.alloc(bytes as u64, PAGE_SIZE as u64, layout.lowmem_limit())?;
         let region = direct_map_region(&direct_map, base, bytes)?;
+        let core = region.cast::<Core<P, D>>();
         // SAFETY: `region` is `bytes` bytes of RAM starting at `base`,
         // contiguous in the direct map (checked frame by frame above). It
         // was reserved in memblock just now, so `Zones::new` never releases
@@ -102,10 +175,11 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
         // valid while `direct_map` lives, and `direct_map` moves into the
         // zones that hold the slice: the slice is used only through those
         // zones, which are private to this manager and reached only through
-        // `&self`, so no use outlives the mapping. `MaybeUninit<u8>` has no
+        // `&self`, so no use outlives the mapping. The first `core_bytes`
+        // hold the `Core`; the slice is the rest. `MaybeUninit<u8>` has no
         // validity requirement on the bytes.
         let boot_mem: &'static mut [MaybeUninit<u8>] =
-            unsafe { core::slice::from_raw_parts_mut(region.cast(), bytes) };
+            unsafe { core::slice::from_raw_parts_mut(region.add(core_bytes).cast(), zone_bytes) };
         let memory_pages = memblock.memory_pages();
         let reserved_pages = memblock.reserved_pages();
         let zones = Zones::new(
@@ -115,13 +189,53 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
             platform,
             direct_map,
         )?;
+        // SAFETY: a field address inside the range above; nothing is read.
+        let zones_at = unsafe { addr_of_mut!((*core).zones) };
+        // SAFETY: `core` is page aligned (the range is) and `Core` needs no
+        // more; its bytes are ours (above) and not yet initialised.
+        unsafe { zones_at.write(zones) };
+        let seed = base.as_u64() ^ (region as u64).rotate_left(17);
+        let kmem_config = kmem_config.unwrap_or(KmemConfig {
+            seed,
+            ..KmemConfig::default()
+        });
+        // SAFETY: the zones were written just above at an address that stays
+        // fixed until `Drop`, which drops the slab layer first.
+        let pages = unsafe { SlabPages::new(NonNull::new_unchecked(zones_at)) };
+        match Kmem::new(pages, kmem_config) {
+            // SAFETY: the `kmem` field is ours, aligned, not yet initialised.
+            Ok(kmem) => unsafe { addr_of_mut!((*core).kmem).write(kmem) },
+            Err(e) => {
+                // SAFETY: the zones were initialised above and nothing else
+                // refers to them any more (`Kmem::new` failed and dropped
+                // its page source); moved out once, then dropped.
+                drop(unsafe { ptr::read(zones_at) });
+                return Err(slab_boot_error(e));
+            }
+        }
+        // SAFETY: both fields are initialised now, and the core stays at
+        // this address until `Drop` unregisters the shrinker before
+        // dropping anything.
+        let core: &'static Core<P, D> = unsafe { &*core };
+        if let Err(e) = core.zones.register_shrinker(&core.kmem) {
+            // SAFETY: as in `Drop`: nothing else refers to the core.
+            unsafe { drop_core(NonNull::from(core)) };
+            return Err(e);
+        }
         Ok(MemoryManager {
-            zones,
+            core: NonNull::from(core),
             layout,
             metadata: BootMetadata { base, bytes },
             memory_pages,
             reserved_pages,
+            _owns: PhantomData,
         })
+    }
+
+    fn core(&self) -> &Core<P, D> {
+        // SAFETY: initialised by `boot`, dropped only by `Drop`, and only
+        // shared references are ever made to it.
+        unsafe { self.core.as_ref() }
     }
 
     /// The zoned page allocator. Its `'static` only says the metadata is
@@ -129,7 +243,13 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
     /// returns outlives `&self`. Shrinkers registered with it must be
     /// `'static` for the same reason.
     pub fn zones(&self) -> &Zones<'static, P, D> {
-        &self.zones
+        &self.core().zones
+    }
+
+    /// The slab allocator over the zones, for its full API (cache layouts
+    /// and counters, validation, the invariant checker).
+    pub fn kmem(&self) -> &Kmem<SlabPages<P, D>> {
+        &self.core().kmem
     }
 
     /// The machine's layout.
@@ -137,7 +257,7 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
         &self.layout
     }
 
-    /// Where boot put `mem_map` and the per-CPU lists.
+    /// Where boot put the manager's core, `mem_map` and the per-CPU lists.
     pub fn boot_metadata(&self) -> BootMetadata {
         self.metadata
     }
@@ -150,6 +270,53 @@ impl<P: Platform, D: DirectMap> MemoryManager<P, D> {
     /// Pages reserved at boot: firmware, kernel image and the metadata.
     pub fn reserved_pages(&self) -> usize {
         self.reserved_pages
+    }
+}
+
+impl<P: PreemptControl + 'static, D: DirectMap + 'static> Drop for MemoryManager<P, D> {
+    fn drop(&mut self) {
+        // SAFETY: the core was initialised by `boot`; `&mut self` means no
+        // borrow through `&self` is alive, and the pointer is not used again.
+        unsafe { drop_core(self.core) }
+    }
+}
+
+/// Tears a core down in dependency order: the shrinker entry, the slab
+/// layer (whose page source points at the zones), then the zones, moved
+/// out of the RAM they describe before they drop, since dropping them may
+/// release the last handle on that RAM.
+///
+/// # Safety
+///
+/// `core` is fully initialised, nothing refers to it any more, and it is
+/// not used afterwards.
+unsafe fn drop_core<P: PreemptControl + 'static, D: DirectMap + 'static>(
+    core: NonNull<Core<P, D>>,
+) {
+    let core = core.as_ptr();
+    {
+        // SAFETY: initialised and unaliased by the caller's promise; these
+        // borrows end before anything is dropped.
+        let (zones, kmem): (&Zones<'static, P, D>, &'static Kmem<SlabPages<P, D>>) =
+            unsafe { (&(*core).zones, &*addr_of!((*core).kmem)) };
+        zones.unregister_shrinker(kmem);
+    }
+    // SAFETY: as above; each field is dropped exactly once, the slab layer
+    // first while the zones it points at are still in place.
+    unsafe {
+        ptr::drop_in_place(addr_of_mut!((*core).kmem));
+        drop(ptr::read(addr_of!((*core).zones)));
+    }
+}
+
+/// A slab boot failure as the manager's error: the page allocator's own
+/// error where there is one, else the allocator could not be built.
+fn slab_boot_error(e: SlabError) -> Error {
+    match e {
+        SlabError::Page(e) => e,
+        _ => Error::NoMemory {
+            order: kmm_api::Order::ZERO,
+        },
     }
 }
 
@@ -198,7 +365,7 @@ mod sim_preset {
 
         /// The simulated machine.
         pub fn machine(&self) -> &Machine {
-            self.zones.direct_map()
+            self.zones().direct_map()
         }
 
         /// The kernel page table, its page-table pages allocated from the
@@ -207,7 +374,7 @@ mod sim_preset {
         pub fn kernel_page_table(
             &self,
         ) -> Result<SimPageTable<&Zones<'static, Machine, Machine>>, Error> {
-            self.machine().kernel_page_table(&self.zones)
+            self.machine().kernel_page_table(self.zones())
         }
     }
 }

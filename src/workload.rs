@@ -21,8 +21,8 @@
 
 use crate::MemoryManager;
 use kmm_api::{
-    DirectMap, Error, GfpFlags, Order, Pfn, Platform, __GFP_HIGHMEM, GFP_ATOMIC, GFP_DMA,
-    GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL,
+    DirectMap, Error, GfpFlags, Order, Pfn, Platform, PreemptControl, __GFP_HIGHMEM, GFP_ATOMIC,
+    GFP_DMA, GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL,
 };
 use kmm_zones::report::ZoneStats;
 use kmm_zones::{ZoneType, Zones, MAX_NR_ZONES};
@@ -302,7 +302,7 @@ pub struct Report {
 
 /// Runs every step in order on `mm`, then releases every block and drains
 /// the per-CPU lists, so the zones end as they began.
-pub fn run<P: Platform, D: DirectMap>(mm: &MemoryManager<P, D>) -> Result<Report, Error> {
+pub fn run<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) -> Result<Report, Error> {
     let zones = mm.zones();
     zones.drain_all_pages();
     let start_free = zones.nr_free_pages();
