@@ -43,17 +43,25 @@ pub struct PcpSizing {
 }
 
 impl PcpSizing {
-    /// Linux `zone_batchsize` and the classic `high = 6 * batch`:
+    /// Linux `zone_batchsize` and `zone_highsize` (as from 5.14, before the
+    /// 6.7 auto-tuning of `high`):
     /// `b = min(managed >> 10, 1 MiB / PAGE_SIZE) / 4`, then
-    /// `rounddown_pow_of_two(b + b/2) - 1`, at least 1 (Linux clamps the
-    /// zero a tiny zone yields to 1 when it installs the value).
+    /// `batch = rounddown_pow_of_two(b + b/2) - 1`, at least 1 (Linux clamps
+    /// the zero a tiny zone yields to 1 when it installs the value); `high`
+    /// is the zone's low watermark shared among the CPUs, at least
+    /// `4 * batch`, so that full per-CPU lists alone never hold the zone
+    /// below its low watermark.
     ///
     /// ```
     /// use kmm_zones::PcpSizing;
-    /// assert_eq!(PcpSizing::for_managed(3_977), PcpSizing { batch: 1, high: 6 }); // 16 MiB DMA
-    /// assert_eq!(PcpSizing::for_managed(225_280).batch, 63); // 880 MiB NORMAL
+    /// // 16 MiB DMA, low watermark 15, 2 CPUs: 15 / 2.
+    /// assert_eq!(PcpSizing::new(3_977, 15, 2), PcpSizing { batch: 1, high: 7 });
+    /// // The same zone shared by 8 CPUs: the 4 * batch floor.
+    /// assert_eq!(PcpSizing::new(3_977, 15, 8), PcpSizing { batch: 1, high: 4 });
+    /// // 880 MiB NORMAL, low watermark 1172, 2 CPUs.
+    /// assert_eq!(PcpSizing::new(225_280, 1_172, 2), PcpSizing { batch: 63, high: 586 });
     /// ```
-    pub const fn for_managed(managed: usize) -> PcpSizing {
+    pub const fn new(managed: usize, low_wmark: usize, nr_cpus: usize) -> PcpSizing {
         let cap = (1 << 20) / PAGE_SIZE;
         let mut b = managed >> 10;
         if b > cap {
@@ -67,9 +75,14 @@ impl PcpSizing {
         // rounddown_pow_of_two of a positive number.
         let pow = 1usize << (usize::BITS - 1 - grown.leading_zeros());
         let batch = if pow > 1 { pow - 1 } else { 1 };
+        let shared = low_wmark / if nr_cpus > 0 { nr_cpus } else { 1 };
         PcpSizing {
             batch,
-            high: 6 * batch,
+            high: if shared > 4 * batch {
+                shared
+            } else {
+                4 * batch
+            },
         }
     }
 
@@ -281,9 +294,12 @@ mod tests {
             (225_280, 63), // 880 MiB: b = 55 -> 82 -> 64 - 1
             (4 << 20, 63), // 16 GiB: capped at b = 64 -> 96 -> 64 - 1
         ] {
-            let sizing = PcpSizing::for_managed(managed);
+            let sizing = PcpSizing::new(managed, 0, 1);
             assert_eq!(sizing.batch, batch, "managed {managed}");
-            assert_eq!(sizing.high, 6 * batch);
+            assert_eq!(sizing.high, 4 * batch, "no watermark: the floor");
+            let low = 40 * batch;
+            assert_eq!(PcpSizing::new(managed, low, 2).high, 20 * batch);
+            assert_eq!(PcpSizing::new(managed, low, 0).high, 40 * batch);
             assert!(sizing.high >= 4 * sizing.batch);
         }
     }

@@ -110,6 +110,12 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         core::array::from_fn(|z| self.zones[z].is_some())
     }
 
+    /// The per-CPU list sizing (`batch`, `high`) of a zone, `None` if the
+    /// machine has no such zone.
+    pub fn pcp_sizing(&self, zone: crate::ZoneType) -> Option<crate::PcpSizing> {
+        self.zones[zone.index()].as_ref().map(|z| z.pcp_sizing)
+    }
+
     /// The invariant checker: for every zone, each per-CPU list (only
     /// `PG_pcp` blocks of the zone and the list's order, counts right), the
     /// buddy's own check, the free counter, every descriptor, and

@@ -251,6 +251,12 @@ impl TestMachine {
     /// image at [`TestMachine::kernel_image`] (RAM, never released); two
     /// CPUs; orders up to 10.
     pub fn i386_scaled(frames: usize) -> Self {
+        Self::i386_scaled_smp(frames, 2)
+    }
+
+    /// [`TestMachine::i386_scaled`] with `nr_cpus` CPUs (more CPUs share
+    /// the low watermark, so each gets a smaller per-CPU `high`).
+    pub fn i386_scaled_smp(frames: usize, nr_cpus: usize) -> Self {
         let frames = frames.max(16);
         let end = (frames * PAGE_SIZE) as u64;
         let kernel = Self::kernel_image(frames).phys().as_u64();
@@ -269,7 +275,7 @@ impl TestMachine {
             lowmem_end: Pfn::new(frames * 3 / 4),
             max_order: MAX_PAGE_ORDER,
         };
-        Self::new(&map, config, 2).expect("a well-formed test machine")
+        Self::new(&map, config, nr_cpus).expect("a well-formed test machine")
     }
 
     /// First frame of the kernel image of [`TestMachine::i386_scaled`]`(frames)`

@@ -77,7 +77,7 @@ impl<'a> Zone<'a> {
             buddy: SpinLock::new(init.buddy),
             watermarks: init.watermarks,
             lowmem_reserve: init.lowmem_reserve,
-            pcp_sizing: PcpSizing::for_managed(managed),
+            pcp_sizing: PcpSizing::new(managed, init.watermarks.low, init.pcp.len()),
             pcp: init.pcp,
         }
     }

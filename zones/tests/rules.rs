@@ -12,9 +12,7 @@ use kmm_buddy::FrameTag;
 use kmm_zones::boot::BootMem;
 use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
 use kmm_zones::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
-use kmm_zones::{
-    PcpSizing, ZoneConfig, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS,
-};
+use kmm_zones::{ZoneConfig, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Frames of the standard test machine.
@@ -500,8 +498,7 @@ fn pcp_refill_takes_a_batch_and_a_free_at_high_drains_a_batch() {
     // A zone large enough for batch > 1: NORMAL of 64 Ki frames.
     let mut machine = TestMachine::i386_scaled(if cfg!(miri) { 1024 } else { 1 << 17 });
     let zones = machine.boot().unwrap();
-    let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
-    let sizing = PcpSizing::for_managed(normal.managed);
+    let sizing = zones.pcp_sizing(ZoneType::Normal).unwrap();
     let free_before = zones.nr_free_pages();
     let first = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
     assert_eq!(
@@ -535,10 +532,11 @@ fn pcp_refill_takes_a_batch_and_a_free_at_high_drains_a_batch() {
 
 #[test]
 fn a_free_after_an_overfilling_higher_order_refill_leaves_fewer_than_high() {
-    let mut machine = TestMachine::i386_scaled(frames());
+    // Sixteen CPUs share NORMAL's low watermark, so `high` falls to its
+    // floor, 4 * batch, below one order-3 refill (two blocks, 16 pages).
+    let mut machine = TestMachine::i386_scaled_smp(frames(), 16);
     let zones = machine.boot().unwrap();
-    let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
-    let sizing = PcpSizing::for_managed(normal.managed);
+    let sizing = zones.pcp_sizing(ZoneType::Normal).unwrap();
     let managed: usize = zones.zone_stats().iter().flatten().map(|s| s.managed).sum();
     let block = zones.alloc_pages(GFP_KERNEL, order(3)).unwrap();
     let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
