@@ -6,7 +6,10 @@
 //!   page list (orders 0..=3) → the zone's buddy, with every invalid-free
 //!   check on;
 //! - `kmm-buddy`: the bare buddy of one zone, no policy, for reference;
-//! - `buddy_system_allocator`: the peer.
+//! - `buddy_system_allocator`: the peer, as `&mut` single-threaded code;
+//! - `buddy_system_allocator+lock`: the peer as a kernel must share it
+//!   between CPUs (`LockedFrameAllocator`, a spin lock around it), which is
+//!   the like-for-like comparison with kmm's `&self`, `Sync` allocator.
 //!
 //! Workloads:
 //! - F1: one order-0 alloc + free per iteration;
@@ -20,7 +23,9 @@
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]
 
-use buddy_system_allocator::FrameAllocator as BsaFrameAllocator;
+use buddy_system_allocator::{
+    FrameAllocator as BsaFrameAllocator, LockedFrameAllocator as BsaLockedFrameAllocator,
+};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kmm::HostedMemoryManager;
 use kmm_api::{Order, Pfn, GFP_KERNEL, GFP_NOWAIT, MAX_PAGE_ORDER, PAGE_SHIFT};
@@ -39,6 +44,7 @@ const F2_STEPS: usize = 1 << 20;
 /// The peer at its default of 32 lists: with 11 (kmm's and Linux's orders
 /// 0..=10) it loses memory when two free buddies of its top order meet.
 type Bsa = BsaFrameAllocator<32>;
+type BsaLocked = BsaLockedFrameAllocator<32>;
 
 /// What the workloads need of a page allocator. Generic, so each contender
 /// is measured through static dispatch.
@@ -97,6 +103,16 @@ impl Pages for Bsa {
     }
 }
 
+impl Pages for BsaLocked {
+    const NAME: &'static str = "buddy_system_allocator+lock";
+    fn alloc(&mut self, o: u32) -> Option<usize> {
+        self.lock().alloc(1 << o)
+    }
+    fn free(&mut self, frame: usize, o: u32) {
+        self.lock().dealloc(frame, 1 << o);
+    }
+}
+
 fn kmm() -> Kmm {
     Kmm(HostedMemoryManager::hosted(FRAMES << PAGE_SHIFT, 1).expect("hosted machine boots"))
 }
@@ -114,6 +130,12 @@ fn kmm_buddy() -> KmmBuddy {
 fn bsa() -> Bsa {
     let mut alloc = Bsa::new();
     alloc.add_frame(0, FRAMES);
+    alloc
+}
+
+fn bsa_locked() -> BsaLocked {
+    let alloc = BsaLocked::new();
+    alloc.lock().add_frame(0, FRAMES);
     alloc
 }
 
@@ -206,15 +228,18 @@ fn page_allocators(c: &mut Criterion) {
     f1(c, kmm());
     f1(c, kmm_buddy());
     f1(c, bsa());
+    f1(c, bsa_locked());
 
     let churn = Churn::new();
     f2(c, &churn, kmm());
     f2(c, &churn, kmm_buddy());
     f2(c, &churn, bsa());
+    f2(c, &churn, bsa_locked());
 
     f3(c, kmm());
     f3(c, kmm_buddy());
     f3(c, bsa());
+    f3(c, bsa_locked());
 }
 
 criterion_group!(benches, page_allocators);
