@@ -95,6 +95,10 @@ pub struct MemoryManager<P: PreemptControl + 'static, D: DirectMap + 'static> {
     memory_pages: usize,
     reserved_pages: usize,
     _owns: PhantomData<Core<P, D>>,
+    // A handle on the direct map that outlives the core: the zones inside
+    // the core hold references into the RAM it maps while they drop, so
+    // their own handle must not be the last (fields drop after `Drop`).
+    _mapped: D,
 }
 
 // SAFETY: the manager owns its `Core` exclusively (nothing else holds the
@@ -111,7 +115,7 @@ unsafe impl<P: PreemptControl, D: DirectMap> Sync for MemoryManager<P, D> where
 {
 }
 
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<P, D> {
     /// Boots the zones of a machine from its memory map, with the zone
     /// limits of `layout` and orders up to `MAX_PAGE_ORDER`, then the slab
     /// layer over them with a free-pointer seed taken from the boot range's
@@ -129,7 +133,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     /// now on (nothing else reads or writes it), and `direct_map`'s
     /// mappings must stay valid until the manager is dropped, which the
     /// [`DirectMap`] contract already requires for as long as `direct_map`
-    /// lives.
+    /// (or a clone of it: the manager keeps one) lives.
     pub unsafe fn boot(
         map: &[MemoryRegion],
         layout: Layout,
@@ -182,6 +186,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
             unsafe { core::slice::from_raw_parts_mut(region.add(core_bytes).cast(), zone_bytes) };
         let memory_pages = memblock.memory_pages();
         let reserved_pages = memblock.reserved_pages();
+        let keep_mapped = direct_map.clone();
         let zones = Zones::new(
             &memblock,
             config,
@@ -215,23 +220,31 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
         }
         // SAFETY: both fields are initialised now, and the core stays at
         // this address until `Drop` unregisters the shrinker before
-        // dropping anything.
-        let core: &'static Core<P, D> = unsafe { &*core };
-        if let Err(e) = core.zones.register_shrinker(&core.kmem) {
+        // dropping anything. Only this shared borrow is made here; the
+        // manager keeps the raw pointer, from which teardown derives its
+        // own access.
+        let (zones, kmem): (&Zones<'static, P, D>, &'static Kmem<SlabPages<P, D>>) =
+            unsafe { (&*zones_at, &*addr_of!((*core).kmem)) };
+        // SAFETY: `core` came from a non-null direct-map pointer.
+        let core = unsafe { NonNull::new_unchecked(core) };
+        if let Err(e) = zones.register_shrinker(kmem) {
             // SAFETY: as in `Drop`: nothing else refers to the core.
-            unsafe { drop_core(NonNull::from(core)) };
+            unsafe { drop_core(core) };
             return Err(e);
         }
         Ok(MemoryManager {
-            core: NonNull::from(core),
+            core,
             layout,
             metadata: BootMetadata { base, bytes },
             memory_pages,
             reserved_pages,
             _owns: PhantomData,
+            _mapped: keep_mapped,
         })
     }
+}
 
+impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     fn core(&self) -> &Core<P, D> {
         // SAFETY: initialised by `boot`, dropped only by `Drop`, and only
         // shared references are ever made to it.
