@@ -15,7 +15,7 @@ use core::ptr::NonNull;
 use kmm_api::{
     DirectMap, Error, MemoryRegion, Pfn, Platform, PreemptControl, RegionKind, VirtAddr, PAGE_SIZE,
 };
-use std::alloc::{alloc_zeroed, dealloc, Layout as AllocLayout};
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
 use std::sync::Arc;
 
 struct Buffer {
@@ -43,7 +43,7 @@ impl Buffer {
         let size = ram_bytes.checked_add(PAGE_SIZE).ok_or(too_large)?;
         let alloc = AllocLayout::from_size_align(size, 16).map_err(|_| too_large)?;
         // SAFETY: `alloc` has a non-zero size.
-        let raw = NonNull::new(unsafe { alloc_zeroed(alloc) }).ok_or(too_large)?;
+        let raw = NonNull::new(unsafe { System.alloc_zeroed(alloc) }).ok_or(too_large)?;
         let pad = raw.as_ptr().align_offset(PAGE_SIZE);
         // `pad < PAGE_SIZE`, and the allocation holds PAGE_SIZE spare bytes.
         let ram = NonNull::new(raw.as_ptr().wrapping_add(pad)).ok_or(too_large)?;
@@ -58,8 +58,9 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: `raw` came from `alloc_zeroed(self.alloc)` and is freed once.
-        unsafe { dealloc(self.raw.as_ptr(), self.alloc) }
+        // SAFETY: `raw` came from `System.alloc_zeroed(self.alloc)` and is
+        // freed once.
+        unsafe { System.dealloc(self.raw.as_ptr(), self.alloc) }
     }
 }
 

@@ -1,15 +1,16 @@
 //! kmm: a kernel memory manager in the Linux mould, composed.
 //!
 //! This crate owns what ties the layers to a machine: the [`MemoryManager`]
-//! that boots the zones from a physical memory map, the virtual [`layout`]
+//! that boots the zones from a physical memory map and the slab layer over
+//! them (kmalloc, `kmem_cache_*`, and the [`global`] allocator adaptor), the virtual [`layout`]
 //! (where lowmem, vmalloc, pkmap and the fixmap lie, and where the zones
 //! end), the PC memory map ([`e820`]), and the 32-bit [`x86`] kernel page
 //! table. Behind features:
 //!
 //! | feature | module | what |
 //! |---|---|---|
-//! | (none) | `layout`, `e820`, `x86`, `MemoryManager::boot` | `no_std`, for kernels |
-//! | `std` | `hosted`, `cpu`, `workload` | the hosted 64-bit preset over a host buffer; host CPU slots; the tour's workload |
+//! | (none) | `layout`, `e820`, `x86`, `global`, `MemoryManager::boot` | `no_std`, for kernels |
+//! | `std` | `hosted`, `cpu`, `workload`, `global::HostedGlobal` | the hosted 64-bit preset over a host buffer; host CPU slots; the tour's workload; kmalloc as a host process's global allocator |
 //! | `sim` | `sim` | the simulated i386 machine: memfd RAM in a reserved 4 GiB host window |
 //!
 //! Invariants: layouts are pure arithmetic over the RAM size; the zones'
@@ -18,7 +19,9 @@
 //! most once, only inside the range its layout gives it, and reaches its
 //! page-table pages only through the [`kmm_api::DirectMap`].
 //!
-//! Costs: layout queries O(1); boot O(frames) (descriptor initialisation);
+//! Costs: layout queries O(1); boot O(frames) (descriptor initialisation)
+//! plus the kmalloc caches' descriptors; kmalloc and kfree as `kmm-slab`
+//! states them (O(1), no lock on the per-CPU path);
 //! page-table map, unmap and translate O(1) (two levels) under one short
 //! spin lock, plus one host `mmap` on the simulated machine.
 //!
@@ -42,6 +45,7 @@
 #[cfg(feature = "std")]
 pub mod cpu;
 pub mod e820;
+pub mod global;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub mod hosted;
 pub mod layout;
@@ -53,6 +57,7 @@ mod slab;
 pub mod workload;
 pub mod x86;
 
+pub use global::GlobalKmalloc;
 pub use layout::Layout;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub use mm::HostedMemoryManager;

@@ -1,0 +1,184 @@
+//! kmalloc as Rust's global allocator: [`GlobalKmalloc`] (kmm-slab's
+//! `KmallocGlobal` over a manager's slab layer) for kernels, and, on the
+//! hosted preset, [`HostedGlobal`], which also serves what the manager
+//! cannot (before it is booted, and requests kmalloc refuses) from the
+//! host's allocator. Classes up to 8 KiB, whole pages above, `alloc_zeroed`
+//! through kzalloc, `realloc` through krealloc, alignment up to a page.
+//! Holds no state beyond how to reach the manager; never panics (failures
+//! are null pointers).
+//!
+//! A kernel needs three lines (its own platform and direct-map types, and
+//! a `Once` from the `spin` crate), then boots the manager into `MM`:
+//!
+//! ```ignore
+//! static MM: spin::Once<kmm::MemoryManager<MyPlatform, MyDirectMap>> = spin::Once::new();
+//! #[global_allocator]
+//! static GLOBAL: kmm::GlobalKmalloc<MyPlatform, MyDirectMap> = kmm::GlobalKmalloc::new(|| MM.get().map(kmm::MemoryManager::kmem));
+//! ```
+
+use crate::SlabPages;
+use kmm_slab::KmallocGlobal;
+
+/// A `#[global_allocator]` over the kmalloc family of a
+/// [`crate::MemoryManager`]; see the module documentation.
+pub type GlobalKmalloc<P, D> = KmallocGlobal<SlabPages<P, D>>;
+
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
+pub use hosted_global::HostedGlobal;
+
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
+mod hosted_global {
+    use super::GlobalKmalloc;
+    use crate::hosted::Hosted;
+    use core::alloc::{GlobalAlloc, Layout};
+    use kmm_api::DirectMap;
+    use kmm_slab::Kmem;
+    use std::alloc::System;
+
+    type HostedKmem = Kmem<crate::SlabPages<Hosted, Hosted>>;
+
+    /// The global allocator of a process running on a hosted manager.
+    ///
+    /// Ownership of each block is decided by its address: a pointer inside
+    /// the manager's RAM is kmalloc's, any other the host's. So what the
+    /// host served before the manager existed (the runtime's own start-up,
+    /// the manager's RAM and handles) is freed to the host, and a request
+    /// kmalloc refuses (beyond `KMALLOC_MAX_SIZE`, or the machine out of
+    /// memory) falls back to the host instead of aborting.
+    ///
+    /// ```
+    /// use kmm::{global::HostedGlobal, HostedMemoryManager, MemoryManager};
+    /// use std::sync::OnceLock;
+    ///
+    /// static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
+    /// #[global_allocator]
+    /// static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+    ///
+    /// fn main() {
+    ///     let mm = MM.get_or_init(|| MemoryManager::hosted(16 << 20, 2).unwrap());
+    ///     let v: Vec<u32> = (0..100).collect();
+    ///     assert!(mm.kmem().ksize(v.as_ptr().cast()).unwrap() >= 400);
+    /// }
+    /// ```
+    pub struct HostedGlobal {
+        slab: GlobalKmalloc<Hosted, Hosted>,
+        kmem: fn() -> Option<&'static HostedKmem>,
+    }
+
+    impl HostedGlobal {
+        /// An allocator serving through the manager `kmem` returns, once it
+        /// returns one.
+        pub const fn new(kmem: fn() -> Option<&'static HostedKmem>) -> Self {
+            HostedGlobal {
+                slab: GlobalKmalloc::new(kmem),
+                kmem,
+            }
+        }
+
+        /// Whether `p` lies in the manager's RAM (and so is kmalloc's).
+        fn is_ours(&self, p: *const u8) -> bool {
+            (self.kmem)().is_some_and(|k| k.backend().ptr_to_pfn(p).is_some())
+        }
+    }
+
+    // SAFETY: each block is served by one of two allocators and returned
+    // to the same one, told apart by address (the manager's RAM is a host
+    // allocation the host never hands out twice); both honour `layout`.
+    unsafe impl GlobalAlloc for HostedGlobal {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded from our caller.
+            let p = unsafe { self.slab.alloc(layout) };
+            if p.is_null() {
+                // SAFETY: as above.
+                return unsafe { System.alloc(layout) };
+            }
+            p
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            // SAFETY: forwarded from our caller.
+            let p = unsafe { self.slab.alloc_zeroed(layout) };
+            if p.is_null() {
+                // SAFETY: as above.
+                return unsafe { System.alloc_zeroed(layout) };
+            }
+            p
+        }
+
+        unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+            if self.is_ours(p) {
+                // SAFETY: `p` is in the manager's RAM, so kmalloc served it.
+                unsafe { self.slab.dealloc(p, layout) }
+            } else {
+                // SAFETY: `p` is not, so the host served it with `layout`.
+                unsafe { System.dealloc(p, layout) }
+            }
+        }
+
+        unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if !self.is_ours(p) {
+                // SAFETY: the host served `p` with `layout`; it keeps it.
+                return unsafe { System.realloc(p, layout, new_size) };
+            }
+            // SAFETY: kmalloc served `p` with `layout`.
+            let q = unsafe { self.slab.realloc(p, layout, new_size) };
+            if !q.is_null() {
+                return q;
+            }
+            // kmalloc refused the new size: move the block to the host.
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return core::ptr::null_mut();
+            };
+            // SAFETY: a non-zero size (the caller's contract).
+            let q = unsafe { System.alloc(new_layout) };
+            if !q.is_null() {
+                // SAFETY: `p` holds `layout.size()` bytes and is still
+                // live (a failed realloc leaves it), `q` at least
+                // `new_size`; distinct blocks.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                    self.slab.dealloc(p, layout);
+                }
+            }
+            q
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use crate::{HostedMemoryManager, MemoryManager};
+        use std::sync::OnceLock;
+
+        static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
+        static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+
+        /// The adaptor called directly (miri-sized): the host before boot,
+        /// kmalloc after, each block returned to whoever served it, and a
+        /// request kmalloc refuses served by the host.
+        #[test]
+        fn blocks_go_back_to_whichever_allocator_served_them() {
+            let small = Layout::from_size_align(100, 64).unwrap();
+            // SAFETY: non-zero sizes; every block freed with its layout.
+            unsafe {
+                let early = GLOBAL.alloc(small);
+                assert!(!early.is_null() && !GLOBAL.is_ours(early));
+                let mm = MM.get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap());
+                let p = GLOBAL.alloc_zeroed(small);
+                assert!(GLOBAL.is_ours(p) && p as usize % 64 == 0);
+                assert_eq!(mm.ksize(p).unwrap(), 128);
+                let q = GLOBAL.realloc(p, small, 3000);
+                assert!(GLOBAL.is_ours(q));
+                let huge = GLOBAL.realloc(q, Layout::from_size_align(3000, 64).unwrap(), 5 << 20);
+                assert!(
+                    !huge.is_null() && !GLOBAL.is_ours(huge),
+                    "beyond KMALLOC_MAX_SIZE"
+                );
+                assert!(mm.kfree(q).is_err(), "moved to the host");
+                GLOBAL.dealloc(huge, Layout::from_size_align(5 << 20, 64).unwrap());
+                GLOBAL.dealloc(early, small);
+                mm.kmem().check_invariants().unwrap();
+            }
+        }
+    }
+}
