@@ -1,5 +1,6 @@
 //! A tour of kmm on a simulated i386 machine: the layout, the zones, the
-//! kernel's `/proc` reports, and the page allocator's zone policy at work.
+//! kernel's `/proc` reports, the page allocator's zone policy at work, and
+//! the slab layer's seed example with `/proc/slabinfo`.
 //!
 //! ```text
 //! cargo run --example tour --features sim -- [--mem <MiB>] [--pae] [--cpus <n>]
@@ -8,7 +9,7 @@
 //! Every figure printed is computed from the machine, none is typed in.
 
 use kmm::sim::MachineConfig;
-use kmm::workload::{self, Drain, Report};
+use kmm::workload::{self, Drain, Report, SeedExample};
 use kmm::{Layout, MemoryManager, SimMemoryManager};
 use kmm_api::{DirectMap, MemoryRegion, RegionKind, VirtAddr, PAGE_SIZE};
 use kmm_zones::ZoneType;
@@ -63,24 +64,31 @@ fn main() -> ExitCode {
         "/proc/zoneinfo (watermarks)\n{}",
         mm.zones().zone_report().zoneinfo()
     );
-    match workload::run(&mm) {
-        Ok(report) => {
-            print_workload(&report);
-            match mm.zones().check() {
-                Ok(()) => {
-                    println!(
-                        "Invariant check (free lists, per-CPU lists, counters, descriptors): ok"
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(broken) => {
-                    println!("Invariant check failed: {broken}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+    let report = match workload::run(&mm) {
+        Ok(report) => report,
         Err(e) => {
             eprintln!("tour: the workload failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print_workload(&report);
+    match workload::seed_example(&mm) {
+        Ok(seed) => print_seed_example(&seed),
+        Err(e) => {
+            eprintln!("tour: the slab example failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let checked = mm.zones().check().map_err(|e| e.to_string());
+    match checked.and_then(|()| mm.kmem().check_invariants().map_err(|e| e.to_string())) {
+        Ok(()) => {
+            println!(
+                "Invariant check (free lists, per-CPU lists, counters, descriptors, slab lists and state bytes): ok"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            println!("Invariant check failed: {broken}");
             ExitCode::FAILURE
         }
     }
@@ -281,5 +289,37 @@ fn print_workload(r: &Report) {
     println!(
         "\nAt the peak the workload held {} pages; after releasing them all: {} free pages, as before ({}).",
         r.peak_held, r.free_before_after.1, r.free_before_after.0
+    );
+}
+
+fn print_seed_example(s: &SeedExample) {
+    println!("\nThe slab layer\n");
+    println!(
+        "kmalloc(100, GFP_KERNEL) = {} from {} (ksize {}), on the slab at {} in {} ({} objects in {} page(s) per slab)",
+        s.kmalloc_addr,
+        s.cache,
+        s.ksize,
+        s.slab_pfn,
+        s.slab_zone.name(),
+        s.objects_per_slab,
+        s.pages_per_slab
+    );
+    println!(
+        "get_free_page(GFP_KERNEL) = {} ({} in {})",
+        s.page_addr,
+        s.page_pfn,
+        s.page_zone.name()
+    );
+    match &s.double_free {
+        Some(e) => println!("kfree of the object a second time refused: {e}"),
+        None => println!("kfree of the object a second time was accepted (it should not be)"),
+    }
+    println!(
+        "\n/proc/slabinfo (while the object was live)\n{}",
+        s.slabinfo
+    );
+    println!(
+        "After kfree, free_page and a shrink: {} free pages, as before ({}).\n",
+        s.free_before_after.1, s.free_before_after.0
     );
 }

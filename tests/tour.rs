@@ -100,3 +100,38 @@ fn the_workload_runs_the_same_with_the_pae_layout() {
     );
     assert_eq!(r.free_before_after.0, r.free_before_after.1);
 }
+
+#[test]
+fn the_seed_example_is_served_by_kmalloc_128_in_lowmem_after_the_zone_workload() {
+    let mm = MemoryManager::sim(MachineConfig {
+        ram_bytes: 1 << 30,
+        pae: false,
+        nr_cpus: 2,
+    })
+    .unwrap();
+    workload::run(&mm).unwrap();
+    let s = workload::seed_example(&mm).unwrap();
+    assert_eq!((s.cache, s.ksize), ("kmalloc-128", 128));
+    assert_eq!(s.kmalloc_addr.as_usize() % 128, 0);
+    assert_eq!(s.slab_zone, Normal, "slabs never come from HighMem");
+    assert_eq!(s.page_zone, Normal);
+    assert!(s.kmalloc_addr.as_usize() >= mm.layout().page_offset().as_usize());
+    assert!(matches!(
+        s.double_free,
+        Some(kmm_slab::SlabError::DoubleFree {
+            cache: "kmalloc-128",
+            ..
+        })
+    ));
+    let line = s
+        .slabinfo
+        .lines()
+        .find(|l| l.starts_with("kmalloc-128 "))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[1], "1", "one active object while it was live");
+    assert_eq!(fields[4], s.objects_per_slab.to_string());
+    assert_eq!(s.free_before_after.0, s.free_before_after.1);
+    mm.zones().check().unwrap();
+    mm.kmem().check_invariants().unwrap();
+}

@@ -18,6 +18,8 @@
 //!    below `min` ([`atomic_reserve`]);
 //! 6. `__get_free_pages(__GFP_HIGHMEM)` is refused: a highmem page has no
 //!    address to return ([`highmem_address_refused`]).
+//!
+//! Then the slab layer's seed example ([`seed_example`], in `kmalloc`).
 
 use crate::MemoryManager;
 use kmm_api::{
@@ -27,6 +29,9 @@ use kmm_api::{
 use kmm_zones::report::ZoneStats;
 use kmm_zones::{ZoneType, Zones, MAX_NR_ZONES};
 use std::vec::Vec;
+
+mod kmalloc;
+pub use kmalloc::{seed_example, SeedExample};
 
 type ZonesOf<P, D> = Zones<'static, P, D>;
 
