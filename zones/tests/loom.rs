@@ -17,7 +17,7 @@ use kmm_api::{
 use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
 use kmm_zones::testing::{TestDirectMap, TestMachine};
-use kmm_zones::{ZoneConfig, Zones};
+use kmm_zones::{ZoneConfig, ZoneType, Zones};
 use loom::sync::Arc;
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -30,15 +30,21 @@ loom::thread_local! {
     static CPU: Cell<usize> = Cell::new(0);
 }
 
-/// Two CPUs; every `cpu_id` read migrates the caller to the other CPU right
-/// after, so the list it then locks may be in use by that CPU's owner.
+/// Callers run on CPUs 0 and 1; every `cpu_id` read migrates the caller to
+/// the other CPU right after, so the list it then locks may be in use by
+/// that CPU's owner. The platform declares sixteen CPUs so that they share
+/// the zone's low watermark (40 pages here) into the smallest per-CPU
+/// `high`, 4 * batch = 4, which a few frees reach.
 struct MigratingPlatform {
     calls: AtomicUsize,
 }
 
+/// CPUs the platform declares.
+const NR_CPUS: usize = 16;
+
 impl Platform for MigratingPlatform {
     fn nr_cpus(&self) -> usize {
-        2
+        NR_CPUS
     }
     fn cpu_id(&self) -> usize {
         self.calls.fetch_add(1, Ordering::Relaxed);
@@ -64,12 +70,12 @@ fn machine() -> TestMachine {
         lowmem_end: Pfn::new(FRAMES),
         max_order: MAX_PAGE_ORDER,
     };
-    TestMachine::new(&map, config, 2).unwrap()
+    TestMachine::new(&map, config, NR_CPUS).unwrap()
 }
 
 fn boot(machine: &TestMachine) -> LoomZones {
     let memblock: &Memblock = machine.memblock();
-    let bytes = LoomZones::metadata_bytes(memblock, &machine.config(), 2);
+    let bytes = LoomZones::metadata_bytes(memblock, &machine.config(), NR_CPUS);
     // Loom threads need 'static data: each iteration leaks its (about
     // 1.2 KiB) descriptor buffer; RAM is freed with the zones.
     let meta: &'static mut [MaybeUninit<u8>] =
@@ -159,23 +165,26 @@ fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
             .flatten()
             .map(|s| s.managed)
             .sum::<usize>();
-        // Six held pages: freeing them crosses `high` (6 for batch 1).
-        let held: Vec<Pfn> = (0..6)
+        // Each CPU frees `high` pages into its own list: the last free of
+        // each reaches `high` and drains a batch under the zone lock.
+        let high = zones.pcp_sizing(ZoneType::Normal).unwrap().high;
+        assert_eq!(high, 4, "the model is sized for the smallest high");
+        let held: Vec<Pfn> = (0..2 * high)
             .map(|_| zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap())
             .collect();
-        let (mine, theirs) = held.split_at(3);
+        let (mine, theirs) = held.split_at(high);
         let freer = {
             let zones = zones.clone();
             let theirs = theirs.to_vec();
             loom::thread::spawn(move || {
-                CPU.with(|cpu| cpu.set(1));
                 for page in theirs {
+                    CPU.with(|cpu| cpu.set(1));
                     zones.__free_pages(page, Order::ZERO).unwrap();
                 }
             })
         };
-        CPU.with(|cpu| cpu.set(0));
         for &page in mine {
+            CPU.with(|cpu| cpu.set(0));
             zones.__free_pages(page, Order::ZERO).unwrap();
         }
         let again = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
