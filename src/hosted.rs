@@ -88,7 +88,9 @@ pub struct Hosted {
 
 impl Hosted {
     /// `ram_bytes` of RAM (rounded down to pages, at least one page) and
-    /// `nr_cpus` CPUs (`1..=NR_CPUS`).
+    /// `nr_cpus` CPUs (`1..=NR_CPUS`) owned by the first threads that use
+    /// them, plus the overflow CPU later threads share (see
+    /// [`crate::cpu`]): `Platform::nr_cpus` reports `nr_cpus + 1`.
     pub fn new(ram_bytes: usize, nr_cpus: usize) -> Result<Hosted, Error> {
         if nr_cpus == 0 || nr_cpus > NR_CPUS {
             return Err(Error::SizeTooLarge { bytes: nr_cpus });
@@ -168,8 +170,10 @@ impl Platform for Hosted {
     }
 }
 
-// SAFETY: `HostCpus::get_cpu` hands each id to one caller at a time (an
-// acquire/release flag per CPU) and ids are below `nr_cpus`.
+// SAFETY: `HostCpus` hands each owned id to one thread for its life (a
+// claim counter, remembered in that thread's storage only) and the
+// overflow id to one thread at a time (an acquire/release holder word);
+// ids are below `nr_cpus`.
 unsafe impl PreemptControl for Hosted {
     fn get_cpu(&self) -> usize {
         self.inner.cpus.get_cpu()

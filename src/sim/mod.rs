@@ -22,8 +22,9 @@
 //! [`kmm_api::DirectMap::window_base`] is the window: the one offset
 //! between this machine and real i386 hardware, where it is 0.
 //!
-//! CPUs: host threads run as CPU `thread slot % nr_cpus` (see
-//! [`crate::cpu`]); `get_cpu` pins a CPU to one thread at a time.
+//! CPUs: the first `nr_cpus` host threads each own a CPU, later threads
+//! share one overflow CPU, so the machine reports `nr_cpus + 1` CPU ids
+//! (see [`crate::cpu`]).
 //!
 //! Never: maps anything outside the window, maps a frame beyond RAM, or
 //! lets the page table's hook touch the direct map (`pte_set` refuses
@@ -254,8 +255,10 @@ impl Platform for Machine {
     }
 }
 
-// SAFETY: `HostCpus::get_cpu` hands each id to one caller at a time (an
-// acquire/release flag per CPU) and ids are below `nr_cpus`.
+// SAFETY: `HostCpus` hands each owned id to one thread for its life (a
+// claim counter, remembered in that thread's storage only) and the
+// overflow id to one thread at a time (an acquire/release holder word);
+// ids are below `nr_cpus`.
 unsafe impl PreemptControl for Machine {
     fn get_cpu(&self) -> usize {
         self.inner.cpus.get_cpu()
