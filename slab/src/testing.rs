@@ -27,16 +27,6 @@ use std::{
     vec::Vec,
 };
 
-/// How the double keeps the `PreemptControl` promise.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pinning {
-    /// Each thread gets an id; an uncontended lock per id makes it exclusive
-    /// even when there are more threads than CPUs.
-    Locked,
-    /// One thread only (the caller promised): CPU 0, nothing to do.
-    SingleThread,
-}
-
 /// Host memory posing as a machine's RAM, with the frame allocator, direct
 /// map, owner words and CPUs the slab layer needs.
 pub struct HostMachine {
@@ -51,8 +41,9 @@ pub struct HostMachine {
     owners: Box<[AtomicUsize]>,
     in_use: AtomicUsize,
     nr_cpus: usize,
+    /// Each thread gets an id; an uncontended lock per CPU makes it
+    /// exclusive even when there are more threads than CPUs.
     cpu_locks: Box<[AtomicBool]>,
-    pinning: Pinning,
     fail_after: AtomicUsize,
 }
 
@@ -78,19 +69,6 @@ impl HostMachine {
     /// A machine of `frames` pages and `nr_cpus` CPUs, safe for any number
     /// of threads.
     pub fn new(frames: usize, nr_cpus: usize) -> Self {
-        Self::build(frames, nr_cpus, Pinning::Locked)
-    }
-
-    /// A one-CPU machine whose CPU pinning costs nothing, as under a kernel
-    /// with preemption disabled.
-    ///
-    /// # Safety
-    /// Only one thread may ever call into allocators built over it.
-    pub unsafe fn single_threaded(frames: usize) -> Self {
-        Self::build(frames, 1, Pinning::SingleThread)
-    }
-
-    fn build(frames: usize, nr_cpus: usize, pinning: Pinning) -> Self {
         let frames = frames.max(1);
         let layout = Layout::from_size_align(frames * PAGE_SIZE, PAGE_SIZE).expect("arena layout");
         // SAFETY: the layout has a non-zero size. The system allocator, not
@@ -110,7 +88,6 @@ impl HostMachine {
             cpu_locks: (0..nr_cpus.max(1))
                 .map(|_| AtomicBool::new(false))
                 .collect(),
-            pinning,
             fail_after: AtomicUsize::new(usize::MAX),
         }
     }
@@ -269,22 +246,15 @@ impl Platform for HostMachine {
     }
 
     fn cpu_id(&self) -> usize {
-        match self.pinning {
-            Pinning::SingleThread => 0,
-            Pinning::Locked => thread_id() % self.nr_cpus,
-        }
+        thread_id() % self.nr_cpus
     }
 }
 
-// SAFETY: `Locked` hands a CPU id out only while holding that id's lock,
-// released by `put_cpu`; `SingleThread` is used by one thread only (the
-// promise of `single_threaded`).
+// SAFETY: a CPU id is handed out only while holding that id's lock,
+// released by `put_cpu`.
 unsafe impl PreemptControl for HostMachine {
     #[inline]
     fn get_cpu(&self) -> usize {
-        if self.pinning == Pinning::SingleThread {
-            return 0;
-        }
         let cpu = self.cpu_id();
         while self.cpu_locks[cpu]
             .compare_exchange_weak(false, true, AcqRel, Relaxed)
@@ -297,8 +267,6 @@ unsafe impl PreemptControl for HostMachine {
 
     #[inline]
     fn put_cpu(&self, cpu: usize) {
-        if self.pinning == Pinning::Locked {
-            self.cpu_locks[cpu].store(false, Release);
-        }
+        self.cpu_locks[cpu].store(false, Release);
     }
 }

@@ -1,9 +1,13 @@
 //! kmalloc against peer allocators on the workloads of the slab issue:
 //! O1 64-byte alloc+free pairs, O2 100,000 64-byte allocations freed in
 //! shuffled order, O3 churn over 50,000 live objects of a kernel-like size
-//! mix (8 B to 4 KiB). Every allocator gets its own arena; kmm runs over
-//! the host page source with one pinned CPU (as a kernel with preemption
-//! disabled). Prints O3's memory efficiency for kmm before the runs.
+//! mix (8 B to 4 KiB). Every allocator gets its own arena; kmm is the hosted
+//! `MemoryManager` (zones and slab composed), driven from the thread that
+//! owns its CPU 0, so pinning is a thread-local read (as a kernel with
+//! preemption disabled). Prints O3's memory efficiency for kmm before the
+//! runs.
+//!
+//! `cargo bench --bench kmalloc --features std -- --warm-up-time 1 --measurement-time 3`
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
@@ -11,8 +15,8 @@ use criterion::{
     black_box, criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup, Criterion,
     Throughput,
 };
+use kmm::{HostedMemoryManager, MemoryManager};
 use kmm_api::{GFP_KERNEL, PAGE_SIZE};
-use kmm_slab::{testing::HostMachine, Kmem, KmemConfig};
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -50,7 +54,7 @@ fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
 
-struct Kmm(Kmem<HostMachine>);
+struct Kmm(HostedMemoryManager);
 impl Bench for Kmm {
     #[inline]
     fn alloc(&mut self, size: usize) -> NonNull<u8> {
@@ -107,6 +111,56 @@ impl Bench for LinkedList {
     }
 }
 
+/// slabmalloc's zone allocator, refilled on demand with 4 KiB pages (up
+/// to 256 B) and 2 MiB pages (above), bump-allocated from its arena.
+struct SlabMalloc {
+    zone: slabmalloc::ZoneAllocator<'static>,
+    next: usize,
+    end: usize,
+}
+impl SlabMalloc {
+    #[cold]
+    fn refill(&mut self, size: usize) {
+        use slabmalloc::{Allocator, LargeObjectPage, ObjectPage, ZoneAllocator};
+        let page = if size <= ZoneAllocator::MAX_BASE_ALLOC_SIZE {
+            4096
+        } else {
+            2 << 20
+        };
+        let at = self.next.next_multiple_of(page);
+        assert!(at + page <= self.end, "slabmalloc arena exhausted");
+        self.next = at + page;
+        // SAFETY: a fresh, zeroed, suitably aligned page of the leaked
+        // arena, handed to the zone for good.
+        unsafe {
+            if page == 4096 {
+                let p = &mut *(at as *mut ObjectPage<'static>);
+                self.zone.refill(layout(size), p).unwrap();
+            } else {
+                let p = &mut *(at as *mut LargeObjectPage<'static>);
+                self.zone.refill_large(layout(size), p).unwrap();
+            }
+        }
+    }
+}
+impl Bench for SlabMalloc {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        use slabmalloc::Allocator;
+        loop {
+            match self.zone.allocate(layout(size)) {
+                Ok(p) => return p,
+                Err(_) => self.refill(size),
+            }
+        }
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        use slabmalloc::Allocator;
+        self.zone.deallocate(p, layout(size)).unwrap()
+    }
+}
+
 struct Buddy(buddy_system_allocator::Heap<32>);
 impl Bench for Buddy {
     #[inline]
@@ -120,9 +174,7 @@ impl Bench for Buddy {
 }
 
 fn kmm() -> Kmm {
-    // SAFETY: each benchmark drives its allocator from this one thread.
-    let machine = unsafe { HostMachine::single_threaded(ARENA / PAGE_SIZE) };
-    Kmm(Kmem::new(machine, KmemConfig::default()).unwrap())
+    Kmm(MemoryManager::hosted(ARENA, 1).unwrap())
 }
 
 fn talc() -> Talc {
@@ -136,6 +188,16 @@ fn linked_list() -> LinkedList {
     let a = arena();
     // SAFETY: the arena is leaked and used by this heap alone.
     LinkedList(unsafe { linked_list_allocator::Heap::new(a.as_mut_ptr(), a.len()) })
+}
+
+fn slabmalloc() -> SlabMalloc {
+    let a = arena();
+    let next = a.as_mut_ptr() as usize;
+    SlabMalloc {
+        zone: slabmalloc::ZoneAllocator::new(),
+        next,
+        end: next + a.len(),
+    }
 }
 
 fn buddy() -> Buddy {
@@ -153,6 +215,7 @@ macro_rules! each_allocator {
         $workload(&mut $group, "kmm-kmalloc", kmm());
         $workload(&mut $group, "system-malloc", Sys);
         $workload(&mut $group, "talc", talc());
+        $workload(&mut $group, "slabmalloc", slabmalloc());
         $workload(&mut $group, "linked_list_allocator", linked_list());
         $workload(&mut $group, "buddy_system_allocator", buddy());
     };
@@ -246,10 +309,15 @@ fn o3_churn(c: &mut Criterion) {
 }
 
 /// O3's memory efficiency for kmm: bytes requested by live objects over
-/// bytes of slab pages held (cache descriptors excluded).
+/// bytes of slab pages held (cache descriptors excluded), pages counted by
+/// the zones with their per-CPU lists drained.
 fn o3_efficiency() {
     let Kmm(k) = kmm();
-    let base = k.backend().frames_in_use();
+    let free_pages = || {
+        k.zones().drain_all_pages();
+        k.zones().nr_free_pages()
+    };
+    let base = free_pages();
     let mut rng = SmallRng::seed_from_u64(3);
     let mut live: Vec<(NonNull<u8>, usize)> = (0..O3_LIVE)
         .map(|_| {
@@ -264,7 +332,7 @@ fn o3_efficiency() {
         live[slot] = (k.kmalloc(s, GFP_KERNEL).unwrap(), s);
     }
     let requested: usize = live.iter().map(|&(_, s)| s).sum();
-    let held = (k.backend().frames_in_use() - base) * PAGE_SIZE;
+    let held = (base - free_pages()) * PAGE_SIZE;
     eprintln!(
         "O3 memory efficiency: {requested} bytes requested / {held} bytes of slab pages = {:.3}",
         requested as f64 / held as f64
