@@ -260,9 +260,11 @@ impl Platform for Machine {
 // overflow id to one thread at a time (an acquire/release holder word);
 // ids are below `nr_cpus`.
 unsafe impl PreemptControl for Machine {
+    #[inline]
     fn get_cpu(&self) -> usize {
         self.inner.cpus.get_cpu()
     }
+    #[inline]
     fn put_cpu(&self, cpu: usize) {
         self.inner.cpus.put_cpu(cpu)
     }
