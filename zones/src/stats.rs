@@ -139,12 +139,19 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         self.shrinkers.unregister(shrinker)
     }
 
-    /// The head of the held block `pfn` lies in: the descriptor whose owner
-    /// word the frame's holder may use. O(max_order).
+    /// The descriptor of `pfn` if it lies in a held block: the one whose
+    /// owner word the frame's holder may use. O(1) for the head of a block
+    /// (the page `kfree` asks about for every slab of order 0), O(max_order)
+    /// for a tail page, which has to find its head.
+    #[inline]
     fn held_frame(&self, pfn: Pfn) -> Option<&crate::Page> {
         let (zone, idx) = self.zone_and_index(pfn).ok()?;
+        let page = &zone.pages[idx];
+        if page.is_held() {
+            return Some(page);
+        }
         let head = zone.enclosing_head(idx)?;
-        zone.pages[head].is_held().then(|| &zone.pages[idx])
+        zone.pages[head].is_held().then_some(page)
     }
 }
 
@@ -160,6 +167,7 @@ impl<P: Platform, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
 /// The owner word of every frame of a held block (head and tails) is its
 /// descriptor's `word`, zeroed when the block is handed out.
 impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
+    #[inline]
     fn owner(&self, pfn: Pfn) -> Option<usize> {
         self.held_frame(pfn).map(|page| page.word() as usize)
     }
