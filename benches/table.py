@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Prints the medians criterion measured for some benchmark groups as a
-Markdown table, with each peer's median divided by kmm's (above 1: kmm is
-faster). Reads target/criterion/<group>/<contender>/new/estimates.json.
+Markdown table, with each other contender's median divided by kmm's (above
+1: kmm is faster). kmm is the contender named `kmm`, else the first whose
+name starts with `kmm`. Reads
+target/criterion/<group>/<contender>/new/estimates.json.
 
     python3 benches/table.py F1_order0_pair F2_churn_64k F3_fill_shuffle_free_2GiB
 """
@@ -25,8 +27,9 @@ def show(ns):
 
 
 def contenders(group):
+    """kmm first, then the others by name."""
     found = [p.name for p in (ROOT / group).iterdir() if (p / "new").is_dir()]
-    return sorted(found, key=lambda name: (name != "kmm", name))
+    return sorted(found, key=lambda name: (name != "kmm", not name.startswith("kmm"), name))
 
 
 def main(groups):
@@ -38,10 +41,10 @@ def main(groups):
         cells = [show(medians[name]) for name in names]
         print(f"| {group} | " + " | ".join(cells) + " |")
     print()
-    print("| workload | " + " | ".join(f"{n} / kmm" for n in names[1:]) + " |")
+    print("| workload | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |")
     print("|---" * len(names) + "|")
     for group in groups:
-        kmm = median_ns(group, "kmm")
+        kmm = median_ns(group, names[0])
         ratios = [f"{median_ns(group, name) / kmm:.2f}" for name in names[1:]]
         print(f"| {group} | " + " | ".join(ratios) + " |")
 

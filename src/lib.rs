@@ -65,3 +65,8 @@ pub use mm::HostedMemoryManager;
 pub use mm::SimMemoryManager;
 pub use mm::{BootMetadata, MemoryManager};
 pub use slab::SlabPages;
+
+/// The README's code, compiled as doctests so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
