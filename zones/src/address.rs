@@ -147,6 +147,7 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
     }
 
     /// Linux `pfn_to_page`: the descriptor of a frame of `mem_map`.
+    #[inline]
     pub fn pfn_to_page(&self, pfn: Pfn) -> Option<&crate::Page> {
         self.mem_map.get(pfn.checked_offset_from(self.start_pfn)?)
     }

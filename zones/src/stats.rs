@@ -145,11 +145,11 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// for a tail page, which has to find its head.
     #[inline]
     fn held_frame(&self, pfn: Pfn) -> Option<&crate::Page> {
-        let (zone, idx) = self.zone_and_index(pfn).ok()?;
-        let page = &zone.pages[idx];
+        let page = self.pfn_to_page(pfn)?;
         if page.is_held() {
             return Some(page);
         }
+        let (zone, idx) = self.zone_and_index(pfn).ok()?;
         let head = zone.enclosing_head(idx)?;
         zone.pages[head].is_held().then_some(page)
     }
