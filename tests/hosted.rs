@@ -72,13 +72,7 @@ fn boot_metadata_lies_in_reserved_ram_and_the_rest_is_managed() {
     let mm = MemoryManager::hosted(ram_bytes(), 2).unwrap();
     let meta = mm.boot_metadata();
     assert!(meta.base.as_u64() + meta.bytes as u64 <= ram_bytes() as u64);
-    let managed: usize = mm
-        .zones()
-        .zone_stats()
-        .iter()
-        .flatten()
-        .map(|s| s.managed)
-        .sum();
+    let managed = mm.zones().managed_pages();
     assert_eq!(managed, mm.memory_pages() - mm.reserved_pages());
     assert_eq!(mm.reserved_pages(), meta.bytes.div_ceil(PAGE_SIZE));
 }

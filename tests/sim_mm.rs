@@ -37,13 +37,7 @@ fn boot_metadata_is_reserved_lowmem_and_not_managed() {
     let end = meta.base.as_u64() + meta.bytes as u64;
     assert!(end <= mm.layout().lowmem_limit().as_u64());
     assert!(meta.bytes >= (mm.layout().max_pfn().as_usize()) * 16);
-    let managed: usize = mm
-        .zones()
-        .zone_stats()
-        .iter()
-        .flatten()
-        .map(|s| s.managed)
-        .sum();
+    let managed = mm.zones().managed_pages();
     assert_eq!(managed, mm.memory_pages() - mm.reserved_pages());
     let meta_pages = meta.bytes.div_ceil(PAGE_SIZE);
     assert!(mm.reserved_pages() >= meta_pages);

@@ -79,6 +79,12 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         self.zones.iter().flatten().map(|z| z.free_pages()).sum()
     }
 
+    /// Linux `totalram_pages`: pages released to the zones at boot (free,
+    /// on per-CPU lists, or held), over every zone. Fixed after boot.
+    pub fn managed_pages(&self) -> usize {
+        self.zones.iter().flatten().map(|z| z.managed).sum()
+    }
+
     /// A snapshot of every zone's counters, each zone read under its lock.
     pub fn zone_stats(&self) -> [Option<ZoneStats>; MAX_NR_ZONES] {
         core::array::from_fn(|z| {

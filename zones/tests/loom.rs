@@ -115,12 +115,7 @@ fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
         iterations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let machine = machine();
         let zones = Arc::new(boot(&machine));
-        let managed = zones
-            .zone_stats()
-            .iter()
-            .flatten()
-            .map(|s| s.managed)
-            .sum::<usize>();
+        let managed = zones.managed_pages();
 
         let first = {
             let zones = zones.clone();
@@ -159,12 +154,7 @@ fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
         iterations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let machine = machine();
         let zones = Arc::new(boot(&machine));
-        let managed = zones
-            .zone_stats()
-            .iter()
-            .flatten()
-            .map(|s| s.managed)
-            .sum::<usize>();
+        let managed = zones.managed_pages();
         // Each CPU frees `high` pages into its own list: the last free of
         // each reaches `high` and drains a batch under the zone lock.
         let high = zones.pcp_sizing(ZoneType::Normal).unwrap().high;

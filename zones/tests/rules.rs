@@ -537,7 +537,7 @@ fn a_free_after_an_overfilling_higher_order_refill_leaves_fewer_than_high() {
     let mut machine = TestMachine::i386_scaled_smp(frames(), 16);
     let zones = machine.boot().unwrap();
     let sizing = zones.pcp_sizing(ZoneType::Normal).unwrap();
-    let managed: usize = zones.zone_stats().iter().flatten().map(|s| s.managed).sum();
+    let managed = zones.managed_pages();
     let block = zones.alloc_pages(GFP_KERNEL, order(3)).unwrap();
     let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
     let listed = |held: usize| managed - zones.nr_free_pages() - held;
