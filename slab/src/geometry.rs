@@ -182,6 +182,9 @@ fn fit(stride: usize, align: usize, off_slab: bool, order: Order) -> (usize, usi
 /// The smallest order up to `PAGE_ALLOC_COSTLY_ORDER` whose unused tail is
 /// at most 1/16 of the slab; failing that, the least wasteful of those
 /// orders; objects larger than that get the smallest order that holds one.
+/// As in SLUB, waste is the tail no object fits in: the header and its
+/// state bytes are metadata, not waste (counting them would push the
+/// smallest classes, whose state bytes are 1/9 of the slab, to order 3).
 fn choose_order(stride: usize, align: usize, off_slab: bool) -> Option<(Order, usize, usize)> {
     let mut best: Option<(Order, usize, usize, usize)> = None;
     for order in PAGE_ALLOC_COSTLY_ORDER.up_to() {
@@ -189,7 +192,7 @@ fn choose_order(stride: usize, align: usize, off_slab: bool) -> Option<(Order, u
         if n == 0 {
             continue;
         }
-        let waste = order.bytes() - n * stride;
+        let waste = order.bytes() - s_mem - n * stride;
         if waste * 16 <= order.bytes() {
             return Some((order, n, s_mem));
         }
@@ -233,6 +236,19 @@ mod tests {
                 "size {size}: {} of {} bytes wasted",
                 g.leftover(),
                 g.order.bytes()
+            );
+        }
+    }
+
+    #[test]
+    fn the_smallest_classes_fit_in_one_page_because_state_bytes_are_not_waste() {
+        for size in [8, 16, 32, 64] {
+            let g = plain(size, size);
+            assert_eq!(g.order, Order::ZERO, "size {size}");
+            assert!(
+                g.objects * size > PAGE_SIZE * 3 / 4,
+                "size {size}: {} objects",
+                g.objects
             );
         }
     }
