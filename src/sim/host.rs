@@ -103,14 +103,7 @@ impl HostMemory {
         writable: bool,
     ) -> Result<(), Error> {
         let at = self.check(addr, len)?;
-        let in_ram = phys.is_aligned(PAGE_SIZE as u64)
-            && phys
-                .as_u64()
-                .checked_add(len as u64)
-                .is_some_and(|e| e <= self.ram_bytes);
-        if !in_ram {
-            return Err(Error::BadPhysAddr { addr: phys });
-        }
+        self.check_ram(phys, len)?;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
         // SAFETY: `at..at + len` lies inside the window this value reserved
         // and owns (checked above), so MAP_FIXED replaces only our own
@@ -133,18 +126,25 @@ impl HostMemory {
         Ok(())
     }
 
-    /// Zeroes `len` bytes of RAM from `phys` without mapping them, by
-    /// punching a hole in the file (reads back as zeros, and gives the
-    /// host its memory back).
-    pub(super) fn zero(&self, phys: PhysAddr, len: usize) -> Result<(), Error> {
+    /// Refuses a RAM range that is not page aligned or runs past the file.
+    fn check_ram(&self, phys: PhysAddr, len: usize) -> Result<(), Error> {
         let in_ram = phys.is_aligned(PAGE_SIZE as u64)
             && phys
                 .as_u64()
                 .checked_add(len as u64)
                 .is_some_and(|e| e <= self.ram_bytes);
-        if !in_ram {
-            return Err(Error::BadPhysAddr { addr: phys });
+        if in_ram {
+            Ok(())
+        } else {
+            Err(Error::BadPhysAddr { addr: phys })
         }
+    }
+
+    /// Zeroes `len` bytes of RAM from `phys` without mapping them, by
+    /// punching a hole in the file (reads back as zeros, and gives the
+    /// host its memory back).
+    pub(super) fn zero(&self, phys: PhysAddr, len: usize) -> Result<(), Error> {
+        self.check_ram(phys, len)?;
         // SAFETY: operates on our own file descriptor; the range lies inside
         // the file; no memory of this process is passed.
         let rc = unsafe {
