@@ -28,7 +28,7 @@ use buddy_system_allocator::{
 };
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kmm::HostedMemoryManager;
-use kmm_api::{Order, Pfn, GFP_KERNEL, GFP_NOWAIT, MAX_PAGE_ORDER, PAGE_SHIFT};
+use kmm_api::{Order, Pages as KmmPages, Pfn, GFP_KERNEL, GFP_NOWAIT, MAX_PAGE_ORDER, PAGE_SHIFT};
 use kmm_buddy::{Buddy, BuddyFrame};
 use rand::rngs::SmallRng;
 use rand::seq::SliceRandom;
@@ -67,17 +67,23 @@ impl Pages for Kmm {
         // GFP_NOWAIT so that F3's fill ends at the watermark instead of
         // entering reclaim; below the watermark both flags take the same path.
         let gfp = if o == 0 { GFP_NOWAIT } else { GFP_KERNEL };
+        // The workloads keep frames as numbers, as they do for every
+        // contender: the handle is given up here and rebuilt in `free`.
         self.0
             .zones()
             .alloc_pages(gfp, order(o))
             .ok()
-            .map(Pfn::as_usize)
+            .map(|pages| pages.into_raw().0.as_usize())
     }
     fn free(&mut self, frame: usize, o: u32) {
-        self.0
-            .zones()
-            .__free_pages(Pfn::new(frame), order(o))
-            .expect("valid free");
+        let zones = self.0.zones();
+        // SAFETY: the workloads free only a frame `alloc` handed them with
+        // the same order, once, and never use it afterwards: the block is
+        // held by the caller and handed to the handle rebuilt here, the
+        // one `alloc` gave up (the same `__free_pages` path as a kept
+        // handle).
+        let pages = unsafe { KmmPages::from_raw(Pfn::new(frame), order(o), zones.allocator_id()) };
+        zones.__free_pages(pages).expect("valid free");
     }
 }
 

@@ -2,46 +2,75 @@
 //! preset), keeping [`kmm_api::PreemptControl`]'s promise the way the
 //! DESIGN states it: each thread gets its own CPU.
 //!
-//! A [`HostCpus`] made for `n` CPUs has `n + 1` CPU ids. The first `n`
-//! threads that ask it for a CPU each *own* one of ids `0..n` for the
-//! value's whole life: the claim is one `fetch_add` on a counter the first
-//! time, remembered in the thread's own storage, so afterwards `get_cpu`
-//! and `put_cpu` are thread-local reads with no atomic read-modify-write.
-//! Every later thread shares the *overflow* CPU, id `n`, pinned by an
-//! uncontended holder word (acquire on `get_cpu`, release on `put_cpu`,
-//! nesting counted). So [`HostCpus::nr_cpus`] reports `n + 1`, and per-CPU
-//! structures sized by it have a slot for the overflow CPU.
+//! A [`HostCpus`] made for `n` CPUs has `n + 1` CPU ids: `n` *owned* ids
+//! and one *overflow* id. Each id has a state word:
+//!
+//! | state | meaning | who moves it |
+//! |---|---|---|
+//! | `FREE` (0) | nobody has the CPU | a claim or a remote hold takes it |
+//! | `owned(t)` | thread `t` owns it for as long as `t` lives | `t`'s exit frees it |
+//! | `held(t)` | thread `t` runs as it for a moment (`on_cpu`, or a pin of the overflow CPU) | `t` frees it |
+//!
+//! A thread's first request claims the first free owned id (a
+//! compare-and-swap from `FREE`), remembered in the thread's own storage,
+//! so afterwards `get_cpu` and `put_cpu` are thread-local reads with no
+//! atomic read-modify-write: nobody else can take an id while its owner
+//! lives. When every owned id is taken, the thread shares the overflow id,
+//! pinned by holding its state word for the pinned section (acquire on
+//! `get_cpu`, release on `put_cpu`, nesting counted). So
+//! [`HostCpus::nr_cpus`] reports `n + 1`, and per-CPU structures sized by
+//! it have a slot for the overflow CPU.
+//!
+//! A thread's exit frees the ids it owns (release store), so a later
+//! thread may claim them, and [`HostCpus::on_cpu`], which holds an id that
+//! is free for the length of the work, can drain per-CPU caches a finished
+//! thread left behind (Linux `flush_all`). It cannot run work as the CPU of
+//! a thread that is still alive (nothing can interrupt that thread), and
+//! then says so (`false`).
 //!
 //! One process may hold several `HostCpus` (one per machine): each has an
 //! id never reused, and a thread remembers its CPU in a small direct-mapped
 //! table of [`REMEMBERED`] entries indexed by that id, so any
 //! `REMEMBERED` values made one after another never evict each other. A
 //! thread that uses two values sharing an entry alternately forgets its
-//! claim in one and claims afresh (another owned id while any remain, else
-//! the overflow CPU); a forgotten id stays unused, never handed to a
-//! second thread. Owned ids are handed out by the counter exactly once,
-//! and the overflow CPU's holder is recorded in the `HostCpus`, not the
-//! table, so forgetting never loses a pin.
+//! claim in one and claims afresh (another owned id while any is free,
+//! else the overflow CPU); a forgotten id stays owned by the thread until
+//! it exits, never handed to a second live thread. The overflow CPU's
+//! holder is recorded in its state word, not the table, so forgetting
+//! never loses a pin.
 //!
 //! Never blocks in `cpu_id`; `get_cpu` spins only for the overflow CPU,
-//! while another thread holds it.
+//! while another thread holds it, and `on_cpu` only for an id another
+//! thread holds for a moment.
 //!
 //! Lock order: a thread holds at most one CPU of a `HostCpus` at a time
-//! (nested `get_cpu` on the same thread return the same id), and kmm's own
-//! locks may be taken inside it, never the reverse.
+//! (nested `get_cpu` on the same thread return the same id; `on_cpu` is
+//! called with none pinned), and kmm's own locks may be taken inside it,
+//! never the reverse.
 
-use core::cell::Cell;
+use core::cell::{Cell, RefCell};
 use core::sync::atomic::{AtomicU64, AtomicUsize as CoreAtomicUsize};
 use kmm_api::sync::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::vec::Vec;
 
 /// `HostCpus` values a thread remembers its CPU in at once.
 pub const REMEMBERED: usize = 4;
 
+/// State of an id nobody has.
+const FREE: usize = 0;
+/// Low bit of a state word: a momentary hold rather than ownership.
+const HELD: usize = 1;
+
 // Plain `core` counters: each is touched once per thread or per value, and
-// a loom model cannot hold a static; the claim counter and the overflow
-// holder, which threads race on, are the loom-swappable atomics.
+// a loom model cannot hold a static; the state words, which threads race
+// on, are the loom-swappable atomics.
 static NEXT_THREAD: CoreAtomicUsize = CoreAtomicUsize::new(0);
 static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// The state words of one `HostCpus`, shared with the threads that own
+/// ids so their exit can free them after the `HostCpus` is gone.
+type States = Arc<[AtomicUsize]>;
 
 /// The CPUs a thread has claimed: `(instance id, cpu)` in entry
 /// `id % REMEMBERED`, id 0 for none.
@@ -53,16 +82,31 @@ impl Claims {
     }
 }
 
+/// Every owned id of the thread, freed when the thread exits.
+struct Owned(RefCell<Vec<(States, usize)>>);
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        for (states, cpu) in self.0.get_mut().drain(..) {
+            // Release: the thread's last per-CPU writes happen before the
+            // next holder's acquire of this id.
+            states[cpu].store(FREE, Ordering::Release);
+        }
+    }
+}
+
 #[cfg(not(loom))]
 std::thread_local! {
     static THREAD_SLOT: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
     static CLAIMS: Claims = const { Claims::new() };
+    static OWNED: Owned = const { Owned(RefCell::new(Vec::new())) };
 }
 
 #[cfg(loom)]
 loom::thread_local! {
     static THREAD_SLOT: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
     static CLAIMS: Claims = Claims::new();
+    static OWNED: Owned = Owned(RefCell::new(Vec::new()));
 }
 
 /// The calling thread's slot: 0 for the first thread that asks, 1 for the
@@ -71,20 +115,28 @@ pub fn thread_slot() -> usize {
     THREAD_SLOT.with(|slot| *slot)
 }
 
-/// `n` CPUs owned by the first `n` threads that use them, plus one
-/// overflow CPU shared by any further thread; see the module documentation.
+/// The state word of the calling thread owning an id.
+fn owned_by_me() -> usize {
+    (thread_slot() + 1) << 1
+}
+
+/// The state word of the calling thread holding an id for a moment.
+fn held_by_me() -> usize {
+    owned_by_me() | HELD
+}
+
+/// `n` CPUs owned by the threads that use them, plus one overflow CPU
+/// shared by any further thread; see the module documentation.
 #[derive(Debug)]
 pub struct HostCpus {
     /// Unique in the process, never 0.
     id: u64,
     /// `n`: ids `0..n` are owned, id `n` is the overflow CPU.
     owned: usize,
-    /// Claims handed out so far; claim `k < n` is CPU `k`.
-    claimed: AtomicUsize,
-    /// The overflow CPU's holder: 0 when free, else `thread_slot() + 1`.
-    holder: AtomicUsize,
-    /// Nested `get_cpu` calls of the holder beyond the first; read and
-    /// written only by the holder.
+    /// One state word per id, the overflow CPU's last.
+    states: States,
+    /// Nested `get_cpu` calls of the overflow CPU's holder beyond the
+    /// first; read and written only by the holder.
     depth: AtomicUsize,
 }
 
@@ -92,11 +144,11 @@ impl HostCpus {
     /// `nr_owned` CPUs for owning threads (at least one) plus the overflow
     /// CPU.
     pub fn new(nr_owned: usize) -> Self {
+        let owned = nr_owned.max(1);
         HostCpus {
             id: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
-            owned: nr_owned.max(1),
-            claimed: AtomicUsize::new(0),
-            holder: AtomicUsize::new(0),
+            owned,
+            states: (0..=owned).map(|_| AtomicUsize::new(FREE)).collect(),
             depth: AtomicUsize::new(0),
         }
     }
@@ -128,15 +180,23 @@ impl HostCpus {
         })
     }
 
-    /// A new claim: the next owned CPU while any remain, else the overflow.
+    /// A new claim: the first free owned id, else the overflow CPU. A
+    /// thread whose storage is already being torn down (a destructor that
+    /// allocates) could not free an id at exit, so it takes the overflow
+    /// CPU.
     #[cold]
     fn claim(&self) -> usize {
-        // Once every owned CPU is taken, later threads skip the RMW.
-        if self.claimed.load(Ordering::Relaxed) < self.owned {
-            self.claimed.fetch_add(1, Ordering::Relaxed).min(self.owned)
-        } else {
-            self.owned
-        }
+        let me = owned_by_me();
+        let claimed = OWNED.try_with(|owned| {
+            let cpu = (0..self.owned).find(|&cpu| {
+                self.states[cpu]
+                    .compare_exchange(FREE, me, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })?;
+            owned.0.borrow_mut().push((self.states.clone(), cpu));
+            Some(cpu)
+        });
+        claimed.ok().flatten().unwrap_or(self.owned)
     }
 
     /// Pins the caller to its CPU: an owned CPU at once; the overflow CPU
@@ -160,50 +220,83 @@ impl HostCpus {
         }
     }
 
+    /// Runs `work` as CPU `cpu`, exclusive with every section pinned to it:
+    /// at once for the caller's own CPU; for another, once the caller holds
+    /// its state word (waiting out a momentary holder). Returns `false`,
+    /// without running `work`, for a CPU a live thread owns, or an id out
+    /// of range. Called with no CPU of this value pinned.
+    pub fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        let Some(word) = self.states.get(cpu) else {
+            return false;
+        };
+        let me = held_by_me();
+        loop {
+            match word.compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed) {
+                Ok(_) => break,
+                Err(state) if state == owned_by_me() => {
+                    // Our own CPU, and (by the caller's contract) we are not
+                    // inside a section pinned to it.
+                    work();
+                    return true;
+                }
+                Err(state) if state != FREE && state & HELD == 0 => return false,
+                Err(_) => spin(),
+            }
+        }
+        work();
+        self.states[cpu].store(FREE, Ordering::Release);
+        true
+    }
+
     #[cold]
     fn hold_overflow(&self) {
-        let me = thread_slot() + 1;
+        let me = held_by_me();
+        let word = &self.states[self.owned];
         // Only this thread ever stores `me`, so seeing it means we hold it.
-        if self.holder.load(Ordering::Relaxed) == me {
+        if word.load(Ordering::Relaxed) == me {
             let depth = self.depth.load(Ordering::Relaxed);
             self.depth.store(depth + 1, Ordering::Relaxed);
             return;
         }
-        while self
-            .holder
-            .compare_exchange_weak(0, me, Ordering::Acquire, Ordering::Relaxed)
+        while word
+            .compare_exchange_weak(FREE, me, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            #[cfg(loom)]
-            loom::thread::yield_now();
-            #[cfg(not(loom))]
-            core::hint::spin_loop();
+            spin();
         }
     }
 
     #[cold]
     fn release_overflow(&self) {
-        if self.holder.load(Ordering::Relaxed) != thread_slot() + 1 {
+        let word = &self.states[self.owned];
+        if word.load(Ordering::Relaxed) != held_by_me() {
             return; // not ours: an unpaired put_cpu changes nothing
         }
         match self.depth.load(Ordering::Relaxed) {
-            0 => self.holder.store(0, Ordering::Release),
+            0 => word.store(FREE, Ordering::Release),
             depth => self.depth.store(depth - 1, Ordering::Relaxed),
         }
     }
 }
 
+/// Waits a moment for another thread's hold to end.
+fn spin() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn on_new_thread<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
         std::thread::spawn(f).join().unwrap()
     }
 
     #[test]
-    fn the_first_threads_own_distinct_cpus_and_later_ones_share_the_overflow_cpu() {
+    fn a_finished_threads_cpu_is_free_again_and_later_threads_claim_it() {
         let cpus = Arc::new(HostCpus::new(2));
         assert_eq!(cpus.nr_cpus(), 3);
         let ids: Vec<usize> = (0..4)
@@ -216,6 +309,25 @@ mod tests {
                 })
             })
             .collect();
+        assert_eq!(ids, [0, 0, 0, 0], "each thread frees CPU 0 as it exits");
+    }
+
+    #[test]
+    fn threads_alive_together_own_distinct_cpus_then_share_the_overflow_cpu() {
+        let cpus = Arc::new(HostCpus::new(2));
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (cpus, barrier) = (cpus.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    let cpu = cpus.cpu_id();
+                    barrier.wait(); // everyone has claimed before anyone exits
+                    cpu
+                })
+            })
+            .collect();
+        let mut ids: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        ids.sort_unstable();
         assert_eq!(ids, [0, 1, 2, 2]);
     }
 
@@ -238,16 +350,44 @@ mod tests {
             let cpu = c.get_cpu();
             assert_eq!(c.get_cpu(), cpu, "nested");
             c.put_cpu(cpu);
-            assert_ne!(c.holder.load(Ordering::Relaxed), 0, "still held once");
+            let word = c.states[c.overflow_cpu()].load(Ordering::Relaxed);
+            assert_ne!(word, FREE, "still held once");
             c.put_cpu(cpu);
             cpu
         });
         assert_eq!((owner, overflow), (0, cpus.overflow_cpu()));
-        assert_eq!(cpus.holder.load(Ordering::Relaxed), 0, "released");
+        let word = cpus.states[cpus.overflow_cpu()].load(Ordering::Relaxed);
+        assert_eq!(word, FREE, "released");
     }
 
     #[test]
-    fn a_thread_remembers_its_cpu_in_several_machines_and_never_reuses_a_forgotten_one() {
+    fn on_cpu_reaches_its_own_cpu_free_cpus_and_the_overflow_cpu_but_not_a_live_owners() {
+        let cpus = Arc::new(HostCpus::new(2));
+        let mine = cpus.cpu_id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let c = cpus.clone();
+        let owner = std::thread::spawn(move || {
+            tx.send(c.cpu_id()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let theirs = rx.recv().unwrap();
+        let mut ran = 0;
+        assert!(cpus.on_cpu(mine, &mut || ran += 1));
+        assert!(
+            !cpus.on_cpu(theirs, &mut || ran += 100),
+            "a live owner's CPU"
+        );
+        assert!(cpus.on_cpu(cpus.overflow_cpu(), &mut || ran += 1));
+        assert!(!cpus.on_cpu(cpus.nr_cpus(), &mut || ran += 100));
+        done_tx.send(()).unwrap();
+        owner.join().unwrap();
+        assert!(cpus.on_cpu(theirs, &mut || ran += 1), "freed at exit");
+        assert_eq!(ran, 3);
+    }
+
+    #[test]
+    fn a_thread_remembers_its_cpu_in_several_machines() {
         // Among REMEMBERED + 1 values two share a table entry.
         let all: Vec<HostCpus> = (0..=REMEMBERED).map(|_| HostCpus::new(2)).collect();
         let entry = |c: &HostCpus| c.id as usize % REMEMBERED;
@@ -257,6 +397,8 @@ mod tests {
             .unwrap();
         let (a, b) = (&all[a], &all[b]);
         let seen: Vec<usize> = (0..3).flat_map(|_| [a.cpu_id(), b.cpu_id()]).collect();
+        // A forgotten claim stays this thread's (never another live
+        // thread's), so each re-claim moves on to the next free id.
         assert_eq!(seen, [0, 0, 1, 1, 2, 2], "each forgotten claim moves on");
         assert!(all.iter().all(|c| c.cpu_id() < c.nr_cpus()));
     }

@@ -57,7 +57,8 @@ mod hosted_global {
     /// fn main() {
     ///     let mm = MM.get_or_init(|| MemoryManager::hosted(16 << 20, 2).unwrap());
     ///     let v: Vec<u32> = (0..100).collect();
-    ///     assert!(mm.kmem().ksize(v.as_ptr().cast()).unwrap() >= 400);
+    ///     // SAFETY: `v` holds the allocation and outlives the call.
+    ///     assert!(unsafe { mm.kmem().ksize(v.as_ptr().cast()) }.unwrap() >= 400);
     /// }
     /// ```
     pub struct HostedGlobal {
@@ -160,6 +161,10 @@ mod hosted_global {
         fn blocks_go_back_to_whichever_allocator_served_them() {
             let small = Layout::from_size_align(100, 64).unwrap();
             // SAFETY: non-zero sizes; every block freed with its layout.
+            // `ksize(p)` asks about a block this test holds; `kfree(q)`
+            // passes a block nobody holds (realloc moved it to the host),
+            // and only this test uses this manager, so nothing can
+            // allocate it meanwhile: kfree's contract, and it is refused.
             unsafe {
                 let early = GLOBAL.alloc(small);
                 assert!(!early.is_null() && !GLOBAL.is_ours(early));

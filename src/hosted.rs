@@ -170,10 +170,9 @@ impl Platform for Hosted {
     }
 }
 
-// SAFETY: `HostCpus` hands each owned id to one thread for its life (a
-// claim counter, remembered in that thread's storage only) and the
-// overflow id to one thread at a time (an acquire/release holder word);
-// ids are below `nr_cpus`.
+// SAFETY: `HostCpus` keeps the contract (see `crate::cpu`): an owned id
+// belongs to one live thread, the overflow id to one holder at a time,
+// and `on_cpu` runs work only as a CPU it holds.
 unsafe impl PreemptControl for Hosted {
     #[inline]
     fn get_cpu(&self) -> usize {
@@ -182,6 +181,9 @@ unsafe impl PreemptControl for Hosted {
     #[inline]
     fn put_cpu(&self, cpu: usize) {
         self.inner.cpus.put_cpu(cpu)
+    }
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        self.inner.cpus.on_cpu(cpu, work)
     }
 }
 

@@ -34,7 +34,8 @@
 //! use kmm_api::{Order, GFP_KERNEL};
 //! let mm = MemoryManager::hosted(16 << 20, 2)?;
 //! let page = mm.zones().__get_free_pages(GFP_KERNEL, Order::ZERO)?;
-//! mm.zones().free_pages(page, Order::ZERO)?;
+//! // SAFETY: we hold the page `__get_free_pages` returned and give it up.
+//! unsafe { mm.zones().free_pages(page, Order::ZERO)? };
 //! print!("{}", mm.zones().meminfo());
 //! # }
 //! # Ok::<(), kmm_api::Error>(())

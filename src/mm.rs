@@ -78,11 +78,14 @@ struct Core<P: PreemptControl + 'static, D: DirectMap + 'static> {
 /// use kmm::MemoryManager;
 /// use kmm_api::{Order, GFP_KERNEL};
 /// let mm = MemoryManager::hosted(8 << 20, 1)?;
-/// let pfn = mm.zones().alloc_pages(GFP_KERNEL, Order::ZERO)?;
-/// mm.zones().__free_pages(pfn, Order::ZERO)?;
+/// let page = mm.zones().alloc_pages(GFP_KERNEL, Order::ZERO)?;
+/// mm.zones().__free_pages(page)?; // consumes the handle
 /// let p = mm.kmalloc(100, GFP_KERNEL).unwrap();
-/// assert_eq!(mm.ksize(p.as_ptr()).unwrap(), 128);
-/// mm.kfree(p.as_ptr()).unwrap();
+/// // SAFETY: we hold the object at `p`, and give it up with the kfree.
+/// unsafe {
+///     assert_eq!(mm.ksize(p.as_ptr()).unwrap(), 128);
+///     mm.kfree(p.as_ptr()).unwrap();
+/// }
 /// # }
 /// # Ok::<(), kmm_api::Error>(())
 /// ```

@@ -15,11 +15,15 @@
 //! let mm = MemoryManager::hosted(8 << 20, 1)?;
 //! let inodes = mm.kmem_cache_create("inode_cache", 600, 8, SlabFlags::HWCACHE_ALIGN, None).unwrap();
 //! let inode = mm.kmem_cache_zalloc(inodes, GFP_KERNEL).unwrap();
-//! mm.kmem_cache_free(inodes, inode.as_ptr()).unwrap();
-//! mm.kmem_cache_destroy(inodes).unwrap();
 //! let page = mm.get_free_page(GFP_KERNEL)?;
 //! assert!(page.is_aligned(PAGE_SIZE));
-//! mm.free_page(page)?;
+//! // SAFETY: we hold `inode` and `page` and give them up; nothing else
+//! // uses the cache while it is destroyed.
+//! unsafe {
+//!     mm.kmem_cache_free(inodes, inode.as_ptr()).unwrap();
+//!     mm.kmem_cache_destroy(inodes).unwrap();
+//!     mm.free_page(page)?;
+//! }
 //! # }
 //! # Ok::<(), kmm_api::Error>(())
 //! ```
@@ -27,8 +31,8 @@
 use crate::MemoryManager;
 use core::ptr::NonNull;
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, GfpFlags, Order, PageOwner, Pfn, Platform, PreemptControl,
-    VirtAddr,
+    AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, Order, OwnerWord, PageOwner, Pages,
+    Pfn, Platform, PreemptControl, VirtAddr,
 };
 use kmm_slab::{CacheId, Ctor, SlabError, SlabFlags, SlabInfo};
 use kmm_zones::Zones;
@@ -69,25 +73,32 @@ impl<P: PreemptControl, D: DirectMap> SlabPages<P, D> {
     }
 }
 
-impl<P: PreemptControl, D: DirectMap> FrameAllocator for SlabPages<P, D> {
+// SAFETY: forwards to the zones, which keep the contract themselves.
+unsafe impl<P: PreemptControl, D: DirectMap> FrameAllocator for SlabPages<P, D> {
     #[inline]
-    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         self.zones().alloc_pages(gfp, order)
     }
     #[inline]
-    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
-        self.zones().__free_pages(pfn, order)
+    fn free_frames(&self, pages: Pages) -> Result<(), Error> {
+        self.zones().__free_pages(pages)
+    }
+    #[inline]
+    fn allocator_id(&self) -> AllocatorId {
+        self.zones().allocator_id()
     }
 }
 
-impl<P: PreemptControl, D: DirectMap> PageOwner for SlabPages<P, D> {
+// SAFETY: forwards to the zones, which keep the contract themselves.
+unsafe impl<P: PreemptControl, D: DirectMap> PageOwner for SlabPages<P, D> {
     #[inline]
-    fn owner(&self, pfn: Pfn) -> Option<usize> {
+    fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
         self.zones().owner(pfn)
     }
     #[inline]
-    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
-        self.zones().set_owner(pfn, word)
+    unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
+        // SAFETY: our caller's contract is the zones'.
+        unsafe { self.zones().set_owner(pfn, word) }
     }
 }
 
@@ -138,8 +149,9 @@ impl<P: PreemptControl, D: DirectMap> Platform for SlabPages<P, D> {
     fn reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
         self.zones().platform().reclaim(gfp, order)
     }
-    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
-        self.zones().platform().zero_frame(pfn)
+    unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+        // SAFETY: our caller's contract is the platform's.
+        unsafe { self.zones().platform().zero_frame(pfn) }
     }
 }
 
@@ -152,6 +164,9 @@ unsafe impl<P: PreemptControl, D: DirectMap> PreemptControl for SlabPages<P, D> 
     #[inline]
     fn put_cpu(&self, cpu: usize) {
         self.zones().platform().put_cpu(cpu)
+    }
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        self.zones().platform().on_cpu(cpu, work)
     }
 }
 
@@ -192,27 +207,44 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
 
     /// Linux `krealloc`: in place while the class fits; on error `p` is
     /// untouched.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of `kmm-slab` (*Freeing by pointer*): the
+    /// caller holds the allocation at `p`.
     #[track_caller]
-    pub fn krealloc(
+    pub unsafe fn krealloc(
         &self,
         p: *const u8,
         new_size: usize,
         gfp: GfpFlags,
     ) -> Result<NonNull<u8>, SlabError> {
-        self.kmem().krealloc(p, new_size, gfp)
+        // SAFETY: forwarded from our caller.
+        unsafe { self.kmem().krealloc(p, new_size, gfp) }
     }
 
     /// Linux `ksize`: the bytes usable at `p`.
-    pub fn ksize(&self, p: *const u8) -> Result<usize, SlabError> {
-        self.kmem().ksize(p)
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of `kmm-slab` (*Freeing by pointer*).
+    pub unsafe fn ksize(&self, p: *const u8) -> Result<usize, SlabError> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.kmem().ksize(p) }
     }
 
     /// Linux `kfree`: null is a no-op; a foreign pointer, an interior
     /// pointer or a double free is refused with nothing changed.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of `kmm-slab` (*Freeing by pointer*): met when
+    /// the caller holds the allocation at `p` and gives it up here.
     #[track_caller]
     #[inline]
-    pub fn kfree(&self, p: *const u8) -> Result<(), SlabError> {
-        self.kmem().kfree(p)
+    pub unsafe fn kfree(&self, p: *const u8) -> Result<(), SlabError> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.kmem().kfree(p) }
     }
 
     /// Linux `kmem_cache_create`.
@@ -250,10 +282,16 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     }
 
     /// Linux `kmem_cache_free`: refuses an object of another cache.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of `kmm-slab` (*Freeing by pointer*): met when
+    /// the caller holds the object at `p` and gives it up here.
     #[track_caller]
     #[inline]
-    pub fn kmem_cache_free(&self, cache: CacheId, p: *const u8) -> Result<(), SlabError> {
-        self.kmem().kmem_cache_free(cache, p)
+    pub unsafe fn kmem_cache_free(&self, cache: CacheId, p: *const u8) -> Result<(), SlabError> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.kmem().kmem_cache_free(cache, p) }
     }
 
     /// Linux `kmem_cache_shrink`: the pages given back to the zones.
@@ -263,8 +301,14 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
 
     /// Linux `kmem_cache_destroy`: refused, naming the count, while objects
     /// are live.
-    pub fn kmem_cache_destroy(&self, cache: CacheId) -> Result<(), SlabError> {
-        self.kmem().kmem_cache_destroy(cache)
+    ///
+    /// # Safety
+    ///
+    /// No other use of the cache runs during the call (`kmm-slab`'s
+    /// `Kmem::kmem_cache_destroy`).
+    pub unsafe fn kmem_cache_destroy(&self, cache: CacheId) -> Result<(), SlabError> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.kmem().kmem_cache_destroy(cache) }
     }
 
     /// `/proc/slabinfo` (version 2.1).
@@ -283,13 +327,25 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     }
 
     /// Linux `free_page`.
-    pub fn free_page(&self, addr: VirtAddr) -> Result<(), Error> {
-        self.zones().free_pages(addr, Order::ZERO)
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page at `addr` and gives it up (the zones'
+    /// `free_pages`).
+    pub unsafe fn free_page(&self, addr: VirtAddr) -> Result<(), Error> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.zones().free_pages(addr, Order::ZERO) }
     }
 
     /// Linux `free_pages`.
-    pub fn free_pages(&self, addr: VirtAddr, order: Order) -> Result<(), Error> {
-        self.zones().free_pages(addr, order)
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the block at `addr` and gives it up (the zones'
+    /// `free_pages`).
+    pub unsafe fn free_pages(&self, addr: VirtAddr, order: Order) -> Result<(), Error> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.zones().free_pages(addr, order) }
     }
 }
 
@@ -312,7 +368,8 @@ mod tests {
             mm.zones().nr_free_pages() < free,
             "the slab came from these zones"
         );
-        mm.kfree(p.as_ptr()).unwrap();
+        // SAFETY: we hold `p` and give it up.
+        unsafe { mm.kfree(p.as_ptr()) }.unwrap();
         mm.kmem().drain_local();
         assert!(mm.kmem().count_objects() > 0);
         assert!(mm.kmem().scan_objects(GFP_KERNEL, usize::MAX) > 0);

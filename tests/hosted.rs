@@ -21,28 +21,30 @@ fn hosted_machine_has_dma_and_dma32_and_no_highmem() {
     assert!(populated[ZoneType::Dma32.index()]);
     assert!(!populated[ZoneType::HighMem.index()]);
     assert_eq!(mm.layout().highmem_bytes(), 0);
-    let pfn = mm.zones().alloc_pages(GFP_DMA, Order::ZERO).unwrap();
-    assert_eq!(mm.zones().page_zone(pfn), Some(ZoneType::Dma));
-    mm.zones().__free_pages(pfn, Order::ZERO).unwrap();
+    let page = mm.zones().alloc_pages(GFP_DMA, Order::ZERO).unwrap();
+    assert_eq!(mm.zones().page_zone(page.pfn()), Some(ZoneType::Dma));
+    mm.zones().__free_pages(page).unwrap();
 }
 
 #[test]
 fn hosted_pages_are_host_memory_and_zeroed_on_request() {
     let mm = MemoryManager::hosted(ram_bytes(), 1).unwrap();
     let zones = mm.zones();
-    let pfn = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
-    let ptr = zones.direct_map().pfn_to_ptr(pfn).unwrap().as_ptr();
-    // SAFETY: the frame was just allocated by this test.
+    let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    let ptr = zones.direct_map().pfn_to_ptr(page.pfn()).unwrap().as_ptr();
+    // SAFETY: the frame was just allocated by this test, which holds it
+    // (`page`) until the free below.
     unsafe { ptr.write_bytes(0xaa, PAGE_SIZE) };
-    zones.__free_pages(pfn, Order::ZERO).unwrap();
+    zones.__free_pages(page).unwrap();
     let again = zones
         .alloc_pages(GFP_KERNEL | __GFP_ZERO, Order::ZERO)
         .unwrap();
-    let ptr = zones.direct_map().pfn_to_ptr(again).unwrap().as_ptr();
-    // SAFETY: the frame was just allocated by this test.
+    let ptr = zones.direct_map().pfn_to_ptr(again.pfn()).unwrap().as_ptr();
+    // SAFETY: the frame was just allocated by this test, which holds it
+    // (`again`) while `bytes` is used.
     let bytes = unsafe { core::slice::from_raw_parts(ptr, PAGE_SIZE) };
     assert!(bytes.iter().all(|&b| b == 0));
-    zones.__free_pages(again, Order::ZERO).unwrap();
+    zones.__free_pages(again).unwrap();
     zones.check().unwrap();
 }
 
@@ -75,4 +77,80 @@ fn boot_metadata_lies_in_reserved_ram_and_the_rest_is_managed() {
     let managed = mm.zones().managed_pages();
     assert_eq!(managed, mm.memory_pages() - mm.reserved_pages());
     assert_eq!(mm.reserved_pages(), meta.bytes.div_ceil(PAGE_SIZE));
+}
+
+/// Rule: memory comes back. After threads allocate and cross-free through
+/// kmalloc on the hosted manager, `flush_all` + `shrink_all` +
+/// `drain_all_pages` from one thread return the free page count exactly
+/// to its start.
+#[test]
+fn memory_comes_back_after_threads_cross_free_through_kmalloc() {
+    use std::sync::Mutex;
+
+    const SIZES: [usize; 7] = [8, 64, 100, 600, 1024, 3000, 9000];
+    const THREADS: usize = 4;
+    let rounds = if cfg!(miri) { 4 } else { 200 };
+
+    // Two owned CPUs plus the overflow CPU: four threads, so some share it.
+    let mm = MemoryManager::hosted(64 << 20, 2).unwrap();
+    mm.kmem().shrink_all();
+    mm.zones().drain_all_pages();
+    let start = mm.zones().nr_free_pages();
+
+    // One mailbox per thread: thread `t` posts what it allocates to thread
+    // `t + 1`'s and frees what thread `t - 1` posted to its own, so every
+    // free in the threads is of another thread's object. Addresses, as a
+    // raw pointer is not `Send`.
+    let mailboxes: [Mutex<Vec<usize>>; THREADS] = Default::default();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (mm, mailboxes) = (&mm, &mailboxes);
+                s.spawn(move || {
+                    for i in 0..rounds {
+                        let size = SIZES[(i + t) % SIZES.len()];
+                        let p = mm.kmalloc(size, GFP_KERNEL).unwrap();
+                        // SAFETY: `p` is a fresh allocation of `size` bytes,
+                        // held by this thread until it is posted below.
+                        unsafe { p.as_ptr().write_bytes(t as u8, size) };
+                        mailboxes[(t + 1) % THREADS]
+                            .lock()
+                            .unwrap()
+                            .push(p.as_ptr() as usize);
+                        let theirs = std::mem::take(&mut *mailboxes[t].lock().unwrap());
+                        for q in theirs {
+                            // SAFETY: `q` was taken out of this thread's
+                            // mailbox, where its allocator posted it once and
+                            // gave it up, so this thread alone holds it, and
+                            // gives it up here.
+                            unsafe { mm.kfree(q as *const u8) }.unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Joined one by one, not by the end of the scope: a scope returns
+        // once each thread's closure has returned, but a thread frees its
+        // owned CPU id in a thread-local destructor, which only a join
+        // (`pthread_join`) waits for.
+        for thread in threads {
+            thread.join().unwrap();
+        }
+    });
+    for mailbox in mailboxes {
+        for q in mailbox.into_inner().unwrap() {
+            // SAFETY: every thread has exited; each address left in a
+            // mailbox is an allocation nobody else holds, freed once here.
+            unsafe { mm.kfree(q as *const u8) }.unwrap();
+        }
+    }
+
+    // Every thread has exited, so every CPU is reachable.
+    assert_eq!(mm.kmem().flush_all(), 0);
+    mm.kmem().shrink_all();
+    mm.zones().drain_all_pages();
+    assert_eq!(mm.zones().nr_free_pages(), start);
+    assert_eq!(mm.kmem().internal_errors(), 0);
+    assert!(mm.kmem().check_invariants().is_ok());
+    assert!(mm.zones().check().is_ok());
 }

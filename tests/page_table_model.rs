@@ -4,6 +4,12 @@
 //! at every address the test uses, counts the same mappings, and holds
 //! exactly one PTE page per 4 MiB region ever mapped into; when the table
 //! drops, every page-table page is back in the zones.
+//!
+//! The table's MMU hook is `()`, which mirrors nothing, and the test never
+//! dereferences an address it maps: a mapping is only an entry the test
+//! reads back. So mapping arbitrary frames (ones the test does not hold,
+//! or beyond RAM) stays within what the `unsafe` contracts of `map` and
+//! `unmap` protect: no frame becomes reachable through the table.
 
 use kmm::layout::Layout;
 use kmm::x86::X86PageTable;
@@ -69,7 +75,9 @@ proptest! {
                     Op::Map { slot, pfn, prot } => {
                         let (addr, pfn) = (slot_addr(slot), Pfn::new(pfn));
                         let prot = PageProt::from_bits_truncate(prot);
-                        let got = pt.map(addr, pfn, prot);
+                        // SAFETY: nothing dereferences the mapping (see
+                        // the module documentation); `addr` is in the range.
+                        let got = unsafe { pt.map(addr, pfn, prot) };
                         if pfn.as_usize() >= PTE_FRAMES {
                             prop_assert_eq!(got, Err(Error::BadPhysAddr { addr: pfn.phys() }));
                         } else {
@@ -89,24 +97,35 @@ proptest! {
                         let addr = slot_addr(slot);
                         match model.remove(&addr) {
                             Some((pfn, _)) => {
-                                let (got, flush) = pt.unmap(addr).unwrap();
+                                // SAFETY: the test made this mapping and
+                                // never used it.
+                                let (got, flush) = unsafe { pt.unmap(addr) }.unwrap();
                                 prop_assert_eq!(got, pfn);
                                 prop_assert_eq!(flush.range().0, addr);
                                 flush.flush(&pt);
                             }
-                            None => prop_assert_eq!(pt.unmap(addr).unwrap_err(), Error::NotMapped { addr }),
+                            None => prop_assert_eq!(
+                                // SAFETY: nothing is mapped there: the
+                                // refusal is under test.
+                                unsafe { pt.unmap(addr) }.unwrap_err(),
+                                Error::NotMapped { addr }
+                            ),
                         }
                     }
                     Op::MapBelowRange { pfn } => {
                         let addr = layout.high_memory();
                         prop_assert_eq!(
-                            pt.map(addr, Pfn::new(pfn), PageProt::KERNEL),
+                            // SAFETY: an address below the range, whose
+                            // refusal is under test; nothing is mapped.
+                            unsafe { pt.map(addr, Pfn::new(pfn), PageProt::KERNEL) },
                             Err(Error::BadVirtAddr { addr })
                         );
                     }
                     Op::UnmapMisaligned { slot } => {
                         let addr = VirtAddr::new(slot_addr(slot).as_usize() + 1);
-                        prop_assert_eq!(pt.unmap(addr).unwrap_err(), Error::BadVirtAddr { addr });
+                        // SAFETY: a misaligned address, whose refusal is
+                        // under test; nothing is removed.
+                        prop_assert_eq!(unsafe { pt.unmap(addr) }.unwrap_err(), Error::BadVirtAddr { addr });
                     }
                 }
                 for slot in 0..REGIONS * PAGES_PER_REGION {

@@ -52,11 +52,15 @@ fn page_table_pages_come_from_the_zones_and_go_back() {
     {
         let pt = mm.kernel_page_table().unwrap();
         let high = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
-        assert_eq!(zones.page_zone(high), Some(ZoneType::HighMem));
+        assert_eq!(zones.page_zone(high.pfn()), Some(ZoneType::HighMem));
         let a = mm.layout().vmalloc_start();
         let b = mm.layout().pkmap_addr(7).unwrap();
-        pt.map(a, high, PageProt::KERNEL).unwrap();
-        pt.map(b, high, PageProt::KERNEL).unwrap();
+        // SAFETY: this test holds `high` and owns the kernel range: it is
+        // the only user of this machine's page table.
+        unsafe {
+            pt.map(a, high.pfn(), PageProt::KERNEL).unwrap();
+            pt.map(b, high.pfn(), PageProt::KERNEL).unwrap();
+        }
         assert_eq!(pt.table_pages(), 3);
         let pa = mm.machine().virt_to_ptr(a);
         let pb = mm.machine().virt_to_ptr(b);
@@ -65,9 +69,12 @@ fn page_table_pages_come_from_the_zones_and_go_back() {
             pa.add(100).write_volatile(0x42);
             assert_eq!(pb.add(100).read_volatile(), 0x42);
         }
-        pt.unmap(a).unwrap().1.flush(&pt);
-        pt.unmap(b).unwrap().1.flush(&pt);
-        zones.__free_pages(high, Order::ZERO).unwrap();
+        // SAFETY: this test made both mappings and uses neither again.
+        unsafe {
+            pt.unmap(a).unwrap().1.flush(&pt);
+            pt.unmap(b).unwrap().1.flush(&pt);
+        }
+        zones.__free_pages(high).unwrap();
     }
     zones.drain_all_pages();
     assert_eq!(zones.nr_free_pages(), free);
@@ -81,21 +88,31 @@ fn gfp_zero_clears_highmem_frames_through_the_platform() {
     let pt = mm.kernel_page_table().unwrap();
     let addr = mm.layout().vmalloc_start();
     let dirty = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
-    pt.map(addr, dirty, PageProt::KERNEL).unwrap();
-    // SAFETY: `addr` maps `dirty`, held by this test.
-    unsafe { mm.machine().virt_to_ptr(addr).write_bytes(0xee, PAGE_SIZE) };
-    pt.unmap(addr).unwrap().1.flush(&pt);
-    zones.__free_pages(dirty, Order::ZERO).unwrap();
+    let dirty_pfn = dirty.pfn();
+    // SAFETY: this test holds `dirty` and owns the kernel range (the only
+    // user of this machine's page table); it writes through the mapping,
+    // then removes it and uses it no more before freeing the frame.
+    unsafe {
+        pt.map(addr, dirty_pfn, PageProt::KERNEL).unwrap();
+        mm.machine().virt_to_ptr(addr).write_bytes(0xee, PAGE_SIZE);
+        pt.unmap(addr).unwrap().1.flush(&pt);
+    }
+    zones.__free_pages(dirty).unwrap();
     // The per-CPU list hands the same frame back first.
     let clean = zones
         .alloc_pages(GFP_HIGHUSER | __GFP_ZERO, Order::ZERO)
         .unwrap();
-    pt.map(addr, clean, PageProt::KERNEL).unwrap();
+    // SAFETY: this test holds `clean` and owns the kernel range; `addr`
+    // was unmapped above.
+    unsafe { pt.map(addr, clean.pfn(), PageProt::KERNEL) }.unwrap();
     let ptr = mm.machine().virt_to_ptr(addr);
     // SAFETY: `addr` maps `clean`, PAGE_SIZE bytes, held by this test.
     let bytes = unsafe { core::slice::from_raw_parts(ptr, PAGE_SIZE) };
     assert!(bytes.iter().all(|&b| b == 0));
-    assert_eq!(clean, dirty);
+    assert_eq!(clean.pfn(), dirty_pfn);
+    // SAFETY: this test made the mapping and uses it no more.
+    unsafe { pt.unmap(addr) }.unwrap().1.flush(&pt);
+    zones.__free_pages(clean).unwrap();
 }
 
 #[test]
@@ -116,5 +133,7 @@ fn direct_map_addresses_are_real_pointers_into_the_same_ram() {
         .unwrap();
     // SAFETY: the second page of the block, held by this test.
     assert_eq!(unsafe { second.as_ptr().read() }, 9);
-    zones.free_pages(addr, Order::new(1).unwrap()).unwrap();
+    // SAFETY: this test holds the block `__get_free_pages` returned at
+    // `addr`, with this order, and gives it up.
+    unsafe { zones.free_pages(addr, Order::new(1).unwrap()) }.unwrap();
 }

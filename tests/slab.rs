@@ -44,40 +44,50 @@ on_both_presets! {
 
 fn kmalloc_100_uses_kmalloc_128<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
     let p = mm.kmalloc(100, GFP_KERNEL).unwrap();
-    let cache = mm.kmem().kmem_cache_of(p.as_ptr()).unwrap();
+    // SAFETY: this test holds the object at `p`.
+    let cache = unsafe { mm.kmem().kmem_cache_of(p.as_ptr()) }.unwrap();
     let info = mm.kmem().kmem_cache_info(cache).unwrap();
     assert_eq!(info.name, "kmalloc-128");
-    assert_eq!(mm.ksize(p.as_ptr()).unwrap(), 128);
+    // SAFETY: as above.
+    assert_eq!(unsafe { mm.ksize(p.as_ptr()) }.unwrap(), 128);
     assert_eq!(p.as_ptr() as usize % 128, 0, "natural alignment");
     let pfn = mm.zones().direct_map().ptr_to_pfn(p.as_ptr()).unwrap();
     assert!(mm.zones().page_zone(pfn).is_some(), "a frame of the zones");
-    mm.kfree(p.as_ptr()).unwrap();
+    // SAFETY: this test holds the object at `p` and gives it up.
+    unsafe { mm.kfree(p.as_ptr()) }.unwrap();
 }
 
 fn foreign_and_double_frees_are_refused<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
+    // Every bad free below passes memory this test holds (a stack
+    // variable, a page, the inside of an object) or memory nobody holds
+    // (a freed object); only this thread uses the manager. So each call
+    // is within kfree's contract, and each is refused.
     let on_stack = 0u64;
-    assert!(matches!(
-        mm.kfree(core::ptr::from_ref(&on_stack).cast()),
-        Err(SlabError::InvalidPointer { .. })
-    ));
+    // SAFETY: see above: the variable is this test's own.
+    let stack_free = unsafe { mm.kfree(core::ptr::from_ref(&on_stack).cast()) };
+    assert!(matches!(stack_free, Err(SlabError::InvalidPointer { .. })));
     let page = mm.get_free_page(GFP_KERNEL).unwrap();
     let page_ptr = mm.zones().direct_map().virt_to_ptr(page);
+    // SAFETY: see above: this test holds the page.
+    let page_free = unsafe { mm.kfree(page_ptr) };
     assert!(
-        matches!(mm.kfree(page_ptr), Err(SlabError::InvalidPointer { .. })),
+        matches!(page_free, Err(SlabError::InvalidPointer { .. })),
         "a page from the page allocator is not kmalloc's"
     );
-    mm.free_page(page).unwrap();
+    // SAFETY: this test holds the page `get_free_page` returned and gives
+    // it up.
+    unsafe { mm.free_page(page) }.unwrap();
 
     let p = mm.kmalloc(64, GFP_KERNEL).unwrap();
-    assert!(matches!(
-        mm.kfree(p.as_ptr().wrapping_add(8)),
-        Err(SlabError::NotObjectStart { .. })
-    ));
-    mm.kfree(p.as_ptr()).unwrap();
-    assert!(matches!(
-        mm.kfree(p.as_ptr()),
-        Err(SlabError::DoubleFree { .. })
-    ));
+    // SAFETY: see above: this test holds the object `p` points into.
+    let inside = unsafe { mm.kfree(p.as_ptr().wrapping_add(8)) };
+    assert!(matches!(inside, Err(SlabError::NotObjectStart { .. })));
+    // SAFETY: this test holds the object at `p` and gives it up.
+    unsafe { mm.kfree(p.as_ptr()) }.unwrap();
+    // SAFETY: see above: nobody holds the object at `p` any more, and no
+    // other thread allocates from this manager meanwhile.
+    let double = unsafe { mm.kfree(p.as_ptr()) };
+    assert!(matches!(double, Err(SlabError::DoubleFree { .. })));
     mm.zones().check().unwrap();
     mm.kmem().check_invariants().unwrap();
 }
@@ -94,11 +104,14 @@ fn shrink_returns_pages<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D
     let in_use = before - mm.zones().nr_free_pages();
     assert!(in_use > 0);
     for p in &objects {
-        mm.kmem_cache_free(cache, p.as_ptr()).unwrap();
+        // SAFETY: this test holds each object and gives it up, once.
+        unsafe { mm.kmem_cache_free(cache, p.as_ptr()) }.unwrap();
     }
     let freed = mm.kmem_cache_shrink(cache).unwrap();
     assert!(freed > 0, "empty slabs go back on shrink");
-    mm.kmem_cache_destroy(cache).unwrap();
+    // SAFETY: every object of the cache was freed, and nothing else uses
+    // the cache.
+    unsafe { mm.kmem_cache_destroy(cache) }.unwrap();
     mm.zones().drain_all_pages();
     assert_eq!(mm.zones().nr_free_pages(), before);
     mm.zones().check().unwrap();
@@ -109,7 +122,8 @@ fn reclaim_calls_the_slab_shrinker<P: PreemptControl, D: DirectMap>(mm: &MemoryM
         .map(|_| mm.kmalloc(1024, GFP_KERNEL).unwrap())
         .collect();
     for p in objects {
-        mm.kfree(p.as_ptr()).unwrap();
+        // SAFETY: this test holds each object and gives it up, once.
+        unsafe { mm.kfree(p.as_ptr()) }.unwrap();
     }
     mm.kmem().drain_local();
     assert!(mm.kmem().count_objects() > 0, "empty slabs to reclaim");
@@ -120,7 +134,9 @@ fn reclaim_calls_the_slab_shrinker<P: PreemptControl, D: DirectMap>(mm: &MemoryM
     }
     assert_eq!(mm.kmem().count_objects(), 0, "reclaim emptied the caches");
     for page in pages {
-        mm.free_page(page).unwrap();
+        // SAFETY: this test holds each page `get_free_page` returned and
+        // gives it up, once.
+        unsafe { mm.free_page(page) }.unwrap();
     }
     mm.zones().check().unwrap();
     mm.kmem().check_invariants().unwrap();
@@ -140,11 +156,13 @@ fn invariants_hold_after_workload<P: PreemptControl, D: DirectMap>(mm: &MemoryMa
         let mut kept = Vec::new();
         for (i, (p, size, fill)) in live.drain(..).enumerate() {
             if i % 2 == 0 {
-                mm.kfree(p.as_ptr()).unwrap();
+                // SAFETY: this test holds the object at `p` (drained out
+                // of `live`) and gives it up.
+                unsafe { mm.kfree(p.as_ptr()) }.unwrap();
             } else if i % 3 == 0 {
-                let q = mm
-                    .krealloc(p.as_ptr(), size + PAGE_SIZE, GFP_KERNEL)
-                    .unwrap();
+                // SAFETY: this test holds the object at `p` and gives it
+                // up for the one returned.
+                let q = unsafe { mm.krealloc(p.as_ptr(), size + PAGE_SIZE, GFP_KERNEL) }.unwrap();
                 // SAFETY: krealloc kept the first `size` bytes.
                 let bytes = unsafe { core::slice::from_raw_parts(q.as_ptr(), size) };
                 assert!(bytes.iter().all(|&b| b == fill));
@@ -161,7 +179,8 @@ fn invariants_hold_after_workload<P: PreemptControl, D: DirectMap>(mm: &MemoryMa
         // SAFETY: a live allocation of at least `size` bytes.
         let bytes = unsafe { core::slice::from_raw_parts(p.as_ptr(), size) };
         assert!(bytes.iter().all(|&b| b == fill), "contents intact");
-        mm.kfree(p.as_ptr()).unwrap();
+        // SAFETY: this test holds the object at `p` and gives it up.
+        unsafe { mm.kfree(p.as_ptr()) }.unwrap();
     }
     mm.kmem().shrink_all();
     mm.zones().check().unwrap();

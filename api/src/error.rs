@@ -105,6 +105,21 @@ pub enum Error {
     },
     /// A request for zero bytes where a real range must be returned.
     ZeroSize,
+    /// A handle made by another allocator (another machine's, or one
+    /// already dropped): this allocator never handed the block out.
+    Foreign {
+        /// The block's first frame.
+        pfn: Pfn,
+    },
+    /// A free (or split) of a block a layer still claims through its owner
+    /// word (a slab, a page table): only that layer may free it.
+    Owned {
+        /// The block's first frame.
+        pfn: Pfn,
+    },
+    /// Every allocator identity has been handed out (2^32 - 1 allocators
+    /// made in this process); identities are never reused.
+    IdsExhausted,
 }
 
 impl fmt::Display for Error {
@@ -144,6 +159,14 @@ impl fmt::Display for Error {
                 write!(f, "alignment {align:#x} is not a power of two")
             }
             Error::ZeroSize => f.write_str("a zero-sized request cannot be satisfied"),
+            Error::Foreign { pfn } => {
+                write!(f, "{pfn} was handed out by another allocator")
+            }
+            Error::Owned { pfn } => write!(
+                f,
+                "{pfn} is held by a layer (its owner word is set); only that layer may free it"
+            ),
+            Error::IdsExhausted => f.write_str("no allocator identity is left to hand out"),
         }
     }
 }

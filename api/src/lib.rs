@@ -15,14 +15,22 @@
 //! | [`Platform`] | `smp_processor_id`, `local_irq_save` | the embedder | every layer with a lock |
 //! | [`Shrinker`] | `struct shrinker` | caches (slab) | zones, under memory pressure |
 //!
-//! This crate owns no memory and holds no state; it must stay small and
-//! stable: types, traits, and the lock primitive every layer shares.
+//! Ownership of frames is in the types ([`Pages`], module documentation of
+//! the handle): a safe function that frees, maps or touches a block takes
+//! the handle its allocator made; the raw-`Pfn` forms are `unsafe fn`. The
+//! traits whose answers other layers dereference are `unsafe trait`s.
+//!
+//! This crate owns no memory and holds no state but the counter behind
+//! [`AllocatorId`]; it must stay small and stable: types, traits, and the
+//! lock primitive every layer shares. Its only `unsafe` blocks forward a
+//! contract through a reference (`impl Trait for &T`).
 
 #![no_std]
 #![deny(unsafe_code)]
 
 mod addr;
 mod error;
+mod frame;
 mod gfp;
 mod memmap;
 mod order;
@@ -32,6 +40,7 @@ mod traits;
 
 pub use addr::{Pfn, PhysAddr, VirtAddr, PAGE_MASK, PAGE_SHIFT, PAGE_SIZE};
 pub use error::Error;
+pub use frame::{AllocatorId, OwnerTag, OwnerWord, Pages};
 pub use gfp::*;
 pub use memmap::{MemoryRegion, RegionKind};
 pub use order::{get_order, Order, MAX_PAGE_ORDER, NR_PAGE_ORDERS, PAGE_ALLOC_COSTLY_ORDER};

@@ -4,7 +4,7 @@
 //! must never do. All take `&self` and are `Sync`: an implementation owns its
 //! locking, so callers never hold a lock on an allocator's behalf.
 
-use crate::{Error, GfpFlags, Order, PageProt, Pfn, VirtAddr};
+use crate::{AllocatorId, Error, GfpFlags, Order, OwnerWord, PageProt, Pages, Pfn, VirtAddr};
 use core::ptr::NonNull;
 
 /// Allocates and frees blocks of `2^order` physically contiguous frames
@@ -13,15 +13,31 @@ use core::ptr::NonNull;
 /// Called from any context the `gfp` allows: a request without
 /// `__GFP_DIRECT_RECLAIM` may come from interrupt context, and then the
 /// implementation must neither sleep nor call anything that may.
-pub trait FrameAllocator: Sync {
+///
+/// # Safety
+///
+/// Layers build on what this trait hands out (the slab carves objects out
+/// of the frames and writes them), so an implementation promises that a
+/// block [`FrameAllocator::alloc_frames`] returns is held by nobody else
+/// until it comes back through [`FrameAllocator::free_frames`]: the handle
+/// names the block's first frame and order exactly, carries
+/// [`FrameAllocator::allocator_id`], and no block overlaps another that is
+/// held.
+#[allow(unsafe_code)] // declares a contract
+pub unsafe trait FrameAllocator: Sync {
     /// Allocates `2^order` contiguous frames aligned to their size, honouring
     /// the zone and action modifiers of `gfp`.
-    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error>;
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error>;
 
-    /// Frees a block returned by [`FrameAllocator::alloc_frames`] with the
-    /// same order. An invalid free (foreign pfn, wrong order, twice) is
-    /// refused with an error and changes nothing.
-    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error>;
+    /// Frees a block this allocator handed out. A handle of another
+    /// allocator ([`Error::Foreign`]) or of a block a layer still claims
+    /// with its owner word ([`Error::Owned`]) is refused: the block stays
+    /// allocated and nothing changes.
+    fn free_frames(&self, pages: Pages) -> Result<(), Error>;
+
+    /// The identity every handle of this allocator carries (for
+    /// [`Pages::from_raw`] when a layer keeps its blocks as raw frames).
+    fn allocator_id(&self) -> AllocatorId;
 }
 
 /// The kernel's permanent linear mapping of low memory (Linux `page_address`,
@@ -35,7 +51,7 @@ pub trait FrameAllocator: Sync {
 /// and writes for as long as the implementation lives, that those bytes are
 /// that frame's contents (no two frames share a pointer), and that
 /// `virt_to_pfn` is the exact inverse of `pfn_to_virt`.
-#[allow(unsafe_code)] // declares a contract; this crate has no unsafe blocks
+#[allow(unsafe_code)] // declares a contract
 pub unsafe trait DirectMap: Sync {
     /// The kernel virtual address where `pfn` is permanently mapped, or
     /// `None` if the frame lies outside the direct map (highmem).
@@ -73,36 +89,77 @@ pub unsafe trait DirectMap: Sync {
     }
 }
 
-/// One word per allocated frame that the layer holding the frame may read
-/// and write (Linux overlays `struct slab` on `struct page` for this). It is
-/// how `kfree(p)` finds its cache in O(1), and tells a slab object from a
-/// large kmalloc. Implemented by kmm-zones' page descriptors.
+/// One word per allocated frame that the layer holding the frame records
+/// (Linux overlays `struct slab` on `struct page` for this). It is how
+/// `kfree(p)` finds its slab in O(1), tells a slab object from a large
+/// kmalloc, and how the page allocator knows a layer holds a block: a block
+/// whose first frame carries a word other than [`OwnerWord::NONE`] is
+/// refused by every free until its holder clears the word. Implemented by
+/// kmm-zones' page descriptors.
 ///
-/// The word is zero when a frame is allocated and is forgotten when it is
-/// freed. Reads are lock-free; only the frame's holder writes it.
-pub trait PageOwner: Sync {
+/// # Safety
+///
+/// Layers dereference what they read back (a slab header's address), so an
+/// implementation promises that [`PageOwner::owner`] returns, for a frame of
+/// a held block, exactly the word last given to [`PageOwner::set_owner`]
+/// for that frame since the block was handed out ([`OwnerWord::NONE`]
+/// before any), and `None` for a frame that is not held.
+#[allow(unsafe_code)] // declares a contract
+pub unsafe trait PageOwner: Sync {
     /// The owner word of an allocated frame; `None` if the frame is free, not
-    /// managed, or otherwise not allocated.
-    fn owner(&self, pfn: Pfn) -> Option<usize>;
+    /// managed, or otherwise not allocated. Lock-free.
+    fn owner(&self, pfn: Pfn) -> Option<OwnerWord>;
 
     /// Sets the owner word of an allocated frame. Refused with an error, and
     /// nothing changed, if the frame is not allocated.
-    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error>;
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the block `pfn` lies in, or nobody holds it (then
+    /// the call is refused and changes nothing). A word it sets is trusted
+    /// by whoever reads it back with the same tag: a [`crate::OwnerTag::Slab`]
+    /// word must name a live slab header of the reading slab allocator for
+    /// as long as it is set, and the other tags' payloads must be what
+    /// their documentation says. Clearing a word ([`OwnerWord::NONE`]) is
+    /// always within this contract for the frame's holder.
+    #[allow(unsafe_code)]
+    unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error>;
 }
 
 /// The kernel half of the page tables: map, unmap and translate one page,
 /// and flush the TLB. Consumed by vmarea (vmalloc, ioremap) and highmem
 /// (pkmap, kmap_local). Callers serialise use of any one virtual page; the
 /// implementation serialises its own table updates.
-pub trait KernelPageTable: Sync {
+///
+/// # Safety
+///
+/// Layers dereference the addresses they map, so an implementation promises
+/// that after [`KernelPageTable::map`] returns `Ok` the page at `addr`
+/// reaches exactly `pfn`'s bytes with `prot` until the matching `unmap`, and
+/// that [`KernelPageTable::translate`] reports what is mapped.
+#[allow(unsafe_code)] // declares a contract
+pub unsafe trait KernelPageTable: Sync {
     /// Maps the page at `addr` to `pfn`. Allocating a page-table page may
     /// fail with [`Error::NoMemory`]; an existing mapping is refused with
     /// [`Error::AlreadyMapped`].
-    fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error>;
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `pfn` (or it is device memory the caller may map),
+    /// and `addr` is a page of the kernel range the caller owns: a mapping
+    /// makes the frame reachable at a second address.
+    #[allow(unsafe_code)]
+    unsafe fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error>;
 
     /// Removes the mapping at `addr` and returns the frame it mapped with the
     /// TLB range that must be flushed before the frame is reused.
-    fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error>;
+    ///
+    /// # Safety
+    ///
+    /// The caller made the mapping at `addr` (or holds it from whoever did),
+    /// and nothing still uses it: code reaching `addr` afterwards faults.
+    #[allow(unsafe_code)]
+    unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error>;
 
     /// The frame and protection mapped at `addr`, if any.
     fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)>;
@@ -188,7 +245,13 @@ pub trait Platform: Sync {
 
     /// Zeroes a frame that lies outside the direct map (for `__GFP_ZERO` on
     /// highmem). The default refuses, and the allocation then fails cleanly.
-    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the frame (the page allocator calls this only for
+    /// a block it is handing out): nothing else reads or writes it.
+    #[allow(unsafe_code)]
+    unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
         Err(Error::PfnOutOfRange { pfn })
     }
 }
@@ -203,10 +266,11 @@ pub trait Platform: Sync {
 /// [`PreemptControl::get_cpu`] is below `nr_cpus()` and is held exclusively
 /// until the matching [`PreemptControl::put_cpu`]: no other execution
 /// context that calls into kmm (another thread, an interrupt handler) is
-/// handed the same id in between. A kernel keeps the promise by disabling
+/// handed the same id in between, and no [`PreemptControl::on_cpu`] work
+/// for that id runs in between. A kernel keeps the promise by disabling
 /// preemption and local interrupts; a hosted embedder by giving each thread
 /// its own id, or by an uncontended lock per id.
-#[allow(unsafe_code)] // declares a contract; this crate has no unsafe blocks
+#[allow(unsafe_code)] // declares a contract
 pub unsafe trait PreemptControl: Platform {
     /// Pins the caller to its current CPU and returns that CPU's id.
     fn get_cpu(&self) -> usize;
@@ -214,6 +278,26 @@ pub unsafe trait PreemptControl: Platform {
     /// Ends the section begun by the [`PreemptControl::get_cpu`] that
     /// returned `cpu`.
     fn put_cpu(&self, cpu: usize);
+
+    /// Runs `work` as CPU `cpu`: exclusive with every section pinned to
+    /// that CPU, as if the caller had pinned it (Linux queues such work
+    /// with `schedule_work_on` and waits, or sends an IPI to a CPU that
+    /// pins with interrupts off). Returns whether `work` ran: a platform
+    /// that cannot reach that CPU now (a hosted thread owning it is alive
+    /// and cannot be interrupted) returns `false` without running it.
+    ///
+    /// Called with no CPU pinned and no kmm lock held (per-CPU caches use
+    /// it to drain other CPUs, Linux `flush_all`). The default reaches
+    /// only the caller's own CPU.
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        let mine = self.get_cpu();
+        let here = mine == cpu;
+        if here {
+            work();
+        }
+        self.put_cpu(mine);
+        here
+    }
 }
 
 /// Interrupts disabled for the guard's lifetime (Linux `local_irq_save` /
@@ -254,12 +338,17 @@ pub trait Shrinker: Sync {
 // A reference to an implementation is an implementation, so layers can hold
 // either an owned value or a borrow of one shared with other layers.
 
-impl<T: FrameAllocator + ?Sized> FrameAllocator for &T {
-    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+// SAFETY: forwards every method to `T`, which upholds the contract itself.
+#[allow(unsafe_code)]
+unsafe impl<T: FrameAllocator + ?Sized> FrameAllocator for &T {
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         (**self).alloc_frames(gfp, order)
     }
-    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
-        (**self).free_frames(pfn, order)
+    fn free_frames(&self, pages: Pages) -> Result<(), Error> {
+        (**self).free_frames(pages)
+    }
+    fn allocator_id(&self) -> AllocatorId {
+        (**self).allocator_id()
     }
 }
 
@@ -285,21 +374,28 @@ unsafe impl<T: DirectMap + ?Sized> DirectMap for &T {
     }
 }
 
-impl<T: PageOwner + ?Sized> PageOwner for &T {
-    fn owner(&self, pfn: Pfn) -> Option<usize> {
+// SAFETY: forwards both methods to `T`, which upholds the contract itself.
+#[allow(unsafe_code)]
+unsafe impl<T: PageOwner + ?Sized> PageOwner for &T {
+    fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
         (**self).owner(pfn)
     }
-    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
-        (**self).set_owner(pfn, word)
+    unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
+        // SAFETY: our caller's contract is `T`'s.
+        unsafe { (**self).set_owner(pfn, word) }
     }
 }
 
-impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
-    fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
-        (**self).map(addr, pfn, prot)
+// SAFETY: forwards every method to `T`, which upholds the contract itself.
+#[allow(unsafe_code)]
+unsafe impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
+    unsafe fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        // SAFETY: our caller's contract is `T`'s.
+        unsafe { (**self).map(addr, pfn, prot) }
     }
-    fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
-        (**self).unmap(addr)
+    unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+        // SAFETY: our caller's contract is `T`'s.
+        unsafe { (**self).unmap(addr) }
     }
     fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)> {
         (**self).translate(addr)
@@ -317,6 +413,9 @@ unsafe impl<T: PreemptControl + ?Sized> PreemptControl for &T {
     }
     fn put_cpu(&self, cpu: usize) {
         (**self).put_cpu(cpu)
+    }
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        (**self).on_cpu(cpu, work)
     }
 }
 
@@ -342,7 +441,9 @@ impl<T: Platform + ?Sized> Platform for &T {
     fn reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
         (**self).reclaim(gfp, order)
     }
-    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
-        (**self).zero_frame(pfn)
+    #[allow(unsafe_code)]
+    unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+        // SAFETY: our caller's contract is `T`'s.
+        unsafe { (**self).zero_frame(pfn) }
     }
 }

@@ -34,14 +34,27 @@ fn op(kind: u8, a: u16, b: u16) -> Op {
         0 | 1 => Op::Alloc { order: order % 12 },
         2 | 3 => Op::FreeLive { pick },
         4 => Op::FreeTwice { pick },
-        5 => Op::FreeInside { pick, offset: b as usize, order: order % 12 },
+        5 => Op::FreeInside {
+            pick,
+            offset: b as usize,
+            order: order % 12,
+        },
         6 => Op::Free { pos: a, order },
         7 => Op::Split { pick },
         8 => match b % 4 {
-            0 => Op::AllocRange { pos: a, len: b >> 2 },
-            1 => Op::FreeRange { pos: a, len: b >> 2 },
+            0 => Op::AllocRange {
+                pos: a,
+                len: b >> 2,
+            },
+            1 => Op::FreeRange {
+                pos: a,
+                len: b >> 2,
+            },
             2 => Op::FreeLiveRange { pick },
-            _ => Op::Release { pos: a, len: b >> 2 },
+            _ => Op::Release {
+                pos: a,
+                len: b >> 2,
+            },
         },
         _ => Op::Alloc { order: 0 },
     }
@@ -51,7 +64,10 @@ fuzz_target!(|input: Input| {
     let nr = 1 + input.frames as usize % MAX_FRAMES;
     let max_order = u32::from(input.max_order) % 11;
     let mut harness = Harness::new(input.base as usize, nr, max_order);
-    let (a, b) = (input.hole.0 as usize % (nr + 1), input.hole.1 as usize % (nr + 1));
+    let (a, b) = (
+        input.hole.0 as usize % (nr + 1),
+        input.hole.1 as usize % (nr + 1),
+    );
     harness.release_frames(0, a.min(b));
     harness.release_frames(a.max(b), nr);
     for &(kind, a, b) in input.ops.iter().take(256) {

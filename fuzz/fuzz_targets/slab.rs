@@ -2,12 +2,21 @@
 //! operations, including double, interior, foreign and wrong-cache frees,
 //! checked against a model of the live objects (contents intact, no
 //! overlap, refusals change nothing) and the allocator's invariant checker.
+//!
+//! The pointer calls are `unsafe fn`s (kmm-slab's *Freeing by pointer*).
+//! Each run is single-threaded on a machine of its own, so no other thread
+//! allocates or frees during a call, and the target passes only objects it
+//! holds (to free them, or to see a free of their inside or through the
+//! wrong cache refused), addresses of freed objects no live object covers
+//! (nobody holds them; `freed` forgets an address as soon as a new object
+//! covers it), or its own stack. A free that should have been refused but
+//! was accepted panics at once, so the object is never used after it.
 
 #![no_main]
 
 use arbitrary::Arbitrary;
 use kmm_api::{GFP_DMA, GFP_KERNEL};
-use kmm_slab::{testing::HostMachine, CacheId, Kmem, KmemConfig, SlabFlags};
+use kmm_slab::{testing::HostMachine, CacheId, Kmem, KmemConfig, SlabBackend, SlabFlags};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -35,10 +44,24 @@ fn fill(l: &Live) {
     unsafe { l.p.write_bytes(l.fill, l.size) };
 }
 
+/// Records a new object at `p`: forgets every freed address it covers,
+/// which from now on names memory the target holds, not memory nobody
+/// holds.
+fn reuse<B: SlabBackend>(k: &Kmem<B>, freed: &mut Vec<*mut u8>, p: *mut u8, size: usize) {
+    // SAFETY: the target holds the object just allocated at `p`.
+    let extent = unsafe { k.ksize(p) }.unwrap_or(size).max(size);
+    let covered = p as usize..p as usize + extent;
+    freed.retain(|&f| !covered.contains(&(f as usize)));
+}
+
 fuzz_target!(|input: Input| {
     let m = HostMachine::new(4096, 2);
     let config = KmemConfig {
-        slub_debug: if input.debug { SlabFlags::RED_ZONE | SlabFlags::POISON } else { SlabFlags::empty() },
+        slub_debug: if input.debug {
+            SlabFlags::RED_ZONE | SlabFlags::POISON
+        } else {
+            SlabFlags::empty()
+        },
         seed: 1,
     };
     let k = Kmem::new(&m, config).unwrap();
@@ -53,11 +76,20 @@ fuzz_target!(|input: Input| {
         match kind % 10 {
             0 | 1 => {
                 let size = 1 + a % if b % 8 == 0 { 40_000 } else { 2_000 };
-                let gfp = if b % 13 == 0 { GFP_KERNEL | GFP_DMA } else { GFP_KERNEL };
+                let gfp = if b % 13 == 0 {
+                    GFP_KERNEL | GFP_DMA
+                } else {
+                    GFP_KERNEL
+                };
                 let p = k.kmalloc(size, gfp).unwrap().as_ptr();
                 stamp = stamp.wrapping_add(1);
-                freed.retain(|&f| f != p);
-                let l = Live { p, size, cache: None, fill: stamp };
+                reuse(&k, &mut freed, p, size);
+                let l = Live {
+                    p,
+                    size,
+                    cache: None,
+                    fill: stamp,
+                };
                 fill(&l);
                 live.push(l);
             }
@@ -65,8 +97,13 @@ fuzz_target!(|input: Input| {
                 let (id, size) = caches[a % caches.len()];
                 let p = k.kmem_cache_alloc(id, GFP_KERNEL).unwrap().as_ptr();
                 stamp = stamp.wrapping_add(1);
-                freed.retain(|&f| f != p);
-                let l = Live { p, size, cache: Some(id), fill: stamp };
+                reuse(&k, &mut freed, p, size);
+                let l = Live {
+                    p,
+                    size,
+                    cache: Some(id),
+                    fill: stamp,
+                };
                 fill(&l);
                 live.push(l);
             }
@@ -74,8 +111,11 @@ fuzz_target!(|input: Input| {
                 let l = live.swap_remove(a % live.len());
                 assert!(intact(&l), "contents changed while live");
                 match l.cache {
-                    Some(id) => k.kmem_cache_free(id, l.p).unwrap(),
-                    None => k.kfree(l.p).unwrap(),
+                    // SAFETY: the target holds the object (just taken out
+                    // of `live`) and gives it up here.
+                    Some(id) => unsafe { k.kmem_cache_free(id, l.p) }.unwrap(),
+                    // SAFETY: as above.
+                    None => unsafe { k.kfree(l.p) }.unwrap(),
                 }
                 freed.push(l.p);
             }
@@ -93,7 +133,14 @@ fuzz_target!(|input: Input| {
                     }
                     _ => std::ptr::from_ref(&stamp).cast_mut(),
                 };
-                assert!(k.kfree(p).is_err(), "invalid free accepted");
+                // SAFETY: single-threaded, on this run's own machine. `p` is
+                // the start of a freed object no live object covers (nobody
+                // holds it), the inside of an object the target holds, or a
+                // variable on the target's stack: never an allocation
+                // someone else holds. Were it accepted, the assert panics
+                // before anything is used again.
+                let refused = unsafe { k.kfree(p) }.is_err();
+                assert!(refused, "invalid free accepted");
                 assert_eq!((m.frames_in_use(), k.check_invariants()), before);
             }
             6 if !live.is_empty() => {
@@ -102,7 +149,11 @@ fuzz_target!(|input: Input| {
                     let l = live.swap_remove(idx);
                     assert!(intact(&l));
                     let size = 1 + b % 12_000;
-                    let q = k.krealloc(l.p, size, GFP_KERNEL).unwrap().as_ptr();
+                    // SAFETY: the target holds the object (just taken out of
+                    // `live`) and gives it up for the one returned.
+                    let q = unsafe { k.krealloc(l.p, size, GFP_KERNEL) }
+                        .unwrap()
+                        .as_ptr();
                     let kept = size.min(l.size);
                     // SAFETY: `q` holds at least `size` bytes.
                     let bytes = unsafe { std::slice::from_raw_parts(q, kept) };
@@ -110,15 +161,22 @@ fuzz_target!(|input: Input| {
                     if q != l.p {
                         freed.push(l.p);
                     }
-                    freed.retain(|&f| f != q);
-                    let nl = Live { p: q, size, cache: None, fill: l.fill };
+                    reuse(&k, &mut freed, q, size);
+                    let nl = Live {
+                        p: q,
+                        size,
+                        cache: None,
+                        fill: l.fill,
+                    };
                     fill(&nl);
                     live.push(nl);
                 }
             }
             7 => {
                 let size = 1 + a % 3000;
-                if let Ok(id) = k.kmem_cache_create("fuzz", size, 1 << (b % 7), SlabFlags::empty(), None) {
+                if let Ok(id) =
+                    k.kmem_cache_create("fuzz", size, 1 << (b % 7), SlabFlags::empty(), None)
+                {
                     caches.push((id, size));
                 }
             }
@@ -129,7 +187,9 @@ fuzz_target!(|input: Input| {
                     k.kmem_cache_shrink(id).unwrap();
                 } else {
                     let n = live.iter().filter(|l| l.cache == Some(id)).count();
-                    match k.kmem_cache_destroy(id) {
+                    // SAFETY: single-threaded: nothing else uses the cache
+                    // during the call. A refused destroy changes nothing.
+                    match unsafe { k.kmem_cache_destroy(id) } {
                         Ok(()) => {
                             assert_eq!(n, 0);
                             caches.swap_remove(ci);
@@ -142,7 +202,11 @@ fuzz_target!(|input: Input| {
                 let l = &live[a % live.len()];
                 let (id, _) = caches[b % caches.len()];
                 if l.cache != Some(id) {
-                    assert!(k.kmem_cache_free(id, l.p).is_err(), "wrong-cache free accepted");
+                    // SAFETY: single-threaded; the target holds the object
+                    // at `l.p`. Were the free accepted, the assert panics
+                    // before the object is used again.
+                    let refused = unsafe { k.kmem_cache_free(id, l.p) }.is_err();
+                    assert!(refused, "wrong-cache free accepted");
                     assert_eq!((m.frames_in_use(), k.check_invariants()), before);
                 }
             }
@@ -156,12 +220,17 @@ fuzz_target!(|input: Input| {
     for l in live.drain(..) {
         assert!(intact(&l));
         match l.cache {
-            Some(id) => k.kmem_cache_free(id, l.p).unwrap(),
-            None => k.kfree(l.p).unwrap(),
+            // SAFETY: the target holds every object left in `live` and
+            // gives each up here, once.
+            Some(id) => unsafe { k.kmem_cache_free(id, l.p) }.unwrap(),
+            // SAFETY: as above.
+            None => unsafe { k.kfree(l.p) }.unwrap(),
         }
     }
     for (id, _) in caches.drain(..) {
-        k.kmem_cache_destroy(id).unwrap();
+        // SAFETY: single-threaded, and every object of the cache was freed
+        // above: nothing else uses it during the call.
+        unsafe { k.kmem_cache_destroy(id) }.unwrap();
     }
     k.shrink_all();
     assert_eq!(m.frames_in_use(), baseline, "every page returned");

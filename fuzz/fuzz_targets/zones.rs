@@ -34,7 +34,9 @@ fn op(kind: u8, a: u16, b: u16) -> Op {
             2 => Op::Drain,
             _ => Op::Migrate { cpu: which % 2 },
         },
-        _ => Op::Migrate { cpu: usize::from(b) % 2 },
+        _ => Op::Migrate {
+            cpu: usize::from(b) % 2,
+        },
     }
 }
 

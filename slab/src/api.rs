@@ -1,8 +1,15 @@
 //! The public entry points: `kmem_cache_*` and the kmalloc family, each a
 //! thin, checked front over the cache paths. Every refusal is an error
 //! value with nothing changed.
+//!
+//! The calls that take an object pointer are `unsafe fn` with one
+//! contract, stated in the crate documentation (*Freeing by pointer*): an
+//! address is not a proof of ownership, so no check can tell a stale
+//! pointer from the allocation now at that address.
 
 use crate::{
+    cache::FreeCheck,
+    cpu::CpuGuard,
     debug::{Corruption, Track},
     error::SlabError,
     kmalloc::{
@@ -13,8 +20,8 @@ use crate::{
     raw,
     slab::ObjState,
 };
-use core::{panic::Location, ptr::NonNull, sync::atomic::Ordering::Relaxed};
-use kmm_api::{get_order, GfpFlags, MAX_PAGE_ORDER};
+use core::{panic::Location, ptr::NonNull};
+use kmm_api::{get_order, sync::Ordering::Relaxed, GfpFlags, MAX_PAGE_ORDER};
 
 /// What kmalloc returns for a request of zero bytes (Linux `ZERO_SIZE_PTR`):
 /// a distinct, never-dereferenceable address that `kfree` accepts.
@@ -88,16 +95,23 @@ impl<B: SlabBackend> Kmem<B> {
     /// Frees an object to its cache (Linux `kmem_cache_free`); refuses an
     /// object of another cache, a pointer that is not an object start, and
     /// an object already free. Null is a no-op.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of the crate documentation (*Freeing by
+    /// pointer*); met when the caller holds the object at `p` and gives it
+    /// up here.
     #[track_caller]
     #[inline]
-    pub fn kmem_cache_free(&self, id: CacheId, p: *const u8) -> Result<(), SlabError> {
+    pub unsafe fn kmem_cache_free(&self, id: CacheId, p: *const u8) -> Result<(), SlabError> {
         if p.is_null() {
             return Ok(());
         }
         let expected = self.cache(id)?;
-        match self.find(p)? {
+        // SAFETY: forwarded from our caller.
+        match unsafe { self.find(p) }? {
             Owned::Slab { cache, slab, index } if cache.index == expected.index => {
-                self.cache_free(cache, slab, index, Location::caller())
+                self.cache_free(cache, slab, index, FreeCheck::Checked, Location::caller())
             }
             Owned::Slab { cache, .. } => Err(SlabError::WrongCache {
                 addr: self.virt(p),
@@ -112,31 +126,68 @@ impl<B: SlabBackend> Kmem<B> {
         }
     }
 
-    /// Returns this CPU's cached objects and every empty slab of the cache
-    /// to the page allocator (Linux `kmem_cache_shrink`); the pages freed.
+    /// Linux `kmem_cache_shrink`: every CPU's cached objects of the cache
+    /// back to their slabs (a CPU the platform cannot reach keeps its
+    /// objects) and every empty slab to the page allocator; the pages
+    /// freed.
     pub fn kmem_cache_shrink(&self, id: CacheId) -> Result<usize, SlabError> {
         Ok(self.shrink_cache(self.cache(id)?))
     }
 
-    /// Shrinks every cache; the pages freed. Repeats until a pass frees
-    /// nothing, since freeing an off-slab slab frees its header into a
-    /// small kmalloc cache.
+    /// Linux `flush_all` over every cache: each CPU's cached objects back
+    /// to their slabs, run as that CPU through `PreemptControl::on_cpu`
+    /// (slabs beyond the few empty ones a cache keeps go back to the page
+    /// allocator). Returns the CPUs the platform could not reach now, whose
+    /// arrays keep their objects (0 on a kernel that implements `on_cpu`).
+    pub fn flush_all(&self) -> usize {
+        self.flush_every_cpu().1
+    }
+
+    /// [`Kmem::flush_all`]: the pages freed (surplus empty slabs) and the
+    /// CPUs the platform could not reach.
+    pub(crate) fn flush_every_cpu(&self) -> (usize, usize) {
+        let table = self.lock_table();
+        let mut pages = 0;
+        let unreached = self.on_each_cpu(|pinned| {
+            for c in self.caches(&table) {
+                pages += self.drain_array(c, pinned);
+            }
+        });
+        (pages, unreached)
+    }
+
+    /// Every CPU's cached objects back to their slabs ([`Kmem::flush_all`])
+    /// and every empty slab of every cache to the page allocator; the
+    /// pages freed. After it, with no object allocated and every CPU
+    /// reachable, the slab layer holds only its caches' descriptors.
     pub fn shrink_all(&self) -> usize {
+        self.flush_every_cpu().0 + self.discard_empty_slabs(usize::MAX)
+    }
+
+    /// Every empty slab of every cache back to the page allocator, until
+    /// `limit` pages are freed; the pages freed. An off-slab slab's header
+    /// goes back into a small kmalloc cache that may have been visited
+    /// already, so passes repeat until one frees nothing.
+    pub(crate) fn discard_empty_slabs(&self, limit: usize) -> usize {
         let mut total = 0;
-        loop {
-            let pass: usize = self.caches().map(|c| self.shrink_cache(c)).sum();
+        while total < limit {
+            let table = self.lock_table();
+            let pass: usize = self.caches(&table).map(|c| self.discard_empty(c)).sum();
             if pass == 0 {
-                return total;
+                break;
             }
             total += pass;
         }
+        total
     }
 
     /// Returns the calling CPU's cached objects of every cache to their
-    /// slabs (Linux `flush_cpu_slab`, which a kernel runs on each CPU).
+    /// slabs (what Linux's `flush_cpu_slab` does on each CPU).
     pub fn drain_local(&self) {
-        for c in self.caches() {
-            self.drain_cpu(c);
+        let table = self.lock_table();
+        let guard = CpuGuard::new(self.backend());
+        for c in self.caches(&table) {
+            self.drain_array(c, &guard);
         }
     }
 
@@ -180,8 +231,14 @@ impl<B: SlabBackend> Kmem<B> {
     }
 
     /// The recorded call sites of an object of a `SLAB_STORE_USER` cache.
-    pub fn kmem_obj_track(&self, p: *const u8) -> Result<Option<Track>, SlabError> {
-        match self.find(p)? {
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of the crate documentation (`p` is not given
+    /// up here).
+    pub unsafe fn kmem_obj_track(&self, p: *const u8) -> Result<Option<Track>, SlabError> {
+        // SAFETY: forwarded from our caller.
+        match unsafe { self.find(p) }? {
             Owned::Slab { cache, slab, index } => {
                 Ok(cache.track(slab.object(index, cache.geo.stride)))
             }
@@ -210,9 +267,13 @@ impl<B: SlabBackend> Kmem<B> {
     /// let machine = HostMachine::new(256, 1);
     /// let kmem = Kmem::new(&machine, KmemConfig::default()).unwrap();
     /// let p = kmem.kmalloc(100, GFP_KERNEL).unwrap();
-    /// assert_eq!(kmem.ksize(p.as_ptr()).unwrap(), 128);
-    /// kmem.kfree(p.as_ptr()).unwrap();
-    /// assert!(kmem.kfree(p.as_ptr()).is_err()); // double free caught
+    /// // SAFETY: we hold `p` until the first `kfree`; the second passes a
+    /// // pointer nobody holds, refused as a double free.
+    /// unsafe {
+    ///     assert_eq!(kmem.ksize(p.as_ptr()).unwrap(), 128);
+    ///     kmem.kfree(p.as_ptr()).unwrap();
+    ///     assert!(kmem.kfree(p.as_ptr()).is_err()); // double free caught
+    /// }
     /// ```
     #[track_caller]
     #[inline]
@@ -277,11 +338,17 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Bytes usable at `p` (Linux `ksize`): the class size, or the pages of
     /// a large allocation.
-    pub fn ksize(&self, p: *const u8) -> Result<usize, SlabError> {
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of the crate documentation (`p` is not given
+    /// up here).
+    pub unsafe fn ksize(&self, p: *const u8) -> Result<usize, SlabError> {
         if is_zero_or_null(p) {
             return Ok(0);
         }
-        match self.find(p)? {
+        // SAFETY: forwarded from our caller.
+        match unsafe { self.find(p) }? {
             Owned::Slab { cache, slab, index } => match slab.state(index) {
                 ObjState::Allocated => Ok(cache.geo.object_size),
                 _ => Err(self.not_allocated(cache, slab, index)),
@@ -292,20 +359,70 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Frees what kmalloc returned (Linux `kfree`); null and
     /// [`ZERO_SIZE_PTR`] are no-ops. The owner is found in O(1) through the
-    /// page's owner word; a foreign pointer, a pointer inside an object and
-    /// a double free are refused.
+    /// page's owner word; a foreign pointer, a pointer inside an object,
+    /// a pointer into the allocator's own metadata and a double free
+    /// (racing ones included) are refused with nothing changed.
+    ///
+    /// ```
+    /// use kmm_slab::{testing::HostMachine, Kmem, KmemConfig, SlabError};
+    /// use kmm_api::GFP_KERNEL;
+    /// let machine = HostMachine::new(256, 1);
+    /// let kmem = Kmem::new(&machine, KmemConfig::default()).unwrap();
+    /// let p = kmem.kmalloc(100, GFP_KERNEL).unwrap();
+    /// // SAFETY: we hold `p` and give it up; the second call passes a
+    /// // pointer nobody holds, which the contract allows and which is
+    /// // refused.
+    /// unsafe {
+    ///     kmem.kfree(p.as_ptr()).unwrap();
+    ///     assert!(matches!(kmem.kfree(p.as_ptr()), Err(SlabError::DoubleFree { .. })));
+    /// }
+    /// ```
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of the crate documentation (*Freeing by
+    /// pointer*); met when the caller holds the allocation at `p` and
+    /// gives it up here.
     #[track_caller]
     #[inline]
-    pub fn kfree(&self, p: *const u8) -> Result<(), SlabError> {
+    pub unsafe fn kfree(&self, p: *const u8) -> Result<(), SlabError> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.free_ptr(p, FreeCheck::Checked, Location::caller()) }
+    }
+
+    /// `kfree` for a caller that vouches for `p` (`GlobalAlloc::dealloc`):
+    /// the object's state is stored, not compared and swapped.
+    ///
+    /// # Safety
+    ///
+    /// `p` is null, [`ZERO_SIZE_PTR`], or an allocation of this allocator
+    /// that the caller holds and gives up here.
+    #[inline]
+    pub(crate) unsafe fn kfree_trusted(&self, p: *const u8) -> Result<(), SlabError> {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.free_ptr(p, FreeCheck::Trusted, Location::caller()) }
+    }
+
+    /// The two frees by pointer.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kmem::kfree`].
+    #[inline(always)]
+    unsafe fn free_ptr(
+        &self,
+        p: *const u8,
+        check: FreeCheck,
+        site: &'static Location<'static>,
+    ) -> Result<(), SlabError> {
         if is_zero_or_null(p) {
             return Ok(());
         }
-        match self.find(p)? {
-            Owned::Slab { cache, slab, index } => {
-                self.cache_free(cache, slab, index, Location::caller())
-            }
+        // SAFETY: forwarded from our caller.
+        match unsafe { self.find(p) }? {
+            Owned::Slab { cache, slab, index } => self.cache_free(cache, slab, index, check, site),
             Owned::Large { pfn, order } => {
-                self.free_block(pfn, order);
+                self.free_owned_block(pfn, order);
                 Ok(())
             }
         }
@@ -314,8 +431,13 @@ impl<B: SlabBackend> Kmem<B> {
     /// Resizes an allocation (Linux `krealloc`): in place while the class
     /// still fits, otherwise a new allocation with the contents copied and
     /// the old one freed. On error the old allocation is untouched.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of the crate documentation; the caller holds
+    /// the allocation at `p` (its bytes are read and it may be freed).
     #[track_caller]
-    pub fn krealloc(
+    pub unsafe fn krealloc(
         &self,
         p: *const u8,
         new_size: usize,
@@ -324,7 +446,8 @@ impl<B: SlabBackend> Kmem<B> {
         if is_zero_or_null(p) {
             return self.kmalloc(new_size, gfp);
         }
-        let (src, old_size, fits) = match self.find(p)? {
+        // SAFETY: forwarded from our caller.
+        let (src, old_size, fits) = match unsafe { self.find(p) }? {
             Owned::Slab { cache, slab, index } => {
                 if slab.state(index) != ObjState::Allocated {
                     return Err(self.not_allocated(cache, slab, index));
@@ -350,15 +473,17 @@ impl<B: SlabBackend> Kmem<B> {
                 .ok_or(SlabError::InvalidPointer { addr: self.virt(p) });
         }
         if new_size == 0 {
-            self.kfree(p)?;
+            // SAFETY: forwarded from our caller.
+            unsafe { self.kfree(p) }?;
             return Ok(ZERO_SIZE_PTR);
         }
         let new = self.kmalloc(new_size, gfp)?;
         // SAFETY: `src` is the live allocation `p` (found through its owner
-        // word), at least `old_size` bytes; `new` is a distinct one of at
-        // least `new_size`.
+        // word, held by our caller), at least `old_size` bytes; `new` is a
+        // distinct one of at least `new_size`.
         unsafe { raw::copy(src, new.as_ptr(), old_size.min(new_size)) };
-        self.kfree(p)?;
+        // SAFETY: forwarded from our caller; `p` was checked allocated.
+        unsafe { self.kfree(p) }?;
         Ok(new)
     }
 
@@ -371,19 +496,29 @@ impl<B: SlabBackend> Kmem<B> {
     ) -> Result<NonNull<u8>, SlabError> {
         let c = self.kmalloc_cache(kmalloc_index(size), false);
         let p = self.cache_alloc(c, gfp, size, Location::caller())?;
-        if let Some((slab, index)) = self.slab_index(p.as_ptr()) {
+        // SAFETY: we hold the object just allocated.
+        if let Some((slab, index)) = unsafe { self.slab_index(p.as_ptr()) } {
             slab.set_state(index, ObjState::Internal);
         }
         Ok(p)
     }
 
-    /// Frees what [`Kmem::kmalloc_internal`] returned.
+    /// Frees what [`Kmem::kmalloc_internal`] returned, straight to its
+    /// slab (not to a CPU's array, which a drain may just have emptied).
     pub(crate) fn kfree_internal(&self, p: *const u8) {
-        if let Ok(Owned::Slab { cache, slab, index }) = self.find(p) {
-            if slab.state(index) == ObjState::Internal {
-                slab.set_state(index, ObjState::Allocated);
-                let freed = self.cache_free(cache, slab, index, Location::caller());
-                debug_assert!(freed.is_ok(), "internal free of {p:?}: {freed:?}");
+        // SAFETY: `p` is an internal object this allocator holds.
+        if let Ok(Owned::Slab { cache, slab, index }) = unsafe { self.find(p) } {
+            let freed = self.free_to_node(cache, slab, index, || {
+                if slab.state(index) != ObjState::Internal {
+                    return Err(self.not_allocated(cache, slab, index));
+                }
+                if cache.debug {
+                    cache.debug_init_free(slab.object(index, cache.geo.stride));
+                }
+                Ok(())
+            });
+            if freed.is_err() {
+                self.note_internal_error();
             }
         }
     }
@@ -400,7 +535,7 @@ impl<B: SlabBackend> Kmem<B> {
         let (pfn, base) =
             self.alloc_block(gfp & !GfpFlags::ZONE_MASK | (gfp & GfpFlags::DMA), order)?;
         if let Err(e) = self.set_large_owner(pfn, order) {
-            self.free_block(pfn, order);
+            self.free_owned_block(pfn, order);
             return Err(e);
         }
         if gfp.contains(GfpFlags::ZERO) {

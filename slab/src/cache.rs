@@ -3,19 +3,27 @@
 //! the node's slabs (refill, flush) and the page allocator (grow, discard).
 //!
 //! Paths and costs:
-//! - alloc fast: pin CPU, pop an entry, mark it allocated: O(1), no lock.
-//! - free fast: state-byte check, mark cached, pin CPU, push: O(1), no lock.
+//! - alloc fast: pin CPU, pop an entry, mark it allocated: O(1), no lock,
+//!   no atomic read-modify-write.
+//! - free fast (checked, `kfree`): one compare-and-swap of the state byte
+//!   (`Allocated` → `Cached`, so racing double frees are refused), pin
+//!   CPU, push: O(1), no lock. The unchecked free (`GlobalAlloc`, whose
+//!   caller promises a live pointer) stores the state instead: no atomic
+//!   read-modify-write at all.
 //! - refill / flush: one node-lock hold for `batch` objects.
 //! - grow: one `alloc_frames` plus an O(objects) slab build, CPU unpinned
 //!   (the page allocator may sleep).
+//! - drain of every CPU (Linux `flush_all`): each CPU's array emptied as
+//!   that CPU, through `PreemptControl::on_cpu`.
 //! - debug caches (`SLAB_POISON | SLAB_RED_ZONE | SLAB_STORE_USER`) bypass
 //!   the per-CPU arrays and run every alloc and free under the node lock.
 //!
-//! The node lock is never held across a page-allocator call and the CPU
-//! is never pinned across one; a path never pins the CPU twice.
+//! The node lock is never held across a page allocation and the CPU is
+//! never pinned across one; a path never pins the CPU twice. Slabs are
+//! freed (their pages returned) with no node lock held.
 
 use crate::{
-    cpu::{CpuArray, CpuGuard, Entries, Entry},
+    cpu::{CpuArray, CpuGuard, Entries, Entry, Pinned},
     debug::Corruption,
     error::SlabError,
     flags::SlabFlags,
@@ -25,12 +33,11 @@ use crate::{
     node::{Node, MIN_PARTIAL},
     slab::{ObjState, SlabHeader},
 };
-use core::{
-    panic::Location,
-    ptr::NonNull,
-    sync::atomic::{AtomicUsize, Ordering::Relaxed},
+use core::{panic::Location, ptr::NonNull};
+use kmm_api::{
+    sync::{AtomicUsize, Ordering::Relaxed, SpinLock},
+    GfpFlags, Order, Pfn,
 };
-use kmm_api::{sync::SpinLock, GfpFlags, Order, Pfn};
 
 /// Whether the fast path keeps the state bytes (the always-on double-free
 /// check). Off only in a build with `RUSTFLAGS="--cfg kmm_no_free_checks"`,
@@ -94,9 +101,10 @@ struct Discards {
 impl KmemCache {
     /// The per-CPU array of the pinned CPU.
     #[inline]
-    fn cpu_array<P: kmm_api::PreemptControl>(&self, guard: &CpuGuard<'_, P>) -> &CpuArray {
-        debug_assert!(guard.cpu() < self.nr_cpus);
-        let cpu = guard.cpu().min(self.nr_cpus - 1);
+    fn cpu_array(&self, pinned: &Pinned) -> &CpuArray {
+        // A platform reporting a CPU id past `nr_cpus` broke its contract;
+        // clamping keeps the access in bounds.
+        let cpu = pinned.cpu().min(self.nr_cpus - 1);
         // SAFETY: `cpus` points at `nr_cpus` initialised arrays living as
         // long as the descriptor; `cpu` is in range.
         unsafe { crate::raw::as_ref(self.cpus.add(cpu)) }
@@ -191,6 +199,17 @@ impl KmemCache {
     }
 }
 
+/// Whether a free checks that its object is allocated (the `kfree` path)
+/// or trusts its caller (`GlobalAlloc::dealloc`, whose caller promises a
+/// live pointer).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FreeCheck {
+    /// Refuse an object that is not allocated, atomically.
+    Checked,
+    /// The caller vouches for the object.
+    Trusted,
+}
+
 impl<B: SlabBackend> Kmem<B> {
     /// Allocates one object of `c`: the fast path, inlined into callers.
     #[inline(always)]
@@ -277,20 +296,27 @@ impl<B: SlabBackend> Kmem<B> {
         c: &KmemCache,
         slab: &SlabHeader,
         index: usize,
+        check: FreeCheck,
         site: &'static Location<'static>,
     ) -> Result<(), SlabError> {
-        let obj = slab.object(index, c.geo.stride);
-        let state = &slab.states()[index];
-        if (FREE_CHECKS || c.debug) && state.load(Relaxed) != ObjState::Allocated as u8 {
-            return Err(self.not_allocated(c, slab, index));
-        }
         if c.debug {
             return self.debug_free(c, slab, index, site);
         }
+        let state = &slab.states()[index];
         if FREE_CHECKS {
-            state.store(ObjState::Cached as u8, Relaxed);
+            match check {
+                FreeCheck::Checked if !SlabHeader::try_free(state) => {
+                    return Err(self.not_allocated(c, slab, index));
+                }
+                FreeCheck::Checked => {}
+                FreeCheck::Trusted => state.store(ObjState::Cached as u8, Relaxed),
+            }
         }
-        let entry = Entry { obj, state, slab };
+        let entry = Entry {
+            obj: slab.object(index, c.geo.stride),
+            state,
+            slab,
+        };
         let pushed = {
             let guard = CpuGuard::new(self.backend());
             c.cpu_array(&guard).push(&guard, entry, c.limit)
@@ -341,10 +367,38 @@ impl<B: SlabBackend> Kmem<B> {
                 discards
             })
         };
-        for slab in discards.slabs.into_iter().flatten() {
-            // SAFETY: the slab was unlinked from its node and is ours alone.
+        self.discard_all(c, discards);
+    }
+
+    /// Puts object `index` of `slab` straight back on its slab's free list
+    /// under the node lock, after `release` (run under the lock) has
+    /// checked and prepared it; returns a surplus empty slab to the page
+    /// allocator afterwards. The path of debug caches, and of the
+    /// allocator's own objects, which must not refill a CPU's array.
+    pub(crate) fn free_to_node(
+        &self,
+        c: &KmemCache,
+        slab: &SlabHeader,
+        index: usize,
+        release: impl FnOnce() -> Result<(), SlabError>,
+    ) -> Result<(), SlabError> {
+        let discard = {
+            let mut node = c.node.lock();
+            release()?;
+            c.fp.push(slab, &c.geo, index);
+            node.relist(slab, 1);
+            let surplus = node.surplus_empty(MIN_PARTIAL).map(NonNull::from);
+            if let Some(p) = surplus {
+                // SAFETY: a listed slab, live under the lock.
+                node.remove_slab(unsafe { p.as_ref() });
+            }
+            surplus
+        };
+        if let Some(slab) = discard {
+            // SAFETY: unlinked above; ours alone.
             self.discard(c, unsafe { slab.as_ref() });
         }
+        Ok(())
     }
 
     /// Builds a new slab for `c` with the CPU unpinned and no lock held.
@@ -367,7 +421,9 @@ impl<B: SlabBackend> Kmem<B> {
         // SAFETY: `header` is either the slab's first page (on-slab: the
         // geometry reserved `header_bytes` before `s_mem`) or a fresh
         // kmalloc object of `header_bytes`; both word aligned and unshared.
-        let slab = unsafe { SlabHeader::init(header, base, s_mem, g.objects, c) };
+        let slab = unsafe {
+            SlabHeader::init(header, self.header_magic(header), base, s_mem, g.objects, c)
+        };
         for index in (0..g.objects).rev() {
             let obj = slab.object(index, g.stride);
             if c.debug {
@@ -382,55 +438,86 @@ impl<B: SlabBackend> Kmem<B> {
             c.fp.push(slab, g, index);
         }
         if let Err(e) = self.set_slab_owner(pfn, g.order, slab) {
+            slab.release();
+            self.free_owned_block(pfn, g.order);
             if g.off_slab {
                 self.kfree_internal(header.cast());
             }
-            self.free_block(pfn, g.order);
             return Err(e);
         }
         c.node.lock().add_slab(slab);
         Ok(())
     }
 
-    /// Returns an unlinked slab's pages (and off-slab header).
+    /// Returns an unlinked slab's pages (and off-slab header): its owner
+    /// words are cleared first, so the page allocator takes the pages back
+    /// and `kfree` of a stale pointer into them finds no slab.
     pub(crate) fn discard(&self, c: &KmemCache, slab: &SlabHeader) {
         let base = slab.base;
         let header: *const SlabHeader = slab;
+        slab.release();
         if let Some(pfn) = self.backend().ptr_to_pfn(base) {
-            self.free_block(pfn, c.geo.order);
+            self.free_owned_block(pfn, c.geo.order);
         }
         if c.geo.off_slab {
             self.kfree_internal(header.cast());
         }
     }
 
-    /// Returns the calling CPU's cached objects of `c` to their slabs (and
-    /// slabs beyond `MIN_PARTIAL` empty ones to the page allocator); the
-    /// pages freed.
-    pub(crate) fn drain_cpu(&self, c: &KmemCache) -> usize {
-        if c.debug {
-            return 0;
-        }
-        let discards = {
-            let guard = CpuGuard::new(self.backend());
-            c.cpu_array(&guard).with(&guard, |e, avail| {
-                let n = *avail;
-                c.flush(e, avail, n)
-            })
-        };
+    /// Discards the slabs a flush unlinked; the pages freed.
+    fn discard_all(&self, c: &KmemCache, discards: Discards) -> usize {
         let mut pages = 0;
         for slab in discards.slabs.into_iter().flatten() {
-            // SAFETY: unlinked by the flush; ours alone.
+            // SAFETY: the flush unlinked the slab from its node; ours alone.
             self.discard(c, unsafe { slab.as_ref() });
             pages += c.geo.pages();
         }
         pages
     }
 
-    /// Returns the calling CPU's cached objects of `c` to their slabs, and
-    /// every empty slab to the page allocator; the pages freed.
-    pub(crate) fn shrink_cache(&self, c: &KmemCache) -> usize {
-        let mut pages = self.drain_cpu(c);
+    /// Returns the pinned CPU's cached objects of `c` to their slabs (and
+    /// slabs beyond `MIN_PARTIAL` empty ones to the page allocator); the
+    /// pages freed.
+    pub(crate) fn drain_array(&self, c: &KmemCache, pinned: &Pinned) -> usize {
+        if c.debug {
+            return 0;
+        }
+        let discards = c.cpu_array(pinned).with(pinned, |e, avail| {
+            let n = *avail;
+            c.flush(e, avail, n)
+        });
+        self.discard_all(c, discards)
+    }
+
+    /// Runs `drain` as every CPU in turn, through the platform's `on_cpu`
+    /// (Linux `flush_all`); returns the CPUs the platform could not reach.
+    pub(crate) fn on_each_cpu(&self, mut drain: impl FnMut(&Pinned)) -> usize {
+        let mut unreached = 0;
+        for cpu in 0..self.nr_cpus() {
+            let ran = self.backend().on_cpu(cpu, &mut || {
+                // SAFETY: the platform runs this work as `cpu`, exclusive
+                // with every section pinned to it (`PreemptControl`).
+                let pinned = unsafe { Pinned::new(cpu) };
+                drain(&pinned);
+            });
+            if !ran {
+                unreached += 1;
+            }
+        }
+        unreached
+    }
+
+    /// Every CPU's cached objects of `c` back to their slabs; the pages
+    /// freed (a CPU the platform cannot reach keeps its objects).
+    pub(crate) fn flush_all_cpus(&self, c: &KmemCache) -> usize {
+        let mut pages = 0;
+        self.on_each_cpu(|pinned| pages += self.drain_array(c, pinned));
+        pages
+    }
+
+    /// Every empty slab of `c` back to the page allocator; the pages freed.
+    pub(crate) fn discard_empty(&self, c: &KmemCache) -> usize {
+        let mut pages = 0;
         loop {
             let slab = {
                 let mut node = c.node.lock();
@@ -447,5 +534,12 @@ impl<B: SlabBackend> Kmem<B> {
             pages += c.geo.pages();
         }
         pages
+    }
+
+    /// Linux `kmem_cache_shrink`: every CPU's cached objects of `c` back to
+    /// their slabs, and every empty slab to the page allocator; the pages
+    /// freed.
+    pub(crate) fn shrink_cache(&self, c: &KmemCache) -> usize {
+        self.flush_all_cpus(c) + self.discard_empty(c)
     }
 }

@@ -1,21 +1,23 @@
 //! Per-CPU object arrays (Linux SLAB's `array_cache`, Bonwick's loaded
 //! magazine): the fast path of every non-debug cache.
 //!
-//! Each CPU owns one array per cache, reached only between
-//! `PreemptControl::get_cpu` and `put_cpu` (the [`CpuGuard`]), which the
-//! platform promises is exclusive: allocation pops and free pushes with
-//! plain loads and stores, no lock and no atomic read-modify-write. When
-//! the array is empty, a batch is refilled from the node under its lock;
-//! when it is full, the older half is flushed back. An object may be freed
-//! on any CPU (a remote free simply lands in that CPU's array).
+//! Each CPU owns one array per cache, reached only with that CPU [`Pinned`]:
+//! between `PreemptControl::get_cpu` and `put_cpu` (the [`CpuGuard`]), or
+//! inside `PreemptControl::on_cpu` work for that CPU (Linux `flush_all`
+//! draining another CPU). The platform promises both are exclusive, so
+//! allocation pops and free pushes with plain loads and stores, no lock
+//! and no atomic read-modify-write. When the array is empty, a batch is
+//! refilled from the node under its lock; when it is full, the older half
+//! is flushed back. An object may be freed on any CPU (a remote free simply
+//! lands in that CPU's array).
 //!
 //! `avail` is an atomic only so that validation and reports may read
-//! another CPU's count; it is written by its owner alone. This module must
-//! never touch another CPU's entries.
+//! another CPU's count; it is written only with its CPU pinned. This module
+//! must never touch the entries of a CPU it has not pinned.
 
 use crate::slab::SlabHeader;
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering::Relaxed};
+use kmm_api::sync::{AtomicU8, AtomicUsize, Ordering::Relaxed};
 use kmm_api::PreemptControl;
 
 #[cfg(loom)]
@@ -84,8 +86,8 @@ impl CpuArray {
 
     /// Pops the newest entry (the fast allocation path).
     #[inline(always)]
-    pub fn pop<P: PreemptControl>(&self, guard: &CpuGuard<'_, P>) -> Option<Entry> {
-        self.with(guard, |e, avail| {
+    pub fn pop(&self, pinned: &Pinned) -> Option<Entry> {
+        self.with(pinned, |e, avail| {
             if *avail == 0 {
                 return None;
             }
@@ -97,13 +99,8 @@ impl CpuArray {
     /// Pushes an entry unless the array holds `limit` (the fast free path);
     /// gives the entry back when full.
     #[inline(always)]
-    pub fn push<P: PreemptControl>(
-        &self,
-        guard: &CpuGuard<'_, P>,
-        entry: Entry,
-        limit: usize,
-    ) -> Result<(), Entry> {
-        self.with(guard, |e, avail| {
+    pub fn push(&self, pinned: &Pinned, entry: Entry, limit: usize) -> Result<(), Entry> {
+        self.with(pinned, |e, avail| {
             if *avail >= limit {
                 return Err(entry);
             }
@@ -113,13 +110,10 @@ impl CpuArray {
         })
     }
 
-    /// Runs `f` on the entries and the count, with the CPU pinned by `guard`.
+    /// Runs `f` on the entries and the count, with this array's CPU
+    /// pinned (the caller picked the array by `pinned.cpu()`).
     #[inline(always)]
-    pub fn with<P: PreemptControl, R>(
-        &self,
-        _guard: &CpuGuard<'_, P>,
-        f: impl FnOnce(&mut Entries, &mut usize) -> R,
-    ) -> R {
+    pub fn with<R>(&self, _pinned: &Pinned, f: impl FnOnce(&mut Entries, &mut usize) -> R) -> R {
         let mut avail = self.avail.load(Relaxed);
         let r = self.entries.with_mut(|e| f(e, &mut avail));
         self.avail.store(avail, Relaxed);
@@ -127,21 +121,27 @@ impl CpuArray {
     }
 }
 
-/// This CPU, pinned (Linux `get_cpu()` … `put_cpu()`); per-CPU arrays are
-/// reached only through it.
-pub(crate) struct CpuGuard<'a, P: PreemptControl> {
+/// Proof that one CPU is held exclusively by the holder of this value: its
+/// per-CPU arrays are reached only through one. Not `Send`: the hold
+/// belongs to the context that took it.
+pub(crate) struct Pinned {
     cpu: usize,
-    platform: &'a P,
     _not_send: PhantomData<*mut ()>,
 }
 
-impl<'a, P: PreemptControl> CpuGuard<'a, P> {
-    /// Pins the caller to its CPU.
+impl Pinned {
+    /// The proof for `cpu`.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds `cpu` exclusively for the value's life: it is
+    /// inside `get_cpu`/`put_cpu` for it, or inside `on_cpu` work for it
+    /// (the `PreemptControl` contract), and makes no second `Pinned` for
+    /// it meanwhile.
     #[inline]
-    pub fn new(platform: &'a P) -> Self {
-        Self {
-            cpu: platform.get_cpu(),
-            platform,
+    pub unsafe fn new(cpu: usize) -> Self {
+        Pinned {
+            cpu,
             _not_send: PhantomData,
         }
     }
@@ -153,10 +153,38 @@ impl<'a, P: PreemptControl> CpuGuard<'a, P> {
     }
 }
 
+/// This CPU, pinned (Linux `get_cpu()` … `put_cpu()`).
+pub(crate) struct CpuGuard<'a, P: PreemptControl> {
+    pinned: Pinned,
+    platform: &'a P,
+}
+
+impl<'a, P: PreemptControl> CpuGuard<'a, P> {
+    /// Pins the caller to its CPU.
+    #[inline]
+    pub fn new(platform: &'a P) -> Self {
+        let cpu = platform.get_cpu();
+        Self {
+            // SAFETY: `get_cpu` hands `cpu` to us alone until the
+            // `put_cpu` in `drop` (the `PreemptControl` contract).
+            pinned: unsafe { Pinned::new(cpu) },
+            platform,
+        }
+    }
+}
+
+impl<P: PreemptControl> core::ops::Deref for CpuGuard<'_, P> {
+    type Target = Pinned;
+    #[inline]
+    fn deref(&self) -> &Pinned {
+        &self.pinned
+    }
+}
+
 impl<P: PreemptControl> Drop for CpuGuard<'_, P> {
     #[inline]
     fn drop(&mut self) {
-        self.platform.put_cpu(self.cpu);
+        self.platform.put_cpu(self.pinned.cpu);
     }
 }
 
@@ -183,14 +211,16 @@ impl<T> Cell<T> {
     fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         #[cfg(loom)]
         return self.inner.with_mut(|p| {
-            // SAFETY: only the CPU pinned by a `CpuGuard` reaches its cell
-            // (the `PreemptControl` contract); loom checks that claim.
+            // SAFETY: only the holder of a `Pinned` for this array's CPU
+            // reaches its cell (the `PreemptControl` contract); loom checks
+            // that claim.
             f(unsafe { &mut *p })
         });
         #[cfg(not(loom))]
         {
-            // SAFETY: only the CPU pinned by a `CpuGuard` reaches its cell,
-            // and the platform promises that CPU id is exclusive.
+            // SAFETY: only the holder of a `Pinned` for this array's CPU
+            // reaches its cell, and the platform promises that hold is
+            // exclusive.
             f(unsafe { &mut *self.inner.get() })
         }
     }

@@ -15,17 +15,11 @@ use crate::{
     error::SlabError,
     flags::{SlabFlags, POISON_END, POISON_FREE, SLUB_RED_ACTIVE, SLUB_RED_INACTIVE},
     kmem::{Kmem, SlabBackend},
-    node::MIN_PARTIAL,
     raw,
     slab::{ObjState, SlabHeader},
 };
-use core::{
-    fmt,
-    panic::Location,
-    ptr::{self, NonNull},
-    sync::atomic::Ordering::Relaxed,
-};
-use kmm_api::{GfpFlags, VirtAddr};
+use core::{fmt, panic::Location, ptr};
+use kmm_api::{sync::Ordering::Relaxed, GfpFlags, VirtAddr};
 
 /// What a debug check found overwritten.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -309,8 +303,10 @@ impl<B: SlabBackend> Kmem<B> {
         }
     }
 
-    /// The debug free path: red zones checked, patterns rewritten, the
-    /// object returned straight to its slab.
+    /// The debug free path: under the node lock, the object checked to be
+    /// allocated (so of two racing frees one is refused) and its red zones
+    /// checked, its patterns rewritten, and the object returned straight to
+    /// its slab.
     pub(crate) fn debug_free(
         &self,
         c: &KmemCache,
@@ -319,8 +315,10 @@ impl<B: SlabBackend> Kmem<B> {
         site: &'static Location<'static>,
     ) -> Result<(), SlabError> {
         let obj = slab.object(index, c.geo.stride);
-        let discard = {
-            let mut node = c.node.lock();
+        self.free_to_node(c, slab, index, || {
+            if slab.state(index) != ObjState::Allocated {
+                return Err(self.not_allocated(c, slab, index));
+            }
             if let Err(report) = c.check_live_object(obj, self.virt(obj)) {
                 slab.set_state(index, ObjState::Quarantined);
                 c.quarantined.fetch_add(1, Relaxed);
@@ -328,19 +326,7 @@ impl<B: SlabBackend> Kmem<B> {
                 return Err(SlabError::Corrupted(report));
             }
             c.debug_on_free(obj, ptr::from_ref(site));
-            c.fp.push(slab, &c.geo, index);
-            node.relist(slab, 1);
-            let surplus = node.surplus_empty(MIN_PARTIAL).map(NonNull::from);
-            if let Some(p) = surplus {
-                // SAFETY: a listed slab, live under the lock.
-                node.remove_slab(unsafe { p.as_ref() });
-            }
-            surplus
-        };
-        if let Some(slab) = discard {
-            // SAFETY: unlinked above; ours alone.
-            self.discard(c, unsafe { slab.as_ref() });
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }

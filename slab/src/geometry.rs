@@ -80,29 +80,38 @@ impl Geometry {
         if flags.contains(SlabFlags::HWCACHE_ALIGN) {
             align = align.max(hwcache_align(size));
         }
+        // Every sum below is on the caller's size: each is checked, so a
+        // size near `usize::MAX` is refused instead of wrapping.
+        let add = |a: usize, b: usize| a.checked_add(b).ok_or(bad);
         let object_size = size.checked_next_multiple_of(WORD).ok_or(bad)?;
         let red_zone = flags.contains(SlabFlags::RED_ZONE);
         let red_end = if red_zone {
-            object_size + WORD
+            add(object_size, WORD)?
         } else {
             object_size
         };
         let fp_outside = red_zone || has_ctor || flags.contains(SlabFlags::POISON);
         let (fp_offset, mut end) = if fp_outside {
-            (red_end, red_end + WORD)
+            (red_end, add(red_end, WORD)?)
         } else {
             ((object_size / 2) & !(WORD - 1), red_end)
         };
-        let track_offset = flags.contains(SlabFlags::STORE_USER).then(|| {
-            let at = end;
-            end += 2 * WORD;
-            at
-        });
-        let orig_offset = (track_request && red_zone).then(|| {
-            let at = end;
-            end += WORD;
-            at
-        });
+        let track_offset = match flags.contains(SlabFlags::STORE_USER) {
+            true => {
+                let at = end;
+                end = add(end, 2 * WORD)?;
+                Some(at)
+            }
+            false => None,
+        };
+        let orig_offset = match track_request && red_zone {
+            true => {
+                let at = end;
+                end = add(end, WORD)?;
+                Some(at)
+            }
+            false => None,
+        };
         let stride = end.checked_next_multiple_of(align).ok_or(bad)?;
         let off_slab = stride >= OFF_SLAB_MIN_SIZE;
         let (order, objects, s_mem_offset) = choose_order(stride, align, off_slab).ok_or(bad)?;
@@ -295,5 +304,32 @@ mod tests {
         assert!(err(64, 3));
         assert!(err(64, 2 * PAGE_SIZE));
         assert!(err(1 << 30, 8));
+    }
+
+    #[test]
+    fn sizes_near_usize_max_are_refused_with_every_debug_flag() {
+        let all = SlabFlags::RED_ZONE | SlabFlags::POISON | SlabFlags::STORE_USER;
+        for flags in [
+            SlabFlags::empty(),
+            SlabFlags::RED_ZONE,
+            SlabFlags::POISON,
+            SlabFlags::STORE_USER,
+            all,
+        ] {
+            for size in [
+                usize::MAX,
+                usize::MAX - 7,
+                usize::MAX - 64,
+                usize::MAX / 2 + 1,
+            ] {
+                for track_request in [false, true] {
+                    let geo = Geometry::new(size, 8, flags, true, track_request);
+                    assert!(
+                        matches!(geo, Err(SlabError::BadGeometry { .. })),
+                        "size {size:#x} with {flags:?}: {geo:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -3,7 +3,9 @@
 //! honoured by moving to a class whose natural alignment suffices.
 //! `alloc_zeroed` is kzalloc, `realloc` is krealloc where the class keeps
 //! the alignment. Holds no state of its own beyond how to reach the
-//! allocator; must never panic (failures are null pointers).
+//! allocator; must never panic (failures are null pointers). `dealloc`
+//! takes the trusted free: its caller promises a live pointer, so the
+//! object's state is stored rather than compared and swapped.
 
 use crate::{
     kmalloc::{kmalloc_index, kmalloc_index_aligned, KMALLOC_MAX_CACHE_SIZE},
@@ -90,8 +92,11 @@ unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
 
     unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
         if let Some(k) = (self.kmem)() {
-            let freed = k.kfree(p);
-            debug_assert!(freed.is_ok(), "dealloc of {p:?}: {freed:?}");
+            // SAFETY: our caller promises `p` is a live block we returned,
+            // given up here. A refusal cannot be reported from `dealloc`
+            // and must never panic (unwinding out of the global allocator
+            // is undefined behaviour): the block then stays allocated.
+            let _ = unsafe { k.kfree_trusted(p) };
         }
     }
 
@@ -106,8 +111,9 @@ unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
                 || kmalloc_index_aligned(new_size, layout.align())
                     == Some(kmalloc_index(new_size.max(1))));
         if keeps_align {
-            return k
-                .krealloc(p, new_size, self.gfp)
+            // SAFETY: our caller promises `p` is a live block we returned
+            // with `layout`, which it gives up on success.
+            return unsafe { k.krealloc(p, new_size, self.gfp) }
                 .map_or(ptr::null_mut(), |q| q.as_ptr());
         }
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {

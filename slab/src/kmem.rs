@@ -1,17 +1,28 @@
 //! The allocator value: the cache table, the page source it draws on, and
 //! the bridge between objects and page frames (owner words).
 //!
-//! Owner-word format (one word per frame, `kmm_api::PageOwner`), low three
-//! bits a tag:
+//! Owner words (one per frame, `kmm_api::PageOwner`), with the tags
+//! `kmm_api` allocates to the slab layer:
 //!
-//! | tag | frame | upper bits |
+//! | tag | frame | payload |
 //! |---|---|---|
-//! | 1 | any page of a slab | the slab header's direct-map address |
-//! | 2 | first page of a large kmalloc | its order |
-//! | 3 | other page of a large kmalloc | page index in the block |
+//! | `Slab` | any page of a slab | the slab header's direct-map address |
+//! | `LargeKmalloc` | first page of a large kmalloc | its order, shifted by 3 |
+//! | `LargeKmallocTail` | other page of a large kmalloc | page index, shifted by 3 |
+//! | `SlabCache` | a page of a cache descriptor and its per-CPU arrays | none |
 //!
-//! Cache-table lock: taken only by create and destroy, never by alloc or
-//! free; it is never held across a page-allocator call and nests no lock.
+//! The words are written (through the `unsafe` `set_owner`) only here, for
+//! frames this allocator just took, and cleared before the frames go back;
+//! a `Slab` word is still verified when read: the header it names must
+//! carry this allocator's magic for that address before anything else in
+//! it is trusted.
+//!
+//! Cache-table lock (`used`): held by create and destroy to claim and
+//! release slots, and by every walk over the caches (shrink, drain,
+//! reports, the checker) for the walk's length, so destroy can never free
+//! a descriptor a walk is reading. Never taken by alloc or free, never held
+//! across a page *allocation* (walks only free pages), and taken before any
+//! node lock.
 
 use crate::{
     cache::{Ctor, KmemCache},
@@ -28,29 +39,27 @@ use crate::{
 use core::{
     mem::size_of,
     ptr::{self, NonNull},
-    sync::atomic::{
-        AtomicPtr, AtomicU32, AtomicUsize,
-        Ordering::{Acquire, Release},
-    },
 };
 use kmm_api::{
-    get_order, sync::SpinLock, DirectMap, FrameAllocator, GfpFlags, Order, PageOwner, Pfn,
-    PreemptControl, VirtAddr, GFP_KERNEL, PAGE_SIZE,
+    get_order,
+    sync::{
+        AtomicPtr, AtomicU32, AtomicUsize,
+        Ordering::{Acquire, Relaxed, Release},
+        SpinLock, SpinLockGuard,
+    },
+    AllocatorId, DirectMap, FrameAllocator, GfpFlags, Order, OwnerTag, OwnerWord, PageOwner, Pages,
+    Pfn, PreemptControl, VirtAddr, GFP_KERNEL, PAGE_SIZE,
 };
 
 /// Everything the slab layer needs from below: frames, their direct-map
-/// addresses, one owner word per frame, and CPU pinning.
+/// addresses, one owner word per frame, and CPU pinning. All four are
+/// `unsafe` traits: the slab dereferences what they answer.
 pub trait SlabBackend: FrameAllocator + DirectMap + PageOwner + PreemptControl {}
 
 impl<T: FrameAllocator + DirectMap + PageOwner + PreemptControl> SlabBackend for T {}
 
 /// Caches the table can hold (kmalloc's 26 included).
 pub const MAX_CACHES: usize = 64;
-
-pub(crate) const TAG_MASK: usize = 0b111;
-pub(crate) const TAG_SLAB: usize = 1;
-pub(crate) const TAG_LARGE: usize = 2;
-pub(crate) const TAG_TAIL: usize = 3;
 
 /// Boot-time settings.
 #[derive(Clone, Copy, Debug, Default)]
@@ -62,10 +71,12 @@ pub struct KmemConfig {
     pub seed: u64,
 }
 
-/// A handle on a cache made by [`Kmem::kmem_cache_create`]. A handle of a
-/// destroyed cache is refused with [`SlabError::NoSuchCache`].
+/// A handle on a cache made by [`Kmem::kmem_cache_create`]. It names its
+/// allocator: a handle of a destroyed cache, or of another allocator's
+/// cache, is refused with [`SlabError::NoSuchCache`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct CacheId {
+    kmem: AllocatorId,
     index: u16,
     generation: u32,
 }
@@ -80,10 +91,18 @@ pub struct Kmem<B> {
     backend: B,
     config: KmemConfig,
     nr_cpus: usize,
+    /// This allocator's identity, carried by every [`CacheId`] it makes.
+    id: AllocatorId,
+    /// XORed with a slab header's address into its magic.
+    cookie: usize,
     table: [AtomicPtr<KmemCache>; MAX_CACHES],
     generations: [AtomicU32; MAX_CACHES],
     used: SpinLock<u64>,
     kmalloc: [NonNull<KmemCache>; 2 * NR_KMALLOC],
+    /// Frees of the allocator's own memory that were refused (by the page
+    /// source, which lost track of a block we held, or by our own checks):
+    /// nothing can be undone then, so they are counted, never panicked on.
+    internal_errors: AtomicUsize,
 }
 
 // SAFETY: the descriptors the raw pointers name are `Sync` and live as
@@ -106,16 +125,24 @@ pub(crate) enum Owned<'a> {
 
 impl<B: SlabBackend> Kmem<B> {
     /// Builds the allocator and its kmalloc caches over `backend`.
+    ///
+    /// Errors: [`SlabError::Page`] when the page source cannot provide the
+    /// caches' descriptors (everything taken is given back), or when the
+    /// platform declares so many CPUs that their arrays cannot be sized.
     pub fn new(backend: B, config: KmemConfig) -> Result<Self, SlabError> {
         let nr_cpus = backend.nr_cpus().max(1);
+        let id = AllocatorId::new().ok_or(SlabError::Page(kmm_api::Error::IdsExhausted))?;
         let mut kmem = Self {
             backend,
             config,
             nr_cpus,
+            id,
+            cookie: secret(config.seed, usize::MAX, id.as_u32() as usize),
             table: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
             generations: core::array::from_fn(|_| AtomicU32::new(0)),
             used: SpinLock::new(0),
             kmalloc: [NonNull::dangling(); 2 * NR_KMALLOC],
+            internal_errors: AtomicUsize::new(0),
         };
         if let Err(e) = kmem.create_kmalloc_caches() {
             // Nothing was handed out yet: give every descriptor back.
@@ -124,7 +151,7 @@ impl<B: SlabBackend> Kmem<B> {
                 if !c.is_null() {
                     // SAFETY: published by `create`, now unpublished.
                     let (pfn, order) = unsafe { raw::as_ref(c) }.desc;
-                    kmem.free_block(pfn, order);
+                    kmem.free_owned_block(pfn, order);
                 }
             }
             return Err(e);
@@ -168,6 +195,11 @@ impl<B: SlabBackend> Kmem<B> {
         &self.backend
     }
 
+    /// CPUs with per-CPU arrays (the platform's `nr_cpus` at creation).
+    pub(crate) fn nr_cpus(&self) -> usize {
+        self.nr_cpus
+    }
+
     /// The kmalloc cache of class `class` (DMA variant if `dma`).
     #[inline]
     pub(crate) fn kmalloc_cache(&self, class: usize, dma: bool) -> &KmemCache {
@@ -186,15 +218,20 @@ impl<B: SlabBackend> Kmem<B> {
     #[inline]
     pub(crate) fn cache_at(&self, index: usize) -> Option<&KmemCache> {
         let p = self.table.get(index)?.load(Acquire);
-        // SAFETY: a published descriptor stays valid until destroy, which
-        // the caller must not race with uses of the same cache (as in Linux).
+        // SAFETY: a published descriptor stays valid until destroy, whose
+        // caller promises no use of that cache races it; walks over the
+        // table hold the table lock, which destroy takes to unpublish.
         (!p.is_null()).then(|| unsafe { raw::as_ref(p) })
     }
 
-    /// The live cache a handle names.
+    /// The live cache a handle names; another allocator's handle, or one
+    /// of a destroyed cache, is refused.
+    #[inline]
     pub(crate) fn cache(&self, id: CacheId) -> Result<&KmemCache, SlabError> {
         let i = usize::from(id.index);
-        if self.generations.get(i).map(|g| g.load(Acquire)) != Some(id.generation) {
+        if id.kmem != self.id
+            || self.generations.get(i).map(|g| g.load(Acquire)) != Some(id.generation)
+        {
             return Err(SlabError::NoSuchCache);
         }
         self.cache_at(i).ok_or(SlabError::NoSuchCache)
@@ -203,13 +240,22 @@ impl<B: SlabBackend> Kmem<B> {
     /// The handle of the cache in slot `index`.
     pub(crate) fn id_of(&self, index: usize) -> CacheId {
         CacheId {
+            kmem: self.id,
             index: index as u16,
             generation: self.generations[index].load(Acquire),
         }
     }
 
-    /// Every live cache, in table order.
-    pub(crate) fn caches(&self) -> impl Iterator<Item = &KmemCache> {
+    /// The table lock, for walks that need it across several steps.
+    pub(crate) fn lock_table(&self) -> SpinLockGuard<'_, u64> {
+        self.used.lock()
+    }
+
+    /// Every live cache, in table order; the caller holds the table lock.
+    pub(crate) fn caches<'t>(
+        &'t self,
+        _table: &'t SpinLockGuard<'_, u64>,
+    ) -> impl Iterator<Item = &'t KmemCache> {
         (0..MAX_CACHES).filter_map(move |i| self.cache_at(i))
     }
 
@@ -253,9 +299,24 @@ impl<B: SlabBackend> Kmem<B> {
             e
         };
         let arrays_at = size_of::<KmemCache>().next_multiple_of(64);
-        let bytes = arrays_at + self.nr_cpus * size_of::<CpuArray>();
+        let too_many_cpus = SlabError::Page(kmm_api::Error::SizeTooLarge {
+            bytes: self.nr_cpus,
+        });
+        let bytes = self
+            .nr_cpus
+            .checked_mul(size_of::<CpuArray>())
+            .and_then(|arrays| arrays.checked_add(arrays_at))
+            .ok_or(too_many_cpus)
+            .map_err(release)?;
         let order = get_order(bytes).map_err(|e| release(e.into()))?;
         let (pfn, base) = self.alloc_block(GFP_KERNEL, order).map_err(release)?;
+        let claimed = self.set_block_owner(pfn, order, |_| {
+            OwnerWord::new(OwnerTag::SlabCache, 0).unwrap_or(OwnerWord::NONE)
+        });
+        if let Err(e) = claimed {
+            self.free_owned_block(pfn, order);
+            return Err(release(e));
+        }
         let cpus = base.wrapping_add(arrays_at).cast::<CpuArray>();
         let (limit, batch) = tunables(geo.stride);
         let gfp = if flags.contains(SlabFlags::CACHE_DMA) {
@@ -277,7 +338,7 @@ impl<B: SlabBackend> Kmem<B> {
             limit,
             batch,
             fp: FreePtr {
-                secret: secret(self.config.seed, index, base as usize),
+                secret: secret(self.config.seed, index, base as usize ^ self.cookie),
                 offset: geo.fp_offset,
             },
             debug: flags.intersects(SlabFlags::DEBUG),
@@ -302,15 +363,25 @@ impl<B: SlabBackend> Kmem<B> {
         Ok(index)
     }
 
-    /// Destroys a cache (Linux `kmem_cache_destroy`): refused while objects
-    /// are allocated; otherwise every slab and the descriptor go back to
-    /// the page allocator. Must not race with other uses of the cache.
-    pub fn kmem_cache_destroy(&self, id: CacheId) -> Result<(), SlabError> {
+    /// Destroys a cache (Linux `kmem_cache_destroy`): every CPU's cached
+    /// objects of it are drained first; refused while objects are
+    /// allocated (or cached on a CPU the platform cannot reach); otherwise
+    /// every slab and the descriptor go back to the page allocator, and
+    /// the handle (and every copy of it) is refused from then on.
+    ///
+    /// # Safety
+    ///
+    /// No other use of this cache may run during the call: no allocation
+    /// or free of its objects, and no other call naming its handle (as in
+    /// Linux, the caller has quiesced its users). Walks over all caches
+    /// (shrinkers, reports, the checker) may run; they are excluded by the
+    /// table lock.
+    pub unsafe fn kmem_cache_destroy(&self, id: CacheId) -> Result<(), SlabError> {
         let c = self.cache(id)?;
         if c.index < 2 * NR_KMALLOC {
             return Err(SlabError::NoSuchCache);
         }
-        self.shrink_cache(c);
+        self.flush_all_cpus(c);
         {
             let node = c.node.lock();
             let live = c.live_objects(&node);
@@ -328,8 +399,14 @@ impl<B: SlabBackend> Kmem<B> {
                 });
             }
         }
-        self.generations[c.index].fetch_add(1, Release);
-        self.table[c.index].store(ptr::null_mut(), Release);
+        let index = c.index;
+        {
+            // Unpublished under the table lock: once it is dropped, no walk
+            // can still be reading the descriptor.
+            let _table = self.used.lock();
+            self.generations[index].fetch_add(1, Release);
+            self.table[index].store(ptr::null_mut(), Release);
+        }
         loop {
             let slab = {
                 let mut node = c.node.lock();
@@ -342,13 +419,14 @@ impl<B: SlabBackend> Kmem<B> {
             // SAFETY: unlinked above; ours alone.
             self.discard(c, unsafe { slab.as_ref() });
         }
-        let (pfn, order, index) = (c.desc.0, c.desc.1, c.index);
-        self.free_block(pfn, order);
+        let (pfn, order) = c.desc;
+        self.free_owned_block(pfn, order);
         *self.used.lock() &= !(1u64 << index);
         Ok(())
     }
 
-    /// Allocates `2^order` frames and returns them with their address.
+    /// Allocates `2^order` frames and returns them with their address; the
+    /// block is held by this allocator as a raw frame from here on.
     pub(crate) fn alloc_block(
         &self,
         gfp: GfpFlags,
@@ -357,25 +435,75 @@ impl<B: SlabBackend> Kmem<B> {
         if gfp.contains(GfpFlags::HIGHMEM) {
             return Err(SlabError::InvalidGfp { gfp });
         }
-        let pfn = self.backend.alloc_frames(gfp & !GfpFlags::ZERO, order)?;
-        match self.backend.pfn_to_ptr(pfn) {
-            Some(p) => Ok((pfn, p.as_ptr())),
+        let pages = self.backend.alloc_frames(gfp & !GfpFlags::ZERO, order)?;
+        match self.backend.pfn_to_ptr(pages.pfn()) {
+            Some(p) => Ok((pages.into_raw().0, p.as_ptr())),
             None => {
-                self.free_block(pfn, order);
+                self.give_back(pages);
                 Err(SlabError::InvalidGfp { gfp })
             }
         }
     }
 
-    /// Returns a block to the page allocator. A refusal would mean the
-    /// page source lost track of a block it gave us; nothing can be undone
-    /// then, so it is only asserted in debug builds.
+    /// Returns a block taken by `alloc_block` whose owner words are clear.
     pub(crate) fn free_block(&self, pfn: Pfn, order: Order) {
-        let freed = self.backend.free_frames(pfn, order);
-        debug_assert!(
-            freed.is_ok(),
-            "page source refused {pfn} {order}: {freed:?}"
-        );
+        // SAFETY: the block is one `alloc_block` took and this allocator
+        // still holds (callers free each block once).
+        let pages = unsafe { Pages::from_raw(pfn, order, self.backend.allocator_id()) };
+        self.give_back(pages);
+    }
+
+    /// Frees a block; a refusal would mean the page source lost track of a
+    /// block it gave us, and is counted (never a panic: this runs inside
+    /// `GlobalAlloc::dealloc`).
+    fn give_back(&self, pages: Pages) {
+        if self.backend.free_frames(pages).is_err() {
+            self.note_internal_error();
+        }
+    }
+
+    /// Counts a refused free of the allocator's own memory.
+    #[cold]
+    pub(crate) fn note_internal_error(&self) {
+        self.internal_errors.fetch_add(1, Relaxed);
+    }
+
+    /// Frees of the allocator's own memory refused since boot: always 0
+    /// unless the page source misbehaves or the allocator has a bug (the
+    /// model tests assert it).
+    pub fn internal_errors(&self) -> usize {
+        self.internal_errors.load(Relaxed)
+    }
+
+    /// Sets the owner word of every page of a block this allocator holds.
+    fn set_block_owner(
+        &self,
+        pfn: Pfn,
+        order: Order,
+        word_of: impl Fn(usize) -> OwnerWord,
+    ) -> Result<(), SlabError> {
+        for k in 0..order.pages() {
+            // SAFETY: the block is held by this allocator (taken by
+            // `alloc_block`, not yet freed). The words are the slab layer's
+            // own format, which `find` reads back: a `Slab` word names the
+            // header just written for this slab, which stays live until
+            // `discard` clears the words.
+            unsafe { self.backend.set_owner(pfn.add(k), word_of(k)) }?;
+        }
+        Ok(())
+    }
+
+    /// Clears the owner words of a block this allocator holds, so the page
+    /// allocator takes it back.
+    fn clear_block_owner(&self, pfn: Pfn, order: Order) {
+        for k in 0..order.pages() {
+            // SAFETY: the block is held by this allocator; clearing a word
+            // is always within the contract for its holder.
+            let cleared = unsafe { self.backend.set_owner(pfn.add(k), OwnerWord::NONE) };
+            if cleared.is_err() {
+                self.note_internal_error();
+            }
+        }
     }
 
     /// Points every frame of a slab at its header.
@@ -385,38 +513,66 @@ impl<B: SlabBackend> Kmem<B> {
         order: Order,
         slab: &SlabHeader,
     ) -> Result<(), SlabError> {
-        let word = self.virt(ptr::from_ref(slab).cast()).as_usize() | TAG_SLAB;
-        for k in 0..order.pages() {
-            self.backend.set_owner(pfn.add(k), word)?;
-        }
-        Ok(())
+        let header = self.virt(ptr::from_ref(slab).cast()).as_usize();
+        let word = OwnerWord::new(OwnerTag::Slab, header).ok_or(SlabError::InvalidPointer {
+            addr: VirtAddr::new(header),
+        })?;
+        self.set_block_owner(pfn, order, |_| word)
     }
 
     /// Marks the frames of a large kmalloc.
     pub(crate) fn set_large_owner(&self, pfn: Pfn, order: Order) -> Result<(), SlabError> {
-        self.backend
-            .set_owner(pfn, (order.as_usize() << 3) | TAG_LARGE)?;
-        for k in 1..order.pages() {
-            self.backend.set_owner(pfn.add(k), (k << 3) | TAG_TAIL)?;
-        }
-        Ok(())
+        self.set_block_owner(pfn, order, |k| {
+            let (tag, payload) = match k {
+                0 => (OwnerTag::LargeKmalloc, order.as_usize() << 3),
+                _ => (OwnerTag::LargeKmallocTail, k << 3),
+            };
+            // A value shifted by three always has a clear tag field.
+            OwnerWord::new(tag, payload).unwrap_or(OwnerWord::NONE)
+        })
+    }
+
+    /// Clears a slab's or large kmalloc's owner words and frees its pages.
+    pub(crate) fn free_owned_block(&self, pfn: Pfn, order: Order) {
+        self.clear_block_owner(pfn, order);
+        self.free_block(pfn, order);
+    }
+
+    /// The magic a slab header at `header` carries for this allocator.
+    #[inline(always)]
+    pub(crate) fn header_magic(&self, header: *const SlabHeader) -> usize {
+        (header as usize) ^ self.cookie
     }
 
     /// Finds who owns `p`, in O(1) through its frame's owner word.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kmem::kfree`]: if `p` lies in a slab, that slab is not
+    /// discarded while the returned borrow is used.
     #[inline(always)]
-    pub(crate) fn find(&self, p: *const u8) -> Result<Owned<'_>, SlabError> {
+    pub(crate) unsafe fn find(&self, p: *const u8) -> Result<Owned<'_>, SlabError> {
         let invalid = SlabError::InvalidPointer { addr: self.virt(p) };
         let pfn = self.backend.ptr_to_pfn(p).ok_or(invalid)?;
         let word = self.backend.owner(pfn).ok_or(invalid)?;
-        match word & TAG_MASK {
-            TAG_SLAB => {
-                let header = self.backend.virt_to_ptr(VirtAddr::new(word & !TAG_MASK));
-                // SAFETY: slab-tagged owner words are written only by
-                // `set_slab_owner`, for slabs live until their frames are
-                // freed (which forgets the word).
-                let slab = unsafe { SlabHeader::from_ptr(header.cast_const().cast()) };
-                // SAFETY: a live slab's cache outlives it (destroy frees
-                // every slab before the descriptor).
+        match word.tag() {
+            Some(OwnerTag::Slab) => {
+                let header: *const SlabHeader = self
+                    .backend
+                    .virt_to_ptr(VirtAddr::new(word.payload()))
+                    .cast_const()
+                    .cast();
+                // SAFETY: `Slab` words are written (under `set_owner`'s
+                // contract) only by `set_slab_owner`, naming a header that
+                // stays live until `discard` clears the word; the caller
+                // keeps the slab from being discarded meanwhile.
+                let slab = unsafe { SlabHeader::from_ptr(header) };
+                if slab.magic != self.header_magic(header) {
+                    return Err(invalid);
+                }
+                // SAFETY: the magic says the header is one of ours, and a
+                // live slab's cache outlives it (destroy frees every slab
+                // before the descriptor).
                 let cache = unsafe { raw::as_ref(slab.owner) };
                 let offset = (p as usize)
                     .checked_sub(slab.s_mem as usize)
@@ -433,25 +589,35 @@ impl<B: SlabBackend> Kmem<B> {
                     }),
                 }
             }
-            TAG_LARGE if self.virt(p).page_offset() == 0 => Ok(Owned::Large {
+            Some(OwnerTag::LargeKmalloc) if self.virt(p).page_offset() == 0 => Ok(Owned::Large {
                 pfn,
-                order: Order::new((word >> 3) as u32).map_err(|_| invalid)?,
+                order: Order::new((word.payload() >> 3) as u32).map_err(|_| invalid)?,
             }),
             _ => Err(invalid),
         }
     }
 
     /// The slab and index of an object known to be a slab object.
-    pub(crate) fn slab_index(&self, p: *const u8) -> Option<(&SlabHeader, usize)> {
-        match self.find(p) {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kmem::find`].
+    pub(crate) unsafe fn slab_index(&self, p: *const u8) -> Option<(&SlabHeader, usize)> {
+        // SAFETY: forwarded.
+        match unsafe { self.find(p) } {
             Ok(Owned::Slab { slab, index, .. }) => Some((slab, index)),
             _ => None,
         }
     }
 
     /// The handle of the cache owning `p`.
-    pub fn kmem_cache_of(&self, p: *const u8) -> Result<CacheId, SlabError> {
-        match self.find(p)? {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Kmem::kfree`] (`p` is not given up here).
+    pub unsafe fn kmem_cache_of(&self, p: *const u8) -> Result<CacheId, SlabError> {
+        // SAFETY: forwarded from our caller.
+        match unsafe { self.find(p) }? {
             Owned::Slab { cache, .. } => Ok(self.id_of(cache.index)),
             Owned::Large { .. } => Err(SlabError::InvalidPointer { addr: self.virt(p) }),
         }

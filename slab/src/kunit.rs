@@ -1,7 +1,9 @@
 //! The cases of Linux's `lib/slub_kunit.c`, with its expected error
-//! counts: each detection counts a report and a repair.
+//! counts: each detection counts a report and a repair. Single-threaded:
+//! the pointer calls go through [`SoleUser`], whose contract they meet
+//! (each frees what it holds, or asks about what it holds).
 
-use crate::{testing::HostMachine, *};
+use crate::{testing::HostMachine, tests::SoleUser, *};
 use kmm_api::GFP_KERNEL;
 
 fn setup(flags: SlabFlags) -> (HostMachine, KmemConfig) {
@@ -15,7 +17,7 @@ fn setup(flags: SlabFlags) -> (HostMachine, KmemConfig) {
 #[test]
 fn test_clobber_zone_red_zone_write_past_a_64_byte_object_counts_2() {
     let (m, cfg) = setup(SLAB_RED_ZONE);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_RZ_alloc", 64, 0, SLAB_RED_ZONE, None)
         .unwrap();
@@ -35,7 +37,7 @@ fn test_clobber_zone_red_zone_write_past_a_64_byte_object_counts_2() {
 #[test]
 fn test_next_pointer_corrupted_free_pointer_is_caught_and_not_followed() {
     let (m, cfg) = setup(SLAB_POISON);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_next_ptr_free", 64, 0, SLAB_POISON, None)
         .unwrap();
@@ -60,7 +62,7 @@ fn test_next_pointer_corrupted_free_pointer_is_caught_and_not_followed() {
 #[test]
 fn test_first_word_write_after_free_under_poison_counts_2() {
     let (m, cfg) = setup(SLAB_POISON);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_1th_word_free", 64, 0, SLAB_POISON, None)
         .unwrap();
@@ -79,7 +81,7 @@ fn test_first_word_write_after_free_under_poison_counts_2() {
 #[test]
 fn test_clobber_50th_byte_after_free_counts_2() {
     let (m, cfg) = setup(SLAB_POISON);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_50th_word_free", 64, 0, SLAB_POISON, None)
         .unwrap();
@@ -93,7 +95,7 @@ fn test_clobber_50th_byte_after_free_counts_2() {
 #[test]
 fn write_after_free_found_at_allocation_quarantines_the_object() {
     let (m, cfg) = setup(SLAB_POISON);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_uaf_alloc", 64, 0, SLAB_POISON, None)
         .unwrap();
@@ -110,7 +112,7 @@ fn write_after_free_found_at_allocation_quarantines_the_object() {
 #[test]
 fn test_clobber_redzone_free_is_refused_and_counts_2() {
     let (m, cfg) = setup(SLAB_RED_ZONE);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_RZ_free", 64, 0, SLAB_RED_ZONE, None)
         .unwrap();
@@ -137,7 +139,7 @@ fn test_kmalloc_redzone_access_kmalloc_18_written_at_bytes_18_and_19_counts_2() 
         slub_debug: SLAB_RED_ZONE,
         seed: 7,
     };
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let p = k.kmalloc(18, GFP_KERNEL).unwrap();
     let s = k.kmalloc_slab(18, GFP_KERNEL).unwrap();
     assert_eq!(k.kmem_cache_info(s).unwrap().name, "kmalloc-32");
@@ -155,7 +157,7 @@ fn test_kmalloc_redzone_access_kmalloc_18_written_at_bytes_18_and_19_counts_2() 
 #[test]
 fn store_user_records_the_allocating_and_freeing_call_sites() {
     let (m, cfg) = setup(SLAB_STORE_USER);
-    let k = Kmem::new(&m, cfg).unwrap();
+    let k = SoleUser::new(&m, cfg);
     let s = k
         .kmem_cache_create("TestSlub_track", 64, 0, SLAB_STORE_USER, None)
         .unwrap();

@@ -1,26 +1,22 @@
 //! The slab layer as a [`Shrinker`]: under memory pressure the zones' reclaim
-//! path asks how many pages empty slabs hold and has them returned. Takes
-//! each cache's node lock in turn; never blocks.
+//! path asks how many pages empty slabs hold and has them returned. Holds
+//! the cache-table lock for the walk and takes each cache's node lock in
+//! turn; never blocks.
 
 use crate::kmem::{Kmem, SlabBackend};
 use kmm_api::{GfpFlags, Shrinker};
 
 impl<B: SlabBackend> Shrinker for Kmem<B> {
     fn count_objects(&self) -> usize {
-        self.caches()
+        let table = self.lock_table();
+        self.caches(&table)
             .map(|c| c.node.lock().nr_empty * c.geo.pages())
             .sum()
     }
 
     fn scan_objects(&self, _gfp: GfpFlags, nr_to_scan: usize) -> usize {
-        let mut freed = 0;
-        for c in self.caches() {
-            if freed >= nr_to_scan {
-                break;
-            }
-            freed += self.shrink_cache(c);
-        }
-        freed
+        let flushed = self.flush_every_cpu().0;
+        flushed + self.discard_empty_slabs(nr_to_scan.saturating_sub(flushed))
     }
 }
 
@@ -38,7 +34,8 @@ mod tests {
             .map(|_| k.kmalloc(1024, GFP_KERNEL).unwrap())
             .collect();
         for p in objs {
-            k.kfree(p.as_ptr()).unwrap();
+            // SAFETY: a single-threaded test freeing what it allocated.
+            unsafe { k.kfree(p.as_ptr()) }.unwrap();
         }
         k.drain_local();
         let empty = k.count_objects();

@@ -16,15 +16,26 @@
 //! | `Quarantined` | found corrupted, never reused | debug checks |
 //! | `Internal` | an off-slab header, the allocator's own | grow (to), discard (from) |
 //!
+//! The one transition no lock arbitrates is a checked free, `Allocated` →
+//! `Cached`: two CPUs may free one object at once, each about to push it
+//! on its own array. It is a compare-and-swap ([`SlabHeader::try_free`]):
+//! one wins, the other is refused as a double free, and the object reaches
+//! exactly one array. Every other change is a plain store by the state's
+//! current owner (the table above).
+//!
 //! The free list, counters and list links change only under the owning
-//! cache's node lock; the atomics exist so shared references are sound, and
-//! are used as plain loads and stores (no read-modify-write). Must never be
-//! handed an object of another slab.
+//! cache's node lock; the atomics exist so shared references are sound
+//! (and, under `--cfg loom`, so the model sees every access), and are used
+//! as plain loads and stores. Must never be handed an object of another
+//! slab.
+//!
+//! Every header carries a magic, its address XOR its allocator's cookie,
+//! checked by `kfree` before it trusts anything else in the header.
 
 use crate::{cache::KmemCache, raw};
 use core::mem::size_of;
 use core::ptr;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::Relaxed};
+use kmm_api::sync::{AtomicPtr, AtomicU8, AtomicUsize, Ordering::Relaxed};
 
 /// State byte of an object (see the module table).
 #[repr(u8)]
@@ -70,6 +81,8 @@ pub(crate) enum SlabList {
 /// The header of one slab. `objects` state bytes follow it in memory.
 #[repr(C)]
 pub(crate) struct SlabHeader {
+    /// This header's address XOR its allocator's cookie.
+    pub magic: usize,
     /// First byte of the slab's pages.
     pub base: *mut u8,
     /// First object.
@@ -101,26 +114,33 @@ pub(crate) const HEADER_SIZE: usize = size_of::<SlabHeader>().next_multiple_of(s
 
 impl SlabHeader {
     /// Writes a header for a slab whose objects start at `s_mem`, with
-    /// every object `Free` and no free list yet (see [`SlabHeader::push`]).
+    /// every object `Free` and no free list yet (see `FreePtr::push`).
     ///
     /// # Safety
     /// `at` must be valid for writes of `HEADER_SIZE + objects` bytes,
     /// aligned for a `SlabHeader`, and not shared until this returns.
     pub unsafe fn init<'a>(
         at: *mut SlabHeader,
+        magic: usize,
         base: *mut u8,
         s_mem: *mut u8,
         objects: usize,
         owner: &KmemCache,
     ) -> &'a SlabHeader {
-        let states = at.cast::<u8>().wrapping_add(HEADER_SIZE);
+        #[cfg(not(loom))]
+        let states = at.cast::<u8>().wrapping_add(HEADER_SIZE).cast::<AtomicU8>();
+        // Loom's atomics are not bytes: the model keeps the state bytes in
+        // a table of its own, so it sees every access to them.
+        #[cfg(loom)]
+        let states = loom_states::alloc(objects);
         let header = SlabHeader {
+            magic,
             base,
             s_mem,
             objects,
             cache: owner.index,
             owner,
-            states: states.cast_const().cast(),
+            states: states.cast_const(),
             freelist: AtomicPtr::new(ptr::null_mut()),
             free: AtomicUsize::new(0),
             list: AtomicU8::new(SlabList::Full as u8),
@@ -130,6 +150,7 @@ impl SlabHeader {
         // SAFETY: `at` is valid for the header and its state bytes (caller).
         unsafe {
             raw::write(at, header);
+            #[cfg(not(loom))]
             raw::fill(
                 at.cast::<u8>().add(HEADER_SIZE),
                 ObjState::Free as u8,
@@ -137,6 +158,17 @@ impl SlabHeader {
             );
             raw::as_ref(at)
         }
+    }
+
+    /// Gives back what `init` took besides the header's own memory (the
+    /// loom model's state table); called once, when the slab is discarded.
+    pub fn release(&self) {
+        #[cfg(loom)]
+        // SAFETY: `states` came from `loom_states::alloc(objects)`, and the
+        // slab is being discarded: nothing reads its states again.
+        unsafe {
+            loom_states::free(self.states, self.objects)
+        };
     }
 
     /// The header at `at`, as found through a frame's owner word.
@@ -161,7 +193,22 @@ impl SlabHeader {
     /// The index of the object whose state byte is at `state`.
     #[inline]
     pub fn index_of_state(&self, state: *const AtomicU8) -> usize {
-        state as usize - self.states as usize
+        (state as usize - self.states as usize) / size_of::<AtomicU8>()
+    }
+
+    /// The checked free's transition, `Allocated` → `Cached`, as one
+    /// compare-and-swap: `false` (nothing changed) if the object was not
+    /// allocated, so of two racing frees exactly one wins.
+    #[inline(always)]
+    pub fn try_free(state: &AtomicU8) -> bool {
+        state
+            .compare_exchange(
+                ObjState::Allocated as u8,
+                ObjState::Cached as u8,
+                Relaxed,
+                Relaxed,
+            )
+            .is_ok()
     }
 
     /// The state of object `index`.
@@ -210,5 +257,29 @@ impl SlabHeader {
     #[inline]
     pub fn object(&self, index: usize, stride: usize) -> *mut u8 {
         self.s_mem.wrapping_add(index * stride)
+    }
+}
+
+/// The state bytes of the loom build: loom atomics on the host heap, one
+/// table per slab (see `SlabHeader::init`).
+#[cfg(loom)]
+mod loom_states {
+    extern crate std;
+    use super::{AtomicU8, ObjState};
+    use std::boxed::Box;
+
+    pub(super) fn alloc(objects: usize) -> *mut AtomicU8 {
+        let table: Box<[AtomicU8]> = (0..objects)
+            .map(|_| AtomicU8::new(ObjState::Free as u8))
+            .collect();
+        Box::into_raw(table).cast()
+    }
+
+    /// # Safety
+    /// `states` came from `alloc(objects)` and is not used again.
+    pub(super) unsafe fn free(states: *const AtomicU8, objects: usize) {
+        let table = core::ptr::slice_from_raw_parts_mut(states.cast_mut(), objects);
+        // SAFETY: the caller passes back what `alloc` leaked, once.
+        drop(unsafe { Box::from_raw(table) });
     }
 }

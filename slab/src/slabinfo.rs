@@ -17,7 +17,8 @@ impl<B: SlabBackend> fmt::Display for SlabInfo<'_, B> {
              : tunables <limit> <batchcount> <sharedfactor> \
              : slabdata <active_slabs> <num_slabs> <sharedavail>"
         )?;
-        for c in self.0.caches() {
+        let table = self.0.lock_table();
+        for c in self.0.caches(&table) {
             let s = self.0.stats_of(c);
             writeln!(
                 f,

@@ -15,8 +15,8 @@ use core::sync::atomic::{
     Ordering::{AcqRel, Acquire, Relaxed, Release},
 };
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, GfpFlags, Order, PageOwner, Pfn, Platform, PreemptControl,
-    VirtAddr, PAGE_SHIFT, PAGE_SIZE,
+    AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, Order, OwnerWord, PageOwner, Pages,
+    Pfn, Platform, PreemptControl, VirtAddr, PAGE_SHIFT, PAGE_SIZE,
 };
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -45,6 +45,7 @@ pub struct HostMachine {
     /// exclusive even when there are more threads than CPUs.
     cpu_locks: Box<[AtomicBool]>,
     fail_after: AtomicUsize,
+    id: AllocatorId,
 }
 
 // SAFETY: the arena is plain memory owned by this value; all bookkeeping is
@@ -89,6 +90,7 @@ impl HostMachine {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             fail_after: AtomicUsize::new(usize::MAX),
+            id: AllocatorId::new().expect("allocator identities left"),
         }
     }
 
@@ -132,8 +134,11 @@ impl Drop for HostMachine {
     }
 }
 
-impl FrameAllocator for HostMachine {
-    fn alloc_frames(&self, _gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+// SAFETY: a block is handed out only while every frame of it is marked
+// free (checked and marked under the `blocks` lock), as one handle with
+// this machine's id, and marked free again only by `free_frames`.
+unsafe impl FrameAllocator for HostMachine {
+    fn alloc_frames(&self, _gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         let budget = self.fail_after.load(Relaxed);
         if budget == 0 {
             return Err(Error::NoMemory { order });
@@ -163,10 +168,16 @@ impl FrameAllocator for HostMachine {
         blocks[i] = order.as_u32() as u8 + 1;
         *hint = i + n;
         self.in_use.fetch_add(n, Relaxed);
-        Ok(Pfn::new(self.base_pfn + i))
+        // SAFETY: the block was just marked allocated for this one handle.
+        Ok(unsafe { Pages::from_raw(Pfn::new(self.base_pfn + i), order, self.id) })
     }
 
-    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+    fn free_frames(&self, pages: Pages) -> Result<(), Error> {
+        let pfn = pages.pfn();
+        if pages.allocator() != self.id {
+            return Err(Error::Foreign { pfn });
+        }
+        let (pfn, order) = pages.into_raw();
         let i = self.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
         let mut guard = self
             .blocks
@@ -183,6 +194,7 @@ impl FrameAllocator for HostMachine {
                     freed: order,
                 })
             }
+            _ if self.owners[i].load(Relaxed) != 0 => return Err(Error::Owned { pfn }),
             _ => {}
         }
         blocks[i] = 0;
@@ -193,6 +205,10 @@ impl FrameAllocator for HostMachine {
         *hint = (*hint).min(i);
         self.in_use.fetch_sub(order.pages(), Relaxed);
         Ok(())
+    }
+
+    fn allocator_id(&self) -> AllocatorId {
+        self.id
     }
 }
 
@@ -221,21 +237,24 @@ unsafe impl DirectMap for HostMachine {
     }
 }
 
-impl PageOwner for HostMachine {
+// SAFETY: `owners[i]` is the word last set for frame `i` since its block
+// was handed out (reset to 0 then), and is reported only while the frame
+// is allocated.
+unsafe impl PageOwner for HostMachine {
     #[inline]
-    fn owner(&self, pfn: Pfn) -> Option<usize> {
+    fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
         let i = self.index(pfn)?;
         self.allocated[i]
             .load(Acquire)
-            .then(|| self.owners[i].load(Acquire))
+            .then(|| OwnerWord::from_bits(self.owners[i].load(Acquire)))
     }
 
-    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
+    unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
         let i = self.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
         if !self.allocated[i].load(Acquire) {
             return Err(Error::NotAllocated { pfn });
         }
-        self.owners[i].store(word, Release);
+        self.owners[i].store(word.to_bits(), Release);
         Ok(())
     }
 }
@@ -251,7 +270,7 @@ impl Platform for HostMachine {
 }
 
 // SAFETY: a CPU id is handed out only while holding that id's lock,
-// released by `put_cpu`.
+// released by `put_cpu`; `on_cpu` work runs holding the same lock.
 unsafe impl PreemptControl for HostMachine {
     #[inline]
     fn get_cpu(&self) -> usize {
@@ -268,5 +287,20 @@ unsafe impl PreemptControl for HostMachine {
     #[inline]
     fn put_cpu(&self, cpu: usize) {
         self.cpu_locks[cpu].store(false, Release);
+    }
+
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        let Some(lock) = self.cpu_locks.get(cpu) else {
+            return false;
+        };
+        while lock
+            .compare_exchange_weak(false, true, AcqRel, Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        work();
+        lock.store(false, Release);
+        true
     }
 }

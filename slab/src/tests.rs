@@ -3,9 +3,27 @@
 extern crate std;
 
 use crate::{testing::HostMachine, *};
-use core::ptr::NonNull;
-use kmm_api::{__GFP_ZERO, GFP_ATOMIC, GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, PAGE_SIZE};
-use std::{string::ToString, vec::Vec};
+use core::{
+    alloc::{GlobalAlloc, Layout},
+    cell::Cell,
+    marker::PhantomData,
+    ops::Deref,
+    ptr::{self, NonNull},
+    sync::atomic::{AtomicPtr, AtomicUsize, Ordering},
+};
+use kmm_api::{
+    AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, Order, OwnerTag, OwnerWord, PageOwner,
+    Pages, Pfn, Platform, PreemptControl, VirtAddr, __GFP_ZERO, GFP_ATOMIC, GFP_DMA, GFP_HIGHUSER,
+    GFP_KERNEL, PAGE_SIZE,
+};
+use std::{
+    collections::VecDeque,
+    string::ToString,
+    sync::{Barrier, Mutex, OnceLock},
+    thread,
+    time::Instant,
+    vec::Vec,
+};
 
 fn frames() -> usize {
     if cfg!(miri) {
@@ -15,15 +33,184 @@ fn frames() -> usize {
     }
 }
 
-fn kmem(m: &HostMachine) -> Kmem<&HostMachine> {
+/// A [`Kmem`] with one user: the thread that made it (the type is not
+/// `Sync`, so it cannot be shared with another), which passes the calls
+/// that take an object pointer only pointers it holds (and, to a free,
+/// gives up) or pointers nobody holds (double frees, interior, foreign and
+/// stale pointers, a forged owner word's page), to check they are refused.
+/// That meets the crate's *Freeing by pointer* contract: with no other
+/// thread, nobody else holds, allocates or discards anything during a
+/// call, and no other use of a cache can run during its destroy. So this
+/// wrapper offers those calls as safe methods of the same names, and the
+/// tests read as the specification. Multi-threaded tests use a plain
+/// [`Kmem`] and justify each call where they make it.
+pub(crate) struct SoleUser<'m> {
+    kmem: Kmem<&'m HostMachine>,
+    _one_thread: PhantomData<Cell<()>>,
+}
+
+impl<'m> SoleUser<'m> {
+    /// The allocator over `m` with `config`, used by this thread alone.
+    pub(crate) fn new(m: &'m HostMachine, config: KmemConfig) -> Self {
+        Self {
+            kmem: Kmem::new(m, config).unwrap(),
+            _one_thread: PhantomData,
+        }
+    }
+
+    #[track_caller]
+    pub(crate) fn kfree(&self, p: *const u8) -> Result<(), SlabError> {
+        // SAFETY: the `SoleUser` contract (one thread; `p` held and given
+        // up, or held by nobody).
+        unsafe { self.kmem.kfree(p) }
+    }
+
+    #[track_caller]
+    pub(crate) fn kmem_cache_free(&self, id: CacheId, p: *const u8) -> Result<(), SlabError> {
+        // SAFETY: the `SoleUser` contract, as for `kfree`.
+        unsafe { self.kmem.kmem_cache_free(id, p) }
+    }
+
+    #[track_caller]
+    pub(crate) fn krealloc(
+        &self,
+        p: *const u8,
+        size: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        // SAFETY: the `SoleUser` contract, as for `kfree`.
+        unsafe { self.kmem.krealloc(p, size, gfp) }
+    }
+
+    pub(crate) fn ksize(&self, p: *const u8) -> Result<usize, SlabError> {
+        // SAFETY: the `SoleUser` contract (`p` held and kept, or held by
+        // nobody).
+        unsafe { self.kmem.ksize(p) }
+    }
+
+    pub(crate) fn kmem_cache_of(&self, p: *const u8) -> Result<CacheId, SlabError> {
+        // SAFETY: the `SoleUser` contract, as for `ksize`.
+        unsafe { self.kmem.kmem_cache_of(p) }
+    }
+
+    pub(crate) fn kmem_obj_track(&self, p: *const u8) -> Result<Option<Track>, SlabError> {
+        // SAFETY: the `SoleUser` contract, as for `ksize`.
+        unsafe { self.kmem.kmem_obj_track(p) }
+    }
+
+    pub(crate) fn kmem_cache_destroy(&self, id: CacheId) -> Result<(), SlabError> {
+        // SAFETY: the `SoleUser` contract: no other thread can use the
+        // cache during the call.
+        unsafe { self.kmem.kmem_cache_destroy(id) }
+    }
+}
+
+impl<'m> Deref for SoleUser<'m> {
+    type Target = Kmem<&'m HostMachine>;
+    fn deref(&self) -> &Self::Target {
+        &self.kmem
+    }
+}
+
+fn kmem(m: &HostMachine) -> SoleUser<'_> {
+    SoleUser::new(m, KmemConfig::default())
+}
+
+/// An allocator several threads share; each of their pointer calls is
+/// justified where it is made.
+fn shared_kmem(m: &HostMachine) -> Kmem<&HostMachine> {
     Kmem::new(m, KmemConfig::default()).unwrap()
 }
 
-fn class_of(k: &Kmem<&HostMachine>, p: NonNull<u8>) -> &'static str {
+fn class_of(k: &SoleUser<'_>, p: NonNull<u8>) -> &'static str {
     let id = k.kmem_cache_of(p.as_ptr()).unwrap();
     k.kmem_cache_info(id).unwrap().name
 }
 
+/// Every kmalloc cache (normal and DMA) of `k`.
+fn kmalloc_caches<B: SlabBackend>(k: &Kmem<B>) -> Vec<CacheId> {
+    kmalloc_classes()
+        .iter()
+        .flat_map(|&size| {
+            [GFP_KERNEL, GFP_KERNEL | GFP_DMA].map(|gfp| k.kmalloc_slab(size, gfp).unwrap())
+        })
+        .collect()
+}
+
+/// An object pointer moved to another thread, which then holds it.
+struct Held(NonNull<u8>);
+// SAFETY: slab memory is plain memory; whoever holds the value holds the
+// object.
+unsafe impl Send for Held {}
+
+/// The host machine on a platform that cannot run work on another CPU
+/// (no IPIs): `on_cpu` is the trait's default, which reaches only the
+/// caller's own CPU. Everything else is the host machine's.
+struct LocalOnly<'m>(&'m HostMachine);
+
+// SAFETY: forwards to the host machine, which keeps the contract.
+unsafe impl FrameAllocator for LocalOnly<'_> {
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
+        self.0.alloc_frames(gfp, order)
+    }
+    fn free_frames(&self, pages: Pages) -> Result<(), Error> {
+        self.0.free_frames(pages)
+    }
+    fn allocator_id(&self) -> AllocatorId {
+        self.0.allocator_id()
+    }
+}
+
+// SAFETY: forwards to the host machine (its own pointer derivation
+// included), which keeps the contract.
+unsafe impl DirectMap for LocalOnly<'_> {
+    fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr> {
+        self.0.pfn_to_virt(pfn)
+    }
+    fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn> {
+        self.0.virt_to_pfn(addr)
+    }
+    fn window_base(&self) -> usize {
+        self.0.window_base()
+    }
+    fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
+        self.0.virt_to_ptr(addr)
+    }
+    fn ptr_to_virt(&self, ptr: *const u8) -> VirtAddr {
+        self.0.ptr_to_virt(ptr)
+    }
+}
+
+// SAFETY: forwards to the host machine, which keeps the contract.
+unsafe impl PageOwner for LocalOnly<'_> {
+    fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
+        self.0.owner(pfn)
+    }
+    unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
+        // SAFETY: our caller's contract is the host machine's.
+        unsafe { self.0.set_owner(pfn, word) }
+    }
+}
+
+impl Platform for LocalOnly<'_> {
+    fn nr_cpus(&self) -> usize {
+        self.0.nr_cpus()
+    }
+    fn cpu_id(&self) -> usize {
+        self.0.cpu_id()
+    }
+}
+
+// SAFETY: pinning is the host machine's; `on_cpu` is the trait's default,
+// which runs work only on the CPU the caller itself has pinned.
+unsafe impl PreemptControl for LocalOnly<'_> {
+    fn get_cpu(&self) -> usize {
+        self.0.get_cpu()
+    }
+    fn put_cpu(&self, cpu: usize) {
+        self.0.put_cpu(cpu)
+    }
+}
 #[test]
 fn kmalloc_96_uses_kmalloc_96_and_100_uses_kmalloc_128() {
     let m = HostMachine::new(frames(), 1);
@@ -316,9 +503,9 @@ fn a_pointer_no_slab_owns_is_refused() {
     let err = k.kfree(core::ptr::from_ref(&local).cast()).unwrap_err();
     assert!(matches!(err, SlabError::InvalidPointer { .. }));
     // A free frame of the machine is not an allocation either.
-    let pfn = kmm_api::FrameAllocator::alloc_frames(&m, GFP_KERNEL, kmm_api::Order::ZERO).unwrap();
-    let page = kmm_api::DirectMap::pfn_to_ptr(&m, pfn).unwrap();
-    kmm_api::FrameAllocator::free_frames(&m, pfn, kmm_api::Order::ZERO).unwrap();
+    let pages = m.alloc_frames(GFP_KERNEL, Order::ZERO).unwrap();
+    let page = m.pfn_to_ptr(pages.pfn()).unwrap();
+    m.free_frames(pages).unwrap();
     assert!(matches!(
         k.kfree(page.as_ptr()),
         Err(SlabError::InvalidPointer { .. })
@@ -399,19 +586,20 @@ fn free_pointers_in_objects_are_encoded_with_the_cache_secret() {
 #[test]
 fn remote_frees_on_another_cpu_are_correct() {
     let m = HostMachine::new(frames(), 2);
-    let k = kmem(&m);
+    let k = shared_kmem(&m);
     let n = if cfg!(miri) { 20 } else { 2000 };
-    /// Objects handed to another thread (the allocator is `Sync`).
-    struct Objects(Vec<NonNull<u8>>);
-    // SAFETY: the objects are plain slab memory owned by this test.
-    unsafe impl Send for Objects {}
-    let objs = Objects((0..n).map(|_| k.kmalloc(64, GFP_KERNEL).unwrap()).collect());
+    HostMachine::set_thread_cpu(0);
+    let objs: Vec<Held> = (0..n)
+        .map(|_| Held(k.kmalloc(64, GFP_KERNEL).unwrap()))
+        .collect();
     let k = &k;
-    std::thread::scope(|s| {
+    thread::scope(|s| {
         s.spawn(move || {
-            let objs = objs;
-            for p in objs.0 {
-                k.kfree(p.as_ptr()).unwrap();
+            HostMachine::set_thread_cpu(1);
+            for Held(p) in objs {
+                // SAFETY: this thread holds every object moved to it and
+                // gives each up once; no other thread touches them.
+                unsafe { k.kfree(p.as_ptr()) }.unwrap();
             }
             k.drain_local();
         });
@@ -426,7 +614,7 @@ fn slabinfo_prints_the_version_2_1_header_and_one_line_per_cache() {
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
     let p = k.kmalloc(100, GFP_KERNEL).unwrap();
-    let text = SlabInfo(&k).to_string();
+    let text = SlabInfo(&*k).to_string();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("slabinfo - version: 2.1"));
     assert!(lines
@@ -486,8 +674,10 @@ fn churn_keeps_every_invariant_and_returns_every_page() {
 
 #[test]
 fn destroy_refuses_while_another_cpu_caches_objects_until_it_drains() {
-    let m = HostMachine::new(frames(), 2);
-    let k = kmem(&m);
+    // Only on a platform that cannot run work on the other CPU: one that
+    // can is drained by destroy itself (the next test).
+    let host = HostMachine::new(frames(), 2);
+    let k = Kmem::new(LocalOnly(&host), KmemConfig::default()).unwrap();
     HostMachine::set_thread_cpu(0);
     let id = k
         .kmem_cache_create("percpu", 64, 0, SlabFlags::empty(), None)
@@ -495,32 +685,63 @@ fn destroy_refuses_while_another_cpu_caches_objects_until_it_drains() {
     let (to_main, from_worker) = std::sync::mpsc::channel();
     let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
     let k = &k;
-    std::thread::scope(|s| {
+    thread::scope(|s| {
         s.spawn(move || {
             HostMachine::set_thread_cpu(1);
             let p = k.kmem_cache_alloc(id, GFP_KERNEL).unwrap();
-            k.kmem_cache_free(id, p.as_ptr()).unwrap();
+            // SAFETY: this thread holds `p` and gives it up.
+            unsafe { k.kmem_cache_free(id, p.as_ptr()) }.unwrap();
             to_main.send(()).unwrap();
             from_main.recv().unwrap();
             k.drain_local();
         });
         from_worker.recv().unwrap();
-        let err = k.kmem_cache_destroy(id).unwrap_err();
+        assert_eq!(k.flush_all(), 1, "CPU 1 cannot be reached");
+        // SAFETY: the worker is parked on `from_main` and touches the
+        // cache again only after this call returns.
+        let err = unsafe { k.kmem_cache_destroy(id) }.unwrap_err();
         assert!(matches!(
             err,
             SlabError::CachedElsewhere {
                 cache: "percpu",
-                ..
+                objects: 1..
             }
         ));
         to_worker.send(()).unwrap();
     });
-    k.kmem_cache_destroy(id).unwrap();
+    // SAFETY: the worker has been joined; nothing else uses the cache.
+    unsafe { k.kmem_cache_destroy(id) }.unwrap();
+}
+
+#[test]
+fn destroy_drains_every_cpu_the_platform_can_reach() {
+    let m = HostMachine::new(frames(), 2);
+    let k = shared_kmem(&m);
+    let before = m.frames_in_use();
+    HostMachine::set_thread_cpu(0);
+    let id = k
+        .kmem_cache_create("percpu", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let k = &k;
+    thread::scope(|s| {
+        s.spawn(move || {
+            HostMachine::set_thread_cpu(1);
+            let p = k.kmem_cache_alloc(id, GFP_KERNEL).unwrap();
+            // SAFETY: this thread holds `p` and gives it up.
+            unsafe { k.kmem_cache_free(id, p.as_ptr()) }.unwrap();
+        });
+    });
+    assert!(
+        k.kmem_cache_stats(id).unwrap().cached_objs > 0,
+        "CPU 1 caches"
+    );
+    // SAFETY: the worker has been joined; nothing else uses the cache.
+    unsafe { k.kmem_cache_destroy(id) }.unwrap();
+    assert_eq!(m.frames_in_use(), before, "slab and descriptor returned");
 }
 
 #[test]
 fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
-    use kmm_api::{DirectMap, PageOwner, VirtAddr};
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
     let p = k.kmalloc(5000, GFP_KERNEL).unwrap();
@@ -530,7 +751,8 @@ fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
             .off_slab
     );
     let word = m.owner(m.ptr_to_pfn(p.as_ptr()).unwrap()).unwrap();
-    let header = m.virt_to_ptr(VirtAddr::new(word & !7));
+    assert_eq!(word.tag(), Some(OwnerTag::Slab));
+    let header = m.virt_to_ptr(VirtAddr::new(word.payload()));
     assert!(matches!(
         k.kfree(header),
         Err(SlabError::InvalidPointer { .. })
@@ -540,9 +762,10 @@ fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
 }
 
 #[test]
-fn a_slab_header_is_eleven_words_plus_a_state_byte_per_object() {
-    // The figure BENCHMARKS.md and the crate documentation give.
-    assert_eq!(slab_header_bytes(), 11 * core::mem::size_of::<usize>());
+fn a_slab_header_is_twelve_words_plus_a_state_byte_per_object() {
+    // Eleven words of lists, counters and pointers, and the magic that
+    // `kfree` checks before trusting the rest.
+    assert_eq!(slab_header_bytes(), 12 * core::mem::size_of::<usize>());
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
     let info = k
@@ -573,4 +796,549 @@ fn ksize_of_a_freed_object_is_a_double_free_error() {
         k.ksize(p.as_ptr()),
         Err(SlabError::DoubleFree { .. })
     ));
+}
+
+#[test]
+fn a_cache_id_of_another_kmem_is_refused_even_in_the_same_slot() {
+    let m = HostMachine::new(frames(), 1);
+    let (k1, k2) = (kmem(&m), kmem(&m));
+    // Each allocator's first cache after its kmalloc caches: the same
+    // table slot (and generation), with different object sizes.
+    let small = k1
+        .kmem_cache_create("small", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let large = k2
+        .kmem_cache_create("large", 256, 0, SlabFlags::empty(), None)
+        .unwrap();
+    assert_ne!(small, large, "a handle names its allocator");
+    let p = k2.kmem_cache_alloc(large, GFP_KERNEL).unwrap();
+    let q = k1.kmem_cache_alloc(small, GFP_KERNEL).unwrap();
+    let before = (
+        m.frames_in_use(),
+        k1.kmem_cache_stats(small).unwrap(),
+        k2.kmem_cache_stats(large).unwrap(),
+    );
+    // k1's handles, kmalloc's included, given to k2 (and k2's to k1).
+    let foreign = [small, k1.kmalloc_slab(64, GFP_KERNEL).unwrap()];
+    for id in foreign {
+        assert_eq!(
+            k2.kmem_cache_alloc(id, GFP_KERNEL),
+            Err(SlabError::NoSuchCache)
+        );
+        assert_eq!(
+            k2.kmem_cache_free(id, p.as_ptr()),
+            Err(SlabError::NoSuchCache)
+        );
+        assert_eq!(k2.kmem_cache_info(id), Err(SlabError::NoSuchCache));
+        assert_eq!(k2.kmem_cache_stats(id), Err(SlabError::NoSuchCache));
+        assert_eq!(k2.kmem_cache_shrink(id), Err(SlabError::NoSuchCache));
+        assert_eq!(k2.kmem_cache_validate(id), Err(SlabError::NoSuchCache));
+        assert!(matches!(
+            k2.kmem_cache_last_report(id),
+            Err(SlabError::NoSuchCache)
+        ));
+        assert_eq!(k2.kmem_cache_destroy(id), Err(SlabError::NoSuchCache));
+    }
+    assert_eq!(
+        k1.kmem_cache_free(large, q.as_ptr()),
+        Err(SlabError::NoSuchCache)
+    );
+    assert_eq!(k1.kmem_cache_destroy(large), Err(SlabError::NoSuchCache));
+    assert_eq!(
+        (
+            m.frames_in_use(),
+            k1.kmem_cache_stats(small).unwrap(),
+            k2.kmem_cache_stats(large).unwrap(),
+        ),
+        before,
+        "the refusals changed nothing"
+    );
+    // Each allocator's own handle still names its own cache.
+    assert_eq!(k2.kmem_cache_info(large).unwrap().object_size, 256);
+    assert_eq!(k1.kmem_cache_info(small).unwrap().object_size, 64);
+    k2.kmem_cache_free(large, p.as_ptr()).unwrap();
+    k1.kmem_cache_free(small, q.as_ptr()).unwrap();
+    k2.kmem_cache_destroy(large).unwrap();
+    k1.kmem_cache_destroy(small).unwrap();
+    k1.check_invariants().unwrap();
+    k2.check_invariants().unwrap();
+}
+
+#[test]
+fn a_cache_id_of_a_destroyed_cache_is_refused() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let old = k
+        .kmem_cache_create("old", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    k.kmem_cache_destroy(old).unwrap();
+    // The slot is reused by a cache of the same size.
+    let new = k
+        .kmem_cache_create("new", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    assert_ne!(old, new);
+    let p = k.kmem_cache_alloc(new, GFP_KERNEL).unwrap();
+    let before = (m.frames_in_use(), k.kmem_cache_stats(new).unwrap());
+    assert_eq!(
+        k.kmem_cache_alloc(old, GFP_KERNEL),
+        Err(SlabError::NoSuchCache)
+    );
+    assert_eq!(
+        k.kmem_cache_free(old, p.as_ptr()),
+        Err(SlabError::NoSuchCache)
+    );
+    assert_eq!(k.kmem_cache_info(old), Err(SlabError::NoSuchCache));
+    assert_eq!(k.kmem_cache_stats(old), Err(SlabError::NoSuchCache));
+    assert_eq!(k.kmem_cache_shrink(old), Err(SlabError::NoSuchCache));
+    assert_eq!(k.kmem_cache_destroy(old), Err(SlabError::NoSuchCache));
+    assert_eq!(
+        (m.frames_in_use(), k.kmem_cache_stats(new).unwrap()),
+        before
+    );
+    assert_eq!(k.kmem_cache_info(new).unwrap().name, "new");
+    k.kmem_cache_free(new, p.as_ptr()).unwrap();
+    k.kmem_cache_destroy(new).unwrap();
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn sizes_near_usize_max_are_refused_with_bad_geometry_and_change_nothing() {
+    fn ctor(_: NonNull<u8>) {}
+    let flag_sets = [
+        SlabFlags::empty(),
+        SLAB_POISON,
+        SLAB_RED_ZONE,
+        SLAB_STORE_USER,
+        SlabFlags::DEBUG,
+        SlabFlags::DEBUG | SLAB_HWCACHE_ALIGN,
+    ];
+    for slub_debug in flag_sets {
+        let m = HostMachine::new(frames(), 1);
+        let k = SoleUser::new(
+            &m,
+            KmemConfig {
+                slub_debug,
+                seed: 3,
+            },
+        );
+        let before = m.frames_in_use();
+        for size in [usize::MAX, usize::MAX - 7] {
+            for flags in flag_sets {
+                for c in [None, Some(ctor as Ctor)] {
+                    let r = k.kmem_cache_create("huge", size, 0, flags, c);
+                    assert!(
+                        matches!(r, Err(SlabError::BadGeometry { size: s, .. }) if s == size),
+                        "size {size:#x}, {flags:?}, slub_debug {slub_debug:?}: {r:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(m.frames_in_use(), before);
+        k.check_invariants().unwrap();
+        let text = SlabInfo(&*k).to_string();
+        assert_eq!(text.lines().count(), 2 + 26, "no cache was made");
+    }
+}
+
+#[test]
+fn a_slab_header_is_verified_before_it_is_trusted() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let pages = m.alloc_frames(GFP_KERNEL, Order::ZERO).unwrap();
+    let pfn = pages.pfn();
+    let page = m.pfn_to_ptr(pfn).unwrap().as_ptr();
+    // SAFETY: the test holds the page, `PAGE_SIZE` bytes of the machine.
+    unsafe { page.write_bytes(0, PAGE_SIZE) };
+    let own = m.pfn_to_virt(pfn).unwrap().as_usize();
+    let forged = OwnerWord::new(OwnerTag::Slab, own).unwrap();
+    // SAFETY: this deliberately breaks `set_owner`'s promise for a `Slab`
+    // word (that it names a live slab header of the reading allocator) to
+    // prove the allocator checks a header's magic before trusting it: the
+    // word names the page itself, zero-filled memory the test holds and
+    // nothing else touches, so every read the check makes is defined
+    // (all-zero bytes are a valid `SlabHeader` value), just not a header.
+    unsafe { m.set_owner(pfn, forged) }.unwrap();
+    let before = m.frames_in_use();
+    for offset in [0, 8, 88, 128, PAGE_SIZE - 8] {
+        let p = page.wrapping_add(offset);
+        assert!(
+            matches!(k.kfree(p), Err(SlabError::InvalidPointer { .. })),
+            "kfree at offset {offset}"
+        );
+        assert!(matches!(k.ksize(p), Err(SlabError::InvalidPointer { .. })));
+        assert!(matches!(
+            k.kmem_cache_of(p),
+            Err(SlabError::InvalidPointer { .. })
+        ));
+        assert!(matches!(
+            k.krealloc(p, 64, GFP_KERNEL),
+            Err(SlabError::InvalidPointer { .. })
+        ));
+    }
+    // SAFETY: the page is the test's; nothing else writes it.
+    let bytes = unsafe { core::slice::from_raw_parts(page, PAGE_SIZE) };
+    assert!(bytes.iter().all(|&b| b == 0), "nothing was written");
+    assert_eq!(m.frames_in_use(), before);
+    k.check_invariants().unwrap();
+    assert_eq!(k.internal_errors(), 0);
+    // SAFETY: clearing the word of a frame the test holds.
+    unsafe { m.set_owner(pfn, OwnerWord::NONE) }.unwrap();
+    m.free_frames(pages).unwrap();
+}
+
+#[test]
+fn memory_comes_back_after_cross_cpu_frees_flush_all_and_shrink_all() {
+    const THREADS: usize = 4;
+    // Objects of 512 bytes and more keep their slab header off the slab,
+    // in a small kmalloc object; 20_000 takes whole pages.
+    const SIZES: [usize; 9] = [600, 1024, 3000, 64, 8, 96, 128, 5000, 20_000];
+    let m = HostMachine::new(frames(), THREADS);
+    let k = shared_kmem(&m);
+    let baseline = m.frames_in_use();
+    let rounds = if cfg!(miri) { 10 } else { 2000 };
+    // Objects on offer to other threads: (allocating thread, size, object).
+    let pool: Mutex<Vec<(usize, usize, Held)>> = Mutex::new(Vec::new());
+    let cross_frees = AtomicUsize::new(0);
+    thread::scope(|s| {
+        for t in 0..THREADS {
+            let (k, pool, cross_frees) = (&k, &pool, &cross_frees);
+            s.spawn(move || {
+                HostMachine::set_thread_cpu(t);
+                let mut mine = VecDeque::new();
+                for r in 0..rounds {
+                    let size = SIZES[(r * 7 + t) % SIZES.len()];
+                    let p = k.kmalloc(size, GFP_KERNEL).unwrap();
+                    // SAFETY: a fresh object of at least `size` bytes.
+                    unsafe { p.as_ptr().write_bytes(t as u8, size) };
+                    if r % 2 == 0 {
+                        pool.lock().unwrap().push((t, size, Held(p)));
+                    } else {
+                        mine.push_back((size, p));
+                    }
+                    let theirs = {
+                        let mut pool = pool.lock().unwrap();
+                        let at = pool.iter().position(|&(by, _, _)| by != t);
+                        at.map(|i| pool.swap_remove(i))
+                    };
+                    if let Some((by, size, Held(q))) = theirs {
+                        // SAFETY: `q` was filled by its allocator and moved
+                        // to this thread through the pool.
+                        let last = unsafe { q.as_ptr().add(size - 1).read() };
+                        assert_eq!(last, by as u8, "contents kept across CPUs");
+                        // SAFETY: taken out of the pool, this thread alone
+                        // holds `q`, and gives it up.
+                        unsafe { k.kfree(q.as_ptr()) }.unwrap();
+                        cross_frees.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if mine.len() > 16 {
+                        let (_, p) = mine.pop_front().unwrap();
+                        // SAFETY: this thread allocated `p`, never shared
+                        // it, and gives it up.
+                        unsafe { k.kfree(p.as_ptr()) }.unwrap();
+                    }
+                }
+                for (_, p) in mine {
+                    // SAFETY: as above.
+                    unsafe { k.kfree(p.as_ptr()) }.unwrap();
+                }
+            });
+        }
+    });
+    for (_, _, Held(p)) in pool.into_inner().unwrap() {
+        // SAFETY: the workers are joined; the pool's objects are ours.
+        unsafe { k.kfree(p.as_ptr()) }.unwrap();
+    }
+    assert!(cross_frees.into_inner() > 0);
+    assert_eq!(k.flush_all(), 0, "the host machine reaches every CPU");
+    k.shrink_all();
+    for id in kmalloc_caches(&k) {
+        let s = k.kmem_cache_stats(id).unwrap();
+        let name = k.kmem_cache_info(id).unwrap().name;
+        assert_eq!(
+            (s.active_objs, s.cached_objs, s.num_slabs),
+            (0, 0, 0),
+            "{name}"
+        );
+    }
+    assert_eq!(m.frames_in_use(), baseline, "every page came back");
+    assert_eq!(k.internal_errors(), 0);
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn off_slab_header_frees_do_not_refill_a_drained_cpu_array() {
+    let m = HostMachine::new(frames(), 2);
+    let k = kmem(&m);
+    let baseline = m.frames_in_use();
+    let n = if cfg!(miri) { 12 } else { 200 };
+    // A cache of 15 objects per slab; it and kmalloc's large classes keep
+    // their slab headers in kmalloc-128 objects.
+    let big = k
+        .kmem_cache_create("off_slab_520", 520, 8, SlabFlags::empty(), None)
+        .unwrap();
+    let with_big = m.frames_in_use();
+    let header_class = |id| {
+        let info = k.kmem_cache_info(id).unwrap();
+        assert!(info.off_slab, "{}", info.name);
+        let class = k.kmalloc_slab(slab_header_bytes() + info.objects_per_slab, GFP_KERNEL);
+        k.kmem_cache_info(class.unwrap()).unwrap().name
+    };
+    assert_eq!(header_class(big), "kmalloc-128");
+    let k1k = k.kmalloc_slab(1024, GFP_KERNEL).unwrap();
+    assert_eq!(header_class(k1k), "kmalloc-128");
+    let k96 = k.kmalloc_slab(96, GFP_KERNEL).unwrap();
+    let k128 = k.kmalloc_slab(128, GFP_KERNEL).unwrap();
+    let mut objs = Vec::new();
+    for i in 0..n {
+        HostMachine::set_thread_cpu(i % 2);
+        let size = [600, 1024, 3000, 5000][i % 4];
+        objs.push((None, k.kmalloc(size, GFP_KERNEL).unwrap()));
+        objs.push((Some(big), k.kmem_cache_alloc(big, GFP_KERNEL).unwrap()));
+        objs.push((None, k.kmalloc(96, GFP_KERNEL).unwrap()));
+        objs.push((None, k.kmalloc(128, GFP_KERNEL).unwrap()));
+    }
+    // The headers are live objects of their class, beyond the test's.
+    assert!(k.kmem_cache_stats(k128).unwrap().active_objs > n);
+    for (i, (cache, p)) in objs.into_iter().enumerate() {
+        // Frees land in both CPUs' arrays.
+        HostMachine::set_thread_cpu(i % 3 % 2);
+        match cache {
+            Some(id) => k.kmem_cache_free(id, p.as_ptr()).unwrap(),
+            None => k.kfree(p.as_ptr()).unwrap(),
+        }
+    }
+    for id in [k96, k128] {
+        assert!(
+            k.kmem_cache_stats(id).unwrap().cached_objs > 0,
+            "arrays in use"
+        );
+    }
+    k.shrink_all();
+    for id in kmalloc_caches(&k).into_iter().chain([big]) {
+        let s = k.kmem_cache_stats(id).unwrap();
+        let name = k.kmem_cache_info(id).unwrap().name;
+        assert_eq!((s.cached_objs, s.num_slabs), (0, 0), "{name}");
+    }
+    assert_eq!(m.frames_in_use(), with_big, "only the descriptor is left");
+    k.kmem_cache_destroy(big).unwrap();
+    assert_eq!(m.frames_in_use(), baseline);
+    assert_eq!(k.internal_errors(), 0);
+    k.check_invariants().unwrap();
+}
+
+/// Two threads on distinct CPUs `kfree` one object at once, `rounds`
+/// times, while `keep`, another object of the same slab, stays allocated;
+/// checks that of each pair exactly one free succeeded and the other was
+/// refused as a double free, and returns how many each side won. `debug`
+/// says the kmalloc caches are debug caches (which free straight to the
+/// slab, under the node lock).
+fn race_double_frees(k: &Kmem<&HostMachine>, debug: bool, rounds: usize) -> [usize; 2] {
+    const SIZE: usize = 64;
+    let id = k.kmalloc_slab(SIZE, GFP_KERNEL).unwrap();
+    let slab_bytes = k.kmem_cache_info(id).unwrap().pages_per_slab * PAGE_SIZE;
+    // Slabs are naturally aligned blocks of the host machine.
+    let slab_of = |p: *const u8| p as usize / slab_bytes;
+    let keep = k.kmalloc(SIZE, GFP_KERNEL).unwrap();
+    let keep_slab = slab_of(keep.as_ptr());
+    let slot = AtomicPtr::new(ptr::null_mut());
+    let barrier = Barrier::new(2);
+    let (slot, barrier) = (&slot, &barrier);
+    // SAFETY (for the two racing `kfree` calls below): the pointer
+    // contract holds for both. Thread 0 allocates `p` and both threads
+    // give it up; neither uses it afterwards. Between the two barriers
+    // nobody allocates (thread 0 allocates only before the first), so `p`
+    // cannot be handed out again while either call runs. And the slab
+    // around `p` is never discarded meanwhile: on the fast path the winner
+    // keeps `p` in its CPU's array, and on a debug cache (which frees
+    // straight to the slab) `p` is raced only if it shares the slab of
+    // `keep`, which stays allocated, so the slab never becomes empty.
+    // (A round whose `p` is not raced publishes null, a no-op free for
+    // both, and fails the test after the join instead of hanging it.)
+    let ([a, b], unraced) = thread::scope(|s| {
+        let racers = [0, 1].map(|cpu| {
+            s.spawn(move || {
+                HostMachine::set_thread_cpu(cpu);
+                let mut results = Vec::with_capacity(rounds);
+                let mut unraced = Vec::new();
+                for _ in 0..rounds {
+                    if cpu == 0 {
+                        let p = match k.kmalloc(SIZE, GFP_KERNEL) {
+                            Ok(p) if !debug || slab_of(p.as_ptr()) == keep_slab => p.as_ptr(),
+                            other => {
+                                // The address, for the report.
+                                unraced.push(other.map(|p| p.as_ptr() as usize));
+                                ptr::null_mut()
+                            }
+                        };
+                        slot.store(p, Ordering::Release);
+                    }
+                    barrier.wait();
+                    let p = slot.load(Ordering::Acquire);
+                    // SAFETY: see above.
+                    results.push(unsafe { k.kfree(p) });
+                    barrier.wait();
+                }
+                (results, unraced)
+            })
+        });
+        let [(a, unraced), (b, _)] = racers.map(|r| r.join().unwrap());
+        ([a, b], unraced)
+    });
+    assert!(unraced.is_empty(), "rounds not raced: {unraced:?}");
+    let mut wins = [0, 0];
+    for (round, pair) in a.iter().zip(&b).enumerate() {
+        match pair {
+            (Ok(()), Err(SlabError::DoubleFree { .. })) => wins[0] += 1,
+            (Err(SlabError::DoubleFree { .. }), Ok(())) => wins[1] += 1,
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    // SAFETY: the racers are joined; this thread holds `keep`.
+    unsafe { k.kfree(keep.as_ptr()) }.unwrap();
+    assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+    k.check_invariants().unwrap();
+    assert_eq!(k.internal_errors(), 0);
+    wins
+}
+
+fn race_rounds() -> usize {
+    if cfg!(miri) {
+        20
+    } else {
+        20_000
+    }
+}
+
+#[test]
+fn racing_double_frees_let_exactly_one_win() {
+    let m = HostMachine::new(frames(), 2);
+    let k = shared_kmem(&m);
+    let start = Instant::now();
+    let wins = race_double_frees(&k, false, race_rounds());
+    std::eprintln!(
+        "racing double frees (fast path): {} rounds in {:?}, wins {wins:?}",
+        race_rounds(),
+        start.elapsed()
+    );
+}
+
+#[test]
+fn racing_double_frees_on_a_debug_cache_let_exactly_one_win() {
+    let m = HostMachine::new(frames(), 2);
+    let config = KmemConfig {
+        slub_debug: SLAB_POISON,
+        seed: 11,
+    };
+    let k = Kmem::new(&m, config).unwrap();
+    let start = Instant::now();
+    let wins = race_double_frees(&k, true, race_rounds());
+    std::eprintln!(
+        "racing double frees (debug cache): {} rounds in {:?}, wins {wins:?}",
+        race_rounds(),
+        start.elapsed()
+    );
+}
+
+#[test]
+fn kmalloc_global_deallocs_are_never_refused() {
+    static KMEM: OnceLock<Kmem<HostMachine>> = OnceLock::new();
+    static GLOBAL: KmallocGlobal<HostMachine> = KmallocGlobal::new(|| KMEM.get());
+    let k = KMEM
+        .get_or_init(|| Kmem::new(HostMachine::new(frames(), 2), KmemConfig::default()).unwrap());
+    let baseline = k.backend().frames_in_use();
+    let rounds = if cfg!(miri) { 60 } else { 5000 };
+    let mut live: Vec<(*mut u8, Layout)> = Vec::new();
+    let mut x = 0x9e37_79b9_u64;
+    for _ in 0..rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let size = match x % 16 {
+            0 => 9000 + (x >> 8) as usize % 20_000,
+            _ => 1 + (x >> 8) as usize % 3000,
+        };
+        let align = 1 << ((x >> 40) % 8);
+        let layout = Layout::from_size_align(size, align).unwrap();
+        match x % 5 {
+            0 | 1 if !live.is_empty() => {
+                let (p, l) = live.swap_remove((x >> 20) as usize % live.len());
+                // SAFETY: `p` was allocated by `GLOBAL` with `l` and is
+                // given up here.
+                unsafe { GLOBAL.dealloc(p, l) };
+            }
+            2 if !live.is_empty() => {
+                let i = (x >> 20) as usize % live.len();
+                let (p, l) = live[i];
+                // SAFETY: `p` was allocated by `GLOBAL` with `l`; on
+                // success it is given up for the returned block.
+                let q = unsafe { GLOBAL.realloc(p, l, size) };
+                assert!(!q.is_null());
+                live[i] = (q, Layout::from_size_align(size, l.align()).unwrap());
+            }
+            _ => {
+                // SAFETY: a non-zero size.
+                let p = unsafe { GLOBAL.alloc(layout) };
+                assert!(!p.is_null() && p as usize % align == 0);
+                live.push((p, layout));
+            }
+        }
+    }
+    k.check_invariants().unwrap();
+    for (p, l) in live {
+        // SAFETY: allocated by `GLOBAL` with `l`, given up here.
+        unsafe { GLOBAL.dealloc(p, l) };
+    }
+    k.shrink_all();
+    // A refused dealloc would leave its object allocated (and its pages
+    // held): `dealloc` cannot report it.
+    for id in kmalloc_caches(k) {
+        let s = k.kmem_cache_stats(id).unwrap();
+        let name = k.kmem_cache_info(id).unwrap().name;
+        assert_eq!((s.active_objs, s.num_slabs), (0, 0), "{name}");
+    }
+    assert_eq!(
+        k.backend().frames_in_use(),
+        baseline,
+        "every page came back"
+    );
+    assert_eq!(k.internal_errors(), 0);
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn kmem_cache_shrink_flushes_every_cpus_array_of_the_cache() {
+    let m = HostMachine::new(frames(), 2);
+    let k = shared_kmem(&m);
+    HostMachine::set_thread_cpu(0);
+    let id = k
+        .kmem_cache_create("remote", 64, 0, SlabFlags::empty(), None)
+        .unwrap();
+    let before = m.frames_in_use();
+    let n = if cfg!(miri) { 10 } else { 100 };
+    let k = &k;
+    thread::scope(|s| {
+        s.spawn(move || {
+            HostMachine::set_thread_cpu(1);
+            let objs: Vec<_> = (0..n)
+                .map(|_| k.kmem_cache_alloc(id, GFP_KERNEL).unwrap())
+                .collect();
+            for p in objs {
+                // SAFETY: this thread allocated `p`, never shared it, and
+                // gives it up.
+                unsafe { k.kmem_cache_free(id, p.as_ptr()) }.unwrap();
+            }
+        });
+    });
+    assert!(k.kmem_cache_stats(id).unwrap().cached_objs > 0);
+    k.drain_local();
+    assert!(
+        k.kmem_cache_stats(id).unwrap().cached_objs > 0,
+        "drain_local drains only the calling CPU"
+    );
+    k.kmem_cache_shrink(id).unwrap();
+    let s = k.kmem_cache_stats(id).unwrap();
+    assert_eq!((s.cached_objs, s.num_slabs), (0, 0));
+    assert_eq!(m.frames_in_use(), before);
+    // SAFETY: the worker is joined; nothing else uses the cache.
+    unsafe { k.kmem_cache_destroy(id) }.unwrap();
 }

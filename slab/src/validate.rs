@@ -10,7 +10,8 @@ use crate::{
     node::Node,
     slab::{ObjState, SlabHeader, SlabList},
 };
-use core::{fmt, sync::atomic::Ordering::Relaxed};
+use core::fmt;
+use kmm_api::sync::Ordering::Relaxed;
 
 /// The first broken invariant found by [`Kmem::check_invariants`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -83,7 +84,8 @@ impl<B: SlabBackend> Kmem<B> {
     /// Checks every cache's lists, counters, state bytes and free lists
     /// against each other; the first broken invariant, if any.
     pub fn check_invariants(&self) -> Result<(), Violation> {
-        for c in self.caches() {
+        let table = self.lock_table();
+        for c in self.caches(&table) {
             let mut node = c.node.lock();
             let broken = |rule| Violation {
                 cache: c.name,

@@ -43,8 +43,8 @@ use core::fmt;
 use host::HostMemory;
 use kmm_api::sync::{AtomicBool, AtomicUsize, Ordering};
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, MemoryRegion, PageProt, Pfn, Platform, PreemptControl,
-    VirtAddr, PAGE_SIZE,
+    DirectMap, Error, FrameAllocator, MemoryRegion, PageOwner, PageProt, Pfn, Platform,
+    PreemptControl, VirtAddr, PAGE_SIZE,
 };
 use std::sync::Arc;
 
@@ -175,7 +175,10 @@ impl Machine {
     /// kernel half: while a table is alive a second one is refused with
     /// [`Error::AlreadyMapped`] (naming the start of that range), since
     /// two would overwrite each other's host mappings.
-    pub fn kernel_page_table<A: FrameAllocator>(&self, alloc: A) -> Result<SimPageTable<A>, Error> {
+    pub fn kernel_page_table<A: FrameAllocator + PageOwner>(
+        &self,
+        alloc: A,
+    ) -> Result<SimPageTable<A>, Error> {
         let range = self.inner.layout.kernel_map_range();
         let attached = &self.inner.table_attached;
         if attached.swap(true, Ordering::Acquire) {
@@ -185,11 +188,16 @@ impl Machine {
         // fails (dropping its arguments) or the table drops later.
         let table = X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range)?;
         let layout = &self.inner.layout;
-        table.map_direct(
-            layout.page_offset(),
-            layout.max_low_pfn().as_usize(),
-            PageProt::KERNEL,
-        )?;
+        // SAFETY: frames below `max_low_pfn` are lowmem, mapped by this
+        // machine at `PAGE_OFFSET + phys` (its `DirectMap`): the table only
+        // records that mapping.
+        unsafe {
+            table.map_direct(
+                layout.page_offset(),
+                layout.max_low_pfn().as_usize(),
+                PageProt::KERNEL,
+            )?;
+        }
         Ok(table)
     }
 
@@ -247,7 +255,7 @@ impl Platform for Machine {
     }
     /// Zeroes a highmem frame (for `__GFP_ZERO`) in the RAM file itself,
     /// where a kernel would borrow a `kmap_local` slot.
-    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+    unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
         if pfn >= self.inner.layout.max_pfn() {
             return Err(Error::PfnOutOfRange { pfn });
         }
@@ -255,10 +263,9 @@ impl Platform for Machine {
     }
 }
 
-// SAFETY: `HostCpus` hands each owned id to one thread for its life (a
-// claim counter, remembered in that thread's storage only) and the
-// overflow id to one thread at a time (an acquire/release holder word);
-// ids are below `nr_cpus`.
+// SAFETY: `HostCpus` keeps the contract (see `crate::cpu`): an owned id
+// belongs to one live thread, the overflow id to one holder at a time,
+// and `on_cpu` runs work only as a CPU it holds.
 unsafe impl PreemptControl for Machine {
     #[inline]
     fn get_cpu(&self) -> usize {
@@ -267,6 +274,9 @@ unsafe impl PreemptControl for Machine {
     #[inline]
     fn put_cpu(&self, cpu: usize) {
         self.inner.cpus.put_cpu(cpu)
+    }
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        self.inner.cpus.on_cpu(cpu, work)
     }
 }
 

@@ -53,11 +53,11 @@ pub fn seed_example<P: PreemptControl, D: DirectMap>(
     let free_before = zones.nr_free_pages();
     let obj = mm.kmalloc(100, GFP_KERNEL)?;
     let kmalloc_addr = zones.direct_map().ptr_to_virt(obj.as_ptr());
-    let info = mm
-        .kmem()
-        .kmem_cache_of(obj.as_ptr())
-        .and_then(|cache| mm.kmem().kmem_cache_info(cache))?;
-    let ksize = mm.ksize(obj.as_ptr())?;
+    // SAFETY: we hold `obj` (until the `kfree` below).
+    let cache = unsafe { mm.kmem().kmem_cache_of(obj.as_ptr()) }?;
+    let info = mm.kmem().kmem_cache_info(cache)?;
+    // SAFETY: as above.
+    let ksize = unsafe { mm.ksize(obj.as_ptr()) }?;
     let pfn = zones.virt_to_page(kmalloc_addr)?;
     // A slab is one buddy block, aligned to its own size.
     let slab_pfn = Pfn::new(pfn.as_usize() & !(info.pages_per_slab - 1));
@@ -66,10 +66,14 @@ pub fn seed_example<P: PreemptControl, D: DirectMap>(
     let page_pfn = zones.virt_to_page(page_addr)?;
     let zone_of = |pfn| zones.page_zone(pfn).ok_or(Error::PfnOutOfRange { pfn });
     let (slab_zone, page_zone) = (zone_of(slab_pfn)?, zone_of(page_pfn)?);
-    mm.free_page(page_addr)?;
-    mm.kfree(obj.as_ptr())?;
-    let double_free = mm.kfree(obj.as_ptr()).err();
-    mm.kmem().drain_local();
+    // SAFETY: we hold the page and the object and give them up; the second
+    // `kfree` passes a pointer nobody holds, which no other thread can
+    // reallocate meanwhile (this example runs alone), and is refused.
+    let double_free = unsafe {
+        mm.free_page(page_addr)?;
+        mm.kfree(obj.as_ptr())?;
+        mm.kfree(obj.as_ptr()).err()
+    };
     mm.kmem().shrink_all();
     zones.drain_all_pages();
     Ok(SeedExample {

@@ -23,8 +23,8 @@
 
 use crate::MemoryManager;
 use kmm_api::{
-    DirectMap, Error, GfpFlags, Order, Pfn, Platform, PreemptControl, __GFP_HIGHMEM, GFP_ATOMIC,
-    GFP_DMA, GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL,
+    DirectMap, Error, GfpFlags, Order, Pages, Pfn, Platform, PreemptControl, __GFP_HIGHMEM,
+    GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL,
 };
 use kmm_zones::report::ZoneStats;
 use kmm_zones::{ZoneType, Zones, MAX_NR_ZONES};
@@ -37,12 +37,12 @@ type ZonesOf<P, D> = Zones<'static, P, D>;
 
 /// Blocks the workload holds, freed together at the end.
 #[derive(Default, Debug)]
-pub struct Held(Vec<(Pfn, Order)>);
+pub struct Held(Vec<Pages>);
 
 impl Held {
     /// Pages held.
     pub fn pages(&self) -> usize {
-        self.0.iter().map(|(_, o)| o.pages()).sum()
+        self.0.iter().map(Pages::nr_pages).sum()
     }
 
     /// Frees every block; the first error is returned after trying all.
@@ -51,8 +51,8 @@ impl Held {
         zones: &ZonesOf<P, D>,
     ) -> Result<(), Error> {
         let mut result = Ok(());
-        for (pfn, order) in self.0.drain(..) {
-            let freed = zones.__free_pages(pfn, order);
+        for pages in self.0.drain(..) {
+            let freed = zones.__free_pages(pages);
             if result.is_ok() {
                 result = freed;
             }
@@ -95,9 +95,10 @@ pub fn placements<P: Platform, D: DirectMap>(
     ];
     let mut out = Vec::new();
     for (name, gfp) in requests {
-        let pfn = zones.alloc_pages(gfp, Order::ZERO)?;
+        let page = zones.alloc_pages(gfp, Order::ZERO)?;
+        let pfn = page.pfn();
         let zone = zones.page_zone(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
-        zones.__free_pages(pfn, Order::ZERO)?;
+        zones.__free_pages(page)?;
         out.push(Placement {
             name,
             gfp,
@@ -130,11 +131,11 @@ pub fn never_upward<P: Platform, D: DirectMap>(
     let mut held = Held::default();
     let mut served = [0; MAX_NR_ZONES];
     for _ in 0..count {
-        let pfn = zones.alloc_pages(GFP_KERNEL, Order::ZERO)?;
-        held.0.push((pfn, Order::ZERO));
-        if let Some(z) = zones.page_zone(pfn) {
+        let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO)?;
+        if let Some(z) = zones.page_zone(page.pfn()) {
             served[z.index()] += 1;
         }
+        held.0.push(page);
     }
     held.release(zones)?;
     Ok(NeverUpward {
@@ -184,23 +185,24 @@ pub fn drain_zone<P: Platform, D: DirectMap>(
     for order in max_order.up_to().rev() {
         loop {
             let before = free_pages(zones);
-            let Ok(pfn) = zones.alloc_pages(gfp, order) else {
+            let Ok(pages) = zones.alloc_pages(gfp, order) else {
                 break;
             };
+            let pfn = pages.pfn();
             let got = zones.page_zone(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
             if got == zone {
-                held.0.push((pfn, order));
+                held.0.push(pages);
                 taken += order.pages();
                 continue;
             }
             if order != Order::ZERO {
                 // Back to the buddy itself, not a per-CPU list, so the free
                 // counts show the other zones as they were.
-                zones.__free_pages(pfn, order)?;
+                zones.__free_pages(pages)?;
                 zones.drain_all_pages();
                 break;
             }
-            held.0.push((pfn, order));
+            held.0.push(pages);
             // The zone's own per-CPU lists back on its free lists: what it
             // really had left when it refused.
             zones.drain_all_pages();
@@ -252,15 +254,16 @@ pub fn atomic_reserve<P: Platform, D: DirectMap>(
     let mut kernel_pages = 0;
     let kernel_error = loop {
         match zones.alloc_pages(GFP_KERNEL, Order::ZERO) {
-            Ok(pfn) => {
-                held.0.push((pfn, Order::ZERO));
+            Ok(page) => {
+                held.0.push(page);
                 kernel_pages += 1;
             }
             Err(e) => break e,
         }
     };
-    let pfn = zones.alloc_pages(GFP_ATOMIC, Order::ZERO)?;
-    held.0.push((pfn, Order::ZERO));
+    let page = zones.alloc_pages(GFP_ATOMIC, Order::ZERO)?;
+    let pfn = page.pfn();
+    held.0.push(page);
     let zone = zones.page_zone(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
     let after = stats(zones, zone).ok_or(Error::PfnOutOfRange { pfn })?;
     Ok(AtomicReserve {
@@ -277,7 +280,9 @@ pub fn highmem_address_refused<P: Platform, D: DirectMap>(zones: &ZonesOf<P, D>)
     match zones.__get_free_pages(__GFP_HIGHMEM, Order::ZERO) {
         Err(e) => Some(e),
         Ok(addr) => {
-            let _ = zones.free_pages(addr, Order::ZERO);
+            // SAFETY: the page was just handed to us and nothing else knows
+            // its address.
+            let _ = unsafe { zones.free_pages(addr, Order::ZERO) };
             None
         }
     }

@@ -10,14 +10,21 @@
 //! until it drops, or (direct map only, see `map_direct`) a 4 MiB page. A PTE is zero or present;
 //! `map` only moves zero → present, `unmap` only present → zero. PTE pages
 //! are kept once allocated, as Linux keeps kernel page tables.
+//!
+//! Ownership: every page-table page is held by the table as a raw frame
+//! (its `Pages` handle given up at allocation) and carries the
+//! `OwnerTag::PageTable` owner word, so the page allocator refuses any
+//! free of it but the table's own, which clears the word first. Mapping
+//! a frame makes it reachable at a second address, so `map`, `unmap` and
+//! `map_direct` are `unsafe fn`: their caller holds what it maps.
 
 use super::pte::{Pte, PteFlags, MAX_PTE_PFN, PGDIR_SHIFT, PTRS_PER_PGD, PTRS_PER_PTE};
 use super::raw::TablePage;
 use super::Mmu;
 use kmm_api::sync::SpinLock;
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, KernelPageTable, Order, PageProt, Pfn, TlbFlush, VirtAddr,
-    GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
+    DirectMap, Error, FrameAllocator, KernelPageTable, Order, OwnerTag, OwnerWord, PageOwner,
+    PageProt, Pages, Pfn, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
 };
 
 /// A kernel page table over frames from `A`, reached through `D`, with
@@ -26,15 +33,18 @@ use kmm_api::{
 /// ```
 /// # use kmm::x86::X86PageTable;
 /// # use kmm_api::*;
-/// # fn demo(alloc: impl FrameAllocator, dm: impl DirectMap, frame: Pfn) -> Result<(), Error> {
+/// # fn demo(alloc: impl FrameAllocator + PageOwner, dm: impl DirectMap, frame: Pages) -> Result<(), Error> {
 /// let pt = X86PageTable::new(alloc, dm, (), (VirtAddr::new(0xf880_0000), VirtAddr::new(0xfffe_efff)))?;
-/// pt.map(VirtAddr::new(0xf880_0000), frame, PageProt::KERNEL)?;
-/// assert_eq!(pt.translate(VirtAddr::new(0xf880_0123)).map(|(p, _)| p), Some(frame));
-/// let (_, flush) = pt.unmap(VirtAddr::new(0xf880_0000))?;
+/// // SAFETY: we hold `frame` and the address is ours to map.
+/// unsafe { pt.map(VirtAddr::new(0xf880_0000), frame.pfn(), PageProt::KERNEL)? };
+/// assert_eq!(pt.translate(VirtAddr::new(0xf880_0123)).map(|(p, _)| p), Some(frame.pfn()));
+/// // SAFETY: we made that mapping and nothing uses it any more.
+/// let (_, flush) = unsafe { pt.unmap(VirtAddr::new(0xf880_0000))? };
 /// flush.flush(&pt);
+/// # let _ = frame.into_raw();
 /// # Ok(()) }
 /// ```
-pub struct X86PageTable<A: FrameAllocator, D: DirectMap, M: Mmu> {
+pub struct X86PageTable<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> {
     pgd: Pfn,
     first: VirtAddr,
     last: VirtAddr,
@@ -44,7 +54,7 @@ pub struct X86PageTable<A: FrameAllocator, D: DirectMap, M: Mmu> {
     lock: SpinLock<()>,
 }
 
-impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
+impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
     /// An empty table whose `map` accepts page addresses in
     /// `[range.0, range.1]` (e.g. [`crate::Layout::kernel_map_range`]). The
     /// page directory is one `GFP_KERNEL` page from `alloc`, which must be
@@ -130,7 +140,7 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
         let raced = pgd.get(index);
         if raced.is_present() {
             // Another mapper installed one while we allocated.
-            let _ = self.alloc.free_frames(page, Order::ZERO);
+            free_table_page(&self.alloc, page);
             return Ok(raced);
         }
         let pde = Pte::new(page, PteFlags::KERNPG_TABLE);
@@ -167,7 +177,13 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
     /// no 4 MiB region with the single-page range, else
     /// [`Error::BadVirtAddr`]; an entry already there gives
     /// [`Error::AlreadyMapped`]. Either way nothing changes. O(frames / 1024).
-    pub fn map_direct(
+    ///
+    /// # Safety
+    ///
+    /// Frames `[0, frames)` are the machine's lowmem and `page_offset` is
+    /// where its [`DirectMap`] promises them: the mapping only states in
+    /// the table what that contract already makes true.
+    pub unsafe fn map_direct(
         &self,
         page_offset: VirtAddr,
         frames: usize,
@@ -197,7 +213,7 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> X86PageTable<A, D, M> {
         let first = pgd_index(page_offset);
         if let Some(i) = (first..first + regions).find(|&i| pgd.get(i).is_present()) {
             if let Some(page) = tail_page {
-                let _ = self.alloc.free_frames(page, Order::ZERO);
+                free_table_page(&self.alloc, page);
             }
             return Err(Error::AlreadyMapped {
                 addr: VirtAddr::new(i << PGDIR_SHIFT),
@@ -249,28 +265,54 @@ fn pte_index(addr: VirtAddr) -> usize {
     (addr.as_usize() >> PAGE_SHIFT) % PTRS_PER_PTE
 }
 
-/// One zeroed page for the table, from lowmem.
+/// One zeroed page for the table, from lowmem, claimed with the
+/// `PageTable` owner word and held from here on as a raw frame.
 fn alloc_table_page(
-    alloc: &impl FrameAllocator,
+    alloc: &(impl FrameAllocator + PageOwner),
     direct_map: &impl DirectMap,
 ) -> Result<Pfn, Error> {
-    let pfn = alloc.alloc_frames(GFP_KERNEL, Order::ZERO)?;
+    let pages = alloc.alloc_frames(GFP_KERNEL, Order::ZERO)?;
+    let pfn = pages.pfn();
     // SAFETY: the frame was just allocated for the table and nobody else
     // holds it; the view ends with this function.
-    match unsafe { TablePage::new(direct_map, pfn) } {
-        Some(page) => {
-            page.clear();
-            Ok(pfn)
-        }
-        None => {
-            let _ = alloc.free_frames(pfn, Order::ZERO);
-            Err(Error::PfnOutOfRange { pfn })
-        }
+    let Some(page) = (unsafe { TablePage::new(direct_map, pfn) }) else {
+        let _ = alloc.free_frames(pages);
+        return Err(Error::PfnOutOfRange { pfn });
+    };
+    page.clear();
+    let word = OwnerWord::new(OwnerTag::PageTable, 0).unwrap_or(OwnerWord::NONE);
+    // SAFETY: we hold the frame; a `PageTable` word carries no payload
+    // anyone dereferences.
+    if let Err(e) = unsafe { alloc.set_owner(pfn, word) } {
+        let _ = alloc.free_frames(pages);
+        return Err(e);
     }
+    Ok(pages.into_raw().0)
 }
 
-impl<A: FrameAllocator, D: DirectMap, M: Mmu> KernelPageTable for X86PageTable<A, D, M> {
-    fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+/// Gives back a page-table page `alloc_table_page` made: its owner word
+/// cleared, then freed. A refusal would mean the allocator lost track of a
+/// frame we held; nothing can be undone then (this runs in `drop`).
+fn free_table_page(alloc: &(impl FrameAllocator + PageOwner), pfn: Pfn) {
+    // SAFETY: the table holds the frame (made by `alloc_table_page`, freed
+    // once, here) and clears its own word.
+    let cleared = unsafe { alloc.set_owner(pfn, OwnerWord::NONE) };
+    // SAFETY: as above: the table's own frame, given up here.
+    let pages = unsafe { Pages::from_raw(pfn, Order::ZERO, alloc.allocator_id()) };
+    let freed = cleared.and_then(|()| alloc.free_frames(pages));
+    debug_assert!(
+        freed.is_ok(),
+        "page-table page {pfn:?} not freeable: {freed:?}"
+    );
+}
+
+// SAFETY: `map` enters the PTE and reports it to the MMU hook before it
+// returns `Ok` (undoing it if the hook fails), `unmap` clears it, and
+// `translate` walks the same entries under the same lock.
+unsafe impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> KernelPageTable
+    for X86PageTable<A, D, M>
+{
+    unsafe fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
         self.check_addr(addr)?;
         if pfn.as_usize() >= MAX_PTE_PFN {
             return Err(Error::BadPhysAddr { addr: pfn.phys() });
@@ -290,7 +332,7 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> KernelPageTable for X86PageTable<A
         Ok(())
     }
 
-    fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+    unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
         self.check_addr(addr)?;
         let _guard = self.lock.lock();
         let pde = self.pgd_page().get(pgd_index(addr));
@@ -334,18 +376,16 @@ impl<A: FrameAllocator, D: DirectMap, M: Mmu> KernelPageTable for X86PageTable<A
 /// Unmaps every page of the single-page range (reporting each to the
 /// [`Mmu`]) and frees the PTE pages and the page directory back to the
 /// allocator. The direct map is left to the machine that made it.
-impl<A: FrameAllocator, D: DirectMap, M: Mmu> Drop for X86PageTable<A, D, M> {
+impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> Drop for X86PageTable<A, D, M> {
     fn drop(&mut self) {
         self.for_each_present(|addr, _| self.mmu.pte_cleared(addr));
         let pgd = self.pgd_page();
         for i in 0..PTRS_PER_PGD {
             let pde = pgd.get(i);
             if is_table(pde) {
-                let freed = self.alloc.free_frames(pde.pfn(), Order::ZERO);
-                debug_assert!(freed.is_ok(), "PTE page {:?} not freeable", pde.pfn());
+                free_table_page(&self.alloc, pde.pfn());
             }
         }
-        let freed = self.alloc.free_frames(self.pgd, Order::ZERO);
-        debug_assert!(freed.is_ok(), "page directory not freeable");
+        free_table_page(&self.alloc, self.pgd);
     }
 }

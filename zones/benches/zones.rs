@@ -25,8 +25,8 @@ fn pairs(c: &mut Criterion) {
         let order = Order::new(order).expect("order");
         group.bench_function(name, |b| {
             b.iter(|| {
-                let pfn = zones.alloc_pages(black_box(gfp), order).expect("alloc");
-                zones.__free_pages(black_box(pfn), order).expect("free");
+                let pages = zones.alloc_pages(black_box(gfp), order).expect("alloc");
+                zones.__free_pages(black_box(pages)).expect("free");
             })
         });
     }

@@ -7,10 +7,17 @@
 //! where an address is expected is refused with [`Error::InvalidGfp`]. This
 //! module never dereferences an address; it only translates through the
 //! [`DirectMap`].
+//!
+//! An address is not a proof of ownership (anyone can make one), so the
+//! frees that take an address (`free_pages`, `free_pages_exact`) are
+//! `unsafe fn`: their caller promises it holds what it frees. Their checks
+//! still refuse what they can see (a double free, a wrong order, a block a
+//! layer claims) with an error and nothing changed.
 
 use crate::{ZoneType, Zones};
 use kmm_api::{
-    get_order, DirectMap, Error, GfpFlags, Order, Pfn, PhysAddr, Platform, VirtAddr, PAGE_SIZE,
+    get_order, AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, PhysAddr, Platform,
+    VirtAddr, PAGE_SIZE,
 };
 use kmm_buddy::FrameTag;
 
@@ -22,13 +29,18 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
         if gfp.contains(GfpFlags::HIGHMEM) {
             return Err(Error::InvalidGfp { gfp });
         }
-        let pfn = self.alloc_pages(gfp, order)?;
-        match self.page_address(pfn) {
-            Some(addr) => Ok(addr),
+        let pages = self.alloc_pages(gfp, order)?;
+        match self.page_address(pages.pfn()) {
+            Some(addr) => {
+                // From here the block is known by its address.
+                let _ = pages.into_raw();
+                Ok(addr)
+            }
             None => {
                 // A lowmem zone outside the direct map: a misconfigured
                 // machine. Give the block back and say which frame.
-                let _ = self.__free_pages(pfn, order);
+                let pfn = pages.pfn();
+                let _ = self.__free_pages(pages);
                 Err(Error::PfnOutOfRange { pfn })
             }
         }
@@ -41,13 +53,24 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
 
     /// Linux `free_pages`: frees a block by its direct-map address.
     /// [`Error::BadVirtAddr`] for an address outside the direct map or not
-    /// page aligned; otherwise as [`Zones::__free_pages`].
-    pub fn free_pages(&self, addr: VirtAddr, order: Order) -> Result<(), Error> {
+    /// page aligned; otherwise as [`Zones::__free_pages`], plus the checks
+    /// a raw free needs ([`Error::DoubleFree`], [`Error::NotAllocated`],
+    /// [`Error::WrongOrder`], [`Error::Misaligned`]).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the block at `addr` (from
+    /// [`Zones::__get_free_pages`] with this `order`, or a handle it gave
+    /// up with [`Pages::into_raw`]) and gives it up here. A block nobody
+    /// holds is refused; a block *someone else* holds cannot be told from
+    /// the caller's own.
+    #[allow(unsafe_code)]
+    pub unsafe fn free_pages(&self, addr: VirtAddr, order: Order) -> Result<(), Error> {
         let pfn = self.virt_to_page(addr)?;
         if addr.page_offset() != 0 {
             return Err(Error::BadVirtAddr { addr });
         }
-        self.__free_pages(pfn, order)
+        self.free_block(pfn, order)
     }
 
     /// Linux `alloc_pages_exact`: `size` bytes of lowmem rounded up to whole
@@ -63,10 +86,17 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
         let order = get_order(size)?;
         let addr = self.__get_free_pages(gfp, order)?;
         let pfn = self.virt_to_page(addr)?;
-        self.split_page(pfn, order)?;
+        // SAFETY: `__get_free_pages` just handed this block to us.
+        #[allow(unsafe_code)]
+        let pages = unsafe { Pages::from_raw(pfn, order, self.id) };
         let used = size.div_ceil(PAGE_SIZE);
-        for tail in used..order.pages() {
-            self.__free_pages(pfn.add(tail), Order::ZERO)?;
+        for (i, page) in self.split_page(pages)?.enumerate() {
+            if i < used {
+                // Kept, and known by its address from here on.
+                let _ = page.into_raw();
+            } else {
+                self.__free_pages(page)?;
+            }
         }
         Ok(addr)
     }
@@ -74,7 +104,12 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
     /// Linux `free_pages_exact`: frees what [`Zones::alloc_pages_exact`]
     /// returned for the same `size`. Every page is checked before any is
     /// freed, so a bad call changes nothing.
-    pub fn free_pages_exact(&self, addr: VirtAddr, size: usize) -> Result<(), Error> {
+    ///
+    /// # Safety
+    ///
+    /// As for [`Zones::free_pages`]: the caller holds those pages.
+    #[allow(unsafe_code)]
+    pub unsafe fn free_pages_exact(&self, addr: VirtAddr, size: usize) -> Result<(), Error> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
@@ -93,16 +128,20 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
             self.check_held_page(pfn)?;
         }
         for i in 0..pages {
-            self.__free_pages(first.add(i), Order::ZERO)?;
+            self.free_block(first.add(i), Order::ZERO)?;
         }
         Ok(())
     }
 
-    /// That `pfn` is a held order-0 page, as after `split_page`.
+    /// That `pfn` is a held order-0 page no layer claims, as after
+    /// `split_page`.
     fn check_held_page(&self, pfn: Pfn) -> Result<(), Error> {
         let (zone, idx) = self.zone_and_index(pfn)?;
         let page = &zone.pages[idx];
         match page.tag() {
+            FrameTag::Allocated(_) if page.is_held() && page.is_owned() => {
+                Err(Error::Owned { pfn })
+            }
             FrameTag::Allocated(order) if page.is_held() && order == Order::ZERO => Ok(()),
             FrameTag::Allocated(order) if page.is_held() => Err(Error::WrongOrder {
                 pfn,
@@ -115,18 +154,21 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
         }
     }
 
-    /// Linux `split_page`: the held block of `order` at `pfn` becomes
-    /// `2^order` order-0 pages, each freed on its own. Errors as
-    /// [`Zones::__free_pages`], nothing changed.
-    pub fn split_page(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
-        let (zone, idx) = self.zone_and_index(pfn)?;
-        if order > self.config.max_order {
-            return Err(Error::OrderTooLarge {
-                order: order.as_u32(),
-                max: self.config.max_order.as_u32(),
-            });
+    /// Linux `split_page`: the held block becomes `2^order` order-0 pages,
+    /// each its own handle, freed on its own. Refused with
+    /// [`Error::Foreign`] or [`Error::Owned`], the block left as it was.
+    pub fn split_page(&self, pages: Pages) -> Result<SplitPages, Error> {
+        if pages.allocator() != self.id {
+            return Err(Error::Foreign { pfn: pages.pfn() });
         }
-        zone.split(idx, order, &self.platform)
+        let (pfn, order) = pages.into_raw();
+        let (zone, idx) = self.zone_and_index(pfn)?;
+        zone.split(idx, order, &self.platform)?;
+        Ok(SplitPages {
+            next: pfn,
+            end: pfn.add(order.pages()),
+            allocator: self.id,
+        })
     }
 
     /// Linux `page_address`: the direct-map address of `pfn`, `None` for a
@@ -179,3 +221,37 @@ impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
             .ok_or(Error::BadPhysAddr { addr })
     }
 }
+
+/// The pages of a block [`Zones::split_page`] split, each as its own
+/// order-0 handle, lowest first. Pages not taken stay allocated (leaked),
+/// as dropped handles do.
+#[must_use = "the pages not taken from a split stay allocated"]
+#[derive(Debug)]
+pub struct SplitPages {
+    next: Pfn,
+    end: Pfn,
+    allocator: AllocatorId,
+}
+
+impl Iterator for SplitPages {
+    type Item = Pages;
+
+    fn next(&mut self) -> Option<Pages> {
+        if self.next >= self.end {
+            return None;
+        }
+        let pfn = self.next;
+        self.next = pfn.add(1);
+        // SAFETY: `split_page` made every page of the block its own held
+        // order-0 block, and each is yielded once.
+        #[allow(unsafe_code)]
+        Some(unsafe { Pages::from_raw(pfn, Order::ZERO, self.allocator) })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self.end.as_usize() - self.next.as_usize();
+        (left, Some(left))
+    }
+}
+
+impl ExactSizeIterator for SplitPages {}

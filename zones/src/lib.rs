@@ -15,6 +15,7 @@
 //! - Every frame of a zone is free in its buddy, on exactly one per-CPU
 //!   list, held by a caller, or reserved; free + per-CPU + held == managed
 //!   for each zone. [`Zones::check`] verifies this and everything below.
+//! - Only frames of held blocks carry `PG_owned` (a layer's claim).
 //! - An allocation comes from the zone `gfp_zone()` names or one below it,
 //!   never above; `GFP_DMA` only from ZONE_DMA.
 //! - A zone gives a block only while its free pages stay above the mark the
@@ -39,6 +40,17 @@
 //! interrupts saved ([`kmm_api::IrqGuard`]). The shrinker table's lock is
 //! never held across a call. No lock is held across a platform hook.
 //!
+//! # Ownership
+//!
+//! A block is handed out as a [`kmm_api::Pages`] handle carrying this
+//! allocator's identity; the safe frees and `split_page` consume it, so
+//! safe code cannot free a block twice, free another's, or free into the
+//! wrong machine. Frees by address or raw frame (`free_pages`,
+//! `free_pages_exact`, a handle rebuilt with `Pages::from_raw`) are the
+//! `unsafe` forms: their caller promises it holds the block. Every free
+//! refuses a block a layer claims through its owner word (`PG_owned`), so
+//! a slab page or a page-table page goes back only through its layer.
+//!
 //! # What it must never do
 //!
 //! Read or write a frame's contents (except zeroing a frame it hands out
@@ -57,12 +69,15 @@
 //! let mut machine = TestMachine::i386_scaled(4096);
 //! let zones = machine.boot()?;
 //! let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO)?;
-//! assert_eq!(zones.page_zone(page), Some(ZoneType::Normal));
+//! assert_eq!(zones.page_zone(page.pfn()), Some(ZoneType::Normal));
 //! let high = zones.alloc_pages(GFP_HIGHUSER, Order::new(2)?)?;
-//! assert_eq!(zones.page_address(high), None); // highmem has no address
-//! zones.__free_pages(page, Order::ZERO)?;
-//! zones.__free_pages(high, Order::new(2)?)?;
-//! assert!(zones.__free_pages(page, Order::ZERO).is_err()); // double free
+//! assert_eq!(zones.page_address(high.pfn()), None); // highmem has no address
+//! let addr = zones.page_address(page.pfn()).unwrap();
+//! zones.__free_pages(page)?; // the handle is consumed: no second free
+//! zones.__free_pages(high)?;
+//! // The raw form is unsafe; its checks still refuse a double free.
+//! // SAFETY: nobody holds the page any more, so no holder can be hurt.
+//! assert!(unsafe { zones.free_pages(addr, Order::ZERO) }.is_err());
 //! zones.check().expect("invariants hold");
 //! # Ok::<(), kmm_api::Error>(())
 //! ```
@@ -93,6 +108,7 @@ mod zonelist;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
+pub use address::SplitPages;
 pub use check::Invariant;
 pub use mm_init::{ZoneConfig, MAX_DMA32_PFN, MAX_DMA_PFN};
 pub use page::Page;

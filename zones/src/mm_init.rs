@@ -19,7 +19,7 @@ use crate::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
 use crate::zone::{Zone, ZoneInit};
 use crate::{ZoneType, Zones, MAX_NR_ZONES};
 use kmm_api::sync::AtomicUsize;
-use kmm_api::{DirectMap, Error, Order, Pfn, Platform, MAX_PAGE_ORDER, PAGE_SHIFT};
+use kmm_api::{AllocatorId, DirectMap, Error, Order, Pfn, Platform, MAX_PAGE_ORDER, PAGE_SHIFT};
 use kmm_buddy::Buddy;
 
 /// First frame above ZONE_DMA (Linux `MAX_DMA_PFN`: 16 MiB).
@@ -114,7 +114,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             .filter(|&&p| p > 0)
             .count();
         BootMem::footprint::<Page>(frames).saturating_add(BootMem::footprint::<PerCpuPages>(
-            populated * nr_cpus.max(1),
+            populated.saturating_mul(nr_cpus.max(1)),
         ))
     }
 
@@ -147,8 +147,12 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         let mem_map: &'a [Page] = boot_mem.carve(frames, |i| Page::new(zone_of(start.add(i))))?;
         let nr_cpus = platform.nr_cpus().max(1);
         let populated = present.iter().filter(|&&p| p > 0).count();
-        let mut pcp: &'a [PerCpuPages] =
-            boot_mem.carve(populated * nr_cpus, |_| PerCpuPages::new())?;
+        // A CPU count whose lists cannot even be counted is refused, as a
+        // count too large for `boot_mem` is.
+        let lists = populated
+            .checked_mul(nr_cpus)
+            .ok_or(Error::SizeTooLarge { bytes: usize::MAX })?;
+        let mut pcp: &'a [PerCpuPages] = boot_mem.carve(lists, |_| PerCpuPages::new())?;
 
         let mut buddies: [Option<Buddy<ZoneMeta<'a>>>; MAX_NR_ZONES] = [None, None, None, None];
         for (z, &(lo, hi)) in spans.iter().enumerate() {
@@ -201,6 +205,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             direct_map,
             shrinkers: ShrinkerRegistry::new(),
             bad_frees: AtomicUsize::new(0),
+            id: AllocatorId::new().ok_or(Error::IdsExhausted)?,
         })
     }
 

@@ -12,6 +12,7 @@
 //! | `flags` | 0..8 | the buddy's [`FrameTag`] byte |
 //! | | 8..10 | zone index (fixed at boot) |
 //! | | 16 | `PG_pcp`: head of a block on a per-CPU list |
+//! | | 17 | `PG_owned`: a layer claims the frame (its owner word is not `NONE`) |
 //! | `refcount` | 32 | 1 while a caller holds the block (head, or each page after `split_page`), else 0 |
 //! | `word` | 64 | free block: buddy links (`prev << 32 \| next`); on a per-CPU list: next index; allocated: the owner word |
 //!
@@ -26,7 +27,10 @@
 //! takes it back before its block enters a list), so `Relaxed` accesses
 //! suffice: the locks order them. Readers without a lock (`page_zone`,
 //! `owner`) see some recent value and are only relied upon by the frame's
-//! holder. The one transition no lock arbitrates is a free: two frees of
+//! holder. `PG_owned` and the owner word are written by the holder alone
+//! (through the `unsafe` `PageOwner::set_owner`), and a free refuses a
+//! block whose head still has `PG_owned`: a layer's frames go back only
+//! after that layer clears its words. The one transition no lock arbitrates is a free: two frees of
 //! one block may run on two CPUs at once, under two different pcp locks.
 //! So a free takes the block back with a compare-and-swap of `refcount`
 //! from 1 to 0 ([`Page::try_release`], Linux's `put_page_testzero`): one
@@ -44,6 +48,9 @@ const ZONE_SHIFT: u32 = 8;
 const ZONE_MASK: u32 = 0x3 << ZONE_SHIFT;
 /// Linux `PG_pcp`-like flag: the block sits on a per-CPU list.
 const PG_PCP: u32 = 1 << 16;
+/// A layer claims the frame through its owner word (kmm's own flag; Linux
+/// reads the same fact off `PG_slab` and friends).
+const PG_OWNED: u32 = 1 << 17;
 
 /// The "no next" value of a per-CPU list link.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -95,6 +102,12 @@ impl Page {
         self.flags.load(Relaxed) & PG_PCP != 0
     }
 
+    /// Whether a layer claims the frame with a non-`NONE` owner word.
+    #[inline]
+    pub fn is_owned(&self) -> bool {
+        self.flags.load(Relaxed) & PG_OWNED != 0
+    }
+
     /// Linux `page_count`: 1 while a caller holds the block, else 0.
     #[inline]
     pub fn page_count(&self) -> u32 {
@@ -118,15 +131,25 @@ impl Page {
 
     #[inline]
     pub(crate) fn set_pcp(&self, on: bool) {
+        self.set_flag(PG_PCP, on);
+    }
+
+    /// Load and store, not a read-modify-write: only the frame's domain
+    /// writes `flags` (module documentation).
+    #[inline]
+    fn set_flag(&self, flag: u32, on: bool) {
         let flags = self.flags.load(Relaxed);
-        let flags = if on { flags | PG_PCP } else { flags & !PG_PCP };
+        let flags = if on { flags | flag } else { flags & !flag };
         self.flags.store(flags, Relaxed);
     }
 
-    /// Hands the block to a caller (refcount 0 → 1) with a zero owner word.
+    /// Hands the block to a caller (refcount 0 → 1) with no layer's claim
+    /// (owner word `NONE`, `PG_owned` clear: a flag a careless layer left
+    /// on a tail it did not clear is dropped here, after the checker could
+    /// see it on the free frame).
     #[inline]
     pub(crate) fn set_held(&self) {
-        self.word.store(0, Relaxed);
+        self.set_owner_word(kmm_api::OwnerWord::NONE);
         self.refcount.store(1, Relaxed);
     }
 
@@ -154,9 +177,11 @@ impl Page {
         self.word.load(Relaxed)
     }
 
+    /// The holder records a layer's owner word (`PG_owned` follows it).
     #[inline]
-    pub(crate) fn set_word(&self, word: u64) {
-        self.word.store(word, Relaxed);
+    pub(crate) fn set_owner_word(&self, word: kmm_api::OwnerWord) {
+        self.word.store(word.to_bits() as u64, Relaxed);
+        self.set_flag(PG_OWNED, !word.is_none());
     }
 
     /// Next index on a per-CPU list.
@@ -233,10 +258,23 @@ mod tests {
     }
 
     #[test]
+    fn pg_owned_follows_the_owner_word() {
+        let page = Page::new(ZoneType::Normal);
+        page.set_held();
+        let word = kmm_api::OwnerWord::new(kmm_api::OwnerTag::PageTable, 0).unwrap();
+        page.set_owner_word(word);
+        assert!(page.is_owned());
+        assert_eq!(page.word(), word.to_bits() as u64);
+        page.set_owner_word(kmm_api::OwnerWord::NONE);
+        assert!(!page.is_owned());
+        assert_eq!(page.tag(), FrameTag::Reserved, "the tag byte is untouched");
+    }
+
+    #[test]
     fn a_page_is_held_from_set_held_until_its_refcount_drops() {
         let page = Page::new(ZoneType::Normal);
         assert!(!page.is_held());
-        page.set_word(7);
+        page.set_owner_word(kmm_api::OwnerWord::from_bits(0x1001));
         page.set_held();
         assert!(page.is_held());
         assert_eq!(page.word(), 0, "a new holder starts with a zero owner word");

@@ -35,7 +35,9 @@ use crate::watermark::{gfp_to_alloc_flags, watermark_ok, AllocFlags};
 use crate::zone::Zone;
 use crate::{gfp_zone, ZoneConfig, ZoneType, MAX_NR_ZONES};
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
-use kmm_api::{DirectMap, Error, GfpFlags, Order, Pfn, Platform, PAGE_ALLOC_COSTLY_ORDER};
+use kmm_api::{
+    AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, Platform, PAGE_ALLOC_COSTLY_ORDER,
+};
 
 /// Reclaim rounds a retrying request makes at most (Linux's value).
 pub const MAX_RECLAIM_RETRIES: usize = 16;
@@ -52,11 +54,14 @@ pub struct Zones<'a, P: Platform, D: DirectMap> {
     pub(crate) shrinkers: ShrinkerRegistry<'a>,
     /// Frees refused so far (double, foreign, wrong order, ...).
     pub(crate) bad_frees: AtomicUsize,
+    /// The identity every [`Pages`] of this allocator carries.
+    pub(crate) id: AllocatorId,
 }
 
 impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// Linux `alloc_pages`: a block of `2^order` frames under the rules of
-    /// `gfp` (see the module documentation), zeroed for `__GFP_ZERO`.
+    /// `gfp` (see the module documentation), zeroed for `__GFP_ZERO`, as
+    /// the handle that proves the caller holds it.
     ///
     /// Errors: [`Error::OrderTooLarge`], [`Error::InvalidGfp`] (contradictory
     /// zone modifiers, no zone at or below the requested one, or
@@ -64,26 +69,59 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// an error from [`Platform::zero_frame`] for a highmem frame that
     /// could not be zeroed (the block is then freed again).
     #[inline]
-    pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+    pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         let pfn = self.alloc_block(gfp, order)?;
         if gfp.contains(GfpFlags::ZERO) {
             if let Err(err) = self.zero_block(pfn, order) {
                 // Just allocated and still held by us: this free succeeds.
-                let _ = self.__free_pages(pfn, order);
+                let _ = self.free_block(pfn, order);
                 return Err(err);
             }
         }
-        Ok(pfn)
+        // SAFETY: the block was just handed out by this allocator and this
+        // is its only handle.
+        #[allow(unsafe_code)]
+        Ok(unsafe { Pages::from_raw(pfn, order, self.id) })
+    }
+
+    /// Linux `alloc_page`: one page, as `alloc_pages(gfp, 0)`.
+    #[inline]
+    pub fn alloc_page(&self, gfp: GfpFlags) -> Result<Pages, Error> {
+        self.alloc_pages(gfp, Order::ZERO)
     }
 
     /// Linux `__free_pages`: returns a block to its zone.
     ///
+    /// The handle proves the block is the caller's, so the only refusals
+    /// are [`Error::Foreign`] (another allocator's handle) and
+    /// [`Error::Owned`] (a layer still claims the block through its owner
+    /// word); either leaves the block allocated and nothing changed.
+    #[inline]
+    pub fn __free_pages(&self, pages: Pages) -> Result<(), Error> {
+        if pages.allocator() != self.id {
+            self.bad_frees.fetch_add(1, Relaxed);
+            return Err(Error::Foreign { pfn: pages.pfn() });
+        }
+        let (pfn, order) = pages.into_raw();
+        self.free_block(pfn, order)
+    }
+
+    /// The identity the handles of this allocator carry (for
+    /// [`Pages::from_raw`]).
+    pub fn allocator_id(&self) -> AllocatorId {
+        self.id
+    }
+
+    /// Frees the block of `order` at `pfn`: every free, by handle or raw,
+    /// ends here and is validated here.
+    ///
     /// Errors, with nothing changed: [`Error::PfnOutOfRange`] (not a frame
     /// of any zone), [`Error::OrderTooLarge`], [`Error::Misaligned`],
     /// [`Error::DoubleFree`] (already free, in the buddy or on a per-CPU
-    /// list), [`Error::NotAllocated`], [`Error::WrongOrder`].
+    /// list), [`Error::NotAllocated`], [`Error::WrongOrder`],
+    /// [`Error::Owned`].
     #[inline]
-    pub fn __free_pages(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+    pub(crate) fn free_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
         self.zone_and_index(pfn)
             .and_then(|(zone, idx)| zone.free(idx, order, self.config.max_order, &self.platform))
             .inspect_err(|_| {
@@ -225,11 +263,14 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
 
     /// `__GFP_ZERO`: through the direct map where the frame has an
     /// address, else through [`Platform::zero_frame`].
+    #[allow(unsafe_code)]
     fn zero_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
         for frame in (0..order.pages()).map(|i| pfn.add(i)) {
             match self.direct_map.pfn_to_ptr(frame) {
                 Some(ptr) => zero_mapped_frame(ptr),
-                None => self.platform.zero_frame(frame)?,
+                // SAFETY: the block was just allocated for the caller of
+                // `alloc_pages`, who cannot reach it before it is returned.
+                None => unsafe { self.platform.zero_frame(frame)? },
             }
         }
         Ok(())

@@ -1,17 +1,20 @@
 //! The read side and the trait glue: counters, the invariant checker,
 //! shrinker registration, and the [`FrameAllocator`] and [`PageOwner`]
-//! implementations other layers consume.
+//! implementations other layers consume (the `unsafe` contracts of those
+//! traits are kept by the page allocator as a whole; the impls only say
+//! why).
 //!
 //! Counters are read without locks (a snapshot may be a moment stale);
 //! [`Zones::check`] takes every lock of a zone in the documented order.
 //! Nothing here changes allocator state, except `set_owner`, which writes
-//! only the owner word of a frame its caller holds.
+//! only the owner word (and `PG_owned`) of a frame its caller holds.
 
 use crate::report::{BuddyInfo, MemInfo, ZoneInfo, ZoneStats};
 use crate::zone::Zone;
 use crate::{Invariant, Zones, MAX_NR_ZONES};
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, GfpFlags, IrqGuard, Order, PageOwner, Pfn, Platform, Shrinker,
+    AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, IrqGuard, Order, OwnerWord, PageOwner,
+    Pages, Pfn, Platform, Shrinker,
 };
 
 /// A snapshot of every present zone, lowest first, from which the `/proc`
@@ -161,25 +164,38 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     }
 }
 
-impl<P: Platform, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
-    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
+// SAFETY: `alloc_pages` hands out each block once, as the one handle made
+// with this allocator's id, until `__free_pages` takes it back; the buddy
+// never lets two held blocks overlap.
+#[allow(unsafe_code)]
+unsafe impl<P: Platform, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
+    #[inline]
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         self.alloc_pages(gfp, order)
     }
-    fn free_frames(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
-        self.__free_pages(pfn, order)
+    #[inline]
+    fn free_frames(&self, pages: Pages) -> Result<(), Error> {
+        self.__free_pages(pages)
+    }
+    fn allocator_id(&self) -> AllocatorId {
+        self.id
     }
 }
 
-/// The owner word of every frame of a held block (head and tails) is its
-/// descriptor's `word`, zeroed when the block is handed out.
-impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
+// SAFETY: the owner word of every frame of a held block (head and tails)
+// is its descriptor's `word`, written only by `set_owner`, reset to `NONE`
+// when the block is handed out, and not reported once the block is freed
+// (`held_frame` finds only frames of held blocks).
+#[allow(unsafe_code)]
+unsafe impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
     #[inline]
-    fn owner(&self, pfn: Pfn) -> Option<usize> {
-        self.held_frame(pfn).map(|page| page.word() as usize)
+    fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
+        self.held_frame(pfn)
+            .map(|page| OwnerWord::from_bits(page.word() as usize))
     }
-    fn set_owner(&self, pfn: Pfn, word: usize) -> Result<(), Error> {
+    unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
         let page = self.held_frame(pfn).ok_or(Error::NotAllocated { pfn })?;
-        page.set_word(word as u64);
+        page.set_owner_word(word);
         Ok(())
     }
 }

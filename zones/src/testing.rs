@@ -208,7 +208,8 @@ impl Platform for TestPlatform {
         self.reclaim_calls.fetch_add(1, Ordering::SeqCst);
         self.reclaim.as_ref().map_or(0, |action| action(gfp, order))
     }
-    fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
+    #[allow(unsafe_code)]
+    unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
         if self.ram.fill_frame(pfn, 0) {
             Ok(())
         } else {

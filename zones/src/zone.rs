@@ -131,9 +131,10 @@ impl<'a> Zone<'a> {
                 idx
             }
         };
-        // Tail owner words are the caller's alone now: no lock needed.
+        // Tail owner words are the caller's alone now: no lock needed. A
+        // new holder starts with no layer's claim on any of its frames.
         for tail in &self.pages[idx + 1..idx + order.pages()] {
-            tail.set_word(0);
+            tail.set_owner_word(kmm_api::OwnerWord::NONE);
         }
         Some(self.start_pfn.add(idx))
     }
@@ -161,7 +162,8 @@ impl<'a> Zone<'a> {
     ///
     /// Errors, with nothing changed: [`Error::OrderTooLarge`],
     /// [`Error::Misaligned`], [`Error::DoubleFree`] (free in the buddy, or
-    /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`].
+    /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`],
+    /// [`Error::Owned`].
     #[inline]
     pub(crate) fn free<P: Platform>(
         &self,
@@ -222,7 +224,7 @@ impl<'a> Zone<'a> {
     }
 
     /// Takes the block at `idx` back from its caller (refcount 1 → 0) if it
-    /// is held with this order. The refcount is taken back by
+    /// is held with this order and no layer claims it (`PG_owned`). The refcount is taken back by
     /// compare-and-swap, so two frees of one block racing on two CPUs (under
     /// two different pcp locks) cannot both succeed: the loser is refused as
     /// a double free and the block reaches exactly one list.
@@ -234,6 +236,11 @@ impl<'a> Zone<'a> {
         let page = &self.pages[idx];
         if !page.is_held() {
             return Err(None);
+        }
+        if page.is_owned() {
+            return Err(Some(Error::Owned {
+                pfn: self.start_pfn.add(idx),
+            }));
         }
         match page.tag() {
             FrameTag::Allocated(allocated) if allocated == order => {
@@ -267,7 +274,12 @@ impl<'a> Zone<'a> {
         let pfn = self.start_pfn.add(idx);
         let head = self.enclosing_head(idx);
         let on_pcp = head.is_some_and(|head| self.pages[head].is_pcp());
-        if on_pcp || buddy.is_free(pfn) {
+        // The head of an allocated block nobody holds is on its way to a
+        // per-CPU list: a free racing ours took it back a moment ago.
+        let being_freed = head == Some(idx)
+            && matches!(self.pages[idx].tag(), FrameTag::Allocated(_))
+            && !self.pages[idx].is_held();
+        if on_pcp || being_freed || buddy.is_free(pfn) {
             Error::DoubleFree { pfn }
         } else {
             Error::NotAllocated { pfn }
@@ -303,6 +315,9 @@ impl<'a> Zone<'a> {
         let pfn = self.start_pfn.add(idx);
         if !self.pages[idx].is_held() {
             return Err(self.bad_free(idx, platform));
+        }
+        if self.pages[idx].is_owned() {
+            return Err(Error::Owned { pfn });
         }
         let _irq = IrqGuard::new(platform);
         let mut buddy = self.buddy.lock();
@@ -364,6 +379,9 @@ impl<'a> Zone<'a> {
             });
         }
         let (mut free, mut pcp, mut held) = (0, 0, 0);
+        // One past the last frame of the held block being walked: only
+        // frames of held blocks may be claimed by a layer (`PG_owned`).
+        let mut held_until = 0;
         for (idx, page) in self.pages.iter().enumerate() {
             let pfn = self.start_pfn.add(idx);
             let fault = |problem| Invariant::Descriptor { pfn, problem };
@@ -373,9 +391,17 @@ impl<'a> Zone<'a> {
             match (page.tag(), page.is_pcp(), page.is_held()) {
                 (FrameTag::Free(o), false, false) => free += o.pages(),
                 (FrameTag::Allocated(o), true, false) => pcp += o.pages(),
-                (FrameTag::Allocated(o), false, true) => held += o.pages(),
+                (FrameTag::Allocated(o), false, true) => {
+                    held += o.pages();
+                    held_until = idx + o.pages();
+                }
                 (FrameTag::Reserved | FrameTag::Tail, false, false) => {}
                 _ => return Err(fault("tag, PG_pcp and refcount disagree")),
+            }
+            if page.is_owned() && idx >= held_until {
+                return Err(fault(
+                    "a layer claims a frame nobody holds (free, listed or reserved)",
+                ));
             }
         }
         if pcp != listed || free + pcp + held != self.managed {

@@ -12,7 +12,7 @@
 
 use kmm_api::sync::{AtomicUsize, Ordering};
 use kmm_api::{
-    MemoryRegion, Order, Pfn, Platform, RegionKind, GFP_KERNEL, MAX_PAGE_ORDER, PAGE_SIZE,
+    MemoryRegion, Order, Pages, Pfn, Platform, RegionKind, GFP_KERNEL, MAX_PAGE_ORDER, PAGE_SIZE,
 };
 use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
@@ -94,8 +94,11 @@ fn boot(machine: &TestMachine) -> LoomZones {
 }
 
 /// Runs `model` under loom (preemptions bounded at `LOOM_MAX_PREEMPTIONS`,
-/// 3 by default) and checks it explored more than one interleaving.
-fn explore(model: impl Fn(&std::sync::atomic::AtomicUsize) + Sync + Send + 'static) {
+/// 3 by default) and checks it explored at least `floor` interleavings:
+/// loom's search is deterministic, so each floor sits a little under what
+/// the model explores today, and a change that hides shared state from
+/// loom (or stops the threads from meeting) drops below it.
+fn explore(floor: usize, model: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
     if builder.preemption_bound.is_none() {
         builder.preemption_bound = Some(3);
@@ -103,16 +106,87 @@ fn explore(model: impl Fn(&std::sync::atomic::AtomicUsize) + Sync + Send + 'stat
     builder.max_branches = 100_000;
     let iterations = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let seen = iterations.clone();
-    builder.check(move || model(&seen));
+    builder.check(move || {
+        seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        model();
+    });
     let explored = iterations.load(std::sync::atomic::Ordering::Relaxed);
     println!("loom explored {explored} interleavings");
-    assert!(explored > 1, "the model ran without interleaving anything");
+    assert!(
+        explored >= floor,
+        "only {explored} interleavings explored (floor {floor})"
+    );
+}
+
+/// Frees the block of `order` at `pfn` by raw frame.
+///
+/// # Safety
+/// As `Pages::from_raw`: nobody but the callers racing to free it holds
+/// the block, and nothing allocates meanwhile.
+unsafe fn free_raw(zones: &LoomZones, pfn: Pfn, order: Order) -> Result<(), kmm_api::Error> {
+    // SAFETY: forwarded from our caller.
+    zones.__free_pages(unsafe { Pages::from_raw(pfn, order, zones.allocator_id()) })
+}
+
+#[test]
+fn racing_frees_of_one_block_on_three_cpus_let_exactly_one_win() {
+    // Which of the three contexts won, over every interleaving.
+    let wins = std::sync::Arc::new([(); 3].map(|()| std::sync::atomic::AtomicUsize::new(0)));
+    let seen = wins.clone();
+    explore(12_000, move || {
+        let machine = machine();
+        let zones = Arc::new(boot(&machine));
+        let managed = zones.managed_pages();
+        let keep = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+        let pfn = zones
+            .alloc_pages(GFP_KERNEL, Order::ZERO)
+            .unwrap()
+            .into_raw()
+            .0;
+        // Each context frees the block (a double free from the holder's
+        // point of view of the others) under whichever per-CPU list lock
+        // its migrating CPU id lands on.
+        let racers: Vec<_> = (0..2)
+            .map(|cpu| {
+                let zones = zones.clone();
+                loom::thread::spawn(move || {
+                    CPU.with(|c| c.set(cpu));
+                    // SAFETY: the racing contexts are the only ones that
+                    // know the block; nothing allocates during the race.
+                    unsafe { free_raw(&zones, pfn, Order::ZERO) }
+                })
+            })
+            .collect();
+        CPU.with(|c| c.set(1));
+        // SAFETY: as above.
+        let mut results = vec![unsafe { free_raw(&zones, pfn, Order::ZERO) }];
+        results.extend(racers.into_iter().map(|t| t.join().unwrap()));
+        let winners: Vec<usize> = (0..3).filter(|&i| results[i].is_ok()).collect();
+        assert_eq!(winners.len(), 1, "exactly one free wins: {results:?}");
+        assert!(
+            results
+                .iter()
+                .all(|r| r.is_ok() || *r == Err(kmm_api::Error::DoubleFree { pfn })),
+            "{results:?}"
+        );
+        seen[winners[0]].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        zones.check().unwrap();
+        zones.__free_pages(keep).unwrap();
+        zones.drain_all_pages();
+        assert_eq!(zones.nr_free_pages(), managed, "a page was lost or doubled");
+    });
+    let won = wins
+        .each_ref()
+        .map(|w| w.load(std::sync::atomic::Ordering::Relaxed));
+    assert!(
+        won.iter().all(|&w| w > 0),
+        "the race went every way: {won:?}"
+    );
 }
 
 #[test]
 fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
-    explore(|iterations| {
-        iterations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    explore(4000, || {
         let machine = machine();
         let zones = Arc::new(boot(&machine));
         let managed = zones.managed_pages();
@@ -122,7 +196,7 @@ fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
             loom::thread::spawn(move || {
                 CPU.with(|cpu| cpu.set(0));
                 let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
-                zones.__free_pages(page, Order::ZERO).unwrap();
+                zones.__free_pages(page).unwrap();
                 zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap()
             })
         };
@@ -140,7 +214,7 @@ fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
         assert_ne!(a, b, "one page handed out twice");
         zones.check().unwrap();
         for page in [a, b] {
-            zones.__free_pages(page, Order::ZERO).unwrap();
+            zones.__free_pages(page).unwrap();
         }
         zones.drain_all_pages();
         assert_eq!(zones.nr_free_pages(), managed, "a page was lost");
@@ -150,8 +224,7 @@ fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
 
 #[test]
 fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
-    explore(|iterations| {
-        iterations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    explore(600, || {
         let machine = machine();
         let zones = Arc::new(boot(&machine));
         let managed = zones.managed_pages();
@@ -159,28 +232,27 @@ fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
         // each reaches `high` and drains a batch under the zone lock.
         let high = zones.pcp_sizing(ZoneType::Normal).unwrap().high;
         assert_eq!(high, 4, "the model is sized for the smallest high");
-        let held: Vec<Pfn> = (0..2 * high)
+        let mut mine: Vec<Pages> = (0..2 * high)
             .map(|_| zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap())
             .collect();
-        let (mine, theirs) = held.split_at(high);
+        let theirs = mine.split_off(high);
         let freer = {
             let zones = zones.clone();
-            let theirs = theirs.to_vec();
             loom::thread::spawn(move || {
                 for page in theirs {
                     CPU.with(|cpu| cpu.set(1));
-                    zones.__free_pages(page, Order::ZERO).unwrap();
+                    zones.__free_pages(page).unwrap();
                 }
             })
         };
-        for &page in mine {
+        for page in mine {
             CPU.with(|cpu| cpu.set(0));
-            zones.__free_pages(page, Order::ZERO).unwrap();
+            zones.__free_pages(page).unwrap();
         }
         let again = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
         freer.join().unwrap();
         zones.check().unwrap();
-        zones.__free_pages(again, Order::ZERO).unwrap();
+        zones.__free_pages(again).unwrap();
         zones.drain_all_pages();
         assert_eq!(zones.nr_free_pages(), managed, "a page was lost");
     });

@@ -1,19 +1,26 @@
 //! One test per rule of the zoned allocator, each named after its rule.
 //! Machines are scaled-down i386 layouts from `kmm_zones::testing`
-//! (smaller still under miri).
+//! (smaller still under miri). A test frees what it allocated through the
+//! handle it was given; a test of a refused free (a double free, a wrong
+//! order, a frame nobody holds) goes through `support::free_raw`.
+
+mod support;
 
 use kmm_api::{
-    DirectMap, Error, GfpFlags, MemoryRegion, Order, PageOwner, Pfn, Platform, RegionKind,
-    Shrinker, __GFP_DMA, __GFP_DMA32, __GFP_HIGHMEM, __GFP_NOFAIL, __GFP_NORETRY,
-    __GFP_RETRY_MAYFAIL, __GFP_ZERO, GFP_ATOMIC, GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, GFP_NOWAIT,
-    MAX_PAGE_ORDER, PAGE_SIZE,
+    DirectMap, Error, GfpFlags, MemoryRegion, Order, OwnerTag, OwnerWord, PageOwner, Pages, Pfn,
+    Platform, RegionKind, Shrinker, __GFP_DMA, __GFP_DMA32, __GFP_HIGHMEM, __GFP_NOFAIL,
+    __GFP_NORETRY, __GFP_RETRY_MAYFAIL, __GFP_ZERO, GFP_ATOMIC, GFP_DMA, GFP_HIGHUSER, GFP_KERNEL,
+    GFP_NOWAIT, MAX_PAGE_ORDER, PAGE_SIZE,
 };
 use kmm_buddy::FrameTag;
 use kmm_zones::boot::BootMem;
 use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
 use kmm_zones::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
-use kmm_zones::{ZoneConfig, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS};
+use kmm_zones::{
+    Invariant, ZoneConfig, ZoneType, Zones, MAX_NR_ZONES, MAX_RECLAIM_RETRIES, MAX_SHRINKERS,
+};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use support::free_raw;
 
 /// Frames of the standard test machine.
 fn frames() -> usize {
@@ -29,16 +36,16 @@ fn order(o: u32) -> Order {
 }
 
 /// Allocates order-0 pages with `gfp` until it fails; returns them.
-fn exhaust(zones: &TestZones<'_>, gfp: GfpFlags) -> Vec<Pfn> {
+fn exhaust(zones: &TestZones<'_>, gfp: GfpFlags) -> Vec<Pages> {
     let mut taken = Vec::new();
-    while let Ok(pfn) = zones.alloc_pages(gfp, Order::ZERO) {
-        taken.push(pfn);
+    while let Ok(page) = zones.alloc_pages(gfp, Order::ZERO) {
+        taken.push(page);
     }
     taken
 }
 
 /// Everything observable about the allocator's state: per-zone counters
-/// and each descriptor's (tag, PG_pcp, refcount).
+/// and each descriptor's (tag, PG_pcp, PG_owned, refcount).
 fn fingerprint(zones: &TestZones<'_>, machine_frames: usize) -> Vec<String> {
     let mut state: Vec<String> = zones
         .zone_stats()
@@ -48,9 +55,10 @@ fn fingerprint(zones: &TestZones<'_>, machine_frames: usize) -> Vec<String> {
     // Page 0 is a hole outside mem_map.
     for page in (0..machine_frames).filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn))) {
         state.push(format!(
-            "{:?} {} {}",
+            "{:?} {} {} {}",
             page.tag(),
             page.is_pcp(),
+            page.is_owned(),
             page.page_count()
         ));
     }
@@ -130,7 +138,7 @@ fn a_dma32_layout_falls_back_normal_then_dma32_then_dma() {
     let kernel = exhaust(&zones, GFP_KERNEL);
     let order: Vec<ZoneType> = kernel
         .iter()
-        .map(|&p| zones.page_zone(p).unwrap())
+        .map(|p| zones.page_zone(p.pfn()).unwrap())
         .collect();
     // The fast path takes the first zone above its low mark, the slow path
     // the first above min: NORMAL first, then the zones below it, never up.
@@ -146,10 +154,10 @@ fn a_dma32_layout_falls_back_normal_then_dma32_then_dma() {
     let dma32 = exhaust(&zones, GFP_KERNEL | __GFP_DMA32);
     assert!(dma32
         .iter()
-        .all(|&p| zones.page_zone(p) <= Some(ZoneType::Dma32)));
+        .all(|p| zones.page_zone(p.pfn()) <= Some(ZoneType::Dma32)));
     assert!(dma32
         .iter()
-        .any(|&p| zones.page_zone(p) == Some(ZoneType::Dma32)));
+        .any(|p| zones.page_zone(p.pfn()) == Some(ZoneType::Dma32)));
     zones.check().unwrap();
 }
 
@@ -159,7 +167,7 @@ fn highmem_request_falls_back_to_normal_never_upward() {
     let zones = machine.boot().unwrap();
     let got: Vec<ZoneType> = (0..frames() / 2)
         .map(|_| zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap())
-        .map(|pfn| zones.page_zone(pfn).unwrap())
+        .map(|page| zones.page_zone(page.pfn()).unwrap())
         .collect();
     assert_eq!(got[0], ZoneType::HighMem, "HIGHMEM first");
     assert!(
@@ -173,7 +181,7 @@ fn highmem_request_falls_back_to_normal_never_upward() {
     let kernel = exhaust(&zones, GFP_KERNEL);
     assert!(kernel
         .iter()
-        .all(|&pfn| zones.page_zone(pfn) != Some(ZoneType::HighMem)));
+        .all(|page| zones.page_zone(page.pfn()) != Some(ZoneType::HighMem)));
     zones.check().unwrap();
 }
 
@@ -185,7 +193,7 @@ fn gfp_dma_allocates_only_from_zone_dma() {
     assert!(!dma.is_empty());
     assert!(dma
         .iter()
-        .all(|&p| zones.page_zone(p) == Some(ZoneType::Dma)));
+        .all(|p| zones.page_zone(p.pfn()) == Some(ZoneType::Dma)));
     assert!(
         zones.alloc_pages(GFP_KERNEL, Order::ZERO).is_ok(),
         "NORMAL still has room"
@@ -239,7 +247,7 @@ fn gfp_atomic_dips_below_min_where_gfp_kernel_fails() {
     let normal_before = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
     let atomic = zones.alloc_pages(GFP_ATOMIC, Order::ZERO).unwrap();
     let normal = zones.zone_stats()[ZoneType::Normal.index()].unwrap();
-    assert_eq!(zones.page_zone(atomic), Some(ZoneType::Normal));
+    assert_eq!(zones.page_zone(atomic.pfn()), Some(ZoneType::Normal));
     assert!(
         normal_before.free <= normal.watermarks.min,
         "GFP_KERNEL stopped at min"
@@ -348,11 +356,11 @@ fn nofail_waits_until_another_cpu_frees_memory() {
             std::thread::yield_now();
         }
         set_cpu(0);
-        for &pfn in &taken {
-            zones.__free_pages(pfn, Order::ZERO).unwrap();
+        for page in taken {
+            zones.__free_pages(page).unwrap();
         }
-        let pfn = waiter.join().unwrap().unwrap();
-        zones.__free_pages(pfn, Order::ZERO).unwrap();
+        let page = waiter.join().unwrap().unwrap();
+        zones.__free_pages(page).unwrap();
     });
     zones.check().unwrap();
 }
@@ -404,10 +412,11 @@ fn shrinkers_run_for_blocking_requests_and_the_registry_is_bounded() {
 fn every_invalid_free_is_an_error_and_changes_nothing() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
-    let block = zones.alloc_pages(GFP_KERNEL, order(4)).unwrap();
-    let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
-    let freed = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
-    zones.__free_pages(freed, order(2)).unwrap();
+    let block = zones.alloc_pages(GFP_KERNEL, order(4)).unwrap().pfn();
+    let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap().pfn();
+    let held = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    let freed = held.pfn();
+    zones.__free_pages(held).unwrap();
     let before = fingerprint(&zones, frames());
     let kernel = TestMachine::kernel_image(frames());
     let cases = [
@@ -453,7 +462,7 @@ fn every_invalid_free_is_an_error_and_changes_nothing() {
     let refused = cases.len();
     for (pfn, o, err) in cases {
         assert_eq!(
-            zones.__free_pages(pfn, o),
+            free_raw(&zones, pfn, o),
             Err(err),
             "free of {pfn:?} order {o:?}"
         );
@@ -475,17 +484,18 @@ fn every_invalid_free_is_an_error_and_changes_nothing() {
 fn double_free_of_a_page_on_a_pcp_list_is_detected() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
-    let pfn = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
-    zones.__free_pages(pfn, Order::ZERO).unwrap();
+    let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    let pfn = page.pfn();
+    zones.__free_pages(page).unwrap();
     assert!(zones.pfn_to_page(pfn).unwrap().is_pcp());
     let before = fingerprint(&zones, frames());
     assert_eq!(
-        zones.__free_pages(pfn, Order::ZERO),
+        free_raw(&zones, pfn, Order::ZERO),
         Err(Error::DoubleFree { pfn })
     );
     set_cpu(1);
     assert_eq!(
-        zones.__free_pages(pfn, Order::ZERO),
+        free_raw(&zones, pfn, Order::ZERO),
         Err(Error::DoubleFree { pfn })
     );
     set_cpu(0);
@@ -512,8 +522,8 @@ fn pcp_refill_takes_a_batch_and_a_free_at_high_drains_a_batch() {
     }
     zones.drain_all_pages();
     let drained = zones.nr_free_pages();
-    for (i, &pfn) in held.iter().enumerate() {
-        zones.__free_pages(pfn, Order::ZERO).unwrap();
+    for (i, page) in held.into_iter().enumerate() {
+        zones.__free_pages(page).unwrap();
         let listed = drained + i + 1 - zones.nr_free_pages();
         assert!(
             listed < sizing.high,
@@ -545,14 +555,14 @@ fn a_free_after_an_overfilling_higher_order_refill_leaves_fewer_than_high() {
         listed(9) >= sizing.high,
         "the order-3 refill overfilled the lists"
     );
-    zones.__free_pages(page, Order::ZERO).unwrap();
+    zones.__free_pages(page).unwrap();
     assert!(
         listed(8) < sizing.high,
         "{} listed, high {}",
         listed(8),
         sizing.high
     );
-    zones.__free_pages(block, order(3)).unwrap();
+    zones.__free_pages(block).unwrap();
     zones.check().unwrap();
 }
 
@@ -565,9 +575,9 @@ fn a_caller_migrated_between_cpus_keeps_every_list_correct() {
         set_cpu(i % 2);
         held.push(zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap());
     }
-    for (i, pfn) in held.into_iter().enumerate() {
+    for (i, page) in held.into_iter().enumerate() {
         set_cpu((i / 3) % 2);
-        zones.__free_pages(pfn, Order::ZERO).unwrap();
+        zones.__free_pages(page).unwrap();
     }
     set_cpu(0);
     zones.check().unwrap();
@@ -593,21 +603,18 @@ fn the_checker_sees_a_consistent_zone_while_other_cpus_allocate_and_free() {
                     ops.fetch_add(1, Ordering::Relaxed);
                     let o = order(i % 5);
                     match zones.alloc_pages(GFP_KERNEL, o) {
-                        Ok(pfn) if i % 7 == 0 => {
-                            zones.split_page(pfn, o).unwrap();
-                            held.extend((0..o.pages()).map(|p| (pfn.add(p), Order::ZERO)));
-                        }
-                        Ok(pfn) => held.push((pfn, o)),
+                        Ok(block) if i % 7 == 0 => held.extend(zones.split_page(block).unwrap()),
+                        Ok(block) => held.push(block),
                         Err(_) => {}
                     }
                     if held.len() > 40 || i % 3 == 0 {
-                        if let Some((pfn, o)) = held.pop() {
-                            zones.__free_pages(pfn, o).unwrap();
+                        if let Some(block) = held.pop() {
+                            zones.__free_pages(block).unwrap();
                         }
                     }
                 }
-                for (pfn, o) in held {
-                    zones.__free_pages(pfn, o).unwrap();
+                for block in held {
+                    zones.__free_pages(block).unwrap();
                 }
             });
         }
@@ -635,19 +642,21 @@ fn get_free_pages_refuses_highmem_because_the_page_has_no_address() {
     let addr = zones.__get_free_pages(GFP_KERNEL, order(1)).unwrap();
     let pfn = zones.virt_to_page(addr).unwrap();
     assert_eq!(zones.page_address(pfn), Some(addr));
-    zones.free_pages(addr, order(1)).unwrap();
-    assert!(zones.free_pages(addr, order(1)).is_err());
+    // SAFETY: the test holds the block at `addr`, from `__get_free_pages`.
+    unsafe { zones.free_pages(addr, order(1)) }.unwrap();
+    // SAFETY: nobody holds the block any more: the double free is refused.
+    assert!(unsafe { zones.free_pages(addr, order(1)) }.is_err());
 }
 
 #[test]
 fn page_address_is_none_for_highmem_and_the_direct_map_round_trips() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
-    let high = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
+    let high = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap().pfn();
     assert_eq!(zones.page_zone(high), Some(ZoneType::HighMem));
     assert_eq!(zones.page_address(high), None);
     assert!(zones.phys_to_virt(high.phys()).is_err());
-    let low = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+    let low = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap().pfn();
     let phys = low.phys().checked_add(0x123).unwrap();
     let virt = zones.phys_to_virt(phys).unwrap();
     assert_eq!(zones.virt_to_phys(virt), Ok(phys));
@@ -670,11 +679,12 @@ fn alloc_pages_exact_frees_its_tail_pages() {
     }
     zones.drain_all_pages();
     assert_eq!(zones.nr_free_pages(), free_before - 5);
-    assert!(
-        zones.free_pages_exact(addr, 6 * PAGE_SIZE).is_err(),
-        "checked before freeing"
-    );
-    zones.free_pages_exact(addr, size).unwrap();
+    // SAFETY: the test holds the five pages at `addr`; the sixth is free,
+    // which is refused before any page is freed.
+    let six = unsafe { zones.free_pages_exact(addr, 6 * PAGE_SIZE) };
+    assert!(six.is_err(), "checked before freeing");
+    // SAFETY: the test holds the pages `alloc_pages_exact(size)` returned.
+    unsafe { zones.free_pages_exact(addr, size) }.unwrap();
     zones.drain_all_pages();
     assert_eq!(zones.nr_free_pages(), free_before);
     assert_eq!(zones.alloc_pages_exact(0, GFP_KERNEL), Err(Error::ZeroSize));
@@ -685,18 +695,21 @@ fn alloc_pages_exact_frees_its_tail_pages() {
 fn split_page_makes_each_page_freeable_alone() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
-    let pfn = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
-    assert!(
-        zones.split_page(pfn.add(1), Order::ZERO).is_err(),
-        "not a block head"
-    );
-    zones.split_page(pfn, order(2)).unwrap();
+    let block = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    let pfn = block.pfn();
+    // SAFETY: a tail of a block the test holds; the split is refused.
+    let tail = unsafe { Pages::from_raw(pfn.add(1), Order::ZERO, zones.allocator_id()) };
+    assert!(zones.split_page(tail).is_err(), "not a block head");
+    let mut pages: Vec<Option<Pages>> = zones.split_page(block).unwrap().map(Some).collect();
     assert_eq!(
         zones.pfn_to_page(pfn.add(3)).unwrap().tag(),
         FrameTag::Allocated(Order::ZERO)
     );
+    for (i, page) in pages.iter().flatten().enumerate() {
+        assert_eq!((page.pfn(), page.order()), (pfn.add(i), Order::ZERO));
+    }
     for i in [2, 0, 3, 1] {
-        zones.__free_pages(pfn.add(i), Order::ZERO).unwrap();
+        zones.__free_pages(pages[i].take().unwrap()).unwrap();
     }
     zones.check().unwrap();
 }
@@ -707,13 +720,18 @@ fn gfp_zero_zeroes_lowmem_through_the_direct_map_and_highmem_through_the_platfor
     let ram = machine.ram.clone();
     let zones = machine.boot().unwrap();
     for gfp in [GFP_KERNEL, GFP_HIGHUSER] {
-        let pfn = zones.alloc_pages(gfp, order(1)).unwrap();
+        let block = zones.alloc_pages(gfp, order(1)).unwrap();
+        let pfn = block.pfn();
         for i in 0..2 {
             assert!(ram.fill_frame(pfn.add(i), 0xaa));
         }
-        zones.__free_pages(pfn, order(1)).unwrap();
+        zones.__free_pages(block).unwrap();
         let again = zones.alloc_pages(gfp | __GFP_ZERO, order(1)).unwrap();
-        assert_eq!(again, pfn, "the per-CPU list hands back the hot block");
+        assert_eq!(
+            again.pfn(),
+            pfn,
+            "the per-CPU list hands back the hot block"
+        );
         for i in 0..2 {
             assert!(ram.frame_bytes(pfn.add(i)).unwrap().iter().all(|&b| b == 0));
         }
@@ -727,25 +745,262 @@ fn gfp_zero_zeroes_lowmem_through_the_direct_map_and_highmem_through_the_platfor
 fn owner_word_is_zero_when_allocated_and_refused_for_frames_not_held() {
     let mut machine = TestMachine::i386_scaled(frames());
     let zones = machine.boot().unwrap();
-    let pfn = zones.alloc_pages(GFP_KERNEL, order(1)).unwrap();
-    assert_eq!(zones.owner(pfn), Some(0));
+    let block = zones.alloc_pages(GFP_KERNEL, order(1)).unwrap();
+    let pfn = block.pfn();
+    assert_eq!(zones.owner(pfn), Some(OwnerWord::NONE));
     assert_eq!(
         zones.owner(pfn.add(1)),
-        Some(0),
+        Some(OwnerWord::NONE),
         "tails of a held block have a word"
     );
-    zones.set_owner(pfn.add(1), 0xdead).unwrap();
-    assert_eq!(zones.owner(pfn.add(1)), Some(0xdead));
-    zones.__free_pages(pfn, order(1)).unwrap();
+    let tail = OwnerWord::new(OwnerTag::LargeKmallocTail, 1 << 3).unwrap();
+    // SAFETY: the test holds the block; no layer reads this machine's words.
+    unsafe { zones.set_owner(pfn.add(1), tail) }.unwrap();
+    assert_eq!(zones.owner(pfn.add(1)), Some(tail));
+    // SAFETY: as above; a layer clears its words before it frees.
+    unsafe { zones.set_owner(pfn.add(1), OwnerWord::NONE) }.unwrap();
+    zones.__free_pages(block).unwrap();
+    zones.check().unwrap();
     assert_eq!(zones.owner(pfn), None, "on a per-CPU list");
-    assert_eq!(zones.set_owner(pfn, 1), Err(Error::NotAllocated { pfn }));
+    // SAFETY: nobody holds the frame any more, so there is no holder's word
+    // to overwrite: the call is refused.
+    let refused = unsafe { zones.set_owner(pfn, tail) };
+    assert_eq!(refused, Err(Error::NotAllocated { pfn }));
     assert_eq!(zones.owner(Pfn::new(0)), None, "reserved");
     let again = zones.alloc_pages(GFP_KERNEL, order(1)).unwrap();
     assert_eq!(
-        (again, zones.owner(again.add(1))),
-        (pfn, Some(0)),
+        (again.pfn(), zones.owner(again.pfn().add(1))),
+        (pfn, Some(OwnerWord::NONE)),
         "zeroed on reuse"
     );
+    zones.check().unwrap();
+}
+
+#[test]
+fn the_checker_catches_a_free_frame_a_layer_still_claims_and_the_next_holder_starts_clean() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let block = zones.alloc_pages(GFP_KERNEL, order(1)).unwrap();
+    let pfn = block.pfn();
+    let tail = OwnerWord::new(OwnerTag::LargeKmallocTail, 1 << 3).unwrap();
+    // SAFETY: the test holds the block; no layer reads this machine's words.
+    unsafe { zones.set_owner(pfn.add(1), tail) }.unwrap();
+    // A careless layer frees the block with its tail still claimed: the
+    // free checks the head only, so it goes through, and the checker
+    // names the frame.
+    zones.__free_pages(block).unwrap();
+    zones.drain_all_pages();
+    assert!(
+        matches!(zones.check(), Err(Invariant::Descriptor { pfn: p, .. }) if p == pfn.add(1)),
+        "{:?}",
+        zones.check()
+    );
+    // Whoever gets the frame next starts without the stale claim, and can
+    // free it.
+    let mut taken = Vec::new();
+    while let Ok(page) = zones.alloc_pages(GFP_KERNEL, Order::ZERO) {
+        let found = page.pfn() == pfn.add(1);
+        taken.push(page);
+        if found {
+            break;
+        }
+    }
+    let stale = taken.last().unwrap();
+    assert_eq!(stale.pfn(), pfn.add(1), "the frame is handed out again");
+    assert_eq!(zones.owner(stale.pfn()), Some(OwnerWord::NONE));
+    for page in taken {
+        zones.__free_pages(page).unwrap();
+    }
+    zones.drain_all_pages();
+    zones.check().unwrap();
+}
+
+/// A slab's claim on a block: the owner word a slab layer would record
+/// (a page-aligned header address; no slab reads this machine's words).
+fn slab_word() -> OwnerWord {
+    OwnerWord::new(OwnerTag::Slab, 0xc0de_0000).unwrap()
+}
+
+#[test]
+fn a_block_a_layer_claims_cannot_be_freed_until_its_owner_word_is_cleared() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let block = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    let (pfn, o) = (block.pfn(), block.order());
+    // SAFETY: the test holds the block; no slab reads this machine's words.
+    unsafe { zones.set_owner(pfn, slab_word()) }.unwrap();
+    assert!(zones.pfn_to_page(pfn).unwrap().is_owned());
+    let before = fingerprint(&zones, frames());
+    let free = zones.nr_free_pages();
+
+    assert_eq!(zones.__free_pages(block), Err(Error::Owned { pfn }));
+    assert_eq!(fingerprint(&zones, frames()), before, "still allocated");
+    assert_eq!(zones.nr_free_pages(), free);
+    assert_eq!(zones.owner(pfn), Some(slab_word()), "still claimed");
+    zones.check().unwrap();
+
+    // SAFETY: the refused free left the block held by the test, and the
+    // handle it consumed is gone: this is the block's only handle.
+    let block = unsafe { Pages::from_raw(pfn, o, zones.allocator_id()) };
+    // SAFETY: the test holds the block; clearing a word is always allowed.
+    unsafe { zones.set_owner(pfn, OwnerWord::NONE) }.unwrap();
+    assert!(!zones.pfn_to_page(pfn).unwrap().is_owned());
+    zones.__free_pages(block).unwrap();
+    assert_eq!(zones.owner(pfn), None);
+    zones.check().unwrap();
+}
+
+#[test]
+fn a_block_a_layer_claims_is_refused_by_free_by_address_and_by_split_page() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+
+    // By address: a lowmem block from `__get_free_pages`.
+    let addr = zones.__get_free_pages(GFP_KERNEL, order(1)).unwrap();
+    let pfn = zones.virt_to_page(addr).unwrap();
+    // SAFETY: the test holds the block; no slab reads this machine's words.
+    unsafe { zones.set_owner(pfn, slab_word()) }.unwrap();
+    let before = fingerprint(&zones, frames());
+    // SAFETY: the test holds the block at `addr` (a layer's claim on it is
+    // what the free must refuse).
+    let refused = unsafe { zones.free_pages(addr, order(1)) };
+    assert_eq!(refused, Err(Error::Owned { pfn }));
+    assert_eq!(fingerprint(&zones, frames()), before, "still allocated");
+    // SAFETY: the test still holds the block.
+    unsafe { zones.set_owner(pfn, OwnerWord::NONE) }.unwrap();
+    // SAFETY: the test holds the block at `addr` and gives it up here.
+    unsafe { zones.free_pages(addr, order(1)) }.unwrap();
+
+    // By address, page by page: `alloc_pages_exact`'s pages.
+    let addr = zones.alloc_pages_exact(3 * PAGE_SIZE, GFP_KERNEL).unwrap();
+    let last = zones.virt_to_page(addr).unwrap().add(2);
+    // SAFETY: the test holds the page; no slab reads this machine's words.
+    unsafe { zones.set_owner(last, slab_word()) }.unwrap();
+    let before = fingerprint(&zones, frames());
+    // SAFETY: the test holds the three pages at `addr`.
+    let refused = unsafe { zones.free_pages_exact(addr, 3 * PAGE_SIZE) };
+    assert_eq!(refused, Err(Error::Owned { pfn: last }));
+    assert_eq!(fingerprint(&zones, frames()), before, "not one page freed");
+    // SAFETY: the test still holds the page.
+    unsafe { zones.set_owner(last, OwnerWord::NONE) }.unwrap();
+    // SAFETY: the test holds the three pages at `addr`.
+    unsafe { zones.free_pages_exact(addr, 3 * PAGE_SIZE) }.unwrap();
+
+    // A split.
+    let block = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    let (pfn, o) = (block.pfn(), block.order());
+    // SAFETY: the test holds the block; no slab reads this machine's words.
+    unsafe { zones.set_owner(pfn, slab_word()) }.unwrap();
+    let before = fingerprint(&zones, frames());
+    assert_eq!(zones.split_page(block).err(), Some(Error::Owned { pfn }));
+    assert_eq!(fingerprint(&zones, frames()), before, "not split");
+    assert_eq!(
+        zones.pfn_to_page(pfn).unwrap().tag(),
+        FrameTag::Allocated(o)
+    );
+    // SAFETY: the refused split left the block held by the test, and the
+    // handle it consumed is gone: this is the block's only handle.
+    let block = unsafe { Pages::from_raw(pfn, o, zones.allocator_id()) };
+    // SAFETY: the test holds the block.
+    unsafe { zones.set_owner(pfn, OwnerWord::NONE) }.unwrap();
+    for page in zones.split_page(block).unwrap() {
+        zones.__free_pages(page).unwrap();
+    }
+    zones.check().unwrap();
+}
+
+#[test]
+fn a_handle_of_another_machine_is_refused_and_changes_neither_machine() {
+    let (mut ours, mut theirs) = (
+        TestMachine::i386_scaled(frames()),
+        TestMachine::i386_scaled(frames()),
+    );
+    let (ours, theirs) = (ours.boot().unwrap(), theirs.boot().unwrap());
+    assert_ne!(ours.allocator_id(), theirs.allocator_id());
+    let mine = ours.alloc_pages(GFP_KERNEL, order(1)).unwrap();
+    let foreign = theirs.alloc_pages(GFP_KERNEL, order(1)).unwrap();
+    let (pfn, o) = (foreign.pfn(), foreign.order());
+    assert_eq!(
+        pfn,
+        mine.pfn(),
+        "twin machines hand out the same frame: only the handle's allocator tells them apart"
+    );
+    let before = (fingerprint(&ours, frames()), fingerprint(&theirs, frames()));
+    let refused_before = ours.bad_frees();
+
+    assert_eq!(ours.__free_pages(foreign), Err(Error::Foreign { pfn }));
+    assert_eq!(
+        ours.bad_frees(),
+        refused_before + 1,
+        "the refusal is counted"
+    );
+    // SAFETY: the refused free left the block held by the test on the
+    // other machine, and the handle it consumed is gone.
+    let foreign = unsafe { Pages::from_raw(pfn, o, theirs.allocator_id()) };
+    assert_eq!(ours.split_page(foreign).err(), Some(Error::Foreign { pfn }));
+    assert_eq!(
+        (fingerprint(&ours, frames()), fingerprint(&theirs, frames())),
+        before
+    );
+
+    // SAFETY: as above: the block is still the test's, held from `theirs`.
+    let foreign = unsafe { Pages::from_raw(pfn, o, theirs.allocator_id()) };
+    theirs.__free_pages(foreign).unwrap();
+    ours.__free_pages(mine).unwrap();
+    ours.check().unwrap();
+    theirs.check().unwrap();
+}
+
+#[test]
+fn only_frames_of_held_blocks_carry_an_owner_word() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let block = zones.alloc_pages(GFP_KERNEL, order(2)).unwrap();
+    let pfn = block.pfn();
+    // A large kmalloc's words: its order on the head, each tail's index.
+    let words: Vec<OwnerWord> = (0..block.nr_pages())
+        .map(|i| match i {
+            0 => OwnerWord::new(OwnerTag::LargeKmalloc, 2 << 3),
+            i => OwnerWord::new(OwnerTag::LargeKmallocTail, i << 3),
+        })
+        .map(Option::unwrap)
+        .collect();
+    for (i, &word) in words.iter().enumerate() {
+        // SAFETY: the test holds the block; no layer reads these words.
+        unsafe { zones.set_owner(pfn.add(i), word) }.unwrap();
+    }
+    for (i, &word) in words.iter().enumerate() {
+        assert_eq!(zones.owner(pfn.add(i)), Some(word));
+        assert!(zones.pfn_to_page(pfn.add(i)).unwrap().is_owned());
+    }
+    zones.check().expect("a held block's frames may be claimed");
+
+    for i in 0..words.len() {
+        // SAFETY: the test holds the block.
+        unsafe { zones.set_owner(pfn.add(i), OwnerWord::NONE) }.unwrap();
+    }
+    zones.__free_pages(block).unwrap();
+    for i in 0..words.len() {
+        assert_eq!(zones.owner(pfn.add(i)), None, "frame {i} is free");
+        assert!(!zones.pfn_to_page(pfn.add(i)).unwrap().is_owned());
+    }
+    zones.check().expect("no free frame is claimed");
+    zones.drain_all_pages();
+    zones.check().expect("nor once back in the buddy");
+}
+
+#[test]
+fn alloc_page_returns_an_order_0_handle() {
+    let mut machine = TestMachine::i386_scaled(frames());
+    let zones = machine.boot().unwrap();
+    let page = zones.alloc_page(GFP_KERNEL).unwrap();
+    assert_eq!((page.order(), page.nr_pages()), (Order::ZERO, 1));
+    assert_eq!(page.allocator(), zones.allocator_id());
+    assert_eq!(
+        zones.pfn_to_page(page.pfn()).unwrap().tag(),
+        FrameTag::Allocated(Order::ZERO)
+    );
+    zones.__free_pages(page).unwrap();
     zones.check().unwrap();
 }
 
@@ -758,12 +1013,12 @@ fn freeing_everything_merges_back_to_maximal_blocks() {
     for i in 0..200u32 {
         let o = order(i % 4);
         let gfp = if i % 3 == 0 { GFP_HIGHUSER } else { GFP_KERNEL };
-        if let Ok(pfn) = zones.alloc_pages(gfp, o) {
-            held.push((pfn, o));
+        if let Ok(block) = zones.alloc_pages(gfp, o) {
+            held.push(block);
         }
     }
-    for (pfn, o) in held.into_iter().rev() {
-        zones.__free_pages(pfn, o).unwrap();
+    for block in held.into_iter().rev() {
+        zones.__free_pages(block).unwrap();
     }
     zones.drain_all_pages();
     assert_eq!(zones.zone_stats(), boot);
@@ -790,9 +1045,11 @@ fn reports_render_in_the_kernel_formats() {
 #[test]
 fn frame_allocator_trait_forwards_to_alloc_pages_and_free_pages() {
     fn use_it(alloc: &dyn kmm_api::FrameAllocator) -> Result<(), Error> {
-        let pfn = alloc.alloc_frames(GFP_KERNEL, order(1))?;
-        alloc.free_frames(pfn, order(1))?;
-        assert!(alloc.free_frames(pfn, order(1)).is_err());
+        let block = alloc.alloc_frames(GFP_KERNEL, order(1))?;
+        assert_eq!(block.allocator(), alloc.allocator_id());
+        let pfn = block.pfn();
+        alloc.free_frames(block)?;
+        assert!(free_raw(alloc, pfn, order(1)).is_err());
         Ok(())
     }
     let mut machine = TestMachine::i386_scaled(frames());
@@ -809,16 +1066,21 @@ fn a_double_free_racing_on_two_cpus_succeeds_once_and_is_refused_once() {
     let zones = machine.boot().unwrap();
     for round in 0..2_000u32 {
         let o = order(round % 4);
-        let pfn = zones.alloc_pages(GFP_KERNEL, o).unwrap();
+        // One free by the handle, racing one by the raw frame.
+        let mut block = Some(zones.alloc_pages(GFP_KERNEL, o).unwrap());
+        let pfn = block.as_ref().unwrap().pfn();
         let barrier = std::sync::Barrier::new(2);
         let results: Vec<Result<(), Error>> = std::thread::scope(|s| {
             let frees: Vec<_> = (0..2)
                 .map(|cpu| {
-                    let (zones, barrier) = (&zones, &barrier);
+                    let (zones, barrier, block) = (&zones, &barrier, block.take());
                     s.spawn(move || {
                         set_cpu(cpu);
                         barrier.wait();
-                        zones.__free_pages(pfn, o)
+                        match block {
+                            Some(block) => zones.__free_pages(block),
+                            None => free_raw(zones, pfn, o),
+                        }
                     })
                 })
                 .collect();

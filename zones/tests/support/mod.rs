@@ -3,6 +3,8 @@
 //! invalid frees, splits, drains and migrations, each checked against a
 //! model of the held blocks; after every step the allocator's invariant
 //! checker runs, and every refusal must have left all state unchanged.
+//! Also home of [`free_raw`], the one free by raw frame the tests make
+//! (`tests/rules.rs` uses it too).
 
 #![allow(dead_code)] // each user takes the parts it needs
 
@@ -36,10 +38,29 @@ macro_rules! ensure_eq {
     }};
 }
 
-use kmm_api::{Error, GfpFlags, Order, Pfn};
+use kmm_api::{Error, FrameAllocator, GfpFlags, Order, Pages, Pfn};
 use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
 use kmm_zones::{gfp_zone, ZoneType};
 use std::collections::{BTreeMap, BTreeSet};
+
+/// Frees the block of `order` at `pfn` by raw frame, as `unsafe` callers
+/// of `Zones::__free_pages(Pages::from_raw(..))` do: for the tests that
+/// deliberately free what they do not hold as that block (a block freed
+/// already, a tail, a wrong order or alignment, a frame of no zone), which
+/// the allocator's checks must refuse with nothing changed.
+///
+/// Callers pass only frames they hold themselves or that nobody holds.
+pub fn free_raw<A: FrameAllocator + ?Sized>(
+    alloc: &A,
+    pfn: Pfn,
+    order: Order,
+) -> Result<(), Error> {
+    // SAFETY: the frames are the calling test's own or nobody's, never a
+    // block another holder uses; a test machine's frames are host memory no
+    // test borrows, so not even a free the allocator wrongly accepted could
+    // reach a frame in use. The handle is consumed by this one free.
+    unsafe { alloc.free_frames(Pages::from_raw(pfn, order, alloc.allocator_id())) }
+}
 
 /// Machine size: small enough that miri finishes in a minute.
 pub const FRAMES: usize = if cfg!(miri) { 256 } else { 1024 };
@@ -108,35 +129,45 @@ pub fn fingerprint(zones: &TestZones<'_>) -> Vec<(String, bool, u32)> {
     state
 }
 
-/// The reference model: held blocks by head pfn, and freed heads that have
-/// not been handed out again (a second free of them is a double free).
+/// The reference model: the handles of the held blocks by head pfn, and
+/// freed heads that have not been handed out again (a second free of them
+/// is a double free).
 #[derive(Default)]
 pub struct Model {
-    pub held: BTreeMap<usize, Order>,
+    pub held: BTreeMap<usize, Pages>,
     pub freed: BTreeSet<usize>,
 }
 
 impl Model {
     fn nth(&self, which: usize) -> Option<(usize, Order)> {
         let n = self.held.len();
-        (n > 0).then(|| self.held.iter().nth(which % n).map(|(&p, &o)| (p, o)))?
+        (n > 0).then(|| {
+            self.held
+                .iter()
+                .nth(which % n)
+                .map(|(&p, page)| (p, page.order()))
+        })?
     }
 
     /// Records a new held block; it must overlap no held block.
-    fn take(&mut self, pfn: usize, o: Order) -> Result<(), String> {
-        let end = pfn + o.pages();
-        if let Some((&prev, &po)) = self.held.range(..end).next_back() {
-            ensure!(prev + po.pages() <= pfn, "{pfn:#x} overlaps held {prev:#x}");
+    fn take(&mut self, page: Pages) -> Result<(), String> {
+        let pfn = page.pfn().as_usize();
+        let end = pfn + page.nr_pages();
+        if let Some((&prev, held)) = self.held.range(..end).next_back() {
+            ensure!(
+                prev + held.nr_pages() <= pfn,
+                "{pfn:#x} overlaps held {prev:#x}"
+            );
         }
         self.freed.retain(|&f| f < pfn || f >= end);
-        self.held.insert(pfn, o);
+        self.held.insert(pfn, page);
         Ok(())
     }
 }
 
 fn expect_refused(zones: &TestZones<'_>, pfn: Pfn, o: Order, want: Error) -> Result<(), String> {
     let before = fingerprint(zones);
-    ensure_eq!(zones.__free_pages(pfn, o), Err(want));
+    ensure_eq!(free_raw(zones, pfn, o), Err(want));
     ensure!(fingerprint(zones) == before, "refused free changed state");
     Ok(())
 }
@@ -147,7 +178,8 @@ pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), Stri
             let gfp = gfp_of(gfp);
             let o = order(o);
             match zones.alloc_pages(gfp, o) {
-                Ok(pfn) => {
+                Ok(page) => {
+                    let pfn = page.pfn();
                     let highest = zones.gfp_zone(gfp).unwrap();
                     let zone = zones.page_zone(pfn).unwrap();
                     ensure!(
@@ -161,7 +193,8 @@ pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), Stri
                         ensure_eq!(zone, ZoneType::Dma);
                     }
                     ensure!(pfn.is_aligned_to_order(o.as_u32()));
-                    model.take(pfn.as_usize(), o)?;
+                    ensure_eq!(page.order(), o);
+                    model.take(page)?;
                 }
                 Err(Error::InvalidGfp { .. }) => {
                     ensure!(gfp_zone(gfp, false).is_err());
@@ -170,9 +203,9 @@ pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), Stri
             }
         }
         Op::Free { which } => {
-            if let Some((pfn, o)) = model.nth(which) {
-                ensure_eq!(zones.__free_pages(Pfn::new(pfn), o), Ok(()));
-                model.held.remove(&pfn);
+            if let Some((pfn, _)) = model.nth(which) {
+                let page = model.held.remove(&pfn).unwrap();
+                ensure_eq!(zones.__free_pages(page), Ok(()));
                 model.freed.insert(pfn);
             }
         }
@@ -224,10 +257,14 @@ pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), Stri
         }
         Op::Split { which } => {
             if let Some((pfn, o)) = model.nth(which) {
-                ensure_eq!(zones.split_page(Pfn::new(pfn), o), Ok(()));
-                model.held.remove(&pfn);
-                for i in 0..o.pages() {
-                    model.held.insert(pfn + i, Order::ZERO);
+                let block = model.held.remove(&pfn).unwrap();
+                let pages = zones
+                    .split_page(block)
+                    .map_err(|e| format!("split of {pfn:#x}: {e}"))?;
+                ensure_eq!(pages.len(), o.pages());
+                for (i, page) in pages.enumerate() {
+                    ensure_eq!((page.pfn(), page.order()), (Pfn::new(pfn + i), Order::ZERO));
+                    model.held.insert(pfn + i, page);
                 }
             }
         }
@@ -250,8 +287,8 @@ pub fn run(ops: impl IntoIterator<Item = Op>) -> Result<(), String> {
     for op in ops {
         step(&zones, &mut model, op)?;
     }
-    for (&pfn, &o) in &model.held {
-        ensure_eq!(zones.__free_pages(Pfn::new(pfn), o), Ok(()));
+    for page in std::mem::take(&mut model.held).into_values() {
+        ensure_eq!(zones.__free_pages(page), Ok(()));
     }
     zones.drain_all_pages();
     ensure_eq!(
