@@ -4,8 +4,11 @@
 //! mix (8 B to 4 KiB). Every allocator gets its own arena; kmm is the hosted
 //! `MemoryManager` (zones and slab composed), driven from the thread that
 //! owns its CPU 0, so pinning is a thread-local read (as a kernel with
-//! preemption disabled). Prints O3's memory efficiency for kmm before the
-//! runs.
+//! preemption disabled). kmm runs twice: `kmm-kmalloc` frees with the
+//! checked `kfree` (one compare-and-swap of the object's state, so racing
+//! double frees are refused), `kmm-global` through the `GlobalAlloc`
+//! adaptor, whose trusted free stores the state instead. Prints O3's
+//! memory efficiency for kmm before the runs.
 //!
 //! `cargo bench --bench kmalloc --features std -- --warm-up-time 1 --measurement-time 3`
 
@@ -66,6 +69,21 @@ impl Bench for Kmm {
         // drop it from their live set: the caller holds the object and
         // gives it up. One thread drives each manager.
         unsafe { self.0.kfree(p.as_ptr()) }.unwrap()
+    }
+}
+
+/// kmm through its `GlobalAlloc` adaptor (kmalloc classes, trusted free).
+struct KmmGlobal(&'static kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted>);
+impl Bench for KmmGlobal {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        // SAFETY: non-zero size.
+        NonNull::new(unsafe { self.0.alloc(layout(size)) }).unwrap()
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        // SAFETY: allocated above with this layout, freed once.
+        unsafe { self.0.dealloc(p.as_ptr(), layout(size)) }
     }
 }
 
@@ -180,6 +198,17 @@ fn kmm() -> Kmm {
     Kmm(MemoryManager::hosted(ARENA, 1).unwrap())
 }
 
+/// The hosted manager behind the `GlobalKmalloc` adaptor, reached as a
+/// kernel reaches its own (a `'static` once-initialised slot); one manager
+/// serves every workload of this contender.
+fn kmm_global() -> KmmGlobal {
+    static MM: std::sync::OnceLock<HostedMemoryManager> = std::sync::OnceLock::new();
+    static GLOBAL: kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted> =
+        kmm::GlobalKmalloc::new(|| MM.get().map(MemoryManager::kmem));
+    MM.get_or_init(|| kmm().0);
+    KmmGlobal(&GLOBAL)
+}
+
 fn talc() -> Talc {
     let mut t = talc::Talc::new(talc::ErrOnOom);
     // SAFETY: the arena is leaked, so valid for the program.
@@ -216,6 +245,7 @@ fn buddy() -> Buddy {
 macro_rules! each_allocator {
     ($group:expr, $workload:ident) => {
         $workload(&mut $group, "kmm-kmalloc", kmm());
+        $workload(&mut $group, "kmm-global", kmm_global());
         $workload(&mut $group, "system-malloc", Sys);
         $workload(&mut $group, "talc", talc());
         $workload(&mut $group, "slabmalloc", slabmalloc());

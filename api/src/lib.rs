@@ -15,10 +15,28 @@
 //! | [`Platform`] | `smp_processor_id`, `local_irq_save` | the embedder | every layer with a lock |
 //! | [`Shrinker`] | `struct shrinker` | caches (slab) | zones, under memory pressure |
 //!
-//! Ownership of frames is in the types ([`Pages`], module documentation of
-//! the handle): a safe function that frees, maps or touches a block takes
-//! the handle its allocator made; the raw-`Pfn` forms are `unsafe fn`. The
-//! traits whose answers other layers dereference are `unsafe trait`s.
+//! # The soundness rule every layer keeps
+//!
+//! No sequence of calls to safe functions — in any order, from any number
+//! of threads, with any argument values — may cause undefined behaviour,
+//! hand the same memory out twice, lose memory silently, or break an
+//! invariant the checkers verify. Where correctness depends on the caller
+//! (Linux's contract), the function or trait is `unsafe` with a `# Safety`
+//! section, and the safe API around it does not leak that obligation:
+//!
+//! - A safe function that frees, maps or touches a block takes the move-only
+//!   handle its allocator made ([`Pages`]); the forms that take a raw
+//!   [`Pfn`] or an address are `unsafe fn`, because an address is not a
+//!   proof of ownership (after a free it may name someone else's block).
+//! - The traits whose answers another layer dereferences ([`FrameAllocator`],
+//!   [`DirectMap`], [`PageOwner`], [`KernelPageTable`], [`PreemptControl`])
+//!   are `unsafe trait`s; writing an owner word another layer will trust is
+//!   an `unsafe fn`, and the reader still verifies what it finds.
+//! - A layer's frames carry its [`OwnerWord`], and the page allocator refuses
+//!   to free a block whose owner word is set: only the holding layer frees.
+//! - Raw forms keep their checks: a double free, a foreign pointer or a wrong
+//!   order is refused with an error and changes nothing, so misuse inside
+//!   their contract is reported, not undefined.
 //!
 //! This crate owns no memory and holds no state but the counter behind
 //! [`AllocatorId`]; it must stay small and stable: types, traits, and the

@@ -33,11 +33,22 @@ use std::vec::Vec;
 
 /// The machine's RAM: `frames` zeroed, page-aligned host pages.
 pub struct TestRam {
-    /// Host address of physical address 0 (exposed, so the direct map's
-    /// integer addresses may be turned back into pointers).
+    /// Host pointer to physical address 0; every pointer into RAM is
+    /// derived from it, so it keeps the allocation's provenance (the tests
+    /// run under miri's strict provenance).
+    ptr: *mut u8,
+    /// Its address, which the direct map uses as virtual addresses.
     base: usize,
     layout: Layout,
 }
+
+// SAFETY: the RAM is an exclusively owned host allocation; who may touch
+// which bytes is governed by the frames' holders (the `DirectMap` contract).
+#[allow(unsafe_code)]
+unsafe impl Send for TestRam {}
+// SAFETY: as above; the fields never change after creation.
+#[allow(unsafe_code)]
+unsafe impl Sync for TestRam {}
 
 impl TestRam {
     /// RAM of `frames` pages (at least one).
@@ -52,6 +63,7 @@ impl TestRam {
         let ptr = unsafe { alloc_zeroed(layout) };
         assert!(!ptr.is_null(), "host allocation of {bytes} bytes failed");
         Arc::new(TestRam {
+            ptr,
             base: ptr as usize,
             layout,
         })
@@ -64,8 +76,7 @@ impl TestRam {
 
     /// The host pointer to the first byte of `pfn`, if it is RAM.
     fn frame_ptr(&self, pfn: Pfn) -> Option<*mut u8> {
-        (pfn.as_usize() < self.frames())
-            .then(|| (self.base + pfn.as_usize() * PAGE_SIZE) as *mut u8)
+        (pfn.as_usize() < self.frames()).then(|| self.ptr.wrapping_add(pfn.as_usize() * PAGE_SIZE))
     }
 
     /// Fills frame `pfn` with `byte`; `false` outside RAM. The caller must
@@ -103,7 +114,7 @@ impl Drop for TestRam {
         // SAFETY: `base` came from `alloc_zeroed(self.layout)` and is freed
         // once, here.
         unsafe {
-            dealloc(self.base as *mut u8, self.layout)
+            dealloc(self.ptr, self.layout)
         };
     }
 }
@@ -136,6 +147,14 @@ unsafe impl DirectMap for TestDirectMap {
         let offset = addr.as_usize().checked_sub(self.ram.base)?;
         let pfn = offset / PAGE_SIZE;
         (pfn < self.mapped_frames()).then_some(Pfn::new(pfn))
+    }
+
+    /// Derived from the RAM pointer rather than cast from the address, so
+    /// pointers keep the allocation's provenance.
+    fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
+        self.ram
+            .ptr
+            .wrapping_add(addr.as_usize().wrapping_sub(self.ram.base))
     }
 }
 
