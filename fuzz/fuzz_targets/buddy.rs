@@ -1,6 +1,14 @@
 //! Arbitrary operation sequences on one buddy, valid and invalid alike,
-//! each checked against the reference model of kmm-buddy's tests and the
-//! buddy's own invariant checker after every step.
+//! each checked against the reference model of kmm-buddy's tests.
+//!
+//! Check cadence: after every step, each result (success or the exact
+//! error) as the model predicts, a refused operation leaving the buddy's
+//! storage and counters byte for byte unchanged, and the buddy's counters
+//! against the model's; every [`CHECK_EVERY`] steps and at the end of each
+//! input, the O(frames) checks too: the buddy's own invariant checker and
+//! every frame's state against the model. Each input ends by freeing every
+//! live block and requiring the free lists to hold exactly the maximal
+//! aligned blocks of each released run.
 
 #![no_main]
 
@@ -23,8 +31,11 @@ struct Input {
 }
 
 /// Frames per buddy: enough for order-10 blocks, small enough that the
-/// per-step model check stays fast.
+/// model checks stay fast.
 const MAX_FRAMES: usize = 2048;
+
+/// Steps between two runs of the O(frames) checks.
+const CHECK_EVERY: usize = 16;
 
 fn op(kind: u8, a: u16, b: u16) -> Op {
     let pick = a as usize;
@@ -63,7 +74,7 @@ fn op(kind: u8, a: u16, b: u16) -> Op {
 fuzz_target!(|input: Input| {
     let nr = 1 + input.frames as usize % MAX_FRAMES;
     let max_order = u32::from(input.max_order) % 11;
-    let mut harness = Harness::new(input.base as usize, nr, max_order);
+    let mut harness = Harness::new(input.base as usize, nr, max_order).check_every(CHECK_EVERY);
     let (a, b) = (
         input.hole.0 as usize % (nr + 1),
         input.hole.1 as usize % (nr + 1),

@@ -1,7 +1,12 @@
 //! Fuzzes the x86 kernel page table: arbitrary map / unmap / translate
 //! sequences (valid and not) over a hosted machine, checked against a map
-//! model after every operation, and every page-table page back in the
-//! zones after the table drops.
+//! model after every operation (every check is O(1) or O(log n): the
+//! model lookup and the table's mapped-page count), and every page-table
+//! page back in the zones after the table drops.
+//!
+//! One hosted machine is booted per thread (libFuzzer runs every input on
+//! one thread) and reused: each input builds a fresh table over its zones,
+//! drops it, and must leave the zones' free pages exactly as at boot.
 //!
 //! The table's MMU hook is `()`, which mirrors nothing, and the target
 //! never dereferences an address it maps: a mapping is only an entry it
@@ -13,10 +18,23 @@
 use arbitrary::Arbitrary;
 use kmm::layout::Layout;
 use kmm::x86::X86PageTable;
-use kmm::MemoryManager;
+use kmm::{HostedMemoryManager, MemoryManager};
 use kmm_api::{Error, KernelPageTable, PageProt, Pfn, VirtAddr, PAGE_SIZE};
 use libfuzzer_sys::fuzz_target;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+
+thread_local! {
+    /// This thread's machine, booted once (4 MiB, one CPU), and its free
+    /// pages with the per-CPU lists drained, which every input must leave
+    /// as it found them.
+    static MACHINE: (&'static HostedMemoryManager, usize) = {
+        let mm: &'static HostedMemoryManager =
+            Box::leak(Box::new(MemoryManager::hosted(4 << 20, 1).expect("hosted machine")));
+        mm.zones().drain_all_pages();
+        (mm, mm.zones().nr_free_pages())
+    };
+}
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -27,10 +45,9 @@ enum Op {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let mm = MemoryManager::hosted(4 << 20, 1).expect("hosted machine");
+    let (mm, free) = MACHINE.with(|&machine| machine);
     let zones = mm.zones();
-    zones.drain_all_pages();
-    let free = zones.nr_free_pages();
+    assert_eq!(zones.nr_free_pages(), free, "left as booted");
     let layout = Layout::i386(1 << 30, false).expect("layout");
     let (first, last) = layout.kernel_map_range();
     let pages = (last.as_usize() - first.as_usize()) / PAGE_SIZE + 1;
@@ -47,13 +64,19 @@ fuzz_target!(|ops: Vec<Op>| {
                     let got = unsafe { pt.map(addr, pfn, PageProt::from_bits_truncate(prot)) };
                     if pfn.as_usize() >= 1 << 20 {
                         assert_eq!(got, Err(Error::BadPhysAddr { addr: pfn.phys() }));
-                    } else if model.contains_key(&addr) {
-                        assert_eq!(got, Err(Error::AlreadyMapped { addr }));
-                    } else if got.is_ok() {
-                        model.insert(addr, pfn);
                     } else {
-                        // Only running out of page-table pages may refuse.
-                        assert!(matches!(got, Err(Error::NoMemory { .. })), "{got:?}");
+                        match model.entry(addr) {
+                            Entry::Occupied(_) => {
+                                assert_eq!(got, Err(Error::AlreadyMapped { addr }))
+                            }
+                            Entry::Vacant(slot) if got.is_ok() => {
+                                slot.insert(pfn);
+                            }
+                            // Only running out of page-table pages may refuse.
+                            Entry::Vacant(_) => {
+                                assert!(matches!(got, Err(Error::NoMemory { .. })), "{got:?}")
+                            }
+                        }
                     }
                 }
                 Op::Unmap { page } => {

@@ -2,6 +2,13 @@
 //! both and checks every invariant after it. Shared by `tests/model.rs`
 //! (proptest) and the `buddy` fuzz target, which includes this file.
 //!
+//! By default every step ends with the full O(frames) check; the fuzz
+//! target, which needs speed to go deep, uses [`Harness::check_every`] to
+//! run it every N steps (and at the end), the cheap checks after every
+//! step: each result as the model predicts, the counters against the
+//! model, and a refused operation leaving the buddy's storage and
+//! counters byte for byte as they were.
+//!
 //! The model knows nothing of free lists: a frame is unreleased, free, or
 //! inside one live (allocated) block, kept in a `BTreeMap` from head index to
 //! order. Every result the buddy returns, success or error, is predicted from
@@ -125,6 +132,16 @@ pub struct Harness {
     max_order: u32,
     released: Vec<bool>,
     live: BTreeMap<usize, u32>,
+    /// Frames released, and frames in live blocks (the model's counters,
+    /// kept as `released` and `live` change).
+    nr_released: usize,
+    nr_live: usize,
+    /// The buddy before an operation the model expects refused (a buffer
+    /// reused from step to step).
+    before: Snapshot,
+    /// The full check runs after every `every`-th step: `to_full` more.
+    every: usize,
+    to_full: usize,
 }
 
 pub fn order(o: u32) -> Order {
@@ -140,13 +157,42 @@ impl Harness {
             max_order,
             released: vec![false; nr],
             live: BTreeMap::new(),
+            nr_released: 0,
+            nr_live: 0,
+            before: Snapshot(Frames(Vec::new()), Vec::new(), 0, 0),
+            every: 1,
+            to_full: 1,
+        }
+    }
+
+    /// Runs the full O(frames) check ([`Harness::check`]) after every
+    /// `every`-th step only (and in [`Harness::finish`]); the other steps
+    /// end with the cheap checks of [`Harness::check_counters`].
+    pub fn check_every(mut self, every: usize) -> Self {
+        self.every = every.max(1);
+        self.to_full = self.every;
+        self
+    }
+
+    /// Records a new live block of order `o` at index `idx`.
+    fn add_live(&mut self, idx: usize, o: u32) {
+        if let Some(old) = self.live.insert(idx, o) {
+            self.nr_live -= 1 << old;
+        }
+        self.nr_live += 1 << o;
+    }
+
+    /// Forgets the live block at index `idx`, if any.
+    fn remove_live(&mut self, idx: usize) {
+        if let Some(o) = self.live.remove(&idx) {
+            self.nr_live -= 1 << o;
         }
     }
 
     /// Releases the frames with indices `[first, last)` and checks.
     pub fn release_frames(&mut self, first: usize, last: usize) {
         self.release(self.base + first, self.base + last);
-        self.check();
+        self.checks();
     }
 
     fn pfn_at(&self, pos: u16) -> usize {
@@ -169,13 +215,33 @@ impl Harness {
         }
     }
 
+    /// [`Harness::state`] of every frame, in one pass (live blocks do not
+    /// overlap).
+    fn states(&self) -> Vec<State> {
+        let mut states: Vec<State> = self
+            .released
+            .iter()
+            .map(|&r| if r { State::Free } else { State::Unreleased })
+            .collect();
+        for (&head, &o) in &self.live {
+            states[head] = State::Head(o);
+            for state in &mut states[head + 1..head + (1 << o)] {
+                if *state != State::Unreleased {
+                    *state = State::Inside;
+                }
+            }
+        }
+        states
+    }
+
     fn canonical_order(&self, idx: usize, last: usize) -> u32 {
         let align = (self.base + idx).trailing_zeros();
         let fits = usize::BITS - 1 - (last - idx).leading_zeros();
         align.min(fits).min(self.max_order)
     }
 
-    /// Runs `op` on the buddy and the model, then checks everything.
+    /// Runs `op` on the buddy and the model, then checks (everything, or
+    /// the cheap checks between two full ones: [`Harness::check_every`]).
     pub fn apply(&mut self, op: Op) {
         match op {
             Op::Alloc { order } => self.alloc(order),
@@ -224,31 +290,46 @@ impl Harness {
                 self.release(start, start + len as usize);
             }
         }
-        self.check();
+        self.checks();
+    }
+
+    /// The checks after a step: the full ones after every `every`-th.
+    fn checks(&mut self) {
+        self.to_full -= 1;
+        if self.to_full == 0 {
+            self.to_full = self.every;
+            self.check();
+        } else {
+            self.check_counters();
+        }
     }
 
     fn alloc(&mut self, o: u32) {
-        let before = self.snapshot();
+        self.save();
         let got = self.buddy.alloc(order(o));
         if o > self.max_order {
             assert!(matches!(got, Err(Error::OrderTooLarge { .. })), "{got:?}");
-        } else if !self.fits(o) {
+        } else if got.is_err() {
+            // Refused: only when no aligned block of order `o` is free (the
+            // O(frames) search runs only here: a block handed out is
+            // checked free below, which proves one fit).
+            assert!(!self.fits(o), "{got:?} though a block fits");
             assert_eq!(got, Err(Error::NoMemory { order: order(o) }));
         } else {
-            let pfn = got.expect("a fitting block exists").as_usize();
+            let pfn = got.expect("checked above").as_usize();
             let idx = pfn - self.base;
             assert!(
-                pfn % (1 << o) == 0 && idx + (1 << o) <= self.nr,
+                pfn & ((1 << o) - 1) == 0 && idx + (1 << o) <= self.nr,
                 "bad block {pfn:#x}"
             );
             assert!(
                 (idx..idx + (1 << o)).all(|f| self.state(f) == State::Free),
                 "overlap at {pfn:#x}"
             );
-            self.live.insert(idx, o);
+            self.add_live(idx, o);
             return;
         }
-        self.assert_unchanged(&before);
+        self.assert_unchanged();
     }
 
     /// Whether some aligned block of order `o` inside the range is all free.
@@ -276,7 +357,7 @@ impl Harness {
                 max: self.max_order,
             });
         }
-        if pfn % (1 << o) != 0 {
+        if pfn & ((1 << o) - 1) != 0 {
             return Some(Error::Misaligned {
                 pfn: p,
                 order: order(o),
@@ -295,17 +376,19 @@ impl Harness {
     }
 
     fn free(&mut self, pfn: usize, o: u32) {
-        let before = self.snapshot();
         let expected = self.free_error(pfn, o);
+        if expected.is_some() {
+            self.save();
+        }
         let got = self.buddy.free(Pfn::new(pfn), order(o));
         match expected {
             None => {
                 assert_eq!(got, Ok(()));
-                self.live.remove(&(pfn - self.base));
+                self.remove_live(pfn - self.base);
             }
             Some(err) => {
                 assert_eq!(got, Err(err));
-                self.assert_unchanged(&before);
+                self.assert_unchanged();
             }
         }
     }
@@ -316,9 +399,10 @@ impl Harness {
             .split(Pfn::new(pfn), order(o))
             .expect("split of a live block");
         let head = pfn - self.base;
-        self.live.remove(&head);
-        self.live
-            .extend((head..head + (1 << o)).map(|idx| (idx, 0)));
+        self.remove_live(head);
+        for idx in head..head + (1 << o) {
+            self.add_live(idx, 0);
+        }
     }
 
     /// `[start, end)` as indices, or the error the buddy must give.
@@ -338,8 +422,6 @@ impl Harness {
     }
 
     fn alloc_range(&mut self, start: usize, end: usize) {
-        let before = self.snapshot();
-        let got = self.buddy.alloc_range(Pfn::new(start), Pfn::new(end));
         let expected = self.range(start, end).and_then(|(first, last)| {
             match (first..last).find(|&f| self.state(f) != State::Free) {
                 Some(busy) => Err(Error::Busy {
@@ -348,6 +430,10 @@ impl Harness {
                 None => Ok((first, last)),
             }
         });
+        if expected.is_err() {
+            self.save();
+        }
+        let got = self.buddy.alloc_range(Pfn::new(start), Pfn::new(end));
         match expected {
             Ok((first, last)) => {
                 assert_eq!(got, Ok(()));
@@ -358,30 +444,33 @@ impl Harness {
                         self.buddy.allocated_order(Pfn::new(self.base + idx)),
                         Some(order(o))
                     );
-                    self.live.insert(idx, o);
+                    self.add_live(idx, o);
                     idx += 1 << o;
                 }
             }
             Err(err) => {
                 assert_eq!(got, Err(err));
-                self.assert_unchanged(&before);
+                self.assert_unchanged();
             }
         }
     }
 
     fn free_range(&mut self, start: usize, end: usize) {
-        let before = self.snapshot();
+        let expected = self.free_range_blocks(start, end);
+        if expected.is_err() {
+            self.save();
+        }
         let got = self.buddy.free_range(Pfn::new(start), Pfn::new(end));
-        match self.free_range_blocks(start, end) {
+        match expected {
             Ok(heads) => {
                 assert_eq!(got, Ok(()));
                 for head in heads {
-                    self.live.remove(&head);
+                    self.remove_live(head);
                 }
             }
             Err(err) => {
                 assert_eq!(got, Err(err));
-                self.assert_unchanged(&before);
+                self.assert_unchanged();
             }
         }
     }
@@ -414,8 +503,6 @@ impl Harness {
     }
 
     fn release(&mut self, start: usize, end: usize) {
-        let before = self.snapshot();
-        let got = self.buddy.release_range(Pfn::new(start), Pfn::new(end));
         let expected = self.range(start, end).and_then(|(first, last)| {
             match (first..last).find(|&f| self.released[f]) {
                 Some(f) => Err(Error::DoubleFree {
@@ -424,30 +511,58 @@ impl Harness {
                 None => Ok((first, last)),
             }
         });
+        if expected.is_err() {
+            self.save();
+        }
+        let got = self.buddy.release_range(Pfn::new(start), Pfn::new(end));
         match expected {
             Ok((first, last)) => {
                 assert_eq!(got, Ok(last - first));
                 self.released[first..last].fill(true);
+                self.nr_released += last - first;
             }
             Err(err) => {
                 assert_eq!(got, Err(err));
-                self.assert_unchanged(&before);
+                self.assert_unchanged();
             }
         }
     }
 
-    fn snapshot(&self) -> Snapshot {
-        snapshot(&self.buddy)
+    /// Saves the buddy, byte for byte, in `before` (reusing its buffers).
+    fn save(&mut self) {
+        let Snapshot(frames, counts, free, managed) = &mut self.before;
+        frames.0.clone_from(&self.buddy.meta().0);
+        counts.clear();
+        counts.extend((0..=Order::LIMIT).map(|o| self.buddy.nr_free(order(o))));
+        *free = self.buddy.free_pages();
+        *managed = self.buddy.managed_pages();
     }
 
-    fn assert_unchanged(&self, before: &Snapshot) {
+    /// Requires the buddy as [`Harness::save`] saved it.
+    fn assert_unchanged(&self) {
+        let Snapshot(frames, counts, free, managed) = &self.before;
         assert!(
-            self.snapshot() == *before,
+            self.buddy.meta() == frames
+                && (0..=Order::LIMIT).all(|o| self.buddy.nr_free(order(o)) == counts[o as usize])
+                && self.buddy.free_pages() == *free
+                && self.buddy.managed_pages() == *managed,
             "a refused operation changed the buddy"
         );
     }
 
-    /// The invariants after every step: the buddy's own checker, counters
+    /// The cheap invariants, O(orders): the buddy's counters against the
+    /// model's, and the per-order free block counts adding up to its free
+    /// pages.
+    fn check_counters(&self) {
+        assert_eq!(self.buddy.managed_pages(), self.nr_released);
+        assert_eq!(self.buddy.free_pages() + self.nr_live, self.nr_released);
+        let listed: usize = (0..=Order::LIMIT)
+            .map(|o| self.buddy.nr_free(order(o)) << o)
+            .sum();
+        assert_eq!(listed, self.buddy.free_pages(), "free lists vs free pages");
+    }
+
+    /// The full invariants, O(frames): the buddy's own checker, counters
     /// against the model, and every frame's state against the model.
     fn check(&self) {
         if let Err(broken) = self.buddy.check() {
@@ -455,16 +570,15 @@ impl Harness {
         }
         let managed = self.released.iter().filter(|&&r| r).count();
         let live: usize = self.live.values().map(|&o| 1usize << o).sum();
-        assert_eq!(self.buddy.managed_pages(), managed);
-        assert_eq!(self.buddy.free_pages() + live, managed);
+        assert_eq!((self.nr_released, self.nr_live), (managed, live));
+        self.check_counters();
         let mut end_of_last = 0;
         for (&head, &o) in &self.live {
             assert!(head >= end_of_last, "live blocks overlap at index {head}");
             end_of_last = head + (1 << o);
         }
-        for idx in 0..self.nr {
+        for (idx, state) in self.states().into_iter().enumerate() {
             let pfn = Pfn::new(self.base + idx);
-            let state = self.state(idx);
             assert_eq!(
                 self.buddy.is_free(pfn),
                 state == State::Free,

@@ -1,8 +1,16 @@
 //! The zones reference model shared by `tests/model.rs` (proptest) and the
 //! `zones` fuzz target: operations with arbitrary GFP flags, valid and
 //! invalid frees, splits, drains and migrations, each checked against a
-//! model of the held blocks; after every step the allocator's invariant
-//! checker runs, and every refusal must have left all state unchanged.
+//! model of the held blocks, and every refusal must have left all state
+//! unchanged. [`run`] runs the allocator's invariant checker and compares
+//! every descriptor around each refusal after every step; the fuzz target,
+//! which needs speed to go deep, uses [`run_checking_every`] to do those
+//! O(frames) checks every N steps and at the end, and the cheap ones (the
+//! model's bookkeeping, and that a refusal left every zone counter and the
+//! descriptors around the frame it named unchanged) after every step.
+//! Each run boots fresh zones over this thread's machine, whose RAM and
+//! metadata buffer are allocated once, and ends by freeing everything and
+//! requiring every descriptor and counter back as at boot.
 //! Also home of [`free_raw`], the one free by raw frame the tests make
 //! (`tests/rules.rs` uses it too).
 
@@ -39,9 +47,13 @@ macro_rules! ensure_eq {
 }
 
 use kmm_api::{Error, FrameAllocator, GfpFlags, Order, Pages, Pfn};
+use kmm_buddy::FrameTag;
+use kmm_zones::report::ZoneStats;
 use kmm_zones::testing::{set_cpu, TestMachine, TestZones};
-use kmm_zones::{gfp_zone, ZoneType};
+use kmm_zones::{gfp_zone, ZoneType, MAX_NR_ZONES};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
 
 /// Frees the block of `order` at `pfn` by raw frame, as `unsafe` callers
 /// of `Zones::__free_pages(Pages::from_raw(..))` do: for the tests that
@@ -112,21 +124,40 @@ fn order(o: u32) -> Order {
     Order::new(o).unwrap()
 }
 
-/// Every descriptor and zone counter, to prove a refusal changed nothing.
-pub fn fingerprint(zones: &TestZones<'_>) -> Vec<(String, bool, u32)> {
-    let mut state: Vec<_> = zones
-        .zone_stats()
-        .iter()
-        .map(|s| (format!("{s:?}"), false, 0))
-        .collect();
-    for page in (0..FRAMES).filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn))) {
-        state.push((
-            format!("{:?}", page.tag()),
-            page.is_pcp(),
-            page.page_count(),
-        ));
+/// Every zone counter and the descriptors (tag, per-CPU flag, count) of a
+/// range of frames, to prove a refusal changed nothing.
+#[derive(PartialEq, Debug)]
+pub struct Fingerprint {
+    stats: [Option<ZoneStats>; MAX_NR_ZONES],
+    pages: Vec<(FrameTag, bool, u32)>,
+}
+
+/// Every zone counter and every descriptor.
+pub fn fingerprint(zones: &TestZones<'_>) -> Fingerprint {
+    fingerprint_of(zones, 0..FRAMES)
+}
+
+/// Every zone counter and the descriptors of `frames`.
+fn fingerprint_of(zones: &TestZones<'_>, frames: Range<usize>) -> Fingerprint {
+    Fingerprint {
+        stats: zones.zone_stats(),
+        pages: frames
+            .filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn)))
+            .map(|page| (page.tag(), page.is_pcp(), page.page_count()))
+            .collect(),
     }
-    state
+}
+
+/// The frames a refused free at `pfn` could disturb if the refusal were
+/// broken: the aligned block of order `MAX_TEST_ORDER + 1` around `pfn`,
+/// which holds `pfn` (the head a wrongly accepted free of any order would
+/// retag), the held block enclosing it (of order at most `MAX_TEST_ORDER`)
+/// and that block's buddy. What a wrongly accepted free does further away
+/// (merging, list moves) shows in the zone counters.
+fn around(pfn: Pfn) -> Range<usize> {
+    let size = 1usize << (MAX_TEST_ORDER + 1);
+    let start = pfn.as_usize() & !(size - 1);
+    start..start.saturating_add(size)
 }
 
 /// The reference model: the handles of the held blocks by head pfn, and
@@ -165,14 +196,41 @@ impl Model {
     }
 }
 
-fn expect_refused(zones: &TestZones<'_>, pfn: Pfn, o: Order, want: Error) -> Result<(), String> {
-    let before = fingerprint(zones);
+/// Frees `(pfn, o)` by raw frame and requires the refusal `want` with
+/// nothing changed: every zone counter and, with `full`, every descriptor,
+/// else those [`around`] the frame.
+fn expect_refused(
+    zones: &TestZones<'_>,
+    pfn: Pfn,
+    o: Order,
+    want: Error,
+    full: bool,
+) -> Result<(), String> {
+    let frames = if full { 0..FRAMES } else { around(pfn) };
+    let before = fingerprint_of(zones, frames.clone());
     ensure_eq!(free_raw(zones, pfn, o), Err(want));
-    ensure!(fingerprint(zones) == before, "refused free changed state");
+    ensure!(
+        fingerprint_of(zones, frames) == before,
+        "refused free changed state"
+    );
     Ok(())
 }
 
+/// One step with every check ([`step_checking`] with `full`).
 pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), String> {
+    step_checking(zones, model, op, true)
+}
+
+/// One step on the allocator and the model. The model's checks run
+/// always, and a refusal must leave every zone counter and the
+/// descriptors around the frame it named unchanged; with `full`, every
+/// descriptor, and the invariant checker runs after the step.
+pub fn step_checking(
+    zones: &TestZones<'_>,
+    model: &mut Model,
+    op: Op,
+    full: bool,
+) -> Result<(), String> {
     match op {
         Op::Alloc { gfp, order: o } => {
             let gfp = gfp_of(gfp);
@@ -235,25 +293,31 @@ pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), Stri
                         freed: wrong,
                     }
                 };
-                expect_refused(zones, p, wrong, want)?;
+                expect_refused(zones, p, wrong, want, full)?;
             }
         }
         Op::FreeTail { which } => {
             if let Some((pfn, o)) = model.nth(which).filter(|&(_, o)| o.as_u32() > 0) {
                 let tail = Pfn::new(pfn + o.pages() - 1);
-                expect_refused(zones, tail, Order::ZERO, Error::NotAllocated { pfn: tail })?;
+                expect_refused(
+                    zones,
+                    tail,
+                    Order::ZERO,
+                    Error::NotAllocated { pfn: tail },
+                    full,
+                )?;
             }
         }
         Op::FreeAgain { which } => {
             let n = model.freed.len();
             if n > 0 {
                 let pfn = Pfn::new(*model.freed.iter().nth(which % n).unwrap());
-                expect_refused(zones, pfn, Order::ZERO, Error::DoubleFree { pfn })?;
+                expect_refused(zones, pfn, Order::ZERO, Error::DoubleFree { pfn }, full)?;
             }
         }
         Op::FreeForeign { pfn } => {
             let pfn = Pfn::new(pfn);
-            expect_refused(zones, pfn, Order::ZERO, Error::PfnOutOfRange { pfn })?;
+            expect_refused(zones, pfn, Order::ZERO, Error::PfnOutOfRange { pfn }, full)?;
         }
         Op::Split { which } => {
             if let Some((pfn, o)) = model.nth(which) {
@@ -271,30 +335,57 @@ pub fn step(zones: &TestZones<'_>, model: &mut Model, op: Op) -> Result<(), Stri
         Op::Drain => zones.drain_all_pages(),
         Op::Migrate { cpu } => set_cpu(cpu),
     }
+    if !full {
+        return Ok(());
+    }
     zones
         .check()
         .map_err(|broken| format!("invariant broken: {broken}"))
 }
 
-/// Runs `ops` on a fresh machine, then frees everything, drains, and
-/// requires the boot-time free lists back.
+std::thread_local! {
+    /// This thread's machine and the fingerprint of its zones at boot. The
+    /// RAM and metadata buffer are allocated once (the costly part); each
+    /// run boots fresh zones over them, which rewrites every descriptor
+    /// and list, so no run sees another's state, and every boot of the
+    /// same machine gives the same fingerprint.
+    static MACHINE: RefCell<(TestMachine, Option<Fingerprint>)> =
+        RefCell::new((TestMachine::i386_scaled(FRAMES), None));
+}
+
+/// Runs `ops` on freshly booted zones with every check after every step,
+/// then frees everything, drains, and requires the boot-time free lists
+/// and descriptors back.
 pub fn run(ops: impl IntoIterator<Item = Op>) -> Result<(), String> {
-    let mut machine = TestMachine::i386_scaled(FRAMES);
-    let zones = machine.boot().map_err(|e| e.to_string())?;
-    let boot = zones.zone_stats();
-    let mut model = Model::default();
-    set_cpu(0);
-    for op in ops {
-        step(&zones, &mut model, op)?;
-    }
-    for page in std::mem::take(&mut model.held).into_values() {
-        ensure_eq!(zones.__free_pages(page), Ok(()));
-    }
-    zones.drain_all_pages();
-    ensure_eq!(
-        zones.zone_stats(),
-        boot,
-        "free lists hold the maximal blocks again"
-    );
-    zones.check().map_err(|broken| broken.to_string())
+    run_checking_every(ops, 1)
+}
+
+/// [`run`], with the O(frames) checks (the invariant checker, and every
+/// descriptor compared across a refusal) after every `every`-th step only,
+/// the cheap ones after every step, and all of them at the end.
+pub fn run_checking_every(ops: impl IntoIterator<Item = Op>, every: usize) -> Result<(), String> {
+    MACHINE.with_borrow_mut(|(machine, at_boot)| {
+        let zones = machine.boot().map_err(|e| e.to_string())?;
+        let boot = at_boot.get_or_insert_with(|| fingerprint(&zones));
+        let mut model = Model::default();
+        set_cpu(0);
+        for (i, op) in ops.into_iter().enumerate() {
+            step_checking(&zones, &mut model, op, (i + 1) % every.max(1) == 0)?;
+        }
+        zones
+            .check()
+            .map_err(|broken| format!("invariant broken: {broken}"))?;
+        for page in std::mem::take(&mut model.held).into_values() {
+            ensure_eq!(zones.__free_pages(page), Ok(()));
+        }
+        zones.drain_all_pages();
+        let end = fingerprint(&zones);
+        ensure_eq!(
+            end.stats,
+            boot.stats,
+            "free lists hold the maximal blocks again"
+        );
+        ensure!(end == *boot, "every descriptor as at boot");
+        zones.check().map_err(|broken| broken.to_string())
+    })
 }
