@@ -203,11 +203,19 @@ fn remote_free_flushes_race_the_owners_refill() {
         let id = big_cache(&k);
         let objs = alloc_n(&k, id, 18);
         // CPU 0's array is empty; CPUs 1 and 2 are one short of their
-        // limit.
+        // limit, holding alternate objects, so the four each flushes lie
+        // in the same slabs.
         // SAFETY: we hold the objects and give these up.
         unsafe {
-            free_on(&k, id, 1, &objs[..7]);
-            free_on(&k, id, 2, &objs[7..14]);
+            for cpu in 1..NR_CPUS {
+                let dealt: Vec<usize> = objs[..14]
+                    .iter()
+                    .copied()
+                    .skip(cpu - 1)
+                    .step_by(2)
+                    .collect();
+                free_on(&k, id, cpu, &dealt);
+            }
         }
         let flushers: Vec<_> = [(1, objs[14..16].to_vec()), (2, objs[16..].to_vec())]
             .into_iter()
@@ -232,7 +240,7 @@ fn remote_free_flushes_race_the_owners_refill() {
         k.check_invariants().unwrap();
         assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
     });
-    assert_explored("remote free flushes vs refill", explored, 550);
+    assert_explored("remote free flushes vs refill", explored, 950);
 }
 
 #[test]
@@ -375,12 +383,21 @@ fn remote_frees_race_the_owners_flush() {
         let k = build(SlabFlags::empty());
         let id = big_cache(&k);
         let objs = alloc_n(&k, id, 27);
-        // Every array one short of its limit, holding objects of the same
-        // slabs; each CPU's next two frees overflow it and flush.
+        // Every array one short of its limit. Objects are dealt round the
+        // CPUs (object `i` to CPU `i % 3`), so each slab of three has one
+        // object in each array, and the oldest four each CPU flushes lie in
+        // the same four slabs: the three flushes push onto the same free
+        // lists. Each CPU's next two frees overflow its array.
         // SAFETY: we hold the objects and give these up.
         unsafe {
             for cpu in 0..NR_CPUS {
-                free_on(&k, id, cpu, &objs[7 * cpu..7 * cpu + 7]);
+                let dealt: Vec<usize> = objs[..21]
+                    .iter()
+                    .copied()
+                    .skip(cpu)
+                    .step_by(NR_CPUS)
+                    .collect();
+                free_on(&k, id, cpu, &dealt);
             }
         }
         let remote: Vec<_> = (1..NR_CPUS)
@@ -400,7 +417,7 @@ fn remote_frees_race_the_owners_flush() {
         k.check_invariants().unwrap();
         assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
     });
-    assert_explored("remote frees vs flush", explored, 220);
+    assert_explored("remote frees vs flush", explored, 2800);
 }
 
 #[test]
