@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Prints the medians criterion measured for some benchmark groups as a
 Markdown table, with each other contender's median divided by kmm's (above
-1: kmm is faster). kmm is the contender named `kmm`, else the first whose
-name starts with `kmm`. Reads
+1: kmm is faster). kmm is the contender named `kmm` or `kmm-kmalloc`, else
+the first whose name starts with `kmm`. Reads
 target/criterion/<group>/<contender>/new/estimates.json.
 
     python3 benches/table.py F1_order0_pair F2_churn_64k F3_fill_shuffle_free_2GiB
@@ -29,7 +29,8 @@ def show(ns):
 def contenders(group):
     """kmm first, then the others by name."""
     found = [p.name for p in (ROOT / group).iterdir() if (p / "new").is_dir()]
-    return sorted(found, key=lambda name: (name != "kmm", not name.startswith("kmm"), name))
+    base = ("kmm", "kmm-kmalloc")
+    return sorted(found, key=lambda name: (name not in base, not name.startswith("kmm"), name))
 
 
 def main(groups):

@@ -71,3 +71,121 @@ pub use slab::SlabPages;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// What safe code cannot do, as doctests that must fail to compile (each
+/// was a defect of a safe API once; see `kmm-api`'s soundness rule). Each
+/// refused snippet is followed by its twin that compiles, so the refusal
+/// is for the reason given and not another.
+///
+/// A block is freed once: the handle moves into the free.
+///
+/// ```compile_fail
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let page = mm.zones().alloc_page(kmm_api::GFP_KERNEL).unwrap();
+/// mm.zones().__free_pages(page).unwrap();
+/// mm.zones().__free_pages(page).unwrap();
+/// ```
+///
+/// ```
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let page = mm.zones().alloc_page(kmm_api::GFP_KERNEL).unwrap();
+/// mm.zones().__free_pages(page).unwrap();
+/// ```
+///
+/// An owner word another layer trusts is written only under a contract.
+///
+/// ```compile_fail
+/// # use kmm_api::{OwnerTag, OwnerWord, PageOwner};
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let page = mm.zones().alloc_page(kmm_api::GFP_KERNEL).unwrap();
+/// let word = OwnerWord::new(OwnerTag::PageTable, 0).unwrap();
+/// mm.zones().set_owner(page.pfn(), word).unwrap();
+/// ```
+///
+/// ```
+/// # use kmm_api::{OwnerTag, OwnerWord, PageOwner};
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let page = mm.zones().alloc_page(kmm_api::GFP_KERNEL).unwrap();
+/// let word = OwnerWord::new(OwnerTag::PageTable, 0).unwrap();
+/// // SAFETY: we hold the page; no layer reads a `PageTable` word's payload.
+/// unsafe { mm.zones().set_owner(page.pfn(), word) }.unwrap();
+/// # unsafe { mm.zones().set_owner(page.pfn(), OwnerWord::NONE) }.unwrap();
+/// # mm.zones().__free_pages(page).unwrap();
+/// ```
+///
+/// A frame's contents are written only by its holder: zeroing a frame by
+/// number is `unsafe`.
+///
+/// ```compile_fail
+/// # use kmm_api::Platform;
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let page = mm.zones().alloc_page(kmm_api::GFP_KERNEL).unwrap();
+/// let _ = mm.zones().platform().zero_frame(page.pfn());
+/// ```
+///
+/// ```
+/// # use kmm_api::Platform;
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let page = mm.zones().alloc_page(kmm_api::GFP_KERNEL).unwrap();
+/// // SAFETY: we hold the page.
+/// let _ = unsafe { mm.zones().platform().zero_frame(page.pfn()) };
+/// # mm.zones().__free_pages(page).unwrap();
+/// ```
+///
+/// Frees by address are `unsafe`: an address is not a proof of ownership.
+///
+/// ```compile_fail
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let p = mm.kmalloc(64, kmm_api::GFP_KERNEL).unwrap();
+/// mm.kfree(p.as_ptr()).unwrap();
+/// ```
+///
+/// ```compile_fail
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let addr = mm.get_free_page(kmm_api::GFP_KERNEL).unwrap();
+/// mm.free_page(addr).unwrap();
+/// ```
+///
+/// ```
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let p = mm.kmalloc(64, kmm_api::GFP_KERNEL).unwrap();
+/// let addr = mm.get_free_page(kmm_api::GFP_KERNEL).unwrap();
+/// // SAFETY: we hold both and give them up.
+/// unsafe {
+///     mm.kfree(p.as_ptr()).unwrap();
+///     mm.free_page(addr).unwrap();
+/// }
+/// ```
+///
+/// A cache is destroyed only by a caller that has quiesced its users.
+///
+/// ```compile_fail
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let cache = mm.kmem_cache_create("c", 64, 8, kmm_slab::SlabFlags::empty(), None).unwrap();
+/// mm.kmem_cache_destroy(cache).unwrap();
+/// ```
+///
+/// ```
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let cache = mm.kmem_cache_create("c", 64, 8, kmm_slab::SlabFlags::empty(), None).unwrap();
+/// // SAFETY: nothing else uses the cache.
+/// unsafe { mm.kmem_cache_destroy(cache) }.unwrap();
+/// ```
+///
+/// A page table writes its pages through a direct map the caller vouches
+/// for, unless it takes both from the same zones.
+///
+/// ```compile_fail
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// # let other = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let range = (kmm_api::VirtAddr::new(0xf880_0000), kmm_api::VirtAddr::new(0xfffe_efff));
+/// let table = kmm::x86::X86PageTable::new(mm.zones(), other.zones().direct_map(), (), range);
+/// ```
+///
+/// ```
+/// # let mm = kmm::MemoryManager::hosted(8 << 20, 1).unwrap();
+/// let range = (kmm_api::VirtAddr::new(0xf880_0000), kmm_api::VirtAddr::new(0xfffe_efff));
+/// let table = kmm::x86::X86PageTable::for_zones(mm.zones(), (), range).unwrap();
+/// ```
+#[cfg(all(doctest, feature = "std", target_pointer_width = "64"))]
+pub struct SoundnessDoctests;

@@ -190,13 +190,18 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
         let memory_pages = memblock.memory_pages();
         let reserved_pages = memblock.reserved_pages();
         let keep_mapped = direct_map.clone();
-        let zones = Zones::new(
-            &memblock,
-            config,
-            BootMem::new(boot_mem),
-            platform,
-            direct_map,
-        )?;
+        // SAFETY: our caller gave us the usable RAM alone and the direct map
+        // of this machine; the metadata range is reserved in memblock, so
+        // the zones never hand it out.
+        let zones = unsafe {
+            Zones::new(
+                &memblock,
+                config,
+                BootMem::new(boot_mem),
+                platform,
+                direct_map,
+            )
+        }?;
         // SAFETY: a field address inside the range above; nothing is read.
         let zones_at = unsafe { addr_of_mut!((*core).zones) };
         // SAFETY: `core` is page aligned (the range is) and `Core` needs no
@@ -390,7 +395,8 @@ mod sim_preset {
         pub fn kernel_page_table(
             &self,
         ) -> Result<SimPageTable<&Zones<'static, Machine, Machine>>, Error> {
-            self.machine().kernel_page_table(self.zones())
+            // SAFETY: the manager's zones were booted on this machine.
+            unsafe { self.machine().kernel_page_table(self.zones()) }
         }
     }
 }

@@ -67,7 +67,7 @@ proptest! {
             VirtAddr::new(base + (slot / PAGES_PER_REGION) * REGION_BYTES + (slot % PAGES_PER_REGION) * PAGE_SIZE)
         };
         {
-            let pt = X86PageTable::new(zones, zones.direct_map(), (), range).unwrap();
+            let pt = X86PageTable::for_zones(zones, (), range).unwrap();
             let mut model: BTreeMap<VirtAddr, (Pfn, PageProt)> = BTreeMap::new();
             let mut regions: BTreeSet<usize> = BTreeSet::new();
             for op in ops {

@@ -37,11 +37,19 @@ impl AllocatorId {
     /// A new identity, never handed out before in this process; `None`
     /// once 2^32 - 1 have been made (never reused, so never ambiguous).
     pub fn new() -> Option<Self> {
-        NEXT_ALLOCATOR_ID
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
-            .ok()
-            .and_then(NonZeroU32::new)
-            .map(AllocatorId)
+        let mut id = NEXT_ALLOCATOR_ID.load(Ordering::Relaxed);
+        loop {
+            let next = id.checked_add(1)?;
+            match NEXT_ALLOCATOR_ID.compare_exchange_weak(
+                id,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return NonZeroU32::new(id).map(AllocatorId),
+                Err(seen) => id = seen,
+            }
+        }
     }
 
     /// The identity as a number (for reports and for mixing into

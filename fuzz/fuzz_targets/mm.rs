@@ -57,8 +57,7 @@ fn machine(slot: &'static OnceLock<Machine>) -> &'static Machine {
             Box::leak(Box::new(MemoryManager::hosted(RAM, 1).expect("boot")));
         let range = (VirtAddr::new(0xf880_0000), VirtAddr::new(0xfffe_efff));
         let zones = mm.zones();
-        let table =
-            X86PageTable::new(zones, zones.direct_map().clone(), (), range).expect("page table");
+        let table = X86PageTable::for_zones(zones, (), range).expect("page table");
         table
             .populate(VirtAddr::new(0xf880_0000), VirtAddr::new(0xf8c0_0000))
             .expect("PTE pages");

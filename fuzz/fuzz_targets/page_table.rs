@@ -53,7 +53,7 @@ fuzz_target!(|ops: Vec<Op>| {
     let pages = (last.as_usize() - first.as_usize()) / PAGE_SIZE + 1;
     let addr_of = |page: u16| VirtAddr::new(first.as_usize() + (page as usize % pages) * PAGE_SIZE);
     {
-        let pt = X86PageTable::new(zones, zones.direct_map(), (), (first, last)).expect("table");
+        let pt = X86PageTable::for_zones(zones, (), (first, last)).expect("table");
         let mut model: BTreeMap<VirtAddr, Pfn> = BTreeMap::new();
         for op in ops.into_iter().take(256) {
             match op {

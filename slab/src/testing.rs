@@ -27,8 +27,12 @@ use std::{
     vec::Vec,
 };
 
+/// The byte freed frames are filled with.
+pub const PAGE_POISON: u8 = 0xaa;
+
 /// Host memory posing as a machine's RAM, with the frame allocator, direct
-/// map, owner words and CPUs the slab layer needs.
+/// map, owner words and CPUs the slab layer needs. Freed frames are
+/// poisoned with [`PAGE_POISON`].
 pub struct HostMachine {
     arena: *mut u8,
     layout: Layout,
@@ -198,6 +202,15 @@ unsafe impl FrameAllocator for HostMachine {
             _ => {}
         }
         blocks[i] = 0;
+        // Poison what goes back (Linux `page_poisoning`), so a user of a
+        // freed block reads garbage at once instead of stale data.
+        // SAFETY: the block is in the arena and was just given back by its
+        // holder, so nothing else may touch it; it is marked free below.
+        unsafe {
+            self.arena
+                .add(i * PAGE_SIZE)
+                .write_bytes(PAGE_POISON, order.pages() * PAGE_SIZE)
+        };
         for j in i..i + order.pages() {
             self.allocated[j].store(false, Release);
             self.owners[j].store(0, Relaxed);

@@ -145,19 +145,32 @@ unsafe impl Send for Held {}
 
 /// The host machine on a platform that cannot run work on another CPU
 /// (no IPIs): `on_cpu` is the trait's default, which reaches only the
-/// caller's own CPU. Everything else is the host machine's.
-struct LocalOnly<'m>(&'m HostMachine);
+/// caller's own CPU. It declares `nr_cpus` CPUs (the host's, unless a test
+/// asks for an absurd count); everything else is the host machine's.
+struct LocalOnly<'m> {
+    host: &'m HostMachine,
+    nr_cpus: usize,
+}
+
+impl<'m> LocalOnly<'m> {
+    fn new(host: &'m HostMachine) -> Self {
+        LocalOnly {
+            host,
+            nr_cpus: host.nr_cpus(),
+        }
+    }
+}
 
 // SAFETY: forwards to the host machine, which keeps the contract.
 unsafe impl FrameAllocator for LocalOnly<'_> {
     fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
-        self.0.alloc_frames(gfp, order)
+        self.host.alloc_frames(gfp, order)
     }
     fn free_frames(&self, pages: Pages) -> Result<(), Error> {
-        self.0.free_frames(pages)
+        self.host.free_frames(pages)
     }
     fn allocator_id(&self) -> AllocatorId {
-        self.0.allocator_id()
+        self.host.allocator_id()
     }
 }
 
@@ -165,39 +178,39 @@ unsafe impl FrameAllocator for LocalOnly<'_> {
 // included), which keeps the contract.
 unsafe impl DirectMap for LocalOnly<'_> {
     fn pfn_to_virt(&self, pfn: Pfn) -> Option<VirtAddr> {
-        self.0.pfn_to_virt(pfn)
+        self.host.pfn_to_virt(pfn)
     }
     fn virt_to_pfn(&self, addr: VirtAddr) -> Option<Pfn> {
-        self.0.virt_to_pfn(addr)
+        self.host.virt_to_pfn(addr)
     }
     fn window_base(&self) -> usize {
-        self.0.window_base()
+        self.host.window_base()
     }
     fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
-        self.0.virt_to_ptr(addr)
+        self.host.virt_to_ptr(addr)
     }
     fn ptr_to_virt(&self, ptr: *const u8) -> VirtAddr {
-        self.0.ptr_to_virt(ptr)
+        self.host.ptr_to_virt(ptr)
     }
 }
 
 // SAFETY: forwards to the host machine, which keeps the contract.
 unsafe impl PageOwner for LocalOnly<'_> {
     fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
-        self.0.owner(pfn)
+        self.host.owner(pfn)
     }
     unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
         // SAFETY: our caller's contract is the host machine's.
-        unsafe { self.0.set_owner(pfn, word) }
+        unsafe { self.host.set_owner(pfn, word) }
     }
 }
 
 impl Platform for LocalOnly<'_> {
     fn nr_cpus(&self) -> usize {
-        self.0.nr_cpus()
+        self.nr_cpus
     }
     fn cpu_id(&self) -> usize {
-        self.0.cpu_id()
+        self.host.cpu_id()
     }
 }
 
@@ -205,12 +218,13 @@ impl Platform for LocalOnly<'_> {
 // which runs work only on the CPU the caller itself has pinned.
 unsafe impl PreemptControl for LocalOnly<'_> {
     fn get_cpu(&self) -> usize {
-        self.0.get_cpu()
+        self.host.get_cpu()
     }
     fn put_cpu(&self, cpu: usize) {
-        self.0.put_cpu(cpu)
+        self.host.put_cpu(cpu)
     }
 }
+
 #[test]
 fn kmalloc_96_uses_kmalloc_96_and_100_uses_kmalloc_128() {
     let m = HostMachine::new(frames(), 1);
@@ -677,7 +691,7 @@ fn destroy_refuses_while_another_cpu_caches_objects_until_it_drains() {
     // Only on a platform that cannot run work on the other CPU: one that
     // can is drained by destroy itself (the next test).
     let host = HostMachine::new(frames(), 2);
-    let k = Kmem::new(LocalOnly(&host), KmemConfig::default()).unwrap();
+    let k = Kmem::new(LocalOnly::new(&host), KmemConfig::default()).unwrap();
     HostMachine::set_thread_cpu(0);
     let id = k
         .kmem_cache_create("percpu", 64, 0, SlabFlags::empty(), None)
@@ -1341,4 +1355,57 @@ fn kmem_cache_shrink_flushes_every_cpus_array_of_the_cache() {
     assert_eq!(m.frames_in_use(), before);
     // SAFETY: the worker is joined; nothing else uses the cache.
     unsafe { k.kmem_cache_destroy(id) }.unwrap();
+}
+
+#[test]
+fn an_absurd_cpu_count_is_an_error_not_an_overflow() {
+    let m = HostMachine::new(frames(), 1);
+    for nr_cpus in [usize::MAX, usize::MAX / 2, usize::MAX / 64 + 1] {
+        let platform = LocalOnly { host: &m, nr_cpus };
+        let made = Kmem::new(platform, KmemConfig::default());
+        assert!(
+            matches!(made, Err(SlabError::Page(_))),
+            "{nr_cpus} CPUs: {:?}",
+            made.err()
+        );
+        assert_eq!(m.frames_in_use(), 0, "a failed boot gives everything back");
+    }
+}
+
+/// Walks over every cache (the shrinker the page allocator may call at any
+/// time, reports, the checker) run while another thread creates and
+/// destroys caches: destroy unpublishes a cache under the table lock the
+/// walks hold, so no walk reads a freed descriptor.
+#[test]
+fn walks_over_the_caches_never_read_a_destroyed_descriptor() {
+    use kmm_api::Shrinker;
+    let m = HostMachine::new(frames(), 2);
+    let k = Kmem::new(&m, KmemConfig::default()).unwrap();
+    let rounds = if cfg!(miri) { 3 } else { 2_000 };
+    let done = core::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            HostMachine::set_thread_cpu(0);
+            for _ in 0..rounds {
+                let id = k
+                    .kmem_cache_create("short-lived", 200, 8, SlabFlags::empty(), None)
+                    .unwrap();
+                let p = k.kmem_cache_alloc(id, GFP_KERNEL).unwrap();
+                // SAFETY: this thread holds `p`, and is the cache's only
+                // user (the walks touch it only under the table lock).
+                unsafe {
+                    k.kmem_cache_free(id, p.as_ptr()).unwrap();
+                    k.kmem_cache_destroy(id).unwrap();
+                }
+            }
+            done.store(true, core::sync::atomic::Ordering::Release);
+        });
+        HostMachine::set_thread_cpu(1);
+        while !done.load(core::sync::atomic::Ordering::Acquire) {
+            k.scan_objects(GFP_KERNEL, usize::MAX);
+            let _ = SlabInfo(&k).to_string();
+            k.check_invariants().unwrap();
+        }
+    });
+    assert_eq!(k.internal_errors(), 0);
 }

@@ -175,7 +175,13 @@ impl Machine {
     /// kernel half: while a table is alive a second one is refused with
     /// [`Error::AlreadyMapped`] (naming the start of that range), since
     /// two would overwrite each other's host mappings.
-    pub fn kernel_page_table<A: FrameAllocator + PageOwner>(
+    ///
+    /// # Safety
+    ///
+    /// `alloc` hands out frames of this machine's RAM (its zones, or a
+    /// part of RAM the caller holds): the table writes its pages through
+    /// this machine's direct map.
+    pub unsafe fn kernel_page_table<A: FrameAllocator + PageOwner>(
         &self,
         alloc: A,
     ) -> Result<SimPageTable<A>, Error> {
@@ -186,7 +192,9 @@ impl Machine {
         }
         // From here the flag is cleared by `SimMmu`'s drop, whether `new`
         // fails (dropping its arguments) or the table drops later.
-        let table = X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range)?;
+        // SAFETY: our caller's promise: `alloc`'s frames are this machine's,
+        // which `self` (the direct map) reaches.
+        let table = unsafe { X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range) }?;
         let layout = &self.inner.layout;
         // SAFETY: frames below `max_low_pfn` are lowmem, mapped by this
         // machine at `PAGE_OFFSET + phys` (its `DirectMap`): the table only

@@ -100,6 +100,13 @@ unsafe impl PageOwner for Frames {
     }
 }
 
+/// The machine's kernel page table over the `Frames` pool.
+fn table<'a>(m: &Machine, frames: &'a Frames) -> Result<SimPageTable<&'a Frames>, Error> {
+    // SAFETY: `Frames` hands out frames of this machine's RAM (its fixed
+    // pool), which the machine's direct map reaches.
+    unsafe { m.kernel_page_table(frames) }
+}
+
 fn machine(ram_bytes: u64) -> Machine {
     Machine::new(MachineConfig {
         ram_bytes,
@@ -140,7 +147,7 @@ fn write(m: &Machine, addr: VirtAddr, value: u8) {
 fn a_frame_mapped_at_a_vmalloc_address_shows_its_direct_map_bytes() {
     let m = machine(64 * MIB);
     let frames = Frames::new();
-    let pt = m.kernel_page_table(&frames).unwrap();
+    let pt = table(&m, &frames).unwrap();
     let pfn = Pfn::new(0x1234);
     let direct = m.pfn_to_virt(pfn).unwrap();
     write(&m, direct.checked_add(10).unwrap(), 0xab);
@@ -157,7 +164,7 @@ fn a_frame_mapped_at_a_vmalloc_address_shows_its_direct_map_bytes() {
 fn a_highmem_frame_keeps_its_bytes_across_mappings() {
     let m = machine(1 << 30);
     let frames = Frames::new();
-    let pt = m.kernel_page_table(&frames).unwrap();
+    let pt = table(&m, &frames).unwrap();
     let high = m.layout().max_low_pfn().add(5);
     assert_eq!(m.pfn_to_virt(high), None);
     let a = m.layout().vmalloc_start();
@@ -180,7 +187,7 @@ fn a_highmem_frame_keeps_its_bytes_across_mappings() {
 fn translate_follows_map_and_unmap() {
     let m = machine(64 * MIB);
     let frames = Frames::new();
-    let pt = m.kernel_page_table(&frames).unwrap();
+    let pt = table(&m, &frames).unwrap();
     let addr = m.layout().kmap_local_addr(1, 2).unwrap();
     assert_eq!(pt.translate(addr), None);
     // SAFETY: the machine has no zones, so the test owns frame 0x2000
@@ -198,7 +205,7 @@ fn translate_follows_map_and_unmap() {
 fn the_kernel_page_table_translates_the_direct_map_too() {
     let m = machine(102 * MIB);
     let frames = Frames::new();
-    let pt = m.kernel_page_table(&frames).unwrap();
+    let pt = table(&m, &frames).unwrap();
     let last = Pfn::new(m.layout().max_low_pfn().as_usize() - 1);
     for pfn in [Pfn::new(0), Pfn::new(0x1234), last] {
         let addr = m.pfn_to_virt(pfn).unwrap();
@@ -213,7 +220,7 @@ fn the_kernel_page_table_translates_the_direct_map_too() {
 fn touching_an_address_nobody_mapped_faults() {
     let m = machine(1 << 30);
     let frames = Frames::new();
-    let pt = m.kernel_page_table(&frames).unwrap();
+    let pt = table(&m, &frames).unwrap();
     let addr = m.layout().vmalloc_start();
     assert!(child_dies_of_sigsegv(|| {
         read(&m, addr);
@@ -236,7 +243,7 @@ fn touching_an_address_nobody_mapped_faults() {
 fn writing_through_a_read_only_mapping_faults() {
     let m = machine(64 * MIB);
     let frames = Frames::new();
-    let pt = m.kernel_page_table(&frames).unwrap();
+    let pt = table(&m, &frames).unwrap();
     let addr = m.layout().vmalloc_start();
     // SAFETY: the machine has no zones, so the test owns frame 0x1000
     // (outside the `Frames` pool); `addr` is a free page of the kernel range.
@@ -279,14 +286,14 @@ fn the_mmu_hook_refuses_the_direct_map_and_frames_beyond_ram() {
 fn only_one_kernel_page_table_is_attached_at_a_time() {
     let m = machine(64 * MIB);
     let frames = Frames::new();
-    let first = m.kernel_page_table(&frames).unwrap();
+    let first = table(&m, &frames).unwrap();
     let start = m.layout().kernel_map_range().0;
     assert_eq!(
-        m.kernel_page_table(&frames).err(),
+        table(&m, &frames).err(),
         Some(Error::AlreadyMapped { addr: start })
     );
     drop(first);
-    assert!(m.kernel_page_table(&frames).is_ok());
+    assert!(table(&m, &frames).is_ok());
 }
 
 #[test]
@@ -383,7 +390,7 @@ fn dropping_the_machine_releases_every_host_mapping() {
     let window = m.window_base();
     let frames = Frames::new();
     {
-        let pt = m.kernel_page_table(&frames).unwrap();
+        let pt = table(&m, &frames).unwrap();
         // SAFETY: the machine has no zones, so the test owns frame 0x1000
         // (outside the `Frames` pool); the page is a free one of the
         // kernel range, left mapped for the table's drop to clear.

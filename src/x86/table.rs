@@ -24,8 +24,9 @@ use super::Mmu;
 use kmm_api::sync::SpinLock;
 use kmm_api::{
     DirectMap, Error, FrameAllocator, KernelPageTable, Order, OwnerTag, OwnerWord, PageOwner,
-    PageProt, Pages, Pfn, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
+    PageProt, Pages, Pfn, Platform, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
 };
+use kmm_zones::Zones;
 
 /// A kernel page table over frames from `A`, reached through `D`, with
 /// changes reported to `M`.
@@ -34,7 +35,8 @@ use kmm_api::{
 /// # use kmm::x86::X86PageTable;
 /// # use kmm_api::*;
 /// # fn demo(alloc: impl FrameAllocator + PageOwner, dm: impl DirectMap, frame: Pages) -> Result<(), Error> {
-/// let pt = X86PageTable::new(alloc, dm, (), (VirtAddr::new(0xf880_0000), VirtAddr::new(0xfffe_efff)))?;
+/// // SAFETY: `dm` is the direct map of the machine `alloc` allocates from.
+/// let pt = unsafe { X86PageTable::new(alloc, dm, (), (VirtAddr::new(0xf880_0000), VirtAddr::new(0xfffe_efff))) }?;
 /// // SAFETY: we hold `frame` and the address is ours to map.
 /// unsafe { pt.map(VirtAddr::new(0xf880_0000), frame.pfn(), PageProt::KERNEL)? };
 /// assert_eq!(pt.translate(VirtAddr::new(0xf880_0123)).map(|(p, _)| p), Some(frame.pfn()));
@@ -59,7 +61,14 @@ impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> X86PageTable<A, D, M> 
     /// `[range.0, range.1]` (e.g. [`crate::Layout::kernel_map_range`]). The
     /// page directory is one `GFP_KERNEL` page from `alloc`, which must be
     /// in the direct map (else [`Error::PfnOutOfRange`], the page freed).
-    pub fn new(
+    /// [`X86PageTable::for_zones`] is the safe form for the usual pairing.
+    ///
+    /// # Safety
+    ///
+    /// `direct_map` reaches the frames `alloc` hands out (one machine's
+    /// allocator and its direct map): the table writes its pages through
+    /// it, and a direct map of other memory would be written instead.
+    pub unsafe fn new(
         alloc: A,
         direct_map: D,
         mmu: M,
@@ -248,6 +257,21 @@ impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> X86PageTable<A, D, M> 
         let mut n = 0;
         self.for_each_present(|_, _| n += 1);
         n
+    }
+}
+
+impl<'z, 'a, P: Platform, D: DirectMap + Clone, M: Mmu> X86PageTable<&'z Zones<'a, P, D>, D, M> {
+    /// A table whose pages come from `zones` and are reached through the
+    /// zones' own direct map (the pairing [`X86PageTable::new`] asks its
+    /// caller to promise, which booted zones keep by construction).
+    pub fn for_zones(
+        zones: &'z Zones<'a, P, D>,
+        mmu: M,
+        range: (VirtAddr, VirtAddr),
+    ) -> Result<Self, Error> {
+        // SAFETY: zones hand out frames of the machine their direct map
+        // maps (`Zones::new`'s contract).
+        unsafe { Self::new(zones, zones.direct_map().clone(), mmu, range) }
     }
 }
 

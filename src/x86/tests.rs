@@ -206,7 +206,10 @@ fn table<'a>(
     ram: &'a HostRam,
     mmu: &'a Recorder,
 ) -> X86PageTable<&'a HostRam, &'a HostRam, &'a Recorder> {
-    X86PageTable::new(ram, ram, mmu, (VirtAddr::new(FIRST), VirtAddr::new(LAST))).unwrap()
+    // SAFETY: `HostRam` is both the allocator and the direct map of its
+    // own frames.
+    unsafe { X86PageTable::new(ram, ram, mmu, (VirtAddr::new(FIRST), VirtAddr::new(LAST))) }
+        .unwrap()
 }
 
 const HIGH_FRAME: Pfn = Pfn::new(0x7_0000);

@@ -126,7 +126,17 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// [`Error::SizeTooLarge`] when `boot_mem` is smaller than
     /// [`Zones::metadata_bytes`], and the buddy's errors for a range it
     /// cannot describe (more than `u32::MAX - 1` frames in one zone).
-    pub fn new(
+    ///
+    /// # Safety
+    ///
+    /// The frames `memblock` leaves free belong to these zones alone for
+    /// their whole life (no other allocator, and no other `Zones`, hands
+    /// them out or uses them), and `direct_map` maps this machine's lowmem:
+    /// its `pfn_to_ptr(pfn)` reaches the frame these zones call `pfn`. The
+    /// zones hand those frames out as exclusively the caller's and zero
+    /// them through `direct_map`.
+    #[allow(unsafe_code)]
+    pub unsafe fn new(
         memblock: &Memblock,
         config: ZoneConfig,
         mut boot_mem: BootMem<'a>,

@@ -79,15 +79,20 @@ impl TestRam {
         (pfn.as_usize() < self.frames()).then(|| self.ptr.wrapping_add(pfn.as_usize() * PAGE_SIZE))
     }
 
-    /// Fills frame `pfn` with `byte`; `false` outside RAM. The caller must
-    /// own the frame (tests: a frame they allocated).
-    pub fn fill_frame(&self, pfn: Pfn, byte: u8) -> bool {
+    /// Fills frame `pfn` with `byte`; `false` outside RAM.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the frame (tests: a frame they allocated): nothing
+    /// else reads or writes it during the call.
+    #[allow(unsafe_code)]
+    pub unsafe fn fill_frame(&self, pfn: Pfn, byte: u8) -> bool {
         let Some(ptr) = self.frame_ptr(pfn) else {
             return false;
         };
         #[allow(unsafe_code)]
         // SAFETY: `ptr` starts a whole page inside the live allocation; the
-        // caller owns the frame, so nothing else accesses these bytes now.
+        // caller holds the frame, so nothing else accesses these bytes now.
         unsafe {
             ptr.write_bytes(byte, PAGE_SIZE)
         };
@@ -95,12 +100,18 @@ impl TestRam {
     }
 
     /// A copy of frame `pfn`'s bytes, `None` outside RAM.
-    pub fn frame_bytes(&self, pfn: Pfn) -> Option<Vec<u8>> {
+    ///
+    /// # Safety
+    ///
+    /// Nothing writes the frame during the call (tests: a frame they hold).
+    #[allow(unsafe_code)]
+    pub unsafe fn frame_bytes(&self, pfn: Pfn) -> Option<Vec<u8>> {
         let ptr = self.frame_ptr(pfn)?;
         let mut copy = std::vec![0u8; PAGE_SIZE];
         #[allow(unsafe_code)]
-        // SAFETY: `ptr` starts a whole page inside the live allocation,
-        // `copy` is a distinct buffer of PAGE_SIZE bytes.
+        // SAFETY: `ptr` starts a whole page inside the live allocation that
+        // nothing writes now (the caller's promise); `copy` is a distinct
+        // buffer of PAGE_SIZE bytes.
         unsafe {
             ptr.copy_to_nonoverlapping(copy.as_mut_ptr(), PAGE_SIZE)
         };
@@ -229,7 +240,9 @@ impl Platform for TestPlatform {
     }
     #[allow(unsafe_code)]
     unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
-        if self.ram.fill_frame(pfn, 0) {
+        // SAFETY: the zones call this only for a frame they are handing out
+        // (our caller's contract): nobody else touches it.
+        if unsafe { self.ram.fill_frame(pfn, 0) } {
             Ok(())
         } else {
             Err(Error::PfnOutOfRange { pfn })
@@ -336,12 +349,19 @@ impl TestMachine {
     /// Boots zones with `platform`.
     pub fn boot_with(&mut self, platform: TestPlatform) -> Result<TestZones<'_>, Error> {
         let direct_map = self.direct_map();
-        Zones::new(
-            &self.memblock,
-            self.config,
-            BootMem::new(&mut self.meta),
-            platform,
-            direct_map,
-        )
+        // SAFETY: the RAM is this machine's own allocation, and `&mut self`
+        // (borrowed by the zones returned, through the metadata buffer)
+        // lets only one set of zones over it live at a time; the direct map
+        // is this RAM's.
+        #[allow(unsafe_code)]
+        unsafe {
+            Zones::new(
+                &self.memblock,
+                self.config,
+                BootMem::new(&mut self.meta),
+                platform,
+                direct_map,
+            )
+        }
     }
 }

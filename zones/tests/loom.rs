@@ -83,13 +83,17 @@ fn boot(machine: &TestMachine) -> LoomZones {
     let platform = MigratingPlatform {
         calls: AtomicUsize::new(0),
     };
-    Zones::new(
-        memblock,
-        machine.config(),
-        BootMem::new(meta),
-        platform,
-        machine.direct_map(),
-    )
+    // SAFETY: each model boots one set of zones over its own machine's RAM,
+    // with that machine's direct map.
+    unsafe {
+        Zones::new(
+            memblock,
+            machine.config(),
+            BootMem::new(meta),
+            platform,
+            machine.direct_map(),
+        )
+    }
     .unwrap()
 }
 

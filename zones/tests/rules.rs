@@ -108,13 +108,17 @@ fn boot_memory_smaller_than_metadata_bytes_is_an_error() {
     let machine = TestMachine::i386_scaled(frames());
     let bytes = TestZones::metadata_bytes(machine.memblock(), &machine.config(), 2);
     let mut short = vec![std::mem::MaybeUninit::uninit(); bytes / 2];
-    let result = Zones::new(
-        machine.memblock(),
-        machine.config(),
-        BootMem::new(&mut short),
-        machine.platform(),
-        machine.direct_map(),
-    );
+    // SAFETY: the machine's RAM, its own direct map, and no other zones:
+    // the call fails before anything is handed out anyway.
+    let result = unsafe {
+        Zones::new(
+            machine.memblock(),
+            machine.config(),
+            BootMem::new(&mut short),
+            machine.platform(),
+            machine.direct_map(),
+        )
+    };
     assert!(matches!(result, Err(Error::SizeTooLarge { .. })));
 }
 
@@ -723,7 +727,8 @@ fn gfp_zero_zeroes_lowmem_through_the_direct_map_and_highmem_through_the_platfor
         let block = zones.alloc_pages(gfp, order(1)).unwrap();
         let pfn = block.pfn();
         for i in 0..2 {
-            assert!(ram.fill_frame(pfn.add(i), 0xaa));
+            // SAFETY: the test holds the block.
+            assert!(unsafe { ram.fill_frame(pfn.add(i), 0xaa) });
         }
         zones.__free_pages(block).unwrap();
         let again = zones.alloc_pages(gfp | __GFP_ZERO, order(1)).unwrap();
@@ -733,12 +738,16 @@ fn gfp_zero_zeroes_lowmem_through_the_direct_map_and_highmem_through_the_platfor
             "the per-CPU list hands back the hot block"
         );
         for i in 0..2 {
-            assert!(ram.frame_bytes(pfn.add(i)).unwrap().iter().all(|&b| b == 0));
+            // SAFETY: the test holds the block; nothing writes it.
+            let bytes = unsafe { ram.frame_bytes(pfn.add(i)) }.unwrap();
+            assert!(bytes.iter().all(|&b| b == 0));
         }
     }
     let addr = zones.get_zeroed_page(GFP_KERNEL).unwrap();
     let pfn = zones.virt_to_page(addr).unwrap();
-    assert!(ram.frame_bytes(pfn).unwrap().iter().all(|&b| b == 0));
+    // SAFETY: as above.
+    let bytes = unsafe { ram.frame_bytes(pfn) }.unwrap();
+    assert!(bytes.iter().all(|&b| b == 0));
 }
 
 #[test]
