@@ -89,10 +89,10 @@ fn memory_comes_back_after_threads_cross_free_through_kmalloc() {
 
     const SIZES: [usize; 7] = [8, 64, 100, 600, 1024, 3000, 9000];
     const THREADS: usize = 4;
-    let rounds = if cfg!(miri) { 4 } else { 200 };
+    let rounds = if cfg!(miri) { 2 } else { 200 };
 
     // Two owned CPUs plus the overflow CPU: four threads, so some share it.
-    let mm = MemoryManager::hosted(64 << 20, 2).unwrap();
+    let mm = MemoryManager::hosted(ram_bytes(), 2).unwrap();
     mm.kmem().shrink_all();
     mm.zones().drain_all_pages();
     let start = mm.zones().nr_free_pages();

@@ -396,7 +396,7 @@ impl<B: SlabBackend> Kmem<B> {
         };
         if let Some(slab) = discard {
             // SAFETY: unlinked above; ours alone.
-            self.discard(c, unsafe { slab.as_ref() });
+            unsafe { self.discard(c, slab) };
         }
         Ok(())
     }
@@ -451,16 +451,26 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Returns an unlinked slab's pages (and off-slab header): its owner
     /// words are cleared first, so the page allocator takes the pages back
-    /// and `kfree` of a stale pointer into them finds no slab.
-    pub(crate) fn discard(&self, c: &KmemCache, slab: &SlabHeader) {
-        let base = slab.base;
-        let header: *const SlabHeader = slab;
-        slab.release();
+    /// and `kfree` of a stale pointer into them finds no slab. Takes the
+    /// header by pointer: an on-slab header lies in the pages freed, so no
+    /// reference to it may live across the free.
+    ///
+    /// # Safety
+    ///
+    /// `slab` is a slab of `c` unlinked from its node: the caller's alone.
+    pub(crate) unsafe fn discard(&self, c: &KmemCache, slab: NonNull<SlabHeader>) {
+        let base = {
+            // SAFETY: the slab is the caller's alone and still live; the
+            // reference ends before its memory is freed.
+            let slab = unsafe { slab.as_ref() };
+            slab.release();
+            slab.base
+        };
         if let Some(pfn) = self.backend().ptr_to_pfn(base) {
             self.free_owned_block(pfn, c.geo.order);
         }
         if c.geo.off_slab {
-            self.kfree_internal(header.cast());
+            self.kfree_internal(slab.as_ptr().cast_const().cast());
         }
     }
 
@@ -469,7 +479,7 @@ impl<B: SlabBackend> Kmem<B> {
         let mut pages = 0;
         for slab in discards.slabs.into_iter().flatten() {
             // SAFETY: the flush unlinked the slab from its node; ours alone.
-            self.discard(c, unsafe { slab.as_ref() });
+            unsafe { self.discard(c, slab) };
             pages += c.geo.pages();
         }
         pages
@@ -530,7 +540,7 @@ impl<B: SlabBackend> Kmem<B> {
                 p
             };
             // SAFETY: unlinked above; ours alone.
-            self.discard(c, unsafe { slab.as_ref() });
+            unsafe { self.discard(c, slab) };
             pages += c.geo.pages();
         }
         pages

@@ -417,7 +417,7 @@ impl<B: SlabBackend> Kmem<B> {
                 p
             };
             // SAFETY: unlinked above; ours alone.
-            self.discard(c, unsafe { slab.as_ref() });
+            unsafe { self.discard(c, slab) };
         }
         let (pfn, order) = c.desc;
         self.free_owned_block(pfn, order);

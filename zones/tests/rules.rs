@@ -46,24 +46,28 @@ fn exhaust(zones: &TestZones<'_>, gfp: GfpFlags) -> Vec<Pages> {
 
 /// Everything observable about the allocator's state: per-zone counters
 /// and each descriptor's (tag, PG_pcp, PG_owned, refcount).
-fn fingerprint(zones: &TestZones<'_>, machine_frames: usize) -> Vec<String> {
-    let mut state: Vec<String> = zones
-        .zone_stats()
-        .iter()
-        .map(|s| format!("{s:?}"))
-        .collect();
+fn fingerprint(zones: &TestZones<'_>, machine_frames: usize) -> Fingerprint {
     // Page 0 is a hole outside mem_map.
-    for page in (0..machine_frames).filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn))) {
-        state.push(format!(
-            "{:?} {} {} {}",
-            page.tag(),
-            page.is_pcp(),
-            page.is_owned(),
-            page.page_count()
-        ));
-    }
-    state
+    let pages = (0..machine_frames)
+        .filter_map(|pfn| zones.pfn_to_page(Pfn::new(pfn)))
+        .map(|page| {
+            (
+                page.tag(),
+                page.is_pcp(),
+                page.is_owned(),
+                page.page_count(),
+            )
+        })
+        .collect();
+    (zones.zone_stats(), pages)
 }
+
+/// Per-zone counters, and each descriptor's (tag, PG_pcp, PG_owned,
+/// refcount).
+type Fingerprint = (
+    [Option<kmm_zones::report::ZoneStats>; MAX_NR_ZONES],
+    Vec<(FrameTag, bool, bool, u32)>,
+);
 
 #[test]
 fn boot_releases_free_ranges_and_computes_watermarks_and_reserves() {
