@@ -1,11 +1,44 @@
 //! kmm: a kernel memory manager in the Linux mould, composed.
 //!
-//! This crate owns what ties the layers to a machine: the [`MemoryManager`]
-//! that boots the zones from a physical memory map and the slab layer over
-//! them (kmalloc, `kmem_cache_*`, and the [`global`] allocator adaptor), the virtual [`layout`]
-//! (where lowmem, vmalloc, pkmap and the fixmap lie, and where the zones
-//! end), the PC memory map ([`e820`]), and the 32-bit [`x86`] kernel page
-//! table. Behind features:
+//! Boot a machine from its physical memory map, then allocate the way a
+//! kernel does, by the Linux names:
+//!
+//! ```
+//! # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
+//! use kmm::{MemoryManager, Order, GFP_KERNEL, GFP_ATOMIC};
+//!
+//! // 16 MiB of RAM, 2 CPUs (the hosted preset; a kernel calls
+//! // `MemoryManager::boot` with its own memory map, platform and direct map).
+//! let mm = MemoryManager::hosted(16 << 20, 2)?;
+//!
+//! let block = mm.alloc_pages(GFP_KERNEL, Order::new(2)?)?; // 4 frames, a handle
+//! let inode = mm.kzalloc(600, GFP_ATOMIC)?;                // kmalloc-1k, zeroed
+//! // SAFETY: we hold `inode` (and nothing else uses it).
+//! assert_eq!(unsafe { mm.ksize(inode.as_ptr()) }?, 1024);
+//!
+//! mm.__free_pages(block)?;                 // the handle moves into the free
+//! // SAFETY: we hold `inode` and give it up.
+//! unsafe { mm.kfree(inode.as_ptr()) }?;
+//! mm.check()?;                              // every layer's invariants
+//! # }
+//! # Ok::<(), kmm::Error>(())
+//! ```
+//!
+//! The [`MemoryManager`] is the front door: the page allocator
+//! (`alloc_pages`, `__get_free_pages`, `virt_to_page`, `si_meminfo`, ...),
+//! the slab layer (`kmalloc`, `kmem_cache_*`, ...), the reports
+//! (`/proc/meminfo`, `/proc/vmstat`, `/proc/slabinfo`, ...), the checkers
+//! and the runtime tuning of `/proc/sys/vm`, all returning one [`Error`].
+//! The layer crates stay usable alone and are re-exported here ([`api`],
+//! [`zones`], [`slab`]) with the types an embedder names, so this one
+//! dependency suffices.
+//!
+//! This crate owns what ties the layers to a machine: the manager that
+//! boots the zones from a physical memory map and the slab layer over them
+//! (and the [`global`] allocator adaptor), the virtual [`layout`] (where
+//! lowmem, vmalloc, pkmap and the fixmap lie, and where the zones end), the
+//! PC memory map ([`e820`]), and the 32-bit [`x86`] kernel page table.
+//! Behind features:
 //!
 //! | feature | module | what |
 //! |---|---|---|
@@ -17,7 +50,7 @@
 //! metadata lives in the machine's own lowmem, reserved in memblock before
 //! the zones release the rest; a kernel page table maps each virtual page at
 //! most once, only inside the range its layout gives it, and reaches its
-//! page-table pages only through the [`kmm_api::DirectMap`].
+//! page-table pages only through the [`DirectMap`].
 //!
 //! Costs: layout queries O(1); boot O(frames) (descriptor initialisation)
 //! plus the kmalloc caches' descriptors; kmalloc and kfree as `kmm-slab`
@@ -27,37 +60,29 @@
 //!
 //! Never: allocate from a global heap without `std`, hold a singleton, or
 //! touch a frame outside the direct map without a mapping.
-//!
-//! ```
-//! # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
-//! use kmm::MemoryManager;
-//! use kmm_api::{Order, GFP_KERNEL};
-//! let mm = MemoryManager::hosted(16 << 20, 2)?;
-//! let page = mm.zones().__get_free_pages(GFP_KERNEL, Order::ZERO)?;
-//! // SAFETY: we hold the page `__get_free_pages` returned and give it up.
-//! unsafe { mm.zones().free_pages(page, Order::ZERO)? };
-//! print!("{}", mm.zones().meminfo());
-//! # }
-//! # Ok::<(), kmm_api::Error>(())
-//! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 
 #[cfg(feature = "std")]
 pub mod cpu;
 pub mod e820;
+mod error;
 pub mod global;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub mod hosted;
+mod kmalloc;
 pub mod layout;
 mod mm;
+mod page;
+mod report;
 #[cfg(feature = "sim")]
 pub mod sim;
-mod slab;
+mod slab_pages;
 #[cfg(feature = "std")]
 pub mod workload;
 pub mod x86;
 
+pub use error::{CheckReport, Error};
 pub use global::GlobalKmalloc;
 pub use layout::Layout;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
@@ -65,7 +90,26 @@ pub use mm::HostedMemoryManager;
 #[cfg(feature = "sim")]
 pub use mm::SimMemoryManager;
 pub use mm::{BootMetadata, MemoryManager};
-pub use slab::SlabPages;
+pub use page::SysInfo;
+pub use slab_pages::SlabPages;
+
+/// The layer crates, for their full APIs.
+pub use {kmm_api as api, kmm_slab as slab, kmm_zones as zones};
+
+// The types an embedder names, so `kmm` is the one dependency it needs.
+pub use kmm_api::{
+    get_order, DirectMap, FrameAllocator, GfpFlags, KernelPageTable, MemoryRegion, Order,
+    PageOwner, PageProt, Pages, Pfn, PhysAddr, Platform, PreemptControl, RegionKind, Shrinker,
+    TlbFlush, VirtAddr, __GFP_COMP, __GFP_DMA, __GFP_DMA32, __GFP_HIGH, __GFP_HIGHMEM,
+    __GFP_NOFAIL, __GFP_NORETRY, __GFP_NOWARN, __GFP_RETRY_MAYFAIL, __GFP_ZERO, GFP_ATOMIC,
+    GFP_DMA, GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL, GFP_NOFS, GFP_NOIO, GFP_NOWAIT, GFP_USER,
+    MAX_PAGE_ORDER, PAGE_SHIFT, PAGE_SIZE,
+};
+pub use kmm_slab::{
+    CacheId, CacheInfo, CacheStats, Ctor, KmallocGlobal, ObjectOwner, SlabError, SlabFlags,
+    KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, KMALLOC_MIN_SIZE, ZERO_SIZE_PTR,
+};
+pub use kmm_zones::{Invariant, Page, SplitPages, ZoneType};
 
 /// The README's code, compiled as doctests so it cannot drift from the API.
 #[cfg(doctest)]

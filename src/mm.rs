@@ -28,7 +28,7 @@
 //! allocation and no static array is sized for the machine.
 
 use crate::layout::Layout;
-use crate::slab::SlabPages;
+use crate::slab_pages::SlabPages;
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of, MaybeUninit};
 use core::ptr::{self, addr_of, addr_of_mut, NonNull};

@@ -45,7 +45,10 @@ on_both_presets! {
 fn kmalloc_100_uses_kmalloc_128<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
     let p = mm.kmalloc(100, GFP_KERNEL).unwrap();
     // SAFETY: this test holds the object at `p`.
-    let cache = unsafe { mm.kmem().kmem_cache_of(p.as_ptr()) }.unwrap();
+    let cache = unsafe { mm.kmem_cache_of(p.as_ptr()) }
+        .unwrap()
+        .cache()
+        .unwrap();
     let info = mm.kmem().kmem_cache_info(cache).unwrap();
     assert_eq!(info.name, "kmalloc-128");
     // SAFETY: as above.
@@ -65,13 +68,19 @@ fn foreign_and_double_frees_are_refused<P: PreemptControl, D: DirectMap>(mm: &Me
     let on_stack = 0u64;
     // SAFETY: see above: the variable is this test's own.
     let stack_free = unsafe { mm.kfree(core::ptr::from_ref(&on_stack).cast()) };
-    assert!(matches!(stack_free, Err(SlabError::InvalidPointer { .. })));
+    assert!(matches!(
+        stack_free,
+        Err(kmm::Error::Slab(SlabError::InvalidPointer { .. }))
+    ));
     let page = mm.get_free_page(GFP_KERNEL).unwrap();
     let page_ptr = mm.zones().direct_map().virt_to_ptr(page);
     // SAFETY: see above: this test holds the page.
     let page_free = unsafe { mm.kfree(page_ptr) };
     assert!(
-        matches!(page_free, Err(SlabError::InvalidPointer { .. })),
+        matches!(
+            page_free,
+            Err(kmm::Error::Slab(SlabError::InvalidPointer { .. }))
+        ),
         "a page from the page allocator is not kmalloc's"
     );
     // SAFETY: this test holds the page `get_free_page` returned and gives
@@ -81,13 +90,19 @@ fn foreign_and_double_frees_are_refused<P: PreemptControl, D: DirectMap>(mm: &Me
     let p = mm.kmalloc(64, GFP_KERNEL).unwrap();
     // SAFETY: see above: this test holds the object `p` points into.
     let inside = unsafe { mm.kfree(p.as_ptr().wrapping_add(8)) };
-    assert!(matches!(inside, Err(SlabError::NotObjectStart { .. })));
+    assert!(matches!(
+        inside,
+        Err(kmm::Error::Slab(SlabError::NotObjectStart { .. }))
+    ));
     // SAFETY: this test holds the object at `p` and gives it up.
     unsafe { mm.kfree(p.as_ptr()) }.unwrap();
     // SAFETY: see above: nobody holds the object at `p` any more, and no
     // other thread allocates from this manager meanwhile.
     let double = unsafe { mm.kfree(p.as_ptr()) };
-    assert!(matches!(double, Err(SlabError::DoubleFree { .. })));
+    assert!(matches!(
+        double,
+        Err(kmm::Error::Slab(SlabError::DoubleFree { .. }))
+    ));
     mm.zones().check().unwrap();
     mm.kmem().check_invariants().unwrap();
 }

@@ -118,10 +118,10 @@ fn the_seed_example_is_served_by_kmalloc_128_in_lowmem_after_the_zone_workload()
     assert!(s.kmalloc_addr.as_usize() >= mm.layout().page_offset().as_usize());
     assert!(matches!(
         s.double_free,
-        Some(kmm_slab::SlabError::DoubleFree {
+        Some(kmm::Error::Slab(kmm_slab::SlabError::DoubleFree {
             cache: "kmalloc-128",
             ..
-        })
+        }))
     ));
     let line = s
         .slabinfo

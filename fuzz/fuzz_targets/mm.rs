@@ -397,7 +397,8 @@ fn step(m: &Machine, other: &Machine, model: &mut Model, op: &Op) {
             let ok = unsafe { mm.kmem_cache_free(id, p) }.is_ok();
             // SAFETY: the fuzzer's own object, still held if the free was
             // refused (another cache's object).
-            let of_this_cache = own.is_some() && unsafe { mm.kmem().kmem_cache_of(p) } == Ok(id);
+            let of_this_cache = own.is_some()
+                && unsafe { mm.kmem().kmem_cache_of(p) } == Ok(kmm_slab::ObjectOwner::Cache(id));
             match own {
                 Some(i) if of_this_cache => {
                     assert!(ok);

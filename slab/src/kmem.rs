@@ -81,6 +81,29 @@ pub struct CacheId {
     generation: u32,
 }
 
+/// What owns an allocation (see [`Kmem::kmem_cache_of`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ObjectOwner {
+    /// An object of this cache (a kmalloc class or a `kmem_cache_create`d one).
+    Cache(CacheId),
+    /// A large kmalloc: a page block of this order, straight from the page
+    /// allocator.
+    Large {
+        /// The block's order.
+        order: kmm_api::Order,
+    },
+}
+
+impl ObjectOwner {
+    /// The cache, for a slab object.
+    pub fn cache(self) -> Option<CacheId> {
+        match self {
+            ObjectOwner::Cache(id) => Some(id),
+            ObjectOwner::Large { .. } => None,
+        }
+    }
+}
+
 /// The slab allocator: object caches and the kmalloc family over a page
 /// source `B`. See the crate documentation for the mechanism.
 ///
@@ -610,16 +633,20 @@ impl<B: SlabBackend> Kmem<B> {
         }
     }
 
-    /// The handle of the cache owning `p`.
+    /// What owns the allocation at `p` (Linux `virt_to_cache`, which
+    /// answers NULL for a large kmalloc; here that case names its order):
+    /// the cache of a slab object, or the page block of a large kmalloc.
+    /// A pointer no slab or large kmalloc owns is
+    /// [`SlabError::InvalidPointer`].
     ///
     /// # Safety
     ///
     /// As for [`Kmem::kfree`] (`p` is not given up here).
-    pub unsafe fn kmem_cache_of(&self, p: *const u8) -> Result<CacheId, SlabError> {
+    pub unsafe fn kmem_cache_of(&self, p: *const u8) -> Result<ObjectOwner, SlabError> {
         // SAFETY: forwarded from our caller.
         match unsafe { self.find(p) }? {
-            Owned::Slab { cache, .. } => Ok(self.id_of(cache.index)),
-            Owned::Large { .. } => Err(SlabError::InvalidPointer { addr: self.virt(p) }),
+            Owned::Slab { cache, .. } => Ok(ObjectOwner::Cache(self.id_of(cache.index))),
+            Owned::Large { order, .. } => Ok(ObjectOwner::Large { order }),
         }
     }
 }

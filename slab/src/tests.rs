@@ -88,7 +88,7 @@ impl<'m> SoleUser<'m> {
         unsafe { self.kmem.ksize(p) }
     }
 
-    pub(crate) fn kmem_cache_of(&self, p: *const u8) -> Result<CacheId, SlabError> {
+    pub(crate) fn kmem_cache_of(&self, p: *const u8) -> Result<ObjectOwner, SlabError> {
         // SAFETY: the `SoleUser` contract, as for `ksize`.
         unsafe { self.kmem.kmem_cache_of(p) }
     }
@@ -123,7 +123,7 @@ fn shared_kmem(m: &HostMachine) -> Kmem<&HostMachine> {
 }
 
 fn class_of(k: &SoleUser<'_>, p: NonNull<u8>) -> &'static str {
-    let id = k.kmem_cache_of(p.as_ptr()).unwrap();
+    let id = k.kmem_cache_of(p.as_ptr()).unwrap().cache().unwrap();
     k.kmem_cache_info(id).unwrap().name
 }
 
@@ -760,7 +760,7 @@ fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
     let k = kmem(&m);
     let p = k.kmalloc(5000, GFP_KERNEL).unwrap();
     assert!(
-        k.kmem_cache_info(k.kmem_cache_of(p.as_ptr()).unwrap())
+        k.kmem_cache_info(k.kmem_cache_of(p.as_ptr()).unwrap().cache().unwrap())
             .unwrap()
             .off_slab
     );

@@ -5,9 +5,8 @@
 //! the slab page, by shrinking), so the zones end as they began; never
 //! reaches into the slab layer's internals.
 
-use crate::MemoryManager;
-use kmm_api::{DirectMap, Error, Pfn, PreemptControl, VirtAddr, GFP_KERNEL};
-use kmm_slab::SlabError;
+use crate::{Error, MemoryManager};
+use kmm_api::{DirectMap, Pfn, PreemptControl, VirtAddr, GFP_KERNEL};
 use kmm_zones::ZoneType;
 use std::string::{String, ToString};
 
@@ -35,7 +34,7 @@ pub struct SeedExample {
     /// Its zone.
     pub page_zone: ZoneType,
     /// The refusal of a second `kfree` of the object.
-    pub double_free: Option<SlabError>,
+    pub double_free: Option<Error>,
     /// `/proc/slabinfo` while the object was live.
     pub slabinfo: String,
     /// Free pages before the example and after it gave everything back,
@@ -43,18 +42,20 @@ pub struct SeedExample {
     pub free_before_after: (usize, usize),
 }
 
-/// Runs the example on `mm`; see the module documentation. Page
-/// allocator errors arrive as [`SlabError::Page`].
+/// Runs the example on `mm`; see the module documentation.
 pub fn seed_example<P: PreemptControl, D: DirectMap>(
     mm: &MemoryManager<P, D>,
-) -> Result<SeedExample, SlabError> {
+) -> Result<SeedExample, Error> {
     let zones = mm.zones();
     zones.drain_all_pages();
     let free_before = zones.nr_free_pages();
     let obj = mm.kmalloc(100, GFP_KERNEL)?;
     let kmalloc_addr = zones.direct_map().ptr_to_virt(obj.as_ptr());
     // SAFETY: we hold `obj` (until the `kfree` below).
-    let cache = unsafe { mm.kmem().kmem_cache_of(obj.as_ptr()) }?;
+    let owner = unsafe { mm.kmem_cache_of(obj.as_ptr()) }?;
+    let cache = owner
+        .cache()
+        .ok_or(kmm_slab::SlabError::InvalidPointer { addr: kmalloc_addr })?;
     let info = mm.kmem().kmem_cache_info(cache)?;
     // SAFETY: as above.
     let ksize = unsafe { mm.ksize(obj.as_ptr()) }?;
@@ -64,7 +65,11 @@ pub fn seed_example<P: PreemptControl, D: DirectMap>(
     let slabinfo = mm.slabinfo().to_string();
     let page_addr = mm.get_free_page(GFP_KERNEL)?;
     let page_pfn = zones.virt_to_page(page_addr)?;
-    let zone_of = |pfn| zones.page_zone(pfn).ok_or(Error::PfnOutOfRange { pfn });
+    let zone_of = |pfn| {
+        zones
+            .page_zone(pfn)
+            .ok_or(kmm_api::Error::PfnOutOfRange { pfn })
+    };
     let (slab_zone, page_zone) = (zone_of(slab_pfn)?, zone_of(page_pfn)?);
     // SAFETY: we hold the page and the object and give them up; the second
     // `kfree` passes a pointer nobody holds, which no other thread can
