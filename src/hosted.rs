@@ -93,7 +93,10 @@ impl Hosted {
     /// [`crate::cpu`]): `Platform::nr_cpus` reports `nr_cpus + 1`.
     pub fn new(ram_bytes: usize, nr_cpus: usize) -> Result<Hosted, Error> {
         if nr_cpus == 0 || nr_cpus > NR_CPUS {
-            return Err(Error::SizeTooLarge { bytes: nr_cpus });
+            return Err(Error::BadCpuCount {
+                nr_cpus,
+                max: NR_CPUS,
+            });
         }
         let ram_bytes = ram_bytes & !(PAGE_SIZE - 1);
         let buffer = Buffer::new(ram_bytes)?;
@@ -225,9 +228,19 @@ mod tests {
     }
 
     #[test]
-    fn bad_cpu_counts_are_refused() {
-        assert!(Hosted::new(PAGE_SIZE, 0).is_err());
-        assert!(Hosted::new(PAGE_SIZE, NR_CPUS + 1).is_err());
+    fn bad_cpu_counts_are_refused_by_name() {
+        for nr_cpus in [0, NR_CPUS + 1] {
+            let refused = Hosted::new(PAGE_SIZE, nr_cpus).err();
+            let expected = Error::BadCpuCount {
+                nr_cpus,
+                max: NR_CPUS,
+            };
+            assert_eq!(refused, Some(expected));
+            assert_eq!(
+                expected.to_string(),
+                std::format!("{nr_cpus} CPUs: from 1 to {NR_CPUS} are supported")
+            );
+        }
         assert!(Hosted::new(0, 1).is_err());
     }
 }

@@ -120,6 +120,14 @@ pub enum Error {
     /// Every allocator identity has been handed out (2^32 - 1 allocators
     /// made in this process); identities are never reused.
     IdsExhausted,
+    /// A CPU count the structures cannot be sized for: none, more than
+    /// the platform supports, or so many that per-CPU arrays overflow.
+    BadCpuCount {
+        /// The CPU count given.
+        nr_cpus: usize,
+        /// The most allowed, where there is a fixed limit (else `usize::MAX`).
+        max: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -167,6 +175,15 @@ impl fmt::Display for Error {
                 "{pfn} is held by a layer (its owner word is set); only that layer may free it"
             ),
             Error::IdsExhausted => f.write_str("no allocator identity is left to hand out"),
+            Error::BadCpuCount { nr_cpus, max } if max == usize::MAX => {
+                write!(
+                    f,
+                    "{nr_cpus} CPUs: per-CPU structures cannot be sized for so many"
+                )
+            }
+            Error::BadCpuCount { nr_cpus, max } => {
+                write!(f, "{nr_cpus} CPUs: from 1 to {max} are supported")
+            }
         }
     }
 }

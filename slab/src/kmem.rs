@@ -322,8 +322,9 @@ impl<B: SlabBackend> Kmem<B> {
             e
         };
         let arrays_at = size_of::<KmemCache>().next_multiple_of(64);
-        let too_many_cpus = SlabError::Page(kmm_api::Error::SizeTooLarge {
-            bytes: self.nr_cpus,
+        let too_many_cpus = SlabError::Page(kmm_api::Error::BadCpuCount {
+            nr_cpus: self.nr_cpus,
+            max: usize::MAX,
         });
         let bytes = self
             .nr_cpus

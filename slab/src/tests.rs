@@ -1364,7 +1364,7 @@ fn an_absurd_cpu_count_is_an_error_not_an_overflow() {
         let platform = LocalOnly { host: &m, nr_cpus };
         let made = Kmem::new(platform, KmemConfig::default());
         assert!(
-            matches!(made, Err(SlabError::Page(_))),
+            matches!(made, Err(SlabError::Page(kmm_api::Error::BadCpuCount { nr_cpus: n, .. })) if n == nr_cpus),
             "{nr_cpus} CPUs: {:?}",
             made.err()
         );

@@ -159,9 +159,10 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         let populated = present.iter().filter(|&&p| p > 0).count();
         // A CPU count whose lists cannot even be counted is refused, as a
         // count too large for `boot_mem` is.
-        let lists = populated
-            .checked_mul(nr_cpus)
-            .ok_or(Error::SizeTooLarge { bytes: usize::MAX })?;
+        let lists = populated.checked_mul(nr_cpus).ok_or(Error::BadCpuCount {
+            nr_cpus,
+            max: usize::MAX,
+        })?;
         let mut pcp: &'a [PerCpuPages] = boot_mem.carve(lists, |_| PerCpuPages::new())?;
 
         let mut buddies: [Option<Buddy<ZoneMeta<'a>>>; MAX_NR_ZONES] = [None, None, None, None];
