@@ -13,6 +13,7 @@
 //! | | 8..10 | zone index (fixed at boot) |
 //! | | 16 | `PG_pcp`: head of a block on a per-CPU list |
 //! | | 17 | `PG_owned`: a layer claims the frame (its owner word is not `NONE`) |
+//! | | 18 | `PG_freed`: freed as a block's head since it was last handed out (a second free is a double free; a free of a frame never handed out is not) |
 //! | `refcount` | 32 | 1 while a caller holds the block (head, or each page after `split_page`), else 0 |
 //! | `word` | 64 | free block: buddy links (`prev << 32 \| next`); on a per-CPU list: next index; allocated: the owner word |
 //!
@@ -51,6 +52,10 @@ const PG_PCP: u32 = 1 << 16;
 /// A layer claims the frame through its owner word (kmm's own flag; Linux
 /// reads the same fact off `PG_slab` and friends).
 const PG_OWNED: u32 = 1 << 17;
+/// The frame headed a block that was freed, and has not been handed out
+/// since (kmm's own flag: it tells a double free from a free of a frame
+/// nobody was ever given).
+const PG_FREED: u32 = 1 << 18;
 
 /// The "no next" value of a per-CPU list link.
 pub(crate) const NIL: u32 = u32::MAX;
@@ -114,6 +119,13 @@ impl Page {
         self.refcount.load(Relaxed)
     }
 
+    /// Whether the frame headed a block that was freed and has not been
+    /// handed out since.
+    #[inline]
+    pub(crate) fn was_freed(&self) -> bool {
+        self.flags.load(Relaxed) & PG_FREED != 0
+    }
+
     /// Whether a caller holds this frame as the head of a block.
     #[inline]
     pub(crate) fn is_held(&self) -> bool {
@@ -149,18 +161,29 @@ impl Page {
     /// see it on the free frame).
     #[inline]
     pub(crate) fn set_held(&self) {
-        self.set_owner_word(kmm_api::OwnerWord::NONE);
+        self.word
+            .store(kmm_api::OwnerWord::NONE.to_bits() as u64, Relaxed);
+        // One store clears both: no claim, and not freed since handed out.
+        let flags = self.flags.load(Relaxed);
+        self.flags.store(flags & !(PG_OWNED | PG_FREED), Relaxed);
         self.refcount.store(1, Relaxed);
     }
 
     /// Takes the block back from its caller: refcount 1 → 0 atomically, so
-    /// of two frees racing on two CPUs exactly one succeeds. `false` if
-    /// nobody held it.
+    /// of two frees racing on two CPUs exactly one succeeds, and the winner
+    /// marks the frame `PG_freed`. `false` if nobody held it.
     #[inline]
     pub(crate) fn try_release(&self) -> bool {
-        self.refcount
+        let won = self
+            .refcount
             .compare_exchange(1, 0, Relaxed, Relaxed)
-            .is_ok()
+            .is_ok();
+        if won {
+            // The winner alone owns the frame now (its domain: module
+            // documentation), so a load and a store suffice.
+            self.set_flag(PG_FREED, true);
+        }
+        won
     }
 
     /// Sets the refcount: 0 when the block leaves its caller, 1 for each

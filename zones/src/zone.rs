@@ -279,7 +279,11 @@ impl<'a> Zone<'a> {
         let being_freed = head == Some(idx)
             && matches!(self.pages[idx].tag(), FrameTag::Allocated(_))
             && !self.pages[idx].is_held();
-        if on_pcp || being_freed || buddy.is_free(pfn) {
+        // A free frame is a double free only if it was freed as a block's
+        // head since it was last handed out; a frame nobody was ever given
+        // (or only inside a larger block) was never allocated.
+        let freed_before = buddy.is_free(pfn) && self.pages[idx].was_freed();
+        if on_pcp || being_freed || freed_before {
             Error::DoubleFree { pfn }
         } else {
             Error::NotAllocated { pfn }
