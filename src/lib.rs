@@ -91,6 +91,7 @@ pub use mm::HostedMemoryManager;
 pub use mm::SimMemoryManager;
 pub use mm::{BootMetadata, MemoryManager};
 pub use page::SysInfo;
+pub use report::{BuddyInfo, ZoneInfo};
 pub use slab_pages::SlabPages;
 
 /// The layer crates, for their full APIs.

@@ -116,21 +116,78 @@ enum Target {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Kmalloc { size: u16, dma: bool, zero: bool },
-    KmallocLarge { pages: u8 },
-    Kfree { target: Target },
-    Ksize { target: Target },
-    Krealloc { target: Target, size: u16 },
-    CacheCreate { size: u64, align: u8, flags: u8 },
-    CacheAlloc { which: u8, foreign: bool },
-    CacheFree { which: u8, target: Target },
-    CacheDestroy { which: u8 },
-    AllocPages { order: u8, highmem: bool },
-    FreePages { which: u16 },
-    RawFreePages { target: Target, order: u8 },
+    Kmalloc {
+        size: u16,
+        dma: bool,
+        zero: bool,
+    },
+    KmallocLarge {
+        pages: u8,
+    },
+    Kfree {
+        target: Target,
+    },
+    Ksize {
+        target: Target,
+    },
+    Krealloc {
+        target: Target,
+        size: u16,
+    },
+    CacheCreate {
+        size: u64,
+        align: u8,
+        flags: u8,
+    },
+    CacheAlloc {
+        which: u8,
+        foreign: bool,
+    },
+    CacheFree {
+        which: u8,
+        target: Target,
+    },
+    CacheDestroy {
+        which: u8,
+    },
+    AllocPages {
+        order: u8,
+        highmem: bool,
+    },
+    FreePages {
+        which: u16,
+    },
+    RawFreePages {
+        target: Target,
+        order: u8,
+    },
+    KfreeSensitive {
+        target: Target,
+    },
+    Kstrndup {
+        len: u8,
+        nul_at: u8,
+        max: u8,
+    },
+    KreallocArray {
+        target: Target,
+        n: u32,
+        size: u32,
+    },
+    CacheAllocBulk {
+        which: u8,
+        count: u8,
+    },
+    CacheFreeBulk {
+        which: u8,
+        count: u8,
+        stranger: Option<Target>,
+    },
     FlushAll,
     ShrinkAll,
     DrainAllPages,
+    DropCaches,
+    Check,
 }
 
 /// An object the fuzzer holds, with the byte it is filled with.
@@ -474,6 +531,130 @@ fn step(m: &Machine, other: &Machine, model: &mut Model, op: &Op) {
                 "a raw free of {pfn} ({target:?}) was accepted"
             );
         }
+        Op::KfreeSensitive { ref target } => free_any(m, other, model, target, |p| {
+            // SAFETY: as for `Kfree`.
+            unsafe { mm.kfree_sensitive(p) }.is_ok()
+        }),
+        Op::Kstrndup { len, nul_at, max } => {
+            let mut src = vec![b'k'; usize::from(len)];
+            if let Some(b) = src.get_mut(usize::from(nul_at)) {
+                *b = 0;
+            }
+            let want = src
+                .iter()
+                .take(usize::from(max))
+                .take_while(|&&b| b != 0)
+                .count();
+            if let Ok(p) = mm.kstrndup(&src, usize::from(max), GFP_KERNEL) {
+                // SAFETY: `p` holds `want + 1` bytes, the fuzzer's now.
+                let copy = unsafe { std::slice::from_raw_parts(p.as_ptr(), want + 1) };
+                assert!(copy[..want].iter().all(|&b| b == b'k') && copy[want] == 0);
+                model.hold(p.as_ptr(), want + 1);
+            }
+        }
+        Op::KreallocArray {
+            ref target,
+            n,
+            size,
+        } => {
+            let Some(p) = address(m, other, model, target) else {
+                return;
+            };
+            let own = model.live_at(p);
+            let (n, size) = (n as usize, size as usize);
+            let bytes = n.checked_mul(size);
+            // SAFETY: as for `Krealloc`.
+            let result = unsafe { mm.krealloc_array(p, n, size, GFP_KERNEL) };
+            match (own, bytes, result) {
+                (_, None, r) => assert!(r.is_err(), "an overflowing array was allocated"),
+                (Some(i), Some(bytes), Ok(q)) => {
+                    let old = model.live.swap_remove(i);
+                    if bytes == 0 || q.as_ptr() != old.p {
+                        model.freed.push(old.p);
+                    }
+                    if bytes > 0 {
+                        model.hold(q.as_ptr(), bytes);
+                    }
+                }
+                (None, Some(bytes), Ok(q))
+                    if p.is_null() || p == kmm_slab::ZERO_SIZE_PTR.as_ptr().cast_const() =>
+                {
+                    if bytes > 0 {
+                        model.hold(q.as_ptr(), bytes);
+                    }
+                }
+                (None, _, Ok(_)) => panic!("krealloc_array of {p:?} ({target:?}) was accepted"),
+                (_, _, Err(_)) => {}
+            }
+            release_foreign(other);
+        }
+        Op::CacheAllocBulk { which, count } => {
+            let Some(&id) = model
+                .caches
+                .get(usize::from(which) % model.caches.len().max(1))
+            else {
+                return;
+            };
+            let mut objects = vec![std::ptr::null_mut(); usize::from(count % 64)];
+            if mm
+                .kmem_cache_alloc_bulk(id, GFP_KERNEL, &mut objects)
+                .is_ok()
+            {
+                let size = mm.kmem().kmem_cache_info(id).unwrap().object_size;
+                for p in objects {
+                    model.hold(p, size);
+                }
+            } else {
+                assert!(
+                    objects.iter().all(|p| p.is_null()),
+                    "a failed bulk kept objects"
+                );
+            }
+        }
+        Op::CacheFreeBulk {
+            which,
+            count,
+            ref stranger,
+        } => {
+            let Some(&id) = model
+                .caches
+                .get(usize::from(which) % model.caches.len().max(1))
+            else {
+                return;
+            };
+            // Up to `count` of the fuzzer's objects of this cache, and maybe
+            // one pointer it does not hold, which must be refused alone.
+            let mut mine = Vec::new();
+            for l in &model.live {
+                // SAFETY: the fuzzer's own object; nothing is given up.
+                let of_this =
+                    unsafe { mm.kmem().kmem_cache_of(l.p) } == Ok(kmm_slab::ObjectOwner::Cache(id));
+                if of_this && mine.len() < usize::from(count % 32) {
+                    mine.push(l.p);
+                }
+            }
+            let mut objects = mine.clone();
+            let odd = stranger
+                .as_ref()
+                .and_then(|t| address(m, other, model, t))
+                .filter(|&p| model.live_at(p).is_none() && !p.is_null());
+            if let Some(p) = odd {
+                objects.insert(objects.len() / 2, p.cast_mut());
+            }
+            // SAFETY: the fuzzer gives up `mine`; the stranger is memory it
+            // does not hold, refused without being touched.
+            let freed = unsafe { mm.kmem_cache_free_bulk(id, &objects) };
+            assert_eq!(freed.is_err(), odd.is_some(), "bulk free of {objects:?}");
+            for p in mine {
+                let i = model.live_at(p).unwrap();
+                model.freed.push(model.live.swap_remove(i).p);
+            }
+            release_foreign(other);
+        }
+        Op::DropCaches => {
+            mm.drop_caches();
+        }
+        Op::Check => mm.check().expect("every layer's invariants"),
         Op::FlushAll => assert_eq!(mm.kmem().flush_all(), 0),
         Op::ShrinkAll => {
             mm.kmem().shrink_all();
