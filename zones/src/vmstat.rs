@@ -8,7 +8,7 @@
 //! |---|---|---|
 //! | `pgalloc_<zone>`, `pgfree`, orders `0..NR_PCP_ORDERS` | the zone's `PerCpuPages::listed` of the CPU | the holder of that list set's lock |
 //! | the same, larger orders | the zone's `PerCpuPages::direct` of the CPU | the holder of the zone lock |
-//! | `allocstall_<zone>`, `pgalloc_fail` | [`VmEvents`], one per CPU | whoever read that CPU id |
+//! | `allocstall_<zone>`, `pgalloc_fail` | `VmEvents`, one per CPU | whoever read that CPU id |
 //!
 //! A counter under a lock has one writer at a time, the lock's holder, so it
 //! is bumped with a relaxed load and a store: no atomic read-modify-write.
