@@ -159,7 +159,10 @@ impl<B: SlabBackend> Kmem<B> {
     /// Every CPU's cached objects back to their slabs ([`Kmem::flush_all`])
     /// and every empty slab of every cache to the page allocator; the
     /// pages freed. After it, with no object allocated and every CPU
-    /// reachable, the slab layer holds only its caches' descriptors.
+    /// reachable, the slab layer holds only its caches' descriptors. This
+    /// is Linux's `drop_slab` (`echo 2 > /proc/sys/vm/drop_caches`) for
+    /// this layer: one call, every cache, every CPU.
+    #[doc(alias = "drop_slab")]
     pub fn shrink_all(&self) -> usize {
         self.flush_every_cpu().0 + self.discard_empty_slabs(usize::MAX)
     }
@@ -422,6 +425,7 @@ impl<B: SlabBackend> Kmem<B> {
         match unsafe { self.find(p) }? {
             Owned::Slab { cache, slab, index } => self.cache_free(cache, slab, index, check, site),
             Owned::Large { pfn, order } => {
+                self.large_kmalloc_pages.fetch_sub(order.pages(), Relaxed);
                 self.free_owned_block(pfn, order);
                 Ok(())
             }
@@ -542,6 +546,7 @@ impl<B: SlabBackend> Kmem<B> {
             // SAFETY: the block is fresh and `order.bytes()` long.
             unsafe { raw::fill(base, 0, order.bytes()) };
         }
+        self.large_kmalloc_pages.fetch_add(order.pages(), Relaxed);
         NonNull::new(base).ok_or(too_large)
     }
 }

@@ -126,6 +126,10 @@ pub struct Kmem<B> {
     /// source, which lost track of a block we held, or by our own checks):
     /// nothing can be undone then, so they are counted, never panicked on.
     internal_errors: AtomicUsize,
+    /// Pages of live large kmallocs (Linux counts them as unreclaimable
+    /// slab). A shared counter, but only on paths that allocate or free
+    /// pages anyway.
+    pub(crate) large_kmalloc_pages: AtomicUsize,
 }
 
 // SAFETY: the descriptors the raw pointers name are `Sync` and live as
@@ -166,6 +170,7 @@ impl<B: SlabBackend> Kmem<B> {
             used: SpinLock::new(0),
             kmalloc: [NonNull::dangling(); 2 * NR_KMALLOC],
             internal_errors: AtomicUsize::new(0),
+            large_kmalloc_pages: AtomicUsize::new(0),
         };
         if let Err(e) = kmem.create_kmalloc_caches() {
             // Nothing was handed out yet: give every descriptor back.

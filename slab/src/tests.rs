@@ -1409,3 +1409,68 @@ fn walks_over_the_caches_never_read_a_destroyed_descriptor() {
     });
     assert_eq!(k.internal_errors(), 0);
 }
+
+#[test]
+fn slab_pages_split_by_reclaim_account_and_drop_slab_returns_every_page() {
+    let m = HostMachine::new(frames(), 2);
+    let k = kmem(&m);
+    let dentry = k
+        .kmem_cache_create("dentry", 192, 8, SLAB_RECLAIM_ACCOUNT, None)
+        .unwrap();
+    let task = k
+        .kmem_cache_create("task_struct", 700, 8, SlabFlags::empty(), None)
+        .unwrap();
+    // Cache descriptors are not slab pages: the baseline is taken after.
+    let base = m.frames_in_use();
+    assert_eq!(k.nr_slab_pages(), SlabPages::default());
+
+    let rounds = if cfg!(miri) { 20 } else { 300 };
+    let mut dentries = Vec::new();
+    let mut others = Vec::new();
+    for i in 0..rounds {
+        HostMachine::set_thread_cpu(i % 2);
+        dentries.push(k.kmem_cache_alloc(dentry, GFP_KERNEL).unwrap());
+        others.push(k.kmem_cache_alloc(task, GFP_KERNEL).unwrap().as_ptr());
+        others.push(k.kmalloc(1 + i * 37 % 3000, GFP_KERNEL).unwrap().as_ptr());
+    }
+    let large = k.kmalloc(5 * PAGE_SIZE, GFP_KERNEL).unwrap();
+    let large_pages = get_order_pages(5 * PAGE_SIZE);
+
+    let pages = k.nr_slab_pages();
+    let per_cache = |id| {
+        let info = k.kmem_cache_info(id).unwrap();
+        k.kmem_cache_stats(id).unwrap().num_slabs * info.pages_per_slab
+    };
+    assert_eq!(pages.nr_slab_reclaimable, per_cache(dentry));
+    let unreclaimable: usize =
+        kmalloc_caches(&k).into_iter().map(per_cache).sum::<usize>() + per_cache(task);
+    assert_eq!(pages.nr_slab_unreclaimable, unreclaimable + large_pages);
+    assert_eq!(
+        pages.total(),
+        m.frames_in_use() - base,
+        "every page counted once"
+    );
+
+    for p in dentries {
+        k.kmem_cache_free(dentry, p.as_ptr()).unwrap();
+    }
+    k.kfree(large.as_ptr()).unwrap();
+    assert_eq!(
+        k.nr_slab_pages().nr_slab_unreclaimable,
+        unreclaimable,
+        "the large kmalloc's pages went straight back"
+    );
+    for p in others {
+        k.kfree(p).unwrap();
+    }
+    // drop_slab: one call, every cache, every CPU.
+    k.shrink_all();
+    assert_eq!(k.nr_slab_pages(), SlabPages::default());
+    assert_eq!(m.frames_in_use(), base, "every slab page came back");
+    k.check_invariants().unwrap();
+}
+
+/// Pages of the block a kmalloc of `bytes` above the largest class takes.
+fn get_order_pages(bytes: usize) -> usize {
+    kmm_api::get_order(bytes).unwrap().pages()
+}

@@ -8,7 +8,9 @@
 //! lowmem reserves, per-CPU page lists, direct reclaim and retry, and the
 //! Linux API on top (`alloc_pages`, `__free_pages`, `__get_free_pages`,
 //! `alloc_pages_exact`, `split_page`, `page_address`, ...). Early boot
-//! (`memblock`, [`boot::BootMem`]) and the `/proc` reports live here too.
+//! (`memblock`, [`boot::BootMem`]) and the `/proc` reports live here too,
+//! with the `/proc/sys/vm` tunables on booted zones ([`sysctl`]) and the
+//! per-CPU `/proc/vmstat` counters ([`vmstat`]).
 //!
 //! # Invariants
 //!
@@ -100,6 +102,10 @@ pub mod report;
 mod shrinker;
 mod stats;
 pub use stats::ZoneReport;
+pub mod sysctl;
+pub use sysctl::SysctlError;
+pub mod vmstat;
+pub use vmstat::VmStat;
 pub mod watermark;
 mod zone;
 mod zone_type;

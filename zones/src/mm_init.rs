@@ -2,7 +2,9 @@
 //! [`ZoneConfig`] says where the zones split; [`Zones::new`] carves
 //! `mem_map` and the per-CPU lists from boot memory, builds one buddy per
 //! populated zone, releases every free memblock range into its zone, and
-//! computes managed pages, watermarks, lowmem reserves and pcp sizing.
+//! computes managed pages, then `min_free_kbytes`, watermarks, lowmem
+//! reserves and pcp sizing through the same code the `/proc/sys/vm`
+//! tunables run ([`Zones::init_per_zone_wmark_min`]).
 //!
 //! Nothing here is sized for one machine: every array comes from the
 //! [`BootMem`] the caller hands over, sized with [`Zones::metadata_bytes`].
@@ -15,10 +17,11 @@ use crate::memblock::Memblock;
 use crate::page::{Page, ZoneMeta};
 use crate::pcp::PerCpuPages;
 use crate::shrinker::ShrinkerRegistry;
-use crate::watermark::{setup_per_zone_lowmem_reserve, setup_per_zone_wmarks};
+use crate::sysctl::Tunables;
+use crate::vmstat::VmEvents;
 use crate::zone::{Zone, ZoneInit};
 use crate::{ZoneType, Zones, MAX_NR_ZONES};
-use kmm_api::sync::AtomicUsize;
+use kmm_api::sync::{AtomicUsize, SpinLock};
 use kmm_api::{AllocatorId, DirectMap, Error, Order, Pfn, Platform, MAX_PAGE_ORDER, PAGE_SHIFT};
 use kmm_buddy::Buddy;
 
@@ -104,7 +107,8 @@ fn overlap(a: (Pfn, Pfn), b: (Pfn, Pfn)) -> Option<(Pfn, Pfn)> {
 impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// Bytes of boot memory [`Zones::new`] needs at worst: `mem_map` for
     /// `[memblock.start_pfn(), memblock.end_pfn())` plus one per-CPU list set
-    /// per populated zone and CPU, alignment padding included.
+    /// per populated zone and CPU and one set of `/proc/vmstat` event
+    /// counters per CPU, alignment padding included.
     pub fn metadata_bytes(memblock: &Memblock, config: &ZoneConfig, nr_cpus: usize) -> usize {
         let (start, end) = (memblock.start_pfn(), memblock.end_pfn());
         let frames = end.as_usize().saturating_sub(start.as_usize());
@@ -113,9 +117,11 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             .iter()
             .filter(|&&p| p > 0)
             .count();
-        BootMem::footprint::<Page>(frames).saturating_add(BootMem::footprint::<PerCpuPages>(
-            populated.saturating_mul(nr_cpus.max(1)),
-        ))
+        BootMem::footprint::<Page>(frames)
+            .saturating_add(BootMem::footprint::<PerCpuPages>(
+                populated.saturating_mul(nr_cpus.max(1)),
+            ))
+            .saturating_add(BootMem::footprint::<VmEvents>(nr_cpus.max(1)))
     }
 
     /// Boots the zones of the machine `memblock` describes. The caller has
@@ -164,6 +170,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             max: usize::MAX,
         })?;
         let mut pcp: &'a [PerCpuPages] = boot_mem.carve(lists, |_| PerCpuPages::new())?;
+        let vm_events: &'a [VmEvents] = boot_mem.carve(nr_cpus, |_| VmEvents::new())?;
 
         let mut buddies: [Option<Buddy<ZoneMeta<'a>>>; MAX_NR_ZONES] = [None, None, None, None];
         for (z, &(lo, hi)) in spans.iter().enumerate() {
@@ -187,10 +194,6 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             }
         }
 
-        let managed: [usize; MAX_NR_ZONES] =
-            core::array::from_fn(|z| buddies[z].as_ref().map_or(0, |b| b.managed_pages()));
-        let watermarks = setup_per_zone_wmarks(&managed);
-        let lowmem_reserve = setup_per_zone_lowmem_reserve(&managed);
         let mut zones: [Option<Zone<'a>>; MAX_NR_ZONES] = [None, None, None, None];
         for (z, buddy) in buddies.into_iter().enumerate() {
             let Some(buddy) = buddy else { continue };
@@ -202,12 +205,10 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
                 present: present[z],
                 pages: &mem_map[lo.as_usize() - start.as_usize()..hi.as_usize() - start.as_usize()],
                 buddy,
-                watermarks: watermarks[z],
-                lowmem_reserve: lowmem_reserve[z],
                 pcp: mine,
             }));
         }
-        Ok(Zones {
+        let zones = Zones {
             mem_map,
             start_pfn: start,
             zones,
@@ -217,7 +218,13 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             shrinkers: ShrinkerRegistry::new(),
             bad_frees: AtomicUsize::new(0),
             id: AllocatorId::new().ok_or(Error::IdsExhausted)?,
-        })
+            tuning: SpinLock::new(Tunables::BOOT),
+            vm_events,
+        };
+        // The marks start at zero, so this computes them from the managed
+        // pages alone, as Linux's boot call of the same function does.
+        zones.init_per_zone_wmark_min();
+        Ok(zones)
     }
 
     /// The configuration the zones were built with.

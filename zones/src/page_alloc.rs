@@ -31,10 +31,12 @@
 
 use crate::page::Page;
 use crate::shrinker::ShrinkerRegistry;
+use crate::sysctl::Tunables;
+use crate::vmstat::VmEvents;
 use crate::watermark::{gfp_to_alloc_flags, watermark_ok, AllocFlags};
 use crate::zone::Zone;
 use crate::{gfp_zone, ZoneConfig, ZoneType, MAX_NR_ZONES};
-use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
+use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock};
 use kmm_api::{
     AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, Platform, PAGE_ALLOC_COSTLY_ORDER,
 };
@@ -56,6 +58,10 @@ pub struct Zones<'a, P: Platform, D: DirectMap> {
     pub(crate) bad_frees: AtomicUsize,
     /// The identity every [`Pages`] of this allocator carries.
     pub(crate) id: AllocatorId,
+    /// The `/proc/sys/vm` tunables; its lock serialises their writers.
+    pub(crate) tuning: SpinLock<Tunables>,
+    /// `/proc/vmstat` events of the slow path, one set per CPU.
+    pub(crate) vm_events: &'a [VmEvents],
 }
 
 impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
@@ -155,6 +161,15 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             return Err(Error::InvalidGfp { gfp });
         }
         self.alloc_pages_slowpath(gfp, order, highest)
+            .inspect_err(|_| self.this_cpu_events().count_pgalloc_fail())
+    }
+
+    /// The `/proc/vmstat` event counters of the CPU the caller runs on now.
+    #[inline]
+    fn this_cpu_events(&self) -> &VmEvents {
+        let cpu = self.platform.cpu_id();
+        // `Zones::new` carves one set per CPU, at least one.
+        &self.vm_events[cpu.min(self.vm_events.len() - 1)]
     }
 
     /// `gfp_zone()` on this machine's layout: `__GFP_DMA32` means NORMAL
@@ -175,8 +190,8 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     ) -> Option<Pfn> {
         let reserve_idx = highest.index();
         for zone in self.zones[..=reserve_idx].iter().rev().flatten() {
-            let mark = zone.watermarks.get(flags.level());
-            let reserve = zone.lowmem_reserve[reserve_idx];
+            let mark = zone.marks.get(flags.level());
+            let reserve = zone.marks.lowmem_reserve(reserve_idx);
             if !watermark_ok(zone.free_pages(), order, mark, reserve, flags) {
                 continue;
             }
@@ -205,7 +220,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             if !gfp.allows_blocking() {
                 return Err(Error::NoMemory { order });
             }
-            let progress = self.direct_reclaim(gfp, order);
+            let progress = self.direct_reclaim(gfp, order, highest);
             if let Some(pfn) = self.get_page_from_freelist(order, highest, flags) {
                 return Ok(pfn);
             }
@@ -232,8 +247,11 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     }
 
     /// One round of direct reclaim: every registered shrinker, then the
-    /// platform's hook. Returns the pages they report freed.
-    fn direct_reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
+    /// platform's hook. Returns the pages they report freed. Counted as an
+    /// `allocstall` of the request's highest zone (Linux counts it against
+    /// `gfp_zone(gfp)`, the reclaim index, not the zone that will give).
+    fn direct_reclaim(&self, gfp: GfpFlags, order: Order, highest: ZoneType) -> usize {
+        self.this_cpu_events().count_allocstall(highest);
         self.shrinkers.shrink_slab(gfp, order) + self.platform.reclaim(gfp, order)
     }
 

@@ -25,6 +25,7 @@
 
 use crate::check::Invariant;
 use crate::page::{Page, ZoneMeta, NIL};
+use crate::vmstat::ZoneEvents;
 use crate::ZoneType;
 use kmm_api::sync::SpinLock;
 use kmm_api::{Order, Pfn, PAGE_ALLOC_COSTLY_ORDER, PAGE_SIZE};
@@ -102,16 +103,25 @@ impl PcpSizing {
     }
 }
 
-/// One CPU's lists for one zone.
+/// One CPU's lists for one zone, and the `/proc/vmstat` page events this
+/// CPU counted for the zone.
 pub struct PerCpuPages {
     pub(crate) lists: SpinLock<PcpLists>,
+    /// Blocks of the per-CPU orders, allocated from or freed to `lists`:
+    /// written only under the `lists` lock.
+    pub(crate) listed: ZoneEvents,
+    /// Blocks above the per-CPU orders, which go straight to the buddy:
+    /// written only under the zone lock.
+    pub(crate) direct: ZoneEvents,
 }
 
 impl PerCpuPages {
-    /// Empty lists.
+    /// Empty lists, counters at zero.
     pub fn new() -> Self {
         Self {
             lists: SpinLock::new(PcpLists::EMPTY),
+            listed: ZoneEvents::new(),
+            direct: ZoneEvents::new(),
         }
     }
 }

@@ -69,8 +69,8 @@ impl Zone<'_> {
                     .map_or(0, |order| buddy.nr_free(order))
             }),
             max_order,
-            watermarks: self.watermarks,
-            lowmem_reserve: self.lowmem_reserve,
+            watermarks: self.marks.watermarks(),
+            lowmem_reserve: self.marks.lowmem_reserves(),
         }
     }
 }
@@ -120,9 +120,10 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     }
 
     /// The per-CPU list sizing (`batch`, `high`) of a zone, `None` if the
-    /// machine has no such zone.
+    /// machine has no such zone. `high` follows the low watermark, so it
+    /// changes with the `/proc/sys/vm` tunables.
     pub fn pcp_sizing(&self, zone: crate::ZoneType) -> Option<crate::PcpSizing> {
-        self.zones[zone.index()].as_ref().map(|z| z.pcp_sizing)
+        self.zones[zone.index()].as_ref().map(Zone::pcp_sizing)
     }
 
     /// The invariant checker: for every zone, each per-CPU list (only

@@ -69,7 +69,7 @@ pub const LOWMEM_RESERVE_RATIO: [usize; MAX_NR_ZONES] = [256, 256, 32, 0];
 pub const WATERMARK_SCALE_FACTOR: usize = 10;
 
 /// The smallest and largest `min_free_kbytes` Linux computes at boot.
-const MIN_FREE_KBYTES_RANGE: (usize, usize) = (128, 256 * 1024);
+pub(crate) const MIN_FREE_KBYTES_RANGE: (usize, usize) = (128, 256 * 1024);
 
 /// Highmem's `min` is a thousandth of the zone, kept within these bounds
 /// (the lower one is `SWAP_CLUSTER_MAX`, one reclaim batch).
@@ -90,11 +90,17 @@ const PAGE_KBYTES: usize = 1 << (PAGE_SHIFT - 10);
 /// assert_eq!(min_free_kbytes(1024 * pages_per_mib), 4096);
 /// ```
 pub fn min_free_kbytes(lowmem_pages: usize) -> usize {
+    let (lo, hi) = MIN_FREE_KBYTES_RANGE;
+    min_free_kbytes_unclamped(lowmem_pages).clamp(lo, hi)
+}
+
+/// `int_sqrt(lowmem_kbytes * 16)` before the clamp: Linux compares this
+/// figure with a user's `min_free_kbytes` and clamps only what it installs.
+pub(crate) fn min_free_kbytes_unclamped(lowmem_pages: usize) -> usize {
     let lowmem_kbytes = (lowmem_pages as u64).saturating_mul(PAGE_KBYTES as u64);
     let root = int_sqrt(lowmem_kbytes.saturating_mul(16));
-    let (lo, hi) = MIN_FREE_KBYTES_RANGE;
-    // The clamp bounds the root well inside usize on every target.
-    (root.clamp(lo as u64, hi as u64)) as usize
+    // The square root of a u64 is below 2^32, but usize may be 32 bits.
+    usize::try_from(root).unwrap_or(usize::MAX)
 }
 
 /// Watermarks of every zone from its managed pages (`managed[i]` for zone

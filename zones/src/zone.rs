@@ -19,13 +19,23 @@
 //! lock, so watermark checks read it without the lock (Linux
 //! `NR_FREE_PAGES`; pages on per-CPU lists are not counted as free).
 //!
+//! The watermarks, the lowmem reserves and the per-CPU `high` are tunable
+//! at run time (`/proc/sys/vm`, see [`crate::sysctl`]), so they are
+//! atomics too: every allocation reads them with relaxed loads and no
+//! lock; a writer stores them holding the tuning lock and then the zone
+//! lock. A check racing a write may combine an old value of one with a new
+//! value of another (old `min`, new reserve): each value it reads was
+//! current at some moment, so the check is one the zone would have made
+//! just before or just after the write, as in Linux, whose readers take no
+//! lock either.
+//!
 //! It must never hand out a block twice, take a block of another zone, or
 //! change anything when it refuses a free.
 
 use crate::check::Invariant;
 use crate::page::{Page, ZoneMeta};
 use crate::pcp::{PcpLists, PcpSizing, PerCpuPages, NR_PCP_ORDERS};
-use crate::watermark::Watermarks;
+use crate::watermark::{WatermarkLevel, Watermarks};
 use crate::{ZoneType, MAX_NR_ZONES};
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock, SpinLockGuard};
 use kmm_api::{Error, IrqGuard, Order, Pfn, Platform};
@@ -45,11 +55,64 @@ pub(crate) struct Zone<'a> {
     pub(crate) pages: &'a [Page],
     pub(crate) buddy: SpinLock<Buddy<ZoneMeta<'a>>>,
     free_pages: AtomicUsize,
-    pub(crate) watermarks: Watermarks,
-    pub(crate) lowmem_reserve: [usize; MAX_NR_ZONES],
-    pub(crate) pcp_sizing: PcpSizing,
+    pub(crate) marks: ZoneMarks,
+    /// Pages a refill or drain moves (fixed: it depends on `managed` only).
+    pcp_batch: usize,
+    /// A free that leaves this many pages on a list drains; follows the
+    /// low watermark, so it is rewritten with the marks.
+    pcp_high: AtomicUsize,
     /// One list set per CPU.
     pub(crate) pcp: &'a [PerCpuPages],
+}
+
+/// A zone's watermarks and lowmem reserves, read lock-free on every
+/// allocation and rewritten by the `/proc/sys/vm` tunables (see the module
+/// documentation for what a racing reader may see).
+pub(crate) struct ZoneMarks {
+    /// `min`, `low`, `high`, in that order.
+    wmark: [AtomicUsize; 3],
+    lowmem_reserve: [AtomicUsize; MAX_NR_ZONES],
+}
+
+impl ZoneMarks {
+    /// All zero: the zone gives pages to anyone until the marks are set up.
+    fn zero() -> Self {
+        Self {
+            wmark: core::array::from_fn(|_| AtomicUsize::new(0)),
+            lowmem_reserve: core::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
+
+    /// The mark at `level`.
+    #[inline]
+    pub(crate) fn get(&self, level: WatermarkLevel) -> usize {
+        let slot = match level {
+            WatermarkLevel::Min => 0,
+            WatermarkLevel::Low => 1,
+            WatermarkLevel::High => 2,
+        };
+        self.wmark[slot].load(Relaxed)
+    }
+
+    /// The three marks (each read on its own: see the module documentation).
+    pub(crate) fn watermarks(&self) -> Watermarks {
+        Watermarks {
+            min: self.get(WatermarkLevel::Min),
+            low: self.get(WatermarkLevel::Low),
+            high: self.get(WatermarkLevel::High),
+        }
+    }
+
+    /// Pages kept back from a request whose highest usable zone is `highest`.
+    #[inline]
+    pub(crate) fn lowmem_reserve(&self, highest: usize) -> usize {
+        self.lowmem_reserve[highest].load(Relaxed)
+    }
+
+    /// Every reserve of the zone, by the request's highest zone.
+    pub(crate) fn lowmem_reserves(&self) -> [usize; MAX_NR_ZONES] {
+        core::array::from_fn(|j| self.lowmem_reserve(j))
+    }
 }
 
 /// What a zone is built from at boot.
@@ -58,14 +121,15 @@ pub(crate) struct ZoneInit<'a> {
     pub(crate) present: usize,
     pub(crate) pages: &'a [Page],
     pub(crate) buddy: Buddy<ZoneMeta<'a>>,
-    pub(crate) watermarks: Watermarks,
-    pub(crate) lowmem_reserve: [usize; MAX_NR_ZONES],
     pub(crate) pcp: &'a [PerCpuPages],
 }
 
 impl<'a> Zone<'a> {
+    /// A zone with zero marks and reserves: boot sets them up right after
+    /// (`Zones::init_per_zone_wmark_min`), before any allocation.
     pub(crate) fn new(init: ZoneInit<'a>) -> Self {
         let managed = init.buddy.managed_pages();
+        let sizing = PcpSizing::new(managed, 0, init.pcp.len());
         Zone {
             zone_type: init.zone_type,
             start_pfn: init.buddy.base(),
@@ -75,10 +139,54 @@ impl<'a> Zone<'a> {
             pages: init.pages,
             free_pages: AtomicUsize::new(init.buddy.free_pages()),
             buddy: SpinLock::new(init.buddy),
-            watermarks: init.watermarks,
-            lowmem_reserve: init.lowmem_reserve,
-            pcp_sizing: PcpSizing::new(managed, init.watermarks.low, init.pcp.len()),
+            marks: ZoneMarks::zero(),
+            pcp_batch: sizing.batch,
+            pcp_high: AtomicUsize::new(sizing.high),
             pcp: init.pcp,
+        }
+    }
+
+    /// The per-CPU lists' `batch` and current `high`.
+    pub(crate) fn pcp_sizing(&self) -> PcpSizing {
+        PcpSizing {
+            batch: self.pcp_batch,
+            high: self.pcp_high.load(Relaxed),
+        }
+    }
+
+    /// Installs new marks and the per-CPU `high` that follows the low one
+    /// (Linux `__setup_per_zone_wmarks` for one zone, then
+    /// `zone_pcp_update`). The caller holds the tuning lock, so writers
+    /// never interleave; the zone lock makes the three marks change
+    /// together for whoever reads them under it (reports, the checker).
+    pub(crate) fn set_watermarks<P: Platform>(&self, marks: Watermarks, platform: &P) {
+        {
+            let _irq = IrqGuard::new(platform);
+            let _zone = self.buddy.lock();
+            for (slot, value) in self
+                .marks
+                .wmark
+                .iter()
+                .zip([marks.min, marks.low, marks.high])
+            {
+                slot.store(value, Relaxed);
+            }
+        }
+        let high = PcpSizing::new(self.managed, marks.low, self.pcp.len()).high;
+        self.pcp_high.store(high, Relaxed);
+    }
+
+    /// Installs new lowmem reserves (Linux `setup_per_zone_lowmem_reserve`
+    /// for one zone); locking as [`Zone::set_watermarks`].
+    pub(crate) fn set_lowmem_reserve<P: Platform>(
+        &self,
+        reserve: &[usize; MAX_NR_ZONES],
+        platform: &P,
+    ) {
+        let _irq = IrqGuard::new(platform);
+        let _zone = self.buddy.lock();
+        for (slot, &value) in self.marks.lowmem_reserve.iter().zip(reserve) {
+            slot.store(value, Relaxed);
         }
     }
 
@@ -115,11 +223,15 @@ impl<'a> Zone<'a> {
         let _irq = IrqGuard::new(platform);
         // The head becomes held under the lock the block leaves through, so
         // the checker (holding every lock) never sees it in between states.
-        let idx = match self.this_cpu(platform) {
+        // `pgalloc` is counted by the CPU under the lock the block leaves
+        // through, which makes it the counter's only writer.
+        let cpu = self.this_cpu(platform);
+        let idx = match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lists.lock();
                 let idx = self.rmqueue_pcplist(&mut lists, order)?;
                 self.pages[idx].set_held();
+                pcp.listed.pgalloc.add(order.pages(), &lists);
                 idx
             }
             _ => {
@@ -128,6 +240,9 @@ impl<'a> Zone<'a> {
                 self.sync_free(&buddy);
                 let idx = pfn.as_usize() - self.start_pfn.as_usize();
                 self.pages[idx].set_held();
+                if let Some(pcp) = cpu {
+                    pcp.direct.pgalloc.add(order.pages(), &buddy);
+                }
                 idx
             }
         };
@@ -149,7 +264,7 @@ impl<'a> Zone<'a> {
             &mut buddy,
             self.pages,
             order,
-            self.pcp_sizing.refill_blocks(order),
+            self.pcp_sizing().refill_blocks(order),
         );
         self.sync_free(&buddy);
         drop(buddy);
@@ -183,7 +298,8 @@ impl<'a> Zone<'a> {
             return Err(Error::Misaligned { pfn, order });
         }
         let _irq = IrqGuard::new(platform);
-        match self.this_cpu(platform) {
+        let cpu = self.this_cpu(platform);
+        match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lists.lock();
                 match self.release(idx, order) {
@@ -195,13 +311,16 @@ impl<'a> Zone<'a> {
                     }
                 }
                 lists.push(idx, order.as_usize(), self.pages);
-                let high = self.pcp_sizing.high;
+                pcp.listed.pgfree.add(order.pages(), &lists);
+                // Tuning may lower `high` at any time: the drain below
+                // still leaves fewer than whichever value it read.
+                let high = self.pcp_high.load(Relaxed);
                 if lists.count >= high {
                     // A batch, or more if a higher-order refill overfilled
                     // the lists: a free always leaves fewer than `high`.
                     let excess = lists.count + 1 - high;
                     let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_sizing.batch));
+                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch));
                     self.sync_free(&buddy);
                 }
                 Ok(())
@@ -215,8 +334,10 @@ impl<'a> Zone<'a> {
                 }
                 let freed = buddy.free(pfn, order);
                 self.sync_free(&buddy);
-                if freed.is_err() {
-                    self.pages[idx].set_refcount(1);
+                match (&freed, cpu) {
+                    (Err(_), _) => self.pages[idx].set_refcount(1),
+                    (Ok(()), Some(pcp)) => pcp.direct.pgfree.add(order.pages(), &buddy),
+                    (Ok(()), None) => {}
                 }
                 freed
             }

@@ -2,7 +2,10 @@
 //! allocate and free order-0 pages while a third context drains every
 //! list, and each caller is "migrated" right after every CPU id read (so it
 //! uses a list another CPU is using too). Checks that no page is lost or
-//! handed out twice, and that the allocator's invariants hold afterwards.
+//! handed out twice, and that the allocator's invariants hold afterwards;
+//! and that the `/proc/vmstat` counters, bumped by load and store under a
+//! pcp or zone lock or by `fetch_add` where no lock is held, sum exactly
+//! once the counting threads are joined.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p kmm-zones --test loom --release`.
 //! The search is bounded at two preemptions (`LOOM_MAX_PREEMPTIONS=2` is
@@ -12,7 +15,8 @@
 
 use kmm_api::sync::{AtomicUsize, Ordering};
 use kmm_api::{
-    MemoryRegion, Order, Pages, Pfn, Platform, RegionKind, GFP_KERNEL, MAX_PAGE_ORDER, PAGE_SIZE,
+    MemoryRegion, Order, Pages, Pfn, Platform, RegionKind, GFP_KERNEL, GFP_NOWAIT, MAX_PAGE_ORDER,
+    PAGE_SIZE,
 };
 use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
@@ -259,5 +263,48 @@ fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
         zones.__free_pages(again).unwrap();
         zones.drain_all_pages();
         assert_eq!(zones.nr_free_pages(), managed, "a page was lost");
+    });
+}
+
+#[test]
+fn vmstat_counters_on_two_migrating_cpus_sum_exactly_once_joined() {
+    explore(1400, || {
+        let machine = machine();
+        let zones = Arc::new(boot(&machine));
+        let boot_free = zones.nr_free_pages();
+        // Each caller reads its CPU id once per operation and is migrated
+        // right after, so the two share list sets and event slots: the
+        // pcp-lock and zone-lock counters, and the fetch_add ones.
+        let other = {
+            let zones = zones.clone();
+            loom::thread::spawn(move || {
+                CPU.with(|cpu| cpu.set(1));
+                let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+                zones.__free_pages(page).unwrap();
+                // Above the per-CPU orders: counted under the zone lock.
+                let block = zones.alloc_pages(GFP_KERNEL, Order::new(4).unwrap());
+                zones.__free_pages(block.unwrap()).unwrap();
+            })
+        };
+        CPU.with(|cpu| cpu.set(0));
+        let page = zones
+            .alloc_pages(GFP_KERNEL, Order::new(1).unwrap())
+            .unwrap();
+        // More than the zone holds above its marks: a failure, counted
+        // without a lock by a CPU the other thread may be using too.
+        assert!(zones
+            .alloc_pages(GFP_NOWAIT, Order::new(6).unwrap())
+            .is_err());
+        zones.__free_pages(page).unwrap();
+        other.join().unwrap();
+
+        let stat = zones.vmstat();
+        assert_eq!(stat.pgalloc_total(), 1 + 16 + 2, "{stat:?}");
+        assert_eq!(stat.pgalloc[ZoneType::Normal.index()], 1 + 16 + 2);
+        assert_eq!(stat.pgfree, 1 + 16 + 2, "{stat:?}");
+        assert_eq!(stat.pgalloc_fail, 1);
+        assert_eq!(stat.allocstall_total(), 0);
+        zones.drain_all_pages();
+        assert_eq!(zones.vmstat().nr_free_pages(), boot_free);
     });
 }
