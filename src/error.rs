@@ -9,7 +9,7 @@
 
 use core::fmt;
 use kmm_slab::{SlabError, Violation};
-use kmm_zones::Invariant;
+use kmm_zones::{Invariant, SysctlError};
 
 /// Why an operation of the memory manager was refused. Every operation
 /// that returns one has left all structures as they were.
@@ -34,9 +34,18 @@ pub enum Error {
     /// The slab layer refused: kmalloc, `kmem_cache_*`, or an invalid,
     /// double or cross-cache free it caught.
     Slab(SlabError),
+    /// A `/proc/sys/vm` tunable was written with a value Linux refuses
+    /// (`-EINVAL`); nothing changed.
+    Sysctl(SysctlError),
     /// [`MemoryManager::check`](crate::MemoryManager::check) found broken
     /// invariants; the report names every layer that failed.
     Check(CheckReport),
+}
+
+impl From<SysctlError> for Error {
+    fn from(e: SysctlError) -> Self {
+        Error::Sysctl(e)
+    }
 }
 
 impl From<kmm_api::Error> for Error {
@@ -67,6 +76,7 @@ impl fmt::Display for Error {
         match self {
             Error::Page(e) => write!(f, "page allocator: {e}"),
             Error::Slab(e) => write!(f, "slab: {e}"),
+            Error::Sysctl(e) => write!(f, "sysctl: {e}"),
             Error::Check(report) => report.fmt(f),
         }
     }
@@ -77,6 +87,7 @@ impl core::error::Error for Error {
         match self {
             Error::Page(e) => Some(e),
             Error::Slab(e) => Some(e),
+            Error::Sysctl(e) => Some(e),
             Error::Check(_) => None,
         }
     }

@@ -78,6 +78,7 @@ mod report;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod slab_pages;
+mod sysctl;
 #[cfg(feature = "std")]
 pub mod workload;
 pub mod x86;
@@ -91,7 +92,7 @@ pub use mm::HostedMemoryManager;
 pub use mm::SimMemoryManager;
 pub use mm::{BootMetadata, MemoryManager};
 pub use page::SysInfo;
-pub use report::{BuddyInfo, ZoneInfo};
+pub use report::{BuddyInfo, MemInfo, ZoneInfo};
 pub use slab_pages::SlabPages;
 
 /// The layer crates, for their full APIs.
@@ -110,7 +111,7 @@ pub use kmm_slab::{
     CacheId, CacheInfo, CacheStats, Ctor, KmallocGlobal, ObjectOwner, SlabError, SlabFlags,
     KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, KMALLOC_MIN_SIZE, ZERO_SIZE_PTR,
 };
-pub use kmm_zones::{Invariant, Page, SplitPages, ZoneType};
+pub use kmm_zones::{Invariant, Page, SplitPages, SysctlError, VmStat, ZoneType};
 
 /// The README's code, compiled as doctests so it cannot drift from the API.
 #[cfg(doctest)]

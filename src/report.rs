@@ -1,15 +1,88 @@
 //! What the [`MemoryManager`] reports about itself and its self-checks:
-//! `/proc/buddyinfo` and `/proc/zoneinfo`, one [`MemoryManager::check`]
-//! over every layer's invariant checker, `drop_caches`, and the page
-//! allocator's shrinker registry.
+//! `/proc/meminfo` over every layer, `/proc/vmstat`, `/proc/buddyinfo` and
+//! `/proc/zoneinfo`, one [`MemoryManager::check`] over every layer's
+//! invariant checker, `drop_caches`, and the page allocator's shrinker
+//! registry.
 //!
 //! Reads every layer's state and writes none, except `drop_caches`, which
 //! gives cached memory back exactly as the layers' own shrinkers would.
 
+use crate::layout::Arch;
 use crate::{CheckReport, Error, MemoryManager};
 use core::fmt;
-use kmm_api::{DirectMap, PreemptControl, Shrinker};
-use kmm_zones::ZoneReport;
+use kmm_api::{DirectMap, OwnerTag, PreemptControl, Shrinker, PAGE_SHIFT};
+use kmm_zones::{VmStat, ZoneReport};
+
+/// `/proc/meminfo`: every line the layers can fill, in Linux's order and
+/// format. Counts are pages unless named `_bytes`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MemInfo {
+    /// `MemTotal`: pages the zones manage (`totalram_pages`).
+    pub total: usize,
+    /// `MemFree`: pages on the zones' free lists.
+    pub free: usize,
+    /// `MemAvailable`: Linux's `si_mem_available` estimate of what can be
+    /// allocated without swapping: free pages above the reserves, plus the
+    /// part of reclaimable slab a shrink would give back.
+    pub available: usize,
+    /// `HighTotal` and `HighFree`, on a layout with highmem (32-bit x86,
+    /// Linux's `CONFIG_HIGHMEM`); `None` on 64-bit, where Linux prints
+    /// neither them nor `LowTotal`/`LowFree`.
+    pub high: Option<(usize, usize)>,
+    /// `SReclaimable`: slabs of caches a shrinker may give back.
+    pub slab_reclaimable: usize,
+    /// `SUnreclaim`: every other slab, and large kmallocs.
+    pub slab_unreclaimable: usize,
+    /// `PageTables`: frames held as page-table pages.
+    pub page_tables: usize,
+    /// `VmallocTotal`: bytes of the vmalloc range.
+    pub vmalloc_total_bytes: usize,
+    /// `VmallocUsed`: pages mapped by vmalloc (0 until a vmalloc layer is
+    /// composed in).
+    pub vmalloc_used: usize,
+    /// `Percpu`: bytes of per-CPU structures (page lists, event counters,
+    /// slab object arrays).
+    pub percpu_bytes: usize,
+}
+
+impl fmt::Display for MemInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kb = |pages: usize| (pages as u64) << (PAGE_SHIFT - 10);
+        let line = |f: &mut fmt::Formatter<'_>, label: &str, kbytes: u64| {
+            // Linux pads the label to 16 columns and the value to 8.
+            writeln!(f, "{label:<16}{kbytes:>8} kB")
+        };
+        line(f, "MemTotal:", kb(self.total))?;
+        line(f, "MemFree:", kb(self.free))?;
+        line(f, "MemAvailable:", kb(self.available))?;
+        // No page cache and no swap: their lines say so.
+        for label in ["Buffers:", "Cached:", "SwapCached:"] {
+            line(f, label, 0)?;
+        }
+        if let Some((high_total, high_free)) = self.high {
+            line(f, "HighTotal:", kb(high_total))?;
+            line(f, "HighFree:", kb(high_free))?;
+            line(f, "LowTotal:", kb(self.total.saturating_sub(high_total)))?;
+            line(f, "LowFree:", kb(self.free.saturating_sub(high_free)))?;
+        }
+        line(f, "SwapTotal:", 0)?;
+        line(f, "SwapFree:", 0)?;
+        let slab = self
+            .slab_reclaimable
+            .saturating_add(self.slab_unreclaimable);
+        line(f, "KReclaimable:", kb(self.slab_reclaimable))?;
+        line(f, "Slab:", kb(slab))?;
+        line(f, "SReclaimable:", kb(self.slab_reclaimable))?;
+        line(f, "SUnreclaim:", kb(self.slab_unreclaimable))?;
+        line(f, "PageTables:", kb(self.page_tables))?;
+        line(f, "VmallocTotal:", (self.vmalloc_total_bytes >> 10) as u64)?;
+        line(f, "VmallocUsed:", kb(self.vmalloc_used))?;
+        // Linux has printed 0 here since 4.4: finding the largest free
+        // chunk walked every area.
+        line(f, "VmallocChunk:", 0)?;
+        line(f, "Percpu:", (self.percpu_bytes >> 10) as u64)
+    }
+}
 
 /// `/proc/buddyinfo`: free blocks per order in each zone, from one
 /// snapshot of the zones.
@@ -33,6 +106,79 @@ impl fmt::Display for ZoneInfo {
 }
 
 impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
+    /// `/proc/meminfo`, from the zones, the slab layer and the layout.
+    /// O(zones + caches); each layer is read under its own locks in turn,
+    /// so the lines are each exact but not one atomic snapshot.
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
+    /// # let mm = kmm::MemoryManager::hosted(32 << 20, 1)?;
+    /// let info = mm.meminfo();
+    /// assert_eq!(info.total, mm.totalram_pages());
+    /// assert_eq!(info.high, None, "a 64-bit machine has no highmem lines");
+    /// assert!(info.available <= info.free + info.slab_reclaimable);
+    /// let text = info.to_string();
+    /// assert!(text.starts_with(&format!("MemTotal:       {:>8} kB\n", info.total * 4)));
+    /// assert!(text.contains("\nSwapTotal:             0 kB\n"));
+    /// # }
+    /// # Ok::<(), kmm::Error>(())
+    /// ```
+    pub fn meminfo(&self) -> MemInfo {
+        let zones = self.zones();
+        let report = zones.zone_report();
+        let totals = report.meminfo();
+        let slab = self.kmem().nr_slab_pages();
+        let free = zones.nr_free_pages();
+        let wmark_low: usize = report.zones().iter().map(|z| z.watermarks.low).sum();
+        // Linux `si_mem_available`: free pages above the reserves, plus the
+        // half (at most) of reclaimable slab that a shrink would not keep.
+        let reclaimable = slab.nr_slab_reclaimable;
+        let available = free
+            .saturating_sub(zones.totalreserve_pages())
+            .saturating_add(reclaimable - (reclaimable / 2).min(wmark_low));
+        let layout = self.layout();
+        MemInfo {
+            total: totals.total_pages,
+            free,
+            available,
+            high: matches!(layout.arch(), Arch::I386 { .. })
+                .then_some((totals.high_total_pages, totals.high_free_pages)),
+            slab_reclaimable: slab.nr_slab_reclaimable,
+            slab_unreclaimable: slab.nr_slab_unreclaimable,
+            page_tables: zones.nr_owned_pages(OwnerTag::PageTable),
+            vmalloc_total_bytes: layout.vmalloc_end().as_usize()
+                - layout.vmalloc_start().as_usize(),
+            vmalloc_used: 0,
+            percpu_bytes: zones.percpu_bytes() + self.kmem().percpu_bytes(),
+        }
+    }
+
+    /// `/proc/vmstat`: the zones' counters (free pages, `pgalloc_*`,
+    /// `pgfree`, `allocstall_*`, ...) with the slab layer's page counts.
+    /// Counters are per CPU and summed here, so a read racing allocations
+    /// is a moment stale, never torn.
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
+    /// # let mm = kmm::MemoryManager::hosted(32 << 20, 1)?;
+    /// let before = mm.vmstat();
+    /// let block = mm.alloc_pages(kmm::GFP_KERNEL, kmm::Order::new(4)?)?;
+    /// mm.__free_pages(block)?;
+    /// let after = mm.vmstat();
+    /// assert_eq!(after.pgalloc_total() - before.pgalloc_total(), 16);
+    /// assert_eq!(after.pgfree - before.pgfree, 16);
+    /// assert!(after.to_string().contains("\npgalloc_normal "));
+    /// # }
+    /// # Ok::<(), kmm::Error>(())
+    /// ```
+    pub fn vmstat(&self) -> VmStat {
+        let slab = self.kmem().nr_slab_pages();
+        let mut stat = self.zones().vmstat();
+        stat.nr_slab_reclaimable = Some(slab.nr_slab_reclaimable);
+        stat.nr_slab_unreclaimable = Some(slab.nr_slab_unreclaimable);
+        stat
+    }
+
     /// `/proc/buddyinfo`.
     ///
     /// ```

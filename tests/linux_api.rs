@@ -560,3 +560,182 @@ fn drop_caches_gives_every_cached_page_back() {
     assert_eq!(mm.nr_free_pages(), before);
     mm.check().unwrap();
 }
+
+/// `name value` pairs of a `/proc` file (meminfo's `kB` suffix dropped).
+fn parse(text: &str) -> std::collections::BTreeMap<String, usize> {
+    text.lines()
+        .map(|line| {
+            let mut words = line.split_whitespace();
+            let name = words.next().unwrap().trim_end_matches(':').to_string();
+            let value = words.next().unwrap().parse().unwrap();
+            assert!(matches!(words.next(), None | Some("kB")), "{line}");
+            (name, value)
+        })
+        .collect()
+}
+
+#[test]
+fn meminfo_and_vmstat_parse_back_and_add_up_after_a_mixed_workload() {
+    let mm = mm();
+    let before = mm.vmstat();
+    let dentry = mm
+        .kmem_cache_create("dentry", 192, 0, SlabFlags::RECLAIM_ACCOUNT, None)
+        .unwrap();
+    let dentries: Vec<_> = (0..300)
+        .map(|_| mm.kmem_cache_alloc(dentry, GFP_KERNEL).unwrap())
+        .collect();
+    let objects: Vec<_> = (0..300)
+        .map(|i| mm.kmalloc(16 << (i % 8), GFP_KERNEL).unwrap())
+        .collect();
+    let large = mm.kmalloc(40_000, GFP_KERNEL).unwrap();
+    let blocks: Vec<_> = (0..5)
+        .map(|n| mm.alloc_pages(GFP_KERNEL, order(n)).unwrap())
+        .collect();
+    let range = (VirtAddr::new(0xf880_0000), VirtAddr::new(0xfffe_efff));
+    let table = kmm::x86::X86PageTable::for_zones(mm.zones(), (), range).unwrap();
+    table
+        .populate(VirtAddr::new(0xf880_0000), VirtAddr::new(0xf8ff_f000))
+        .unwrap();
+    mm.zones().drain_all_pages();
+
+    let info = mm.meminfo();
+    let lines = parse(&info.to_string());
+    let kb = |pages: usize| pages * PAGE_SIZE / 1024;
+    assert_eq!(lines["MemTotal"], kb(mm.totalram_pages()));
+    assert_eq!(lines["MemFree"], kb(mm.nr_free_pages()));
+    assert_eq!(
+        lines["Slab"],
+        lines["SReclaimable"] + lines["SUnreclaim"],
+        "Slab is both kinds"
+    );
+    assert_eq!(lines["KReclaimable"], lines["SReclaimable"]);
+    let stats = mm.kmem().kmem_cache_stats(dentry).unwrap();
+    let per_slab = mm.kmem().kmem_cache_info(dentry).unwrap().pages_per_slab;
+    assert_eq!(
+        lines["SReclaimable"],
+        kb(stats.num_slabs * per_slab),
+        "the one reclaimable cache"
+    );
+    assert!(
+        lines["SUnreclaim"] >= kb(16),
+        "the large kmalloc's 16 pages at least"
+    );
+    // The page directory and two PTE pages (4 MiB each).
+    assert_eq!(lines["PageTables"], kb(table.table_pages()));
+    assert_eq!(table.table_pages(), 3);
+    assert_eq!(
+        lines["VmallocTotal"],
+        (mm.layout().vmalloc_end().as_usize() - mm.layout().vmalloc_start().as_usize()) / 1024
+    );
+    assert!(
+        !lines.contains_key("HighTotal"),
+        "no highmem lines on 64-bit"
+    );
+    assert_eq!((lines["SwapTotal"], lines["Cached"]), (0, 0));
+    assert!(lines["Percpu"] > 0);
+    // Linux's si_mem_available, from the parts.
+    let wmark_low: usize = mm
+        .zones()
+        .zone_report()
+        .zones()
+        .iter()
+        .map(|z| z.watermarks.low)
+        .sum();
+    let reclaimable = info.slab_reclaimable;
+    let expected = mm
+        .nr_free_pages()
+        .saturating_sub(mm.zones().totalreserve_pages())
+        + reclaimable
+        - (reclaimable / 2).min(wmark_low);
+    assert_eq!(lines["MemAvailable"], kb(expected));
+
+    let after = mm.vmstat();
+    let stat = parse(&after.to_string());
+    assert_eq!(stat["nr_free_pages"], mm.nr_free_pages());
+    assert_eq!(stat["nr_slab_reclaimable"], info.slab_reclaimable);
+    assert_eq!(stat["nr_slab_unreclaimable"], info.slab_unreclaimable);
+    let pgalloc: usize = stat
+        .iter()
+        .filter(|(name, _)| name.starts_with("pgalloc_") && *name != "pgalloc_fail")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(pgalloc, after.pgalloc_total());
+    assert!(after.pgalloc_total() - before.pgalloc_total() >= 31 + 16 + 3);
+
+    drop(table);
+    for block in blocks {
+        mm.__free_pages(block).unwrap();
+    }
+    // SAFETY: ours, given up; then nothing uses the cache.
+    unsafe {
+        mm.kfree(large.as_ptr()).unwrap();
+        for p in objects {
+            mm.kfree(p.as_ptr()).unwrap();
+        }
+        mm.kmem_cache_free_bulk(
+            dentry,
+            &dentries.iter().map(|p| p.as_ptr()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        mm.kmem_cache_destroy(dentry).unwrap();
+    }
+    mm.drop_caches();
+    let empty = mm.meminfo();
+    assert_eq!((empty.page_tables, empty.slab_reclaimable), (0, 0));
+    // Both snapshots were taken with the per-CPU lists drained: what the
+    // free lists gained is what was freed less what was allocated since.
+    let freed = mm.vmstat();
+    assert_eq!(
+        freed.nr_free_pages() - after.nr_free_pages(),
+        (freed.pgfree - after.pgfree) - (freed.pgalloc_total() - after.pgalloc_total())
+    );
+}
+
+#[cfg(feature = "sim")]
+#[test]
+fn meminfo_on_i386_has_the_highmem_lines() {
+    let mm = MemoryManager::sim(kmm::sim::MachineConfig::default()).unwrap();
+    let lines = parse(&mm.meminfo().to_string());
+    assert_eq!(lines["HighTotal"], 294_912 * 4);
+    assert_eq!(lines["LowTotal"] + lines["HighTotal"], lines["MemTotal"]);
+    assert_eq!(lines["LowFree"] + lines["HighFree"], lines["MemFree"]);
+}
+
+#[test]
+fn the_vm_sysctls_round_trip_and_refuse_what_linux_refuses() {
+    let mm = mm();
+    let min = mm.min_free_kbytes();
+    let ratio = mm.lowmem_reserve_ratio();
+    let wmarks = |mm: &kmm::HostedMemoryManager| {
+        mm.zones()
+            .zone_report()
+            .zones()
+            .iter()
+            .map(|z| z.watermarks)
+            .collect::<Vec<_>>()
+    };
+    let marks = wmarks(&mm);
+    assert!(matches!(
+        mm.set_watermark_scale_factor(3001),
+        Err(Error::Sysctl(kmm::SysctlError::OutOfRange {
+            name: "watermark_scale_factor",
+            value: 3001,
+            ..
+        }))
+    ));
+    assert_eq!(wmarks(&mm), marks, "a refused write changes nothing");
+    mm.set_watermark_scale_factor(100).unwrap();
+    assert_eq!(mm.watermark_scale_factor(), 100);
+    let wider = wmarks(&mm);
+    assert!(wider
+        .iter()
+        .zip(&marks)
+        .all(|(w, m)| w.min == m.min && w.high - w.low >= m.high - m.low));
+    mm.set_min_free_kbytes(min * 2).unwrap();
+    assert_eq!(mm.min_free_kbytes(), min * 2);
+    let mut doubled = ratio;
+    doubled[0] *= 2;
+    mm.set_lowmem_reserve_ratio(&doubled).unwrap();
+    assert_eq!(mm.lowmem_reserve_ratio(), doubled);
+    mm.check().unwrap();
+}

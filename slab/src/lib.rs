@@ -120,7 +120,7 @@ pub use kmalloc::{KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, KMALLOC_MIN_SIZE};
 pub use kmem::{CacheId, Kmem, KmemConfig, ObjectOwner, SlabBackend, MAX_CACHES};
 pub use slabinfo::SlabInfo;
 pub use validate::Violation;
-pub use vmstat::SlabPages;
+pub use vmstat::NrSlabPages;
 
 /// Bytes of a slab header's fixed part (one state byte per object follows).
 pub const fn slab_header_bytes() -> usize {

@@ -1422,7 +1422,7 @@ fn slab_pages_split_by_reclaim_account_and_drop_slab_returns_every_page() {
         .unwrap();
     // Cache descriptors are not slab pages: the baseline is taken after.
     let base = m.frames_in_use();
-    assert_eq!(k.nr_slab_pages(), SlabPages::default());
+    assert_eq!(k.nr_slab_pages(), NrSlabPages::default());
 
     let rounds = if cfg!(miri) { 20 } else { 300 };
     let mut dentries = Vec::new();
@@ -1465,7 +1465,7 @@ fn slab_pages_split_by_reclaim_account_and_drop_slab_returns_every_page() {
     }
     // drop_slab: one call, every cache, every CPU.
     k.shrink_all();
-    assert_eq!(k.nr_slab_pages(), SlabPages::default());
+    assert_eq!(k.nr_slab_pages(), NrSlabPages::default());
     assert_eq!(m.frames_in_use(), base, "every slab page came back");
     k.check_invariants().unwrap();
 }

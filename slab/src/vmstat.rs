@@ -20,7 +20,7 @@ use kmm_api::sync::Ordering::Relaxed;
 /// Linux keeps those in a `kmem_cache` slab of its own and in per-CPU
 /// memory (`Percpu` in meminfo), not in the caches a kernel creates.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
-pub struct SlabPages {
+pub struct NrSlabPages {
     /// `nr_slab_reclaimable` (meminfo `SReclaimable`): slabs of
     /// `SLAB_RECLAIM_ACCOUNT` caches, which a shrinker can give back.
     pub nr_slab_reclaimable: usize,
@@ -30,7 +30,7 @@ pub struct SlabPages {
     pub nr_slab_unreclaimable: usize,
 }
 
-impl SlabPages {
+impl NrSlabPages {
     /// meminfo `Slab`: both kinds together.
     pub fn total(&self) -> usize {
         self.nr_slab_reclaimable
@@ -39,7 +39,7 @@ impl SlabPages {
 }
 
 /// The two `/proc/vmstat` lines, `name value` each.
-impl fmt::Display for SlabPages {
+impl fmt::Display for NrSlabPages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "nr_slab_reclaimable {}", self.nr_slab_reclaimable)?;
         writeln!(f, "nr_slab_unreclaimable {}", self.nr_slab_unreclaimable)
@@ -47,7 +47,7 @@ impl fmt::Display for SlabPages {
 }
 
 impl<B: SlabBackend> Kmem<B> {
-    /// The slab pages by kind (see [`SlabPages`]). O(caches), one node lock
+    /// The slab pages by kind (see [`NrSlabPages`]). O(caches), one node lock
     /// at a time; never taken by an allocation or a free.
     ///
     /// ```
@@ -69,8 +69,8 @@ impl<B: SlabBackend> Kmem<B> {
     /// kmem.shrink_all();
     /// assert_eq!(kmem.nr_slab_pages().total(), 0);
     /// ```
-    pub fn nr_slab_pages(&self) -> SlabPages {
-        let mut pages = SlabPages {
+    pub fn nr_slab_pages(&self) -> NrSlabPages {
+        let mut pages = NrSlabPages {
             nr_slab_reclaimable: 0,
             nr_slab_unreclaimable: self.large_kmalloc_pages.load(Relaxed),
         };
@@ -85,5 +85,17 @@ impl<B: SlabBackend> Kmem<B> {
             *kind = kind.saturating_add(slab_pages);
         }
         pages
+    }
+
+    /// Bytes of per-CPU memory the caches use (meminfo `Percpu`): every
+    /// live cache's per-CPU object arrays, one per CPU. O(caches).
+    pub fn percpu_bytes(&self) -> usize {
+        let table = self.lock_table();
+        self.caches(&table)
+            .map(|c| {
+                c.nr_cpus
+                    .saturating_mul(core::mem::size_of::<crate::cpu::CpuArray>())
+            })
+            .fold(0, usize::saturating_add)
     }
 }

@@ -217,6 +217,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             direct_map,
             shrinkers: ShrinkerRegistry::new(),
             bad_frees: AtomicUsize::new(0),
+            owned_pages: core::array::from_fn(|_| AtomicUsize::new(0)),
             id: AllocatorId::new().ok_or(Error::IdsExhausted)?,
             tuning: SpinLock::new(Tunables::BOOT),
             vm_events,

@@ -56,6 +56,9 @@ pub struct Zones<'a, P: Platform, D: DirectMap> {
     pub(crate) shrinkers: ShrinkerRegistry<'a>,
     /// Frees refused so far (double, foreign, wrong order, ...).
     pub(crate) bad_frees: AtomicUsize,
+    /// Frames held under each owner tag (indexed by the tag's bits), kept
+    /// by `set_owner`: Linux's `NR_PAGETABLE` and friends.
+    pub(crate) owned_pages: [AtomicUsize; kmm_api::OwnerWord::TAG_MASK + 1],
     /// The identity every [`Pages`] of this allocator carries.
     pub(crate) id: AllocatorId,
     /// The `/proc/sys/vm` tunables; its lock serialises their writers.

@@ -12,9 +12,10 @@
 use crate::report::{BuddyInfo, MemInfo, ZoneInfo, ZoneStats};
 use crate::zone::Zone;
 use crate::{Invariant, Zones, MAX_NR_ZONES};
+use kmm_api::sync::Ordering::Relaxed;
 use kmm_api::{
-    AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, IrqGuard, Order, OwnerWord, PageOwner,
-    Pages, Pfn, Platform, Shrinker,
+    AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, IrqGuard, Order, OwnerTag, OwnerWord,
+    PageOwner, Pages, Pfn, Platform, Shrinker,
 };
 
 /// A snapshot of every present zone, lowest first, from which the `/proc`
@@ -80,6 +81,27 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// per-CPU lists are not counted, as in Linux).
     pub fn nr_free_pages(&self) -> usize {
         self.zones.iter().flatten().map(|z| z.free_pages()).sum()
+    }
+
+    /// Bytes of per-CPU memory the zones use (meminfo `Percpu`): every
+    /// zone's per-CPU page lists and every CPU's event counters, carved at
+    /// boot.
+    pub fn percpu_bytes(&self) -> usize {
+        let lists: usize = self
+            .zones
+            .iter()
+            .flatten()
+            .map(|z| core::mem::size_of_val(z.pcp))
+            .sum();
+        lists + core::mem::size_of_val(self.vm_events)
+    }
+
+    /// Frames held under `tag`'s owner words now (Linux's `NR_PAGETABLE`
+    /// for [`OwnerTag::PageTable`]). Exact for layers that clear their
+    /// words before freeing, as the checker requires of them.
+    pub fn nr_owned_pages(&self, tag: OwnerTag) -> usize {
+        let bits = OwnerWord::new(tag, 0).map_or(0, OwnerWord::to_bits);
+        self.owned_pages[bits].load(Relaxed)
     }
 
     /// Linux `totalram_pages`: pages released to the zones at boot (free,
@@ -196,7 +218,14 @@ unsafe impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
     }
     unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
         let page = self.held_frame(pfn).ok_or(Error::NotAllocated { pfn })?;
+        let old = page.word() as usize & OwnerWord::TAG_MASK;
+        let new = word.to_bits() & OwnerWord::TAG_MASK;
         page.set_owner_word(word);
+        if old != new {
+            // Frames of different holders change at once: read-modify-writes.
+            self.owned_pages[new].fetch_add(1, Relaxed);
+            self.owned_pages[old].fetch_sub(1, Relaxed);
+        }
         Ok(())
     }
 }
