@@ -76,6 +76,16 @@ unsafe impl<P: PreemptControl, D: DirectMap> PageOwner for SlabPages<P, D> {
         // SAFETY: our caller's contract is the zones'.
         unsafe { self.zones().set_owner(pfn, word) }
     }
+    #[inline]
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        // SAFETY: our caller's contract is the zones'.
+        unsafe { self.zones().replace_owner(pfn, current, new) }
+    }
 }
 
 // SAFETY: every method forwards to the zones' direct map `D`, which keeps

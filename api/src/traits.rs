@@ -124,6 +124,24 @@ pub unsafe trait PageOwner: Sync {
     /// always within this contract for the frame's holder.
     #[allow(unsafe_code)]
     unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error>;
+
+    /// Replaces the owner word of an allocated frame with `new` if it is
+    /// `current`, in one atomic step: of callers racing to replace the same
+    /// word, exactly one gets `Ok(true)` (how a layer makes "this is still
+    /// mine, and now it is being freed" a single transition). `Ok(false)`,
+    /// nothing changed, if the word is not `current`; refused with an
+    /// error if the frame is not allocated.
+    ///
+    /// # Safety
+    ///
+    /// As for [`PageOwner::set_owner`], for `new`.
+    #[allow(unsafe_code)]
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error>;
 }
 
 /// The kernel half of the page tables: map, unmap and translate one page,
@@ -383,6 +401,15 @@ unsafe impl<T: PageOwner + ?Sized> PageOwner for &T {
     unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
         // SAFETY: our caller's contract is `T`'s.
         unsafe { (**self).set_owner(pfn, word) }
+    }
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        // SAFETY: our caller's contract is `T`'s.
+        unsafe { (**self).replace_owner(pfn, current, new) }
     }
 }
 

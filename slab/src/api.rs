@@ -424,11 +424,7 @@ impl<B: SlabBackend> Kmem<B> {
         // SAFETY: forwarded from our caller.
         match unsafe { self.find(p) }? {
             Owned::Slab { cache, slab, index } => self.cache_free(cache, slab, index, check, site),
-            Owned::Large { pfn, order } => {
-                self.large_kmalloc_pages.fetch_sub(order.pages(), Relaxed);
-                self.free_owned_block(pfn, order);
-                Ok(())
-            }
+            Owned::Large { pfn, order } => self.free_large(p, pfn, order),
         }
     }
 

@@ -551,14 +551,35 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Marks the frames of a large kmalloc.
     pub(crate) fn set_large_owner(&self, pfn: Pfn, order: Order) -> Result<(), SlabError> {
-        self.set_block_owner(pfn, order, |k| {
-            let (tag, payload) = match k {
-                0 => (OwnerTag::LargeKmalloc, order.as_usize() << 3),
-                _ => (OwnerTag::LargeKmallocTail, k << 3),
-            };
+        self.set_block_owner(pfn, order, |k| match k {
+            0 => large_head_word(order),
             // A value shifted by three always has a clear tag field.
-            OwnerWord::new(tag, payload).unwrap_or(OwnerWord::NONE)
+            _ => OwnerWord::new(OwnerTag::LargeKmallocTail, k << 3).unwrap_or(OwnerWord::NONE),
         })
+    }
+
+    /// Frees a large kmalloc at `p`: its head's owner word goes from "a
+    /// large kmalloc of `order`" to none in one compare-and-swap, so of two
+    /// frees racing on the block exactly one proceeds and the other is
+    /// refused as a double free (before the winner can free the block, and
+    /// so before anyone else can be handed it).
+    pub(crate) fn free_large(&self, p: *const u8, pfn: Pfn, order: Order) -> Result<(), SlabError> {
+        // SAFETY: clearing a word is within the contract for its holder, and
+        // the swap succeeds only for the one caller that still holds the
+        // block as a large kmalloc.
+        let claimed = unsafe {
+            self.backend
+                .replace_owner(pfn, large_head_word(order), OwnerWord::NONE)
+        };
+        if claimed != Ok(true) {
+            return Err(SlabError::DoubleFree {
+                cache: LARGE_KMALLOC,
+                addr: self.virt(p),
+            });
+        }
+        self.large_kmalloc_pages.fetch_sub(order.pages(), Relaxed);
+        self.free_owned_block(pfn, order);
+        Ok(())
     }
 
     /// Clears a slab's or large kmalloc's owner words and frees its pages.
@@ -675,4 +696,14 @@ fn secret(seed: u64, index: usize, salt: usize) -> usize {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (z ^ (z >> 31)) as usize | 1
+}
+
+/// What reports and errors call the page blocks of large kmallocs (they
+/// have no cache).
+pub(crate) const LARGE_KMALLOC: &str = "kmalloc-large";
+
+/// The owner word of a large kmalloc's first frame: its order.
+fn large_head_word(order: Order) -> OwnerWord {
+    // A value shifted by three always has a clear tag field.
+    OwnerWord::new(OwnerTag::LargeKmalloc, order.as_usize() << 3).unwrap_or(OwnerWord::NONE)
 }

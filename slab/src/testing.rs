@@ -277,6 +277,21 @@ unsafe impl PageOwner for HostMachine {
         self.owners[i].store(word.to_bits(), Release);
         Ok(())
     }
+
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        let i = self.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
+        if !self.allocated[i].load(Acquire) {
+            return Err(Error::NotAllocated { pfn });
+        }
+        Ok(self.owners[i]
+            .compare_exchange(current.to_bits(), new.to_bits(), AcqRel, Acquire)
+            .is_ok())
+    }
 }
 
 impl Platform for HostMachine {

@@ -2,12 +2,14 @@
 //! and free on two CPUs with remote frees, a flush racing a refill on the
 //! node lock, a thread migrating between CPUs), the checked free's state
 //! transition (two CPUs freeing one object: exactly one wins, on the fast
-//! path and on the debug path), a remote free racing a flush, and a flush
-//! racing a drain of the same CPU from another CPU (`flush_all`).
+//! path and on the debug path, and for a large kmalloc, whose head's owner
+//! word is claimed by compare-and-swap), a remote free racing a flush, and
+//! a flush racing a drain of the same CPU from another CPU (`flush_all`).
 //!
 //! Every shared word the slab layer touches is a loom object here: the
 //! slab headers' atomics and the cache locks come from `kmm_api::sync`,
-//! the state bytes live in a loom table under `--cfg loom`, and each CPU's
+//! the state bytes live in a loom table under `--cfg loom`, every owner-word
+//! access passes a loom lock of the model machine, and each CPU's
 //! array is a loom `UnsafeCell`, so loom sees every access and reports two
 //! contexts touching one array at once. Each model counts the
 //! interleavings it explored and asserts a floor that shows the racy
@@ -34,6 +36,10 @@ loom::thread_local!(static CPU: Cell<usize> = Cell::new(0));
 struct LoomMachine {
     host: HostMachine,
     pinned: [AtomicBool; NR_CPUS],
+    /// Taken around every owner-word access, so loom sees each one (the
+    /// host machine's words are plain atomics) and can interleave layers
+    /// between them.
+    owner_words: loom::sync::Mutex<()>,
 }
 
 /// CPUs of the model machine.
@@ -72,11 +78,23 @@ unsafe impl DirectMap for LoomMachine {
 // SAFETY: forwards to the host machine, which keeps the contract.
 unsafe impl PageOwner for LoomMachine {
     fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
+        let _seen = self.owner_words.lock().unwrap();
         self.host.owner(pfn)
     }
     unsafe fn set_owner(&self, pfn: Pfn, word: OwnerWord) -> Result<(), Error> {
+        let _seen = self.owner_words.lock().unwrap();
         // SAFETY: our caller's contract is the host machine's.
         unsafe { self.host.set_owner(pfn, word) }
+    }
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        let _seen = self.owner_words.lock().unwrap();
+        // SAFETY: our caller's contract is the host machine's.
+        unsafe { self.host.replace_owner(pfn, current, new) }
     }
 }
 
@@ -152,6 +170,7 @@ fn build(slub_debug: SlabFlags) -> Arc<Kmem<LoomMachine>> {
     let machine = LoomMachine {
         host: HostMachine::new(160, NR_CPUS),
         pinned: std::array::from_fn(|_| AtomicBool::new(false)),
+        owner_words: loom::sync::Mutex::new(()),
     };
     let config = KmemConfig {
         slub_debug,
@@ -240,7 +259,7 @@ fn remote_free_flushes_race_the_owners_refill() {
         k.check_invariants().unwrap();
         assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
     });
-    assert_explored("remote free flushes vs refill", explored, 950);
+    assert_explored("remote free flushes vs refill", explored, 8000);
 }
 
 #[test]
@@ -263,7 +282,7 @@ fn a_thread_migrating_between_sections_never_shares_a_cpu_array() {
         t.join().unwrap();
         k.check_invariants().unwrap();
     });
-    assert_explored("migration", explored, 400);
+    assert_explored("migration", explored, 600);
 }
 
 /// Slab size of the big cache: objects of one slab lie in one aligned
@@ -368,13 +387,13 @@ fn racing_double_frees(slub_debug: SlabFlags) -> usize {
 #[test]
 fn racing_frees_of_one_object_let_exactly_one_win_even_mid_flush() {
     let explored = racing_double_frees(SlabFlags::empty());
-    assert_explored("racing double frees", explored, 480);
+    assert_explored("racing double frees", explored, 1700);
 }
 
 #[test]
 fn racing_frees_of_one_debug_object_let_exactly_one_win() {
     let explored = racing_double_frees(SlabFlags::POISON);
-    assert_explored("racing double frees (debug)", explored, 1100);
+    assert_explored("racing double frees (debug)", explored, 4100);
 }
 
 #[test]
@@ -417,7 +436,7 @@ fn remote_frees_race_the_owners_flush() {
         k.check_invariants().unwrap();
         assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
     });
-    assert_explored("remote frees vs flush", explored, 2800);
+    assert_explored("remote frees vs flush", explored, 9000);
 }
 
 #[test]
@@ -440,4 +459,48 @@ fn a_flush_races_a_drain_of_the_same_cpu_from_another_cpu() {
         assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
     });
     assert_explored("flush vs remote drain", explored, 120);
+}
+
+/// Two CPUs free one large kmalloc at once: its head's owner word is
+/// claimed by one compare-and-swap, so exactly one free wins, the other is
+/// refused (a double free, or an invalid pointer if the block is already
+/// gone), and the block goes back to the page allocator once.
+#[test]
+fn racing_frees_of_one_large_kmalloc_let_exactly_one_win() {
+    let explored = explore(|| {
+        let k = build(SlabFlags::empty());
+        on_cpu(0);
+        let base = k.backend().host.frames_in_use();
+        let p = k
+            .kmalloc(kmm_slab::KMALLOC_MAX_CACHE_SIZE + 1, GFP_KERNEL)
+            .unwrap()
+            .as_ptr() as usize;
+        let k2 = k.clone();
+        // SAFETY: racing double frees: both threads give `p` up, and
+        // nobody allocates during the race.
+        let other = thread::spawn(move || {
+            on_cpu(1);
+            unsafe { kfree(&k2, p) }
+        });
+        // SAFETY: as above.
+        let mine = unsafe { kfree(&k, p) };
+        let theirs = other.join().unwrap();
+        let refused = |r: &Result<(), SlabError>| {
+            matches!(
+                r,
+                Err(SlabError::DoubleFree { .. } | SlabError::InvalidPointer { .. })
+            )
+        };
+        assert!(
+            (mine.is_ok() && refused(&theirs)) || (refused(&mine) && theirs.is_ok()),
+            "exactly one free wins: {mine:?} {theirs:?}"
+        );
+        assert_eq!(
+            k.backend().host.frames_in_use(),
+            base,
+            "the block back once"
+        );
+        assert_eq!(k.internal_errors(), 0);
+    });
+    assert_explored("racing frees of a large kmalloc", explored, 45);
 }

@@ -98,6 +98,21 @@ unsafe impl PageOwner for Frames {
         *w = word;
         Ok(())
     }
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        let mut pool = self.pool.lock();
+        let held = pool.held.iter_mut().find(|(p, _)| *p == pfn);
+        let (_, w) = held.ok_or(Error::NotAllocated { pfn })?;
+        let matches = *w == current;
+        if matches {
+            *w = new;
+        }
+        Ok(matches)
+    }
 }
 
 /// The machine's kernel page table over the `Frames` pool.

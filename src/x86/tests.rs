@@ -179,6 +179,23 @@ unsafe impl PageOwner for HostRam {
         held.words[i] = word;
         Ok(())
     }
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        let mut held = self.held.lock();
+        let i = pfn.as_usize();
+        if i >= FRAMES || held.used & (1 << i) == 0 {
+            return Err(Error::NotAllocated { pfn });
+        }
+        let matches = held.words[i] == current;
+        if matches {
+            held.words[i] = new;
+        }
+        Ok(matches)
+    }
 }
 
 /// Records what the table reported, and can refuse the next `pte_set`.

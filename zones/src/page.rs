@@ -207,6 +207,30 @@ impl Page {
         self.set_flag(PG_OWNED, !word.is_none());
     }
 
+    /// The holder, or one of several callers racing to claim the same word,
+    /// swaps the owner word from `current` to `new` atomically (`PG_owned`
+    /// follows it, written by the one that swapped). Whether it swapped.
+    #[inline]
+    pub(crate) fn replace_owner_word(
+        &self,
+        current: kmm_api::OwnerWord,
+        new: kmm_api::OwnerWord,
+    ) -> bool {
+        let swapped = self
+            .word
+            .compare_exchange(
+                current.to_bits() as u64,
+                new.to_bits() as u64,
+                Relaxed,
+                Relaxed,
+            )
+            .is_ok();
+        if swapped {
+            self.set_flag(PG_OWNED, !new.is_none());
+        }
+        swapped
+    }
+
     /// Next index on a per-CPU list.
     #[inline]
     pub(crate) fn pcp_next(&self) -> u32 {

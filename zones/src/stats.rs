@@ -83,6 +83,15 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         self.zones.iter().flatten().map(|z| z.free_pages()).sum()
     }
 
+    /// A frame moved from owner-tag bits `old` to `new`.
+    fn count_owned(&self, old: usize, new: usize) {
+        if old != new {
+            // Frames of different holders change at once: read-modify-writes.
+            self.owned_pages[new].fetch_add(1, Relaxed);
+            self.owned_pages[old].fetch_sub(1, Relaxed);
+        }
+    }
+
     /// Bytes of per-CPU memory the zones use (meminfo `Percpu`): every
     /// zone's per-CPU page lists and every CPU's event counters, carved at
     /// boot.
@@ -221,11 +230,21 @@ unsafe impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
         let old = page.word() as usize & OwnerWord::TAG_MASK;
         let new = word.to_bits() & OwnerWord::TAG_MASK;
         page.set_owner_word(word);
-        if old != new {
-            // Frames of different holders change at once: read-modify-writes.
-            self.owned_pages[new].fetch_add(1, Relaxed);
-            self.owned_pages[old].fetch_sub(1, Relaxed);
-        }
+        self.count_owned(old, new);
         Ok(())
+    }
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: OwnerWord,
+        new: OwnerWord,
+    ) -> Result<bool, Error> {
+        let page = self.held_frame(pfn).ok_or(Error::NotAllocated { pfn })?;
+        let swapped = page.replace_owner_word(current, new);
+        if swapped {
+            let tag = |word: OwnerWord| word.to_bits() & OwnerWord::TAG_MASK;
+            self.count_owned(tag(current), tag(new));
+        }
+        Ok(swapped)
     }
 }
