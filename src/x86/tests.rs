@@ -261,7 +261,7 @@ fn entries_are_written_in_the_x86_two_level_format() {
     let pte = ram.read_entry(Pfn::new((pde >> 12) as usize), (0xffb0_3000 >> 12) & 0x3ff);
     assert_eq!(
         pte,
-        0x1234_5000 | 0x001 | 0x002 | 0x010 | 0x020 | 0x040 | 0x100
+        0x1234_5000 | 0x001 | 0x002 | 0x008 | 0x010 | 0x020 | 0x040 | 0x100
     );
 }
 
