@@ -196,7 +196,7 @@ impl Mmu for Recorder {
         self.log.lock().push((true, addr.as_usize()));
         Ok(())
     }
-    fn pte_cleared(&self, addr: VirtAddr) {
+    fn pte_cleared(&self, addr: VirtAddr, _pfn: Pfn) {
         self.log.lock().push((false, addr.as_usize()));
     }
     fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {}
