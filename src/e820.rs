@@ -7,7 +7,16 @@
 //! 0x0a0000 - 0x0fffff  reserved      VGA window and BIOS ROMs
 //! 0x100000 - +image    kernel image  loaded at 1 MiB
 //! +image   - RAM end   usable
+//! 0xfeb00000 - 0xfebfffff  reserved  device window (PCI MMIO), see below
 //! ```
+//!
+//! The device window is where a PC's firmware places PCI devices'
+//! memory-mapped registers (BARs), in the hole below the I/O APIC at
+//! `0xfec0_0000`: physical addresses that are not RAM, which a driver
+//! reaches only through `ioremap`. A PC has the hole whatever its RAM; a
+//! machine built here has RAM only below it, so [`pc_device_window`] lists
+//! the window only when RAM ends at or below its base (larger RAM would
+//! have to be remapped above 4 GiB, which these machines do not model).
 
 use kmm_api::{Error, MemoryRegion, PhysAddr, RegionKind, PAGE_SIZE};
 
@@ -17,6 +26,32 @@ pub const CONVENTIONAL_END: u64 = 640 << 10;
 pub const KERNEL_LOAD_ADDR: u64 = 1 << 20;
 /// The default size of the kernel image a simulated machine reserves.
 pub const DEFAULT_KERNEL_IMAGE_BYTES: u64 = 4 << 20;
+
+/// First byte of the device window: a PCI MMIO hole just below the I/O
+/// APIC (`0xfec0_0000`), so Linux's `ioremap(0xfebc_0123, 16)` example
+/// lands in it.
+pub const DEVICE_WINDOW_BASE: u64 = 0xfeb0_0000;
+/// Size of the device window (1 MiB).
+pub const DEVICE_WINDOW_BYTES: u64 = 1 << 20;
+
+/// The device window of a PC with `ram_bytes` of RAM, as a reserved e820
+/// entry: `[DEVICE_WINDOW_BASE, + DEVICE_WINDOW_BYTES)`, or `None` when
+/// RAM reaches past its base.
+///
+/// ```
+/// use kmm::e820::{pc_device_window, DEVICE_WINDOW_BASE};
+/// use kmm_api::RegionKind;
+/// let w = pc_device_window(2 << 30).unwrap();
+/// assert_eq!((w.start.as_u64(), w.kind), (DEVICE_WINDOW_BASE, RegionKind::Reserved));
+/// assert_eq!(pc_device_window(4 << 30), None);
+/// ```
+pub fn pc_device_window(ram_bytes: u64) -> Option<MemoryRegion> {
+    (ram_bytes <= DEVICE_WINDOW_BASE).then_some(MemoryRegion::new(
+        DEVICE_WINDOW_BASE,
+        DEVICE_WINDOW_BASE + DEVICE_WINDOW_BYTES,
+        RegionKind::Reserved,
+    ))
+}
 
 /// The e820 map of a PC with `ram_bytes` of RAM and a kernel image of
 /// `image_bytes` at 1 MiB. RAM must extend at least one page past the image
@@ -68,6 +103,20 @@ mod tests {
         assert_eq!(map[1].kind, RegionKind::Reserved);
         assert_eq!(map[1].len(), 384 << 10);
         assert_eq!(map[3].end.as_u64(), 2 << 30);
+    }
+
+    #[test]
+    fn the_device_window_is_a_reserved_hole_below_the_io_apic_above_ram() {
+        let w = pc_device_window(2 << 30).unwrap();
+        assert_eq!(w.start.as_u64(), 0xfeb0_0000);
+        assert_eq!(w.end.as_u64(), 0xfec0_0000);
+        assert_eq!(w.kind, RegionKind::Reserved);
+        assert!(w.start.as_u64() <= 0xfebc_0123 && 0xfebc_0123 + 16 <= w.end.as_u64());
+        assert!(pc_device_window(DEVICE_WINDOW_BASE).is_some());
+        assert_eq!(
+            pc_device_window(DEVICE_WINDOW_BASE + PAGE_SIZE as u64),
+            None
+        );
     }
 
     #[test]

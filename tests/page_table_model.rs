@@ -47,8 +47,12 @@ fn op() -> impl Strategy<Value = Op> {
 /// What `translate` reports for a mapping made with `prot`: the
 /// protections the format has bits for, and EXEC (no NX bit without PAE).
 fn visible(prot: PageProt) -> PageProt {
-    (prot & (PageProt::WRITE | PageProt::USER | PageProt::NOCACHE | PageProt::GLOBAL))
-        | PageProt::EXEC
+    let bits = PageProt::WRITE
+        | PageProt::USER
+        | PageProt::NOCACHE
+        | PageProt::WRITE_THROUGH
+        | PageProt::GLOBAL;
+    (prot & bits) | PageProt::EXEC
 }
 
 proptest! {

@@ -92,6 +92,13 @@ pub enum Error {
         /// The address given.
         addr: VirtAddr,
     },
+    /// A map of a page whose previous translation may still sit in a TLB:
+    /// it was unmapped, but the flush its unmap returned has not run yet,
+    /// so a CPU could still reach the old frame through it.
+    StaleTlb {
+        /// The address given.
+        addr: VirtAddr,
+    },
     /// A fixed-capacity table of ranges (such as the boot allocator's region
     /// arrays) has no slot left for the range that was to be recorded.
     TooManyRegions {
@@ -160,6 +167,10 @@ impl fmt::Display for Error {
             Error::BadVirtAddr { addr } => write!(f, "bad virtual address {addr}"),
             Error::NotMapped { addr } => write!(f, "{addr} is not mapped"),
             Error::AlreadyMapped { addr } => write!(f, "{addr} is already mapped"),
+            Error::StaleTlb { addr } => write!(
+                f,
+                "{addr} may still have a stale TLB entry: its unmap was not flushed yet"
+            ),
             Error::TooManyRegions { capacity } => {
                 write!(f, "region table is full: all {capacity} slots are in use")
             }

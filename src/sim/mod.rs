@@ -8,8 +8,28 @@
 //! - at boot, the direct map of lowmem (one mapping of `[0, lowmem)` at
 //!   `PAGE_OFFSET`);
 //! - afterwards, each page the x86 page table maps ([`SimMmu`] is the
-//!   table's [`Mmu`]): `map` maps the frame's file page at that address,
-//!   `unmap` turns the page back into an inaccessible reservation.
+//!   table's [`Mmu`]): `map` maps the frame's file page at that address;
+//!   `unmap` leaves it reachable, as a stale TLB entry would, until a TLB
+//!   flush covering it turns the page back into an inaccessible
+//!   reservation (module `tlb`).
+//!
+//! The TLB model: an unmapped page stays *stale* (still reaching its old
+//! frame) until `flush_tlb_range` covers it; mapping a stale page again is
+//! refused with [`Error::StaleTlb`] and counted. So a forgotten flush shows
+//! up as a refused map (and in [`Machine::stale_translations`]) instead of
+//! passing unseen. Frames are not policed: a frame may be handed out again
+//! while a stale translation still reaches it, as Linux's lazy vmalloc
+//! purge does by design; [`Machine::has_stale_translation`] lets a test
+//! check it where its layer promises otherwise.
+//!
+//! The device window: physical `[0xfeb0_0000, 0xfec0_0000)` (see
+//! [`crate::e820::pc_device_window`]) is device memory, backed by its own
+//! host memory file, reported as reserved in the memory map (so the zones
+//! never manage it) and mappable by the page table like RAM (what `ioremap`
+//! needs): a write through one mapping of a device page shows through any
+//! other and through [`Machine::read_device`]. Caching bits
+//! ([`PageProt::NOCACHE`], [`PageProt::WRITE_THROUGH`]) are kept in the
+//! entries; host memory is coherent, so they change nothing here.
 //!
 //! Each mapped page that does not continue its neighbour's mapping is one
 //! host mapping, so the host's `vm.max_map_count` (65530 by default)
@@ -26,27 +46,33 @@
 //! share one overflow CPU, so the machine reports `nr_cpus + 1` CPU ids
 //! (see [`crate::cpu`]).
 //!
-//! Never: maps anything outside the window, maps a frame beyond RAM, or
-//! lets the page table's hook touch the direct map (`pte_set` refuses
-//! addresses outside [`Layout::kernel_map_range`]). Dropping the last
-//! handle unmaps the window and closes the RAM file.
+//! Never: maps anything outside the window, maps a frame that is neither
+//! RAM nor device window, maps a page whose stale translation was not
+//! flushed, or lets the page table's hook touch the direct map (`pte_set`
+//! refuses addresses outside [`Layout::kernel_map_range`]). Dropping the
+//! last handle unmaps the window and closes the memory files.
 
 mod host;
 #[cfg(test)]
 mod tests;
+mod tlb;
+
+pub use tlb::TlbStats;
 
 use crate::cpu::HostCpus;
-use crate::e820::{pc_memory_map, DEFAULT_KERNEL_IMAGE_BYTES};
+use crate::e820::{pc_device_window, pc_memory_map, DEFAULT_KERNEL_IMAGE_BYTES};
 use crate::layout::{Layout, NR_CPUS};
 use crate::x86::{Mmu, X86PageTable};
 use core::fmt;
 use host::HostMemory;
-use kmm_api::sync::{AtomicBool, AtomicUsize, Ordering};
+use kmm_api::sync::{AtomicBool, Ordering};
 use kmm_api::{
-    DirectMap, Error, FrameAllocator, MemoryRegion, PageOwner, PageProt, Pfn, Platform,
+    DirectMap, Error, FrameAllocator, MemoryRegion, PageOwner, PageProt, Pfn, PhysAddr, Platform,
     PreemptControl, VirtAddr, PAGE_SIZE,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::vec::Vec;
+use tlb::Tlb;
 
 /// What to build.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -93,11 +119,23 @@ impl std::error::Error for SimError {}
 
 struct Inner {
     layout: Layout,
-    memory_map: [MemoryRegion; 4],
+    memory_map: Vec<MemoryRegion>,
+    /// The device window, `(base, bytes)`, if RAM leaves room for it.
+    device_window: Option<(PhysAddr, usize)>,
     cpus: HostCpus,
-    tlb_flushes: AtomicUsize,
+    /// Lock order: after the page table's lock (the MMU hooks run under
+    /// it), before nothing.
+    tlb: Mutex<Tlb>,
     table_attached: AtomicBool,
     host: HostMemory,
+}
+
+impl Inner {
+    fn tlb(&self) -> MutexGuard<'_, Tlb> {
+        // A panic while holding the lock leaves the model consistent (each
+        // method updates it last), so a poisoned lock is still usable.
+        self.tlb.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// A handle on a simulated i386 machine; clones share the machine, which
@@ -123,8 +161,9 @@ pub struct Machine {
 pub type SimPageTable<A> = X86PageTable<A, Machine, SimMmu>;
 
 impl Machine {
-    /// Builds the machine: RAM file, window, the PC memory map (see
-    /// [`crate::e820`]), and the direct map of lowmem.
+    /// Builds the machine: RAM file, device window and its file (when RAM
+    /// ends below it), window, the PC memory map (see [`crate::e820`]),
+    /// and the direct map of lowmem.
     pub fn new(config: MachineConfig) -> Result<Machine, SimError> {
         if config.nr_cpus == 0 || config.nr_cpus > NR_CPUS {
             return Err(SimError::Config(Error::SizeTooLarge {
@@ -132,9 +171,16 @@ impl Machine {
             }));
         }
         let layout = Layout::i386(config.ram_bytes, config.pae).map_err(SimError::Config)?;
-        let memory_map = pc_memory_map(layout.ram_bytes(), DEFAULT_KERNEL_IMAGE_BYTES)
-            .map_err(SimError::Config)?;
-        let host = HostMemory::new(layout.ram_bytes()).map_err(SimError::Host)?;
+        let mut memory_map: Vec<MemoryRegion> =
+            pc_memory_map(layout.ram_bytes(), DEFAULT_KERNEL_IMAGE_BYTES)
+                .map_err(SimError::Config)?
+                .to_vec();
+        let window = pc_device_window(layout.ram_bytes());
+        memory_map.extend(window);
+        let window = window.map(|w| (w.start, w.len()));
+        let host = HostMemory::new(layout.ram_bytes(), window).map_err(SimError::Host)?;
+        // The window lies below 4 GiB, so its size fits a `usize`.
+        let device_window = window.map(|(base, bytes)| (base, bytes as usize));
         let lowmem = usize::try_from(layout.lowmem_bytes()).map_err(|_| {
             SimError::Config(Error::BadPhysAddr {
                 addr: layout.lowmem_limit(),
@@ -151,8 +197,9 @@ impl Machine {
             inner: Arc::new(Inner {
                 layout,
                 memory_map,
+                device_window,
                 cpus: HostCpus::new(config.nr_cpus),
-                tlb_flushes: AtomicUsize::new(0),
+                tlb: Mutex::new(Tlb::default()),
                 table_attached: AtomicBool::new(false),
                 host,
             }),
@@ -164,9 +211,40 @@ impl Machine {
         &self.inner.layout
     }
 
-    /// The e820 memory map the firmware reports.
+    /// The e820 memory map the firmware reports, in address order: RAM,
+    /// the BIOS hole and the kernel image, then the device window as a
+    /// reserved entry (when the machine has one).
     pub fn memory_map(&self) -> &[MemoryRegion] {
         &self.inner.memory_map
+    }
+
+    /// The device window: its first physical address and its size in
+    /// bytes, `None` when RAM reaches past its base (see
+    /// [`crate::e820::pc_device_window`]). O(1).
+    pub fn device_window(&self) -> Option<(PhysAddr, usize)> {
+        self.inner.device_window
+    }
+
+    /// Whether `pfn` is a page of the device window. O(1).
+    pub fn is_device(&self, pfn: Pfn) -> bool {
+        self.inner.host.is_device(pfn.phys(), PAGE_SIZE as u64)
+    }
+
+    /// Reads device memory at `phys` into `buf`, as the device sees it:
+    /// straight from the device's backing memory, no mapping involved (for
+    /// tests checking what a write through a mapping delivered).
+    /// [`Error::BadPhysAddr`] unless all of `[phys, phys + buf.len())` lies
+    /// in the device window. O(`buf.len()`).
+    pub fn read_device(&self, phys: PhysAddr, buf: &mut [u8]) -> Result<(), Error> {
+        self.inner.host.read_device(phys, buf)
+    }
+
+    /// Writes `bytes` into device memory at `phys`, as the device would
+    /// (for tests: what a read through a mapping must then see).
+    /// [`Error::BadPhysAddr`] unless the whole range lies in the device
+    /// window. O(`bytes.len()`).
+    pub fn write_device(&self, phys: PhysAddr, bytes: &[u8]) -> Result<(), Error> {
+        self.inner.host.write_device(phys, bytes)
     }
 
     /// The kernel page table, with page-table pages from `alloc` (normally
@@ -209,10 +287,36 @@ impl Machine {
         Ok(table)
     }
 
-    /// TLB flushes requested so far (a simulated TLB has nothing to drop,
-    /// but the count shows whether callers flush).
+    /// TLB flushes requested so far: `flush_tlb_range` calls, whatever
+    /// they covered (see [`Machine::tlb_stats`] for the pages).
     pub fn tlb_flushes(&self) -> usize {
-        self.inner.tlb_flushes.load(Ordering::Relaxed)
+        self.inner.tlb().stats().flushes
+    }
+
+    /// The TLB model's counters, read together: flushes, pages flushed,
+    /// pages stale now, maps refused for a stale page. O(1).
+    pub fn tlb_stats(&self) -> TlbStats {
+        self.inner.tlb().stats()
+    }
+
+    /// Pages unmapped whose translation has not been flushed yet: each
+    /// still reaches its old frame, and mapping it again is refused. O(1).
+    pub fn stale_translations(&self) -> usize {
+        self.inner.tlb().stats().stale_pages
+    }
+
+    /// Whether some stale translation still reaches `pfn`: for a test of
+    /// a layer that promises never to reuse a frame before its flush (the
+    /// machine itself allows it, as Linux's lazy purge does). O(log n).
+    pub fn has_stale_translation(&self, pfn: Pfn) -> bool {
+        self.inner.tlb().reaches(pfn)
+    }
+
+    /// The frame the stale translation of the page at `addr` still
+    /// reaches, or `None` if that page is mapped, flushed or never was.
+    /// O(log n).
+    pub fn stale_translation(&self, addr: VirtAddr) -> Option<Pfn> {
+        self.inner.tlb().stale_at(addr.align_down(PAGE_SIZE))
     }
 }
 
@@ -289,13 +393,18 @@ unsafe impl PreemptControl for Machine {
 }
 
 /// The machine's MMU as its kernel page table sees it: page-table changes
-/// become host mappings. Made only by [`Machine::kernel_page_table`], one at
-/// a time; dropping it (with its table) lets the next table attach.
+/// become host mappings, and cleared entries stay reachable until flushed
+/// (the TLB model in the module documentation). Made only by
+/// [`Machine::kernel_page_table`], one at a time; dropping it (with its
+/// table) drops every stale translation, as the teardown of the kernel
+/// half, and lets the next table attach.
 pub struct SimMmu(Machine);
 
 impl Drop for SimMmu {
     fn drop(&mut self) {
-        self.0.inner.table_attached.store(false, Ordering::Release);
+        let inner = &self.0.inner;
+        inner.tlb().flush_all(&inner.host);
+        inner.table_attached.store(false, Ordering::Release);
     }
 }
 
@@ -305,6 +414,11 @@ impl fmt::Debug for SimMmu {
     }
 }
 
+/// `pte_set` maps a RAM frame from the RAM file and a device-window page
+/// from the device file; any other frame is [`Error::PfnOutOfRange`]. A
+/// page whose stale translation was never flushed is
+/// [`Error::StaleTlb`]. Each hook holds the TLB model's lock across its
+/// host call, so a flush never unmaps a page a map is putting back.
 impl Mmu for SimMmu {
     fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
         let inner = &self.0.inner;
@@ -312,21 +426,23 @@ impl Mmu for SimMmu {
         if addr < first || addr > last {
             return Err(Error::BadVirtAddr { addr });
         }
-        if pfn >= inner.layout.max_pfn() {
+        if pfn >= inner.layout.max_pfn() && !self.0.is_device(pfn) {
             return Err(Error::PfnOutOfRange { pfn });
         }
+        let mut tlb = inner.tlb();
+        tlb.check_map(addr)?;
         inner
             .host
             .map(addr, pfn.phys(), PAGE_SIZE, prot.contains(PageProt::WRITE))
     }
 
-    fn pte_cleared(&self, addr: VirtAddr) {
-        // `pte_set` admitted this address, so the window accepts it.
-        let unmapped = self.0.inner.host.unmap(addr, PAGE_SIZE);
-        debug_assert!(unmapped.is_ok(), "unmap of {addr} refused");
+    fn pte_cleared(&self, addr: VirtAddr, pfn: Pfn) {
+        // The host mapping stays: the translation is stale until flushed.
+        self.0.inner.tlb().cleared(addr, pfn);
     }
 
-    fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {
-        self.0.inner.tlb_flushes.fetch_add(1, Ordering::Relaxed);
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
+        let inner = &self.0.inner;
+        inner.tlb().flush(&inner.host, start, end);
     }
 }

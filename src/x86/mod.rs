@@ -25,21 +25,27 @@ use kmm_api::{Error, PageProt, Pfn, VirtAddr};
 /// What the machine must do when the page table changes: the hook between
 /// the table in memory and the translation hardware (or its simulation).
 ///
-/// Called with the table lock held, for one page at a time; must not call
-/// back into the table. On hardware `pte_set` and `pte_cleared` do nothing
-/// (the MMU walks the table itself) and `flush_tlb_range` invalidates the
-/// TLB; the simulated machine mirrors each change into host mappings.
+/// `pte_set` and `pte_cleared` are called with the table lock held, for one
+/// page at a time; `flush_tlb_range` without it. None may call back into
+/// the table. On hardware `pte_set` and `pte_cleared` do nothing (the MMU
+/// walks the table itself) and `flush_tlb_range` invalidates the TLB; the
+/// simulated machine mirrors each change into host mappings and models the
+/// TLB: a cleared entry's translation stays usable until it is flushed.
 pub trait Mmu: Sync {
     /// A not-present entry for `addr` became present, mapping `pfn`. An
-    /// error undoes the entry and is returned to the caller of `map`.
+    /// error undoes the entry and is returned to the caller of `map`
+    /// (e.g. the simulated machine's [`Error::StaleTlb`] when `addr`'s
+    /// previous translation was never flushed).
     fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
         let _ = (addr, pfn, prot);
         Ok(())
     }
 
-    /// The present entry for `addr` was cleared.
-    fn pte_cleared(&self, addr: VirtAddr) {
-        let _ = addr;
+    /// The present entry for `addr`, which mapped `pfn`, was cleared. A
+    /// TLB may still hold the translation until `flush_tlb_range` covers
+    /// `addr`.
+    fn pte_cleared(&self, addr: VirtAddr, pfn: Pfn) {
+        let _ = (addr, pfn);
     }
 
     /// Invalidates cached translations for `[start, end)`.
@@ -56,8 +62,8 @@ impl<T: Mmu + ?Sized> Mmu for &T {
     fn pte_set(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
         (**self).pte_set(addr, pfn, prot)
     }
-    fn pte_cleared(&self, addr: VirtAddr) {
-        (**self).pte_cleared(addr)
+    fn pte_cleared(&self, addr: VirtAddr, pfn: Pfn) {
+        (**self).pte_cleared(addr, pfn)
     }
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
         (**self).flush_tlb_range(start, end)

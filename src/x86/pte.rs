@@ -52,11 +52,14 @@ impl PteFlags {
 
     /// The entry bits for a present page with `prot`. Without PAE there is
     /// no NX bit, so [`PageProt::EXEC`] needs no bit: every page executes.
+    /// The cache controls map one to one: [`PageProt::NOCACHE`] is `PCD`,
+    /// [`PageProt::WRITE_THROUGH`] is `PWT`.
     pub fn from_prot(prot: PageProt) -> PteFlags {
         let mut f = PteFlags::PRESENT | PteFlags::ACCESSED | PteFlags::DIRTY;
         f.set(PteFlags::RW, prot.contains(PageProt::WRITE));
         f.set(PteFlags::USER, prot.contains(PageProt::USER));
         f.set(PteFlags::PCD, prot.contains(PageProt::NOCACHE));
+        f.set(PteFlags::PWT, prot.contains(PageProt::WRITE_THROUGH));
         f.set(PteFlags::GLOBAL, prot.contains(PageProt::GLOBAL));
         f
     }
@@ -67,6 +70,7 @@ impl PteFlags {
         p.set(PageProt::WRITE, self.contains(PteFlags::RW));
         p.set(PageProt::USER, self.contains(PteFlags::USER));
         p.set(PageProt::NOCACHE, self.contains(PteFlags::PCD));
+        p.set(PageProt::WRITE_THROUGH, self.contains(PteFlags::PWT));
         p.set(PageProt::GLOBAL, self.contains(PteFlags::GLOBAL));
         p
     }
@@ -102,6 +106,7 @@ mod tests {
         assert_eq!(PteFlags::PRESENT.bits(), 0x001);
         assert_eq!(PteFlags::RW.bits(), 0x002);
         assert_eq!(PteFlags::USER.bits(), 0x004);
+        assert_eq!(PteFlags::PWT.bits(), 0x008);
         assert_eq!(PteFlags::PCD.bits(), 0x010);
         assert_eq!(PteFlags::PSE.bits(), 0x080);
         assert_eq!(PteFlags::GLOBAL.bits(), 0x100);
@@ -118,5 +123,22 @@ mod tests {
         assert_eq!(pte.pfn(), Pfn::new(0xfffff));
         assert!(pte.is_present());
         assert!(!Pte(0).is_present());
+    }
+
+    #[test]
+    fn cache_controls_set_pcd_and_pwt_and_round_trip() {
+        for (prot, bits) in [
+            (PageProt::KERNEL, 0x000),
+            (PageProt::KERNEL_UC_MINUS, 0x010),
+            (PageProt::KERNEL_WC, 0x008),
+            (PageProt::KERNEL_NOCACHE, 0x018),
+        ] {
+            let f = PteFlags::from_prot(prot);
+            assert_eq!(f.bits() & 0x018, bits, "{prot:?}");
+            assert_eq!(f.to_prot(), prot | PageProt::EXEC, "{prot:?}");
+            let pte = Pte::new(Pfn::new(0xfebc0), f);
+            assert_eq!(pte.flags().to_prot(), prot | PageProt::EXEC);
+            assert_eq!(pte.pfn(), Pfn::new(0xfebc0));
+        }
     }
 }

@@ -370,7 +370,7 @@ unsafe impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> KernelPageTable
             return Err(Error::NotMapped { addr });
         }
         ptes.set(index, Pte(0));
-        self.mmu.pte_cleared(addr);
+        self.mmu.pte_cleared(addr, pte.pfn());
         // `check_addr` bounds `addr` by `last`, which is below 4 GiB and
         // not in the top page, so the end does not wrap.
         let end = VirtAddr::new(addr.as_usize() + PAGE_SIZE);
@@ -402,7 +402,7 @@ unsafe impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> KernelPageTable
 /// allocator. The direct map is left to the machine that made it.
 impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> Drop for X86PageTable<A, D, M> {
     fn drop(&mut self) {
-        self.for_each_present(|addr, _| self.mmu.pte_cleared(addr));
+        self.for_each_present(|addr, pte| self.mmu.pte_cleared(addr, pte.pfn()));
         let pgd = self.pgd_page();
         for i in 0..PTRS_PER_PGD {
             let pde = pgd.get(i);

@@ -213,7 +213,7 @@ impl Mmu for Recorder {
         self.log.lock().push((true, addr.as_usize()));
         Ok(())
     }
-    fn pte_cleared(&self, addr: VirtAddr) {
+    fn pte_cleared(&self, addr: VirtAddr, _pfn: Pfn) {
         self.log.lock().push((false, addr.as_usize()));
     }
     fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {}
@@ -278,7 +278,7 @@ fn entries_are_written_in_the_x86_two_level_format() {
     let pte = ram.read_entry(Pfn::new((pde >> 12) as usize), (0xffb0_3000 >> 12) & 0x3ff);
     assert_eq!(
         pte,
-        0x1234_5000 | 0x001 | 0x002 | 0x010 | 0x020 | 0x040 | 0x100
+        0x1234_5000 | 0x001 | 0x002 | 0x008 | 0x010 | 0x020 | 0x040 | 0x100
     );
 }
 
