@@ -45,6 +45,8 @@ type HostedZones = kmm_zones::Zones<'static, Hosted, Hosted>;
 /// live for the whole run and are reused by every input.
 struct Machine {
     mm: &'static HostedMemoryManager,
+    /// The tunables at boot, written back after every input.
+    sysctl: (usize, usize, [usize; 4]),
     /// Kept alive so its pages stay page-table pages.
     _table: X86PageTable<&'static HostedZones, Hosted, ()>,
     /// The page table's pages (found by their owner words).
@@ -68,6 +70,11 @@ fn machine(slot: &'static OnceLock<Machine>) -> &'static Machine {
             .collect();
         Machine {
             mm,
+            sysctl: (
+                mm.min_free_kbytes(),
+                mm.watermark_scale_factor(),
+                mm.lowmem_reserve_ratio(),
+            ),
             _table: table,
             table_pages,
         }
@@ -188,6 +195,16 @@ enum Op {
     DrainAllPages,
     DropCaches,
     Check,
+    /// `/proc/sys/vm` writes, any value: refused or applied, never broken.
+    MinFreeKbytes {
+        kbytes: u32,
+    },
+    WatermarkScaleFactor {
+        factor: u16,
+    },
+    LowmemReserveRatio {
+        ratio: [u32; 4],
+    },
 }
 
 /// An object the fuzzer holds, with the byte it is filled with.
@@ -655,6 +672,23 @@ fn step(m: &Machine, other: &Machine, model: &mut Model, op: &Op) {
             mm.drop_caches();
         }
         Op::Check => mm.check().expect("every layer's invariants"),
+        Op::MinFreeKbytes { kbytes } => {
+            let before = mm.min_free_kbytes();
+            match mm.set_min_free_kbytes(kbytes as usize) {
+                Ok(()) => assert_eq!(mm.min_free_kbytes(), kbytes as usize),
+                Err(_) => assert_eq!(mm.min_free_kbytes(), before, "a refused write changed it"),
+            }
+        }
+        Op::WatermarkScaleFactor { factor } => {
+            let accepted = mm.set_watermark_scale_factor(usize::from(factor)).is_ok();
+            assert_eq!(accepted, (1..=3000).contains(&factor));
+        }
+        Op::LowmemReserveRatio { ratio } => {
+            let ratio = ratio.map(|r| r as usize);
+            if mm.set_lowmem_reserve_ratio(&ratio).is_ok() {
+                assert_eq!(mm.lowmem_reserve_ratio(), ratio);
+            }
+        }
         Op::FlushAll => assert_eq!(mm.kmem().flush_all(), 0),
         Op::ShrinkAll => {
             mm.kmem().shrink_all();
@@ -693,6 +727,12 @@ fn release(m: &Machine, model: Model, baseline: usize) {
         baseline,
         "memory did not come back"
     );
+    let (min_free, scale, ratio) = m.sysctl;
+    m.mm.set_min_free_kbytes(min_free).expect("the boot value");
+    m.mm.set_watermark_scale_factor(scale)
+        .expect("the boot value");
+    m.mm.set_lowmem_reserve_ratio(&ratio)
+        .expect("the boot value");
 }
 
 fn baseline(m: &Machine) -> usize {
