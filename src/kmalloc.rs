@@ -459,6 +459,14 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
         Ok(unsafe { self.kmem().kmem_cache_destroy(cache) }?)
     }
 
+    /// Linux `validate_slab_cache` (`/sys/kernel/slab/<cache>/validate`):
+    /// checks every object and free list of `cache` (with `slub_debug`,
+    /// its red zones and poison too); each corruption found is reported,
+    /// repaired and counted, and the count of this call returned.
+    pub fn kmem_cache_validate(&self, cache: CacheId) -> Result<usize, Error> {
+        Ok(self.kmem().kmem_cache_validate(cache)?)
+    }
+
     /// `/proc/slabinfo` (version 2.1).
     pub fn slabinfo(&self) -> SlabInfo<'_, SlabPages<P, D>> {
         SlabInfo(self.kmem())
