@@ -361,6 +361,25 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     }
 
     /// Linux `kmem_cache_zalloc`: `kmem_cache_alloc` zeroed.
+    ///
+    /// ```
+    /// # #[cfg(all(feature = "std", target_pointer_width = "64"))] {
+    /// # let mm = kmm::MemoryManager::hosted(8 << 20, 1)?;
+    /// let cache = mm.kmem_cache_create("inode", 600, 0, kmm::SlabFlags::empty(), None)?;
+    /// let dirty = mm.kmem_cache_alloc(cache, kmm::GFP_KERNEL)?;
+    /// // SAFETY: ours (600 bytes); freed, and the zalloc reuses it.
+    /// unsafe {
+    ///     dirty.as_ptr().write_bytes(0xff, 600);
+    ///     mm.kmem_cache_free(cache, dirty.as_ptr())?;
+    /// }
+    /// let inode = mm.kmem_cache_zalloc(cache, kmm::GFP_KERNEL)?;
+    /// assert_eq!(inode, dirty, "the same object, from this CPU's array");
+    /// // SAFETY: ours, 600 bytes.
+    /// assert!(unsafe { std::slice::from_raw_parts(inode.as_ptr(), 600) }.iter().all(|&b| b == 0));
+    /// # unsafe { mm.kmem_cache_free(cache, inode.as_ptr())? };
+    /// # }
+    /// # Ok::<(), kmm::Error>(())
+    /// ```
     #[track_caller]
     pub fn kmem_cache_zalloc(&self, cache: CacheId, gfp: GfpFlags) -> Result<NonNull<u8>, Error> {
         Ok(self.kmem().kmem_cache_zalloc(cache, gfp)?)
