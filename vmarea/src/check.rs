@@ -1,0 +1,316 @@
+//! The invariant checker: walks the three trees and the arena and reports
+//! the first broken invariant as an [`Invariant`] value.
+//!
+//! It only reads, bounds every walk by the nodes in use, and runs in
+//! O(n) with no allocation. Meant for tests, fuzzing and debug builds, not
+//! for the allocation path.
+
+use crate::arena::{Arena, NodeId};
+use crate::tree::{height, subtree_max, Tree};
+use crate::vmap_area::{guard_bytes, VmapAreas};
+use core::fmt;
+use kmm_api::{ObjectSource, VirtAddr, PAGE_SIZE};
+
+/// Which tree an [`Invariant`] concerns.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TreeName {
+    /// `free_vmap_area_root`: free blocks.
+    Free,
+    /// `vmap_area_root`: live areas.
+    Busy,
+    /// `purge_vmap_area_root`: freed areas awaiting their purge.
+    Unpurged,
+}
+
+/// The first broken invariant [`VmapAreas::check`] found.
+#[non_exhaustive]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Invariant {
+    /// A child whose parent link does not point back at its parent, or a
+    /// walk longer than the nodes in use (a cycle).
+    BrokenLink {
+        /// The tree.
+        tree: TreeName,
+        /// Start of the node whose link is wrong.
+        at: VirtAddr,
+    },
+    /// A range that is empty, not page aligned, or outside the allocator.
+    BadRange {
+        /// The tree.
+        tree: TreeName,
+        /// Its start.
+        start: VirtAddr,
+        /// Its end.
+        end: VirtAddr,
+    },
+    /// A node that does not start after the end of the one before it.
+    Unordered {
+        /// The tree.
+        tree: TreeName,
+        /// Start of the out-of-order node.
+        at: VirtAddr,
+    },
+    /// A stored height that is wrong, or subtrees differing by two or more.
+    Unbalanced {
+        /// The tree.
+        tree: TreeName,
+        /// Start of the node.
+        at: VirtAddr,
+    },
+    /// A free node whose `subtree_max_size` is not the largest block under it.
+    WrongSubtreeMax {
+        /// Start of the node.
+        at: VirtAddr,
+        /// The value stored.
+        recorded: usize,
+        /// The largest block under it.
+        computed: usize,
+    },
+    /// A live area too small to hold a page and its guard page.
+    NoRoomForGuard {
+        /// Its start.
+        at: VirtAddr,
+    },
+    /// A counter that disagrees with what the walk found.
+    CountMismatch {
+        /// Which: `"free tree"`, `"busy tree"`, `"unpurged tree"`,
+        /// `"nodes"`, `"node free list"` or `"lazy pages"`.
+        counter: &'static str,
+        /// The recorded value.
+        recorded: usize,
+        /// What the walk counted.
+        counted: usize,
+    },
+    /// More lazily freed pages than the threshold (a purge was missed).
+    PurgeMissed {
+        /// Lazily freed pages.
+        lazy_pages: usize,
+        /// The threshold.
+        lazy_max_pages: usize,
+    },
+    /// Part of the range in no tree.
+    Gap {
+        /// The first uncovered address.
+        at: VirtAddr,
+    },
+    /// Part of the range in two trees.
+    Overlap {
+        /// Where the second range starts.
+        at: VirtAddr,
+    },
+    /// Two adjacent free blocks left unmerged.
+    Unmerged {
+        /// Where they meet.
+        at: VirtAddr,
+    },
+}
+
+impl fmt::Display for Invariant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Invariant::BrokenLink { tree, at } => write!(f, "{tree:?} tree: broken link at {at}"),
+            Invariant::BadRange { tree, start, end } => {
+                write!(f, "{tree:?} tree: bad range [{start}, {end})")
+            }
+            Invariant::Unordered { tree, at } => write!(f, "{tree:?} tree: {at} out of order"),
+            Invariant::Unbalanced { tree, at } => {
+                write!(f, "{tree:?} tree: wrong height or imbalance at {at}")
+            }
+            Invariant::WrongSubtreeMax {
+                at,
+                recorded,
+                computed,
+            } => write!(
+                f,
+                "free tree: subtree_max_size at {at} is {recorded:#x}, not {computed:#x}"
+            ),
+            Invariant::NoRoomForGuard { at } => {
+                write!(f, "the area at {at} cannot hold a page and its guard")
+            }
+            Invariant::CountMismatch {
+                counter,
+                recorded,
+                counted,
+            } => write!(f, "{counter}: recorded {recorded}, counted {counted}"),
+            Invariant::PurgeMissed {
+                lazy_pages,
+                lazy_max_pages,
+            } => write!(
+                f,
+                "{lazy_pages} lazily freed pages exceed lazy_max_pages {lazy_max_pages}"
+            ),
+            Invariant::Gap { at } => write!(f, "{at} is in no tree"),
+            Invariant::Overlap { at } => write!(f, "the range at {at} overlaps another"),
+            Invariant::Unmerged { at } => write!(f, "free blocks meeting at {at} are not merged"),
+        }
+    }
+}
+
+impl<S: ObjectSource> VmapAreas<S> {
+    /// Verifies every invariant: each tree ordered, balanced, linked both
+    /// ways and (the free tree) with correct `subtree_max_size`; the trees
+    /// tiling the range exactly, with no two free blocks adjacent; every
+    /// counter. O(n).
+    pub fn check(&self) -> Result<(), Invariant> {
+        self.check_tree(&self.free_vmap_area_root, TreeName::Free)?;
+        self.check_tree(&self.vmap_area_root, TreeName::Busy)?;
+        let lazy_bytes = self.check_tree(&self.purge_vmap_area_root, TreeName::Unpurged)?;
+        let counted = self.free_vmap_area_root.len()
+            + self.vmap_area_root.len()
+            + self.purge_vmap_area_root.len();
+        count("nodes", self.arena.nr_live(), counted)?;
+        match self.arena.free_list_len() {
+            Some(len) => count("node free list", self.arena.nr_free(), len)?,
+            None => count("node free list", self.arena.nr_free(), usize::MAX)?,
+        }
+        count("lazy pages", self.lazy.nr_pages, lazy_bytes / PAGE_SIZE)?;
+        if self.lazy.nr_pages > self.lazy.max_pages {
+            return Err(Invariant::PurgeMissed {
+                lazy_pages: self.lazy.nr_pages,
+                lazy_max_pages: self.lazy.max_pages,
+            });
+        }
+        self.check_tiling()
+    }
+
+    /// Walks one tree in order checking every node; returns the bytes it
+    /// covers.
+    fn check_tree<const AUGMENTED: bool>(
+        &self,
+        tree: &Tree<AUGMENTED>,
+        name: TreeName,
+    ) -> Result<usize, Invariant> {
+        let arena = &self.arena;
+        let budget = arena.nr_live();
+        let mut visited = 0;
+        let mut covered = 0;
+        let mut previous_end = self.start;
+        if let Some(root) = tree.root() {
+            if arena.get(root).parent.is_some() {
+                return Err(Invariant::BrokenLink {
+                    tree: name,
+                    at: start_of(arena, root),
+                });
+            }
+        }
+        let mut cursor = tree.first(arena);
+        while let Some(id) = cursor {
+            visited += 1;
+            if visited > budget {
+                return Err(Invariant::BrokenLink {
+                    tree: name,
+                    at: start_of(arena, id),
+                });
+            }
+            let node = arena.get(id);
+            let at = VirtAddr::new(node.start);
+            for child in [node.left, node.right].into_iter().flatten() {
+                if arena.get(child).parent != Some(id) {
+                    return Err(Invariant::BrokenLink { tree: name, at });
+                }
+            }
+            if node.start >= node.end
+                || node.start % PAGE_SIZE != 0
+                || node.end % PAGE_SIZE != 0
+                || node.start < self.start
+                || node.end > self.end
+            {
+                return Err(Invariant::BadRange {
+                    tree: name,
+                    start: at,
+                    end: VirtAddr::new(node.end),
+                });
+            }
+            if node.start < previous_end {
+                return Err(Invariant::Unordered { tree: name, at });
+            }
+            previous_end = node.end;
+            let (left, right) = (height(arena, node.left), height(arena, node.right));
+            if node.height != 1 + left.max(right) || left.abs_diff(right) > 1 {
+                return Err(Invariant::Unbalanced { tree: name, at });
+            }
+            if AUGMENTED {
+                let computed = node
+                    .len()
+                    .max(subtree_max(arena, node.left))
+                    .max(subtree_max(arena, node.right));
+                if node.subtree_max != computed {
+                    return Err(Invariant::WrongSubtreeMax {
+                        at,
+                        recorded: node.subtree_max,
+                        computed,
+                    });
+                }
+            }
+            if name == TreeName::Busy && node.len() < PAGE_SIZE + guard_bytes(node.flags) {
+                return Err(Invariant::NoRoomForGuard { at });
+            }
+            covered += node.len();
+            cursor = Tree::<AUGMENTED>::next(arena, id);
+        }
+        let counter = match name {
+            TreeName::Free => "free tree",
+            TreeName::Busy => "busy tree",
+            TreeName::Unpurged => "unpurged tree",
+        };
+        count(counter, tree.len(), visited)?;
+        Ok(covered)
+    }
+
+    /// Walks the three trees together: each range must start where the
+    /// one before ended, from the range's start to its end.
+    fn check_tiling(&self) -> Result<(), Invariant> {
+        let arena = &self.arena;
+        let mut cursors = [
+            self.free_vmap_area_root.first(arena),
+            self.vmap_area_root.first(arena),
+            self.purge_vmap_area_root.first(arena),
+        ];
+        let mut at = self.start;
+        let mut after_free = false;
+        loop {
+            let next = cursors.iter().enumerate().find_map(|(tree, &cursor)| {
+                cursor
+                    .filter(|&id| arena.get(id).start == at)
+                    .map(|id| (tree, id))
+            });
+            let Some((tree, id)) = next else {
+                let lowest = cursors.iter().flatten().map(|&id| arena.get(id).start).min();
+                return match lowest {
+                    None if at == self.end => Ok(()),
+                    Some(start) if start < at => Err(Invariant::Overlap {
+                        at: VirtAddr::new(start),
+                    }),
+                    _ => Err(Invariant::Gap {
+                        at: VirtAddr::new(at),
+                    }),
+                };
+            };
+            let is_free = tree == 0;
+            if is_free && after_free {
+                return Err(Invariant::Unmerged {
+                    at: VirtAddr::new(at),
+                });
+            }
+            after_free = is_free;
+            at = arena.get(id).end;
+            cursors[tree] = Tree::<false>::next(arena, id);
+        }
+    }
+}
+
+fn start_of<S: ObjectSource>(arena: &Arena<S>, id: NodeId) -> VirtAddr {
+    VirtAddr::new(arena.get(id).start)
+}
+
+fn count(counter: &'static str, recorded: usize, counted: usize) -> Result<(), Invariant> {
+    if recorded == counted {
+        Ok(())
+    } else {
+        Err(Invariant::CountMismatch {
+            counter,
+            recorded,
+            counted,
+        })
+    }
+}
