@@ -250,7 +250,10 @@ impl<S: ObjectSource> Arena<S> {
     fn slot(&self, id: NodeId) -> *mut Node {
         // An id is only made by `alloc`, for a slot it wrote, and slots are
         // never unwritten; this check makes that local to the arena.
-        assert!(self.is_written(id), "node id {id:?} not issued by this arena");
+        assert!(
+            self.is_written(id),
+            "node id {id:?} not issued by this arena"
+        );
         let index = id.index();
         let chunk = self.chunk_ptr(index >> self.slot_bits);
         // SAFETY: the slot index is below `nodes_per_chunk` (checked

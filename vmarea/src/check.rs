@@ -275,7 +275,11 @@ impl<S: ObjectSource> VmapAreas<S> {
                     .map(|id| (tree, id))
             });
             let Some((tree, id)) = next else {
-                let lowest = cursors.iter().flatten().map(|&id| arena.get(id).start).min();
+                let lowest = cursors
+                    .iter()
+                    .flatten()
+                    .map(|&id| arena.get(id).start)
+                    .min();
                 return match lowest {
                     None if at == self.end => Ok(()),
                     Some(start) if start < at => Err(Invariant::Overlap {

@@ -68,7 +68,9 @@ impl BufferSource {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BufferState> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -103,7 +105,10 @@ unsafe impl ObjectSource for BufferSource {
             Some(n) => state.fail_after = Some(n - 1),
             None => {}
         }
-        let index = state.free.pop().ok_or(Error::NoMemory { order: Order::ZERO })?;
+        let index = state
+            .free
+            .pop()
+            .ok_or(Error::NoMemory { order: Order::ZERO })?;
         state.live[index] = true;
         // SAFETY: `index < objects`, so the object lies inside the buffer.
         let object = unsafe { state.base.as_ptr().add(index * self.object_size / 8) };

@@ -232,7 +232,8 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         while let Some(at) = cursor {
             Self::update(arena, at);
             let node = *arena.get(at);
-            let balance = i16::from(height(arena, node.left)) - i16::from(height(arena, node.right));
+            let balance =
+                i16::from(height(arena, node.left)) - i16::from(height(arena, node.right));
             let top = match (balance, node.left, node.right) {
                 (2.., Some(left), _) => {
                     let l = *arena.get(left);

@@ -299,9 +299,7 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// The live area containing `addr`, guard page included (Linux
     /// `find_vmap_area`). O(log n).
     pub fn find_vmap_area(&self, addr: VirtAddr) -> Option<VmapArea> {
-        let id = self
-            .vmap_area_root
-            .find_le(&self.arena, addr.as_usize())?;
+        let id = self.vmap_area_root.find_le(&self.arena, addr.as_usize())?;
         let area = VmapArea::of(self.arena.get(id));
         area.contains(addr).then_some(area)
     }
