@@ -5,7 +5,7 @@
 //! O(n) with no allocation. Meant for tests, fuzzing and debug builds, not
 //! for the allocation path.
 
-use crate::arena::{Arena, NodeId};
+use crate::arena::{Arena, Link, NodeId};
 use crate::tree::{height, subtree_max, Tree};
 use crate::vmap_area::{guard_bytes, VmapAreas};
 use core::fmt;
@@ -193,7 +193,8 @@ impl<S: ObjectSource> VmapAreas<S> {
                 });
             }
         }
-        let mut cursor = tree.first(arena);
+        let mut walk = Walk::new(arena, name);
+        let mut cursor = walk.first(tree.root())?;
         while let Some(id) = cursor {
             visited += 1;
             if visited > budget {
@@ -208,6 +209,16 @@ impl<S: ObjectSource> VmapAreas<S> {
                 if arena.get(child).parent != Some(id) {
                     return Err(Invariant::BrokenLink { tree: name, at });
                 }
+            }
+            let parent_points_back = match node.parent {
+                None => tree.root() == Some(id),
+                Some(parent) => {
+                    let parent = arena.get(parent);
+                    parent.left == Some(id) || parent.right == Some(id)
+                }
+            };
+            if !parent_points_back {
+                return Err(Invariant::BrokenLink { tree: name, at });
             }
             if node.start >= node.end
                 || node.start % PAGE_SIZE != 0
@@ -246,7 +257,7 @@ impl<S: ObjectSource> VmapAreas<S> {
                 return Err(Invariant::NoRoomForGuard { at });
             }
             covered += node.len();
-            cursor = Tree::<AUGMENTED>::next(arena, id);
+            cursor = walk.next(id)?;
         }
         let counter = match name {
             TreeName::Free => "free tree",
@@ -303,6 +314,65 @@ impl<S: ObjectSource> VmapAreas<S> {
     }
 }
 
+/// An in-order walk that trusts no link: every step counts against a
+/// budget of three per node in use (a sound walk takes at most two), so a
+/// cycle is reported instead of followed forever.
+struct Walk<'a, S: ObjectSource> {
+    arena: &'a Arena<S>,
+    tree: TreeName,
+    steps_left: usize,
+}
+
+impl<'a, S: ObjectSource> Walk<'a, S> {
+    fn new(arena: &'a Arena<S>, tree: TreeName) -> Self {
+        Walk {
+            arena,
+            tree,
+            steps_left: 3 * arena.nr_live() + 3,
+        }
+    }
+
+    fn step(&mut self, at: NodeId) -> Result<(), Invariant> {
+        match self.steps_left.checked_sub(1) {
+            Some(left) => {
+                self.steps_left = left;
+                Ok(())
+            }
+            None => Err(Invariant::BrokenLink {
+                tree: self.tree,
+                at: start_of(self.arena, at),
+            }),
+        }
+    }
+
+    fn first(&mut self, root: Link) -> Result<Link, Invariant> {
+        let Some(mut at) = root else {
+            return Ok(None);
+        };
+        while let Some(left) = self.arena.get(at).left {
+            self.step(at)?;
+            at = left;
+        }
+        Ok(Some(at))
+    }
+
+    fn next(&mut self, id: NodeId) -> Result<Link, Invariant> {
+        if let Some(right) = self.arena.get(id).right {
+            self.step(id)?;
+            return self.first(Some(right));
+        }
+        let mut child = id;
+        while let Some(parent) = self.arena.get(child).parent {
+            self.step(child)?;
+            if self.arena.get(parent).left == Some(child) {
+                return Ok(Some(parent));
+            }
+            child = parent;
+        }
+        Ok(None)
+    }
+}
+
 fn start_of<S: ObjectSource>(arena: &Arena<S>, id: NodeId) -> VirtAddr {
     VirtAddr::new(arena.get(id).start)
 }
@@ -316,5 +386,147 @@ fn count(counter: &'static str, recorded: usize, counted: usize) -> Result<(), I
             recorded,
             counted,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Each invariant broken by hand, to show the checker reports it.
+
+    use super::*;
+    use crate::arena::Node;
+    use crate::testing::BufferSource;
+    use crate::VmFlags;
+    use kmm_api::GFP_KERNEL;
+
+    const BASE: usize = 0x1000_0000;
+
+    /// Three areas with a free block between the first two, one unpurged.
+    fn populated() -> VmapAreas<BufferSource> {
+        let range = (VirtAddr::new(BASE), VirtAddr::new(BASE + 64 * PAGE_SIZE));
+        let mut areas = VmapAreas::new(BufferSource::pages(8), range.0, range.1, 1).unwrap();
+        let mut starts = [0; 4];
+        for start in &mut starts {
+            *start = areas
+                .alloc(PAGE_SIZE, PAGE_SIZE, VmFlags::ALLOC, GFP_KERNEL)
+                .unwrap()
+                .start()
+                .as_usize();
+        }
+        let _ = areas.free(VirtAddr::new(starts[1])).unwrap();
+        areas.purge().unwrap().defer();
+        let _ = areas.free(VirtAddr::new(starts[3])).unwrap();
+        areas.check().unwrap();
+        areas
+    }
+
+    fn node_at<const A: bool>(
+        areas: &VmapAreas<BufferSource>,
+        tree: &Tree<A>,
+        start: usize,
+    ) -> NodeId {
+        tree.find_le(&areas.arena, start).unwrap()
+    }
+
+    #[test]
+    fn a_wrong_subtree_max_size_is_reported() {
+        let mut areas = populated();
+        let root = areas.free_vmap_area_root.root().unwrap();
+        areas.arena.get_mut(root).subtree_max += PAGE_SIZE;
+        assert!(matches!(
+            areas.check(),
+            Err(Invariant::WrongSubtreeMax { .. })
+        ));
+    }
+
+    #[test]
+    fn a_shrunk_free_block_leaves_a_gap() {
+        let mut areas = populated();
+        let id = node_at(&areas, &areas.free_vmap_area_root, BASE + 2 * PAGE_SIZE);
+        areas.arena.get_mut(id).end -= PAGE_SIZE;
+        let mut tree = areas.free_vmap_area_root;
+        tree.refresh(&mut areas.arena, id);
+        areas.free_vmap_area_root = tree;
+        let at = VirtAddr::new(BASE + 3 * PAGE_SIZE);
+        assert_eq!(areas.check(), Err(Invariant::Gap { at }));
+    }
+
+    #[test]
+    fn a_grown_area_overlapping_a_free_block_is_reported() {
+        let mut areas = populated();
+        let id = node_at(&areas, &areas.vmap_area_root, BASE);
+        areas.arena.get_mut(id).end += PAGE_SIZE;
+        let at = VirtAddr::new(BASE + 2 * PAGE_SIZE);
+        assert_eq!(areas.check(), Err(Invariant::Overlap { at }));
+    }
+
+    #[test]
+    fn two_adjacent_free_blocks_are_reported_unmerged() {
+        let mut areas = populated();
+        // Split the top free block in two adjacent nodes.
+        let id = node_at(&areas, &areas.free_vmap_area_root, BASE + 63 * PAGE_SIZE);
+        let end = areas.arena.get(id).end;
+        let middle = areas.arena.get(id).start + PAGE_SIZE;
+        areas.arena.get_mut(id).end = middle;
+        let mut tree = areas.free_vmap_area_root;
+        tree.refresh(&mut areas.arena, id);
+        let upper = areas
+            .arena
+            .alloc(Node::new(middle, end, VmFlags::empty()), GFP_KERNEL)
+            .unwrap();
+        tree.insert(&mut areas.arena, upper);
+        areas.free_vmap_area_root = tree;
+        let at = VirtAddr::new(middle);
+        assert_eq!(areas.check(), Err(Invariant::Unmerged { at }));
+    }
+
+    #[test]
+    fn a_wrong_lazy_count_is_reported() {
+        let mut areas = populated();
+        areas.lazy.nr_pages += 1;
+        assert_eq!(
+            areas.check(),
+            Err(Invariant::CountMismatch {
+                counter: "lazy pages",
+                recorded: 3,
+                counted: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_broken_parent_link_is_reported() {
+        let mut areas = populated();
+        let root = areas.vmap_area_root.root().unwrap();
+        let child = areas.arena.get(root).left.unwrap();
+        areas.arena.get_mut(child).parent = Some(child);
+        assert!(matches!(
+            areas.check(),
+            Err(Invariant::BrokenLink {
+                tree: TreeName::Busy,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_wrong_height_is_reported_unbalanced() {
+        let mut areas = populated();
+        let root = areas.vmap_area_root.root().unwrap();
+        areas.arena.get_mut(root).height += 1;
+        assert!(matches!(
+            areas.check(),
+            Err(Invariant::Unbalanced {
+                tree: TreeName::Busy,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_purge_missed_past_the_threshold_is_reported() {
+        let mut areas = populated();
+        areas.lazy.max_pages = 1;
+        assert!(matches!(areas.check(), Err(Invariant::PurgeMissed { .. })));
     }
 }
