@@ -635,8 +635,8 @@ fn dropping_the_allocator_gives_every_object_back() {
 #[test]
 fn metadata_per_live_area_is_one_node_plus_chunk_slack() {
     let mut a =
-        VmapAreas::new(BufferSource::pages(256), va(BASE), va(BASE + (1 << 30)), 2).unwrap();
-    let n = if cfg!(miri) { 300 } else { 10_000 };
+        VmapAreas::new(BufferSource::pages(128), va(BASE), va(BASE + (1 << 30)), 2).unwrap();
+    let n = if cfg!(miri) { 200 } else { 10_000 };
     for _ in 0..n {
         a.alloc(PAGE, PAGE, VmFlags::ALLOC, GFP_KERNEL).unwrap();
     }
@@ -658,7 +658,7 @@ fn shared_areas_serve_threads_and_flush_each_purge_before_unlocking() {
         VmapAreas::new(BufferSource::pages(64), va(BASE), va(BASE + 256 * PAGE), 4).unwrap(),
     );
     let tlb = RecordingTlb::default();
-    let rounds = if cfg!(miri) { 10 } else { 500 };
+    let rounds = if cfg!(miri) { 5 } else { 500 };
     std::thread::scope(|scope| {
         for thread in 0..4 {
             let (shared, tlb) = (&shared, &tlb);
@@ -691,10 +691,15 @@ fn shared_areas_serve_threads_and_flush_each_purge_before_unlocking() {
 fn thousands_of_areas_keep_every_tree_balanced_and_merged() {
     use rand::{rngs::SmallRng, Rng, SeedableRng};
     let mut rng = SmallRng::seed_from_u64(0x5eed);
-    let mut a =
-        VmapAreas::new(BufferSource::pages(512), va(BASE), va(BASE + (1 << 30)), 4).unwrap();
+    let mut a = VmapAreas::new(
+        BufferSource::pages(if cfg!(miri) { 64 } else { 512 }),
+        va(BASE),
+        va(BASE + (1 << 30)),
+        4,
+    )
+    .unwrap();
     let mut live = Vec::new();
-    let steps = if cfg!(miri) { 300 } else { 20_000 };
+    let steps = if cfg!(miri) { 150 } else { 20_000 };
     for _ in 0..steps {
         if live.is_empty() || rng.gen_bool(0.6) {
             let pages = rng.gen_range(1..=16);
