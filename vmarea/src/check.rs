@@ -18,7 +18,7 @@ pub enum TreeName {
     Free,
     /// `vmap_area_root`: live areas.
     Busy,
-    /// `purge_vmap_area_root`: freed areas awaiting their purge.
+    /// `purge_vmap_area_root`: freed ranges awaiting their purge.
     Unpurged,
 }
 
@@ -98,8 +98,11 @@ pub enum Invariant {
         /// Where the second range starts.
         at: VirtAddr,
     },
-    /// Two adjacent free blocks left unmerged.
+    /// Two adjacent free blocks, or two adjacent unpurged ranges, left
+    /// unmerged.
     Unmerged {
+        /// The tree.
+        tree: TreeName,
         /// Where they meet.
         at: VirtAddr,
     },
@@ -141,7 +144,9 @@ impl fmt::Display for Invariant {
             ),
             Invariant::Gap { at } => write!(f, "{at} is in no tree"),
             Invariant::Overlap { at } => write!(f, "the range at {at} overlaps another"),
-            Invariant::Unmerged { at } => write!(f, "free blocks meeting at {at} are not merged"),
+            Invariant::Unmerged { tree, at } => {
+                write!(f, "{tree:?} tree: ranges meeting at {at} are not merged")
+            }
         }
     }
 }
@@ -278,7 +283,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             self.purge_vmap_area_root.first(arena),
         ];
         let mut at = self.start;
-        let mut after_free = false;
+        let mut previous = None;
         loop {
             let next = cursors.iter().enumerate().find_map(|(tree, &cursor)| {
                 cursor
@@ -301,13 +306,14 @@ impl<S: ObjectSource> VmapAreas<S> {
                     }),
                 };
             };
-            let is_free = tree == 0;
-            if is_free && after_free {
+            let name = [TreeName::Free, TreeName::Busy, TreeName::Unpurged][tree];
+            if name != TreeName::Busy && previous == Some(name) {
                 return Err(Invariant::Unmerged {
+                    tree: name,
                     at: VirtAddr::new(at),
                 });
             }
-            after_free = is_free;
+            previous = Some(name);
             at = arena.get(id).end;
             cursors[tree] = Tree::<false>::next(arena, id);
         }
@@ -477,7 +483,13 @@ mod tests {
         tree.insert(&mut areas.arena, upper);
         areas.free_vmap_area_root = tree;
         let at = VirtAddr::new(middle);
-        assert_eq!(areas.check(), Err(Invariant::Unmerged { at }));
+        assert_eq!(
+            areas.check(),
+            Err(Invariant::Unmerged {
+                tree: TreeName::Free,
+                at
+            })
+        );
     }
 
     #[test]

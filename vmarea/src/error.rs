@@ -77,7 +77,7 @@ pub enum VmareaError {
         /// The start of the area it lies in.
         area: VirtAddr,
     },
-    /// A second free of an area that is freed and awaiting its purge.
+    /// A second free: the address lies in a freed range awaiting its purge.
     AlreadyFreed {
         /// The address given.
         addr: VirtAddr,
@@ -127,7 +127,7 @@ impl fmt::Display for VmareaError {
                 write!(f, "{addr} lies inside the area at {area}, not at its start")
             }
             VmareaError::AlreadyFreed { addr } => {
-                write!(f, "double free of the area at {addr} (awaiting purge)")
+                write!(f, "double free at {addr}: its range awaits the purge")
             }
             VmareaError::NotAllocated { addr } => write!(f, "no area starts at {addr}"),
         }

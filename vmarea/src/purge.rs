@@ -35,6 +35,8 @@ pub const fn lazy_max_pages(nr_cpus: usize, range_bytes: usize) -> usize {
 pub(crate) struct LazyPurge {
     pub(crate) max_pages: usize,
     pub(crate) nr_pages: usize,
+    /// Areas freed since the last purge (their ranges may have merged).
+    pub(crate) nr_areas: u64,
     pub(crate) purges: u64,
     pub(crate) flush_tokens: u64,
     pub(crate) purged_areas: u64,
@@ -48,6 +50,7 @@ impl LazyPurge {
         Ok(LazyPurge {
             max_pages: lazy_max_pages(nr_cpus, range_bytes),
             nr_pages: 0,
+            nr_areas: 0,
             purges: 0,
             flush_tokens: 0,
             purged_areas: 0,

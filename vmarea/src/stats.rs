@@ -10,8 +10,10 @@ pub struct VmapStats {
     pub nr_areas: usize,
     /// Free blocks (always merged: no two adjacent).
     pub nr_free_blocks: usize,
-    /// Freed areas awaiting their purge.
+    /// Freed ranges awaiting their purge (adjacent ones merged).
     pub nr_unpurged: usize,
+    /// Areas freed since the last purge.
+    pub lazy_areas: u64,
     /// The largest free block, in bytes (the free tree's root
     /// `subtree_max_size`).
     pub largest_free: usize,
@@ -25,7 +27,7 @@ pub struct VmapStats {
     pub flush_tokens: u64,
     /// Areas returned to free space by purges.
     pub purged_areas: u64,
-    /// Nodes in use (one per area, free block and unpurged area).
+    /// Nodes in use (one per area, free block and unpurged range).
     pub nodes: usize,
     /// Bytes taken from the object source (node chunks and directories).
     pub metadata_bytes: usize,
@@ -38,6 +40,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             nr_areas: self.vmap_area_root.len(),
             nr_free_blocks: self.free_vmap_area_root.len(),
             nr_unpurged: self.purge_vmap_area_root.len(),
+            lazy_areas: self.lazy.nr_areas,
             largest_free: self
                 .free_vmap_area_root
                 .root()

@@ -14,7 +14,9 @@
 //! holds; [`Tree::refresh`] then restores the augmentation.
 //!
 //! Cost: `insert`, `remove`, `refresh`, `find_le` and `first` are
-//! O(log n); `next` is O(1) amortised over an in-order walk.
+//! O(log n) (each stops climbing at the first subtree whose height and
+//! maximum come out unchanged); `next` is O(1) amortised over an
+//! in-order walk; `drain` is O(n).
 
 use crate::arena::{Arena, Link, NodeId};
 use kmm_api::ObjectSource;
@@ -80,19 +82,22 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
             Some(at) => arena.get_mut(at).right = Some(id),
         }
         self.len += 1;
-        self.rebalance_from(arena, Some(id));
+        Self::update(arena, id);
+        if let Some(parent) = parent {
+            self.rebalance_from(arena, Some(parent));
+        }
     }
 
     /// Unlinks a node; its links are cleared, its range kept.
     pub(crate) fn remove<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
         let node = *arena.get(id);
-        let fix_from = match (node.left, node.right) {
+        let (fix_from, moved_up) = match (node.left, node.right) {
             (None, child) | (child, None) => {
                 self.replace_child(arena, node.parent, id, child);
                 if let Some(child) = child {
                     arena.get_mut(child).parent = node.parent;
                 }
-                node.parent
+                (node.parent, None)
             }
             (Some(left), Some(right)) => {
                 // The successor, leftmost of the right subtree, takes the
@@ -116,9 +121,14 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 };
                 arena.get_mut(successor).left = Some(left);
                 arena.get_mut(left).parent = Some(successor);
-                arena.get_mut(successor).parent = node.parent;
+                // It inherits the removed node's figures, so that the
+                // walk from below compares against what stood there.
+                let moved = arena.get_mut(successor);
+                moved.parent = node.parent;
+                moved.height = node.height;
+                moved.subtree_max = node.subtree_max;
                 self.replace_child(arena, node.parent, id, Some(successor));
-                Some(fix_from)
+                (Some(fix_from), Some(successor))
             }
         };
         let detached = arena.get_mut(id);
@@ -128,6 +138,43 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         detached.height = 1;
         self.len -= 1;
         self.rebalance_from(arena, fix_from);
+        // The walk may have stopped below the successor, whose inherited
+        // figures still count the removed node: recompute from it too.
+        if moved_up.is_some() {
+            self.rebalance_from(arena, moved_up);
+        }
+    }
+
+    /// Empties the tree, handing each node to `take` in address order, in
+    /// O(n): the tree is unrolled by right rotations instead of removing
+    /// nodes one by one. `take` may relink the node it is given.
+    pub(crate) fn drain<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        mut take: impl FnMut(&mut Arena<S>, NodeId),
+    ) {
+        let mut cursor = self.root.take();
+        self.len = 0;
+        while let Some(at) = cursor {
+            match arena.get(at).left {
+                Some(left) => {
+                    // Lift the left child over `at`; `at` keeps its right.
+                    let inner = arena.get(left).right;
+                    arena.get_mut(at).left = inner;
+                    arena.get_mut(left).right = Some(at);
+                    cursor = Some(left);
+                }
+                None => {
+                    cursor = arena.get(at).right;
+                    let node = arena.get_mut(at);
+                    node.left = None;
+                    node.right = None;
+                    node.parent = None;
+                    node.height = 1;
+                    take(arena, at);
+                }
+            }
+        }
     }
 
     /// Restores heights and `subtree_max` from `id` up to the root after
@@ -211,12 +258,14 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
 
     /// Recomputes one node's height and augmentation from its children.
     fn update<S: ObjectSource>(arena: &mut Arena<S>, id: NodeId) {
-        let node = *arena.get(id);
-        let height = 1 + height(arena, node.left).max(height(arena, node.right));
+        let (left, right, len) = {
+            let node = arena.get(id);
+            (node.left, node.right, node.len())
+        };
+        let height = 1 + height(arena, left).max(height(arena, right));
         let max = if AUGMENTED {
-            node.len()
-                .max(subtree_max(arena, node.left))
-                .max(subtree_max(arena, node.right))
+            len.max(subtree_max(arena, left))
+                .max(subtree_max(arena, right))
         } else {
             0
         };
@@ -225,33 +274,51 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         node.subtree_max = max;
     }
 
-    /// Walks from `from` to the root, updating and rotating where a node's
-    /// subtrees differ in height by two.
+    /// Walks from `from` towards the root, updating and rotating where a
+    /// node's subtrees differ in height by two, and ends at the first
+    /// subtree whose height and `subtree_max` come out as they were:
+    /// nothing above depends on anything else below.
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
         let mut cursor = from;
         while let Some(at) = cursor {
+            let (old_height, old_max) = {
+                let node = arena.get(at);
+                (node.height, node.subtree_max)
+            };
             Self::update(arena, at);
-            let node = *arena.get(at);
-            let balance =
-                i16::from(height(arena, node.left)) - i16::from(height(arena, node.right));
-            let top = match (balance, node.left, node.right) {
+            let (left, right) = {
+                let node = arena.get(at);
+                (node.left, node.right)
+            };
+            let balance = i16::from(height(arena, left)) - i16::from(height(arena, right));
+            let top = match (balance, left, right) {
                 (2.., Some(left), _) => {
-                    let l = *arena.get(left);
-                    if height(arena, l.left) < height(arena, l.right) {
+                    let (inner_left, inner_right) = {
+                        let l = arena.get(left);
+                        (l.left, l.right)
+                    };
+                    if height(arena, inner_left) < height(arena, inner_right) {
                         self.rotate_left(arena, left);
                     }
                     self.rotate_right(arena, at)
                 }
                 (..=-2, _, Some(right)) => {
-                    let r = *arena.get(right);
-                    if height(arena, r.right) < height(arena, r.left) {
+                    let (inner_left, inner_right) = {
+                        let r = arena.get(right);
+                        (r.left, r.right)
+                    };
+                    if height(arena, inner_right) < height(arena, inner_left) {
                         self.rotate_right(arena, right);
                     }
                     self.rotate_left(arena, at)
                 }
                 _ => at,
             };
-            cursor = arena.get(top).parent;
+            let node = arena.get(top);
+            if node.height == old_height && node.subtree_max == old_max {
+                return;
+            }
+            cursor = node.parent;
         }
     }
 

@@ -262,10 +262,11 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// plus the purge when one runs.
     pub fn free(&mut self, addr: VirtAddr) -> Result<Freed, VmareaError> {
         let id = self.busy_area_at(addr)?;
-        self.vmap_area_root.remove(&mut self.arena, id);
-        self.purge_vmap_area_root.insert(&mut self.arena, id);
         let area = VmapArea::of(self.arena.get(id));
+        self.vmap_area_root.remove(&mut self.arena, id);
+        merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id);
         self.lazy.nr_pages += area.size() / PAGE_SIZE;
+        self.lazy.nr_areas += 1;
         let flush = if self.lazy.nr_pages > self.lazy.max_pages {
             self.purge()
         } else {
@@ -285,11 +286,12 @@ impl<S: ObjectSource> VmapAreas<S> {
             VirtAddr::new(self.arena.get(first).start),
             VirtAddr::new(self.arena.get(last).end),
         );
-        while let Some(id) = self.purge_vmap_area_root.first(&self.arena) {
-            self.purge_vmap_area_root.remove(&mut self.arena, id);
-            self.merge_or_add_vmap_area(id);
-            self.lazy.purged_areas += 1;
-        }
+        let mut unpurged = core::mem::take(&mut self.purge_vmap_area_root);
+        unpurged.drain(&mut self.arena, |arena, id| {
+            merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id);
+        });
+        self.lazy.purged_areas += self.lazy.nr_areas;
+        self.lazy.nr_areas = 0;
         self.lazy.nr_pages = 0;
         self.lazy.purges += 1;
         self.lazy.flush_tokens += 1;
@@ -309,7 +311,8 @@ impl<S: ObjectSource> VmapAreas<S> {
         Ranges::new(&self.arena, self.vmap_area_root.first(&self.arena))
     }
 
-    /// Freed areas awaiting their purge, in address order.
+    /// Freed ranges awaiting their purge, in address order, adjacent ones
+    /// merged (as Linux keeps `purge_vmap_area_root`), without flags.
     pub fn unpurged_areas(&self) -> Ranges<'_, S> {
         Ranges::new(&self.arena, self.purge_vmap_area_root.first(&self.arena))
     }
@@ -403,45 +406,50 @@ impl<S: ObjectSource> VmapAreas<S> {
             }
         }
         match self.purge_vmap_area_root.find_le(&self.arena, raw) {
-            Some(id) if self.arena.get(id).start == raw => Err(VmareaError::AlreadyFreed { addr }),
+            Some(id) if raw < self.arena.get(id).end => Err(VmareaError::AlreadyFreed { addr }),
             _ => Err(VmareaError::NotAllocated { addr }),
         }
     }
+}
 
-    /// Puts a detached node's range into free space, merged with the free
-    /// blocks it touches (Linux `merge_or_add_vmap_area`). Never allocates.
-    fn merge_or_add_vmap_area(&mut self, id: NodeId) {
-        let Node { start, end, .. } = *self.arena.get(id);
-        let below = self.free_vmap_area_root.find_le(&self.arena, start);
-        let above = match below {
-            Some(below) => Tree::<true>::next(&self.arena, below),
-            None => self.free_vmap_area_root.first(&self.arena),
-        };
-        let below = below.filter(|&b| self.arena.get(b).end == start);
-        let above = above.filter(|&a| self.arena.get(a).start == end);
-        match (below, above) {
-            (Some(below), Some(above)) => {
-                let merged_end = self.arena.get(above).end;
-                self.free_vmap_area_root.remove(&mut self.arena, above);
-                self.arena.free(above);
-                self.arena.get_mut(below).end = merged_end;
-                self.free_vmap_area_root.refresh(&mut self.arena, below);
-                self.arena.free(id);
-            }
-            (Some(below), None) => {
-                self.arena.get_mut(below).end = end;
-                self.free_vmap_area_root.refresh(&mut self.arena, below);
-                self.arena.free(id);
-            }
-            (None, Some(above)) => {
-                self.arena.get_mut(above).start = start;
-                self.free_vmap_area_root.refresh(&mut self.arena, above);
-                self.arena.free(id);
-            }
-            (None, None) => {
-                self.arena.get_mut(id).flags = VmFlags::empty();
-                self.free_vmap_area_root.insert(&mut self.arena, id);
-            }
+/// Puts a detached node's range into `tree` (free space, or the unpurged
+/// ranges), merged with the ranges it touches (Linux
+/// `merge_or_add_vmap_area`). Never allocates.
+fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
+    free: &mut Tree<AUGMENTED>,
+    arena: &mut Arena<S>,
+    id: NodeId,
+) {
+    let Node { start, end, .. } = *arena.get(id);
+    let below = free.find_le(arena, start);
+    let above = match below {
+        Some(below) => Tree::<AUGMENTED>::next(arena, below),
+        None => free.first(arena),
+    };
+    let below = below.filter(|&b| arena.get(b).end == start);
+    let above = above.filter(|&a| arena.get(a).start == end);
+    match (below, above) {
+        (Some(below), Some(above)) => {
+            let merged_end = arena.get(above).end;
+            free.remove(arena, above);
+            arena.free(above);
+            arena.get_mut(below).end = merged_end;
+            free.refresh(arena, below);
+            arena.free(id);
+        }
+        (Some(below), None) => {
+            arena.get_mut(below).end = end;
+            free.refresh(arena, below);
+            arena.free(id);
+        }
+        (None, Some(above)) => {
+            arena.get_mut(above).start = start;
+            free.refresh(arena, above);
+            arena.free(id);
+        }
+        (None, None) => {
+            arena.get_mut(id).flags = VmFlags::empty();
+            free.insert(arena, id);
         }
     }
 }

@@ -21,10 +21,12 @@ use kmm_vmarea::{lazy_max_pages, VmFlags, VmapArea, VmapAreas, VmapStats, Vmarea
 pub enum State {
     Free,
     Busy(VmFlags),
-    Unpurged(VmFlags),
+    /// Freed, awaiting the purge; adjacent unpurged intervals merge.
+    Unpurged,
 }
 
-/// The reference: intervals tiling `[start, end)` in address order.
+/// The reference: intervals tiling `[start, end)` in address order, with
+/// adjacent free intervals, and adjacent unpurged ones, always joined.
 #[derive(Clone, Debug)]
 pub struct Model {
     pub intervals: Vec<(usize, usize, State)>,
@@ -32,6 +34,8 @@ pub struct Model {
     pub end: usize,
     pub lazy_pages: usize,
     pub lazy_max: usize,
+    pub lazy_areas: u64,
+    pub purged_areas: u64,
     pub purges: u64,
 }
 
@@ -43,6 +47,8 @@ impl Model {
             end,
             lazy_pages: 0,
             lazy_max: lazy_max_pages(nr_cpus, end - start),
+            lazy_areas: 0,
+            purged_areas: 0,
             purges: 0,
         }
     }
@@ -144,13 +150,13 @@ impl Model {
                     area: VirtAddr::new(start),
                 })
             }
-            State::Unpurged(_) if start == addr => {
-                return Err(VmareaError::AlreadyFreed { addr: va })
-            }
-            _ => return Err(VmareaError::NotAllocated { addr: va }),
+            State::Unpurged => return Err(VmareaError::AlreadyFreed { addr: va }),
+            State::Free => return Err(VmareaError::NotAllocated { addr: va }),
         };
-        self.intervals[index].2 = State::Unpurged(flags);
+        self.intervals[index].2 = State::Unpurged;
+        self.intervals = merged(&self.intervals, State::Unpurged);
         self.lazy_pages += (end - start) / PAGE_SIZE;
+        self.lazy_areas += 1;
         let flush = if self.lazy_pages > self.lazy_max {
             self.purge()
         } else {
@@ -161,26 +167,18 @@ impl Model {
 
     /// What `purge` must return, applied to the model.
     pub fn purge(&mut self) -> Option<TlbFlush> {
-        let unpurged = || {
-            self.intervals
-                .iter()
-                .filter(|i| matches!(i.2, State::Unpurged(_)))
-        };
+        let unpurged = || self.intervals.iter().filter(|i| i.2 == State::Unpurged);
         let low = unpurged().map(|i| i.0).min()?;
         let high = unpurged().map(|i| i.1).max()?;
-        let mut merged: Vec<(usize, usize, State)> = Vec::new();
-        for &(start, end, state) in &self.intervals {
-            let state = match state {
-                State::Unpurged(_) => State::Free,
-                other => other,
-            };
-            match merged.last_mut() {
-                Some(last) if last.2 == State::Free && state == State::Free => last.1 = end,
-                _ => merged.push((start, end, state)),
+        for interval in &mut self.intervals {
+            if interval.2 == State::Unpurged {
+                interval.2 = State::Free;
             }
         }
-        self.intervals = merged;
+        self.intervals = merged(&self.intervals, State::Free);
         self.lazy_pages = 0;
+        self.purged_areas += self.lazy_areas;
+        self.lazy_areas = 0;
         self.purges += 1;
         Some(TlbFlush::new(VirtAddr::new(low), VirtAddr::new(high)))
     }
@@ -202,6 +200,18 @@ impl Model {
     }
 }
 
+/// The intervals with adjacent ones in `state` joined.
+fn merged(intervals: &[(usize, usize, State)], state: State) -> Vec<(usize, usize, State)> {
+    let mut joined: Vec<(usize, usize, State)> = Vec::new();
+    for &(start, end, this) in intervals {
+        match joined.last_mut() {
+            Some(last) if last.2 == state && this == state => last.1 = end,
+            _ => joined.push((start, end, this)),
+        }
+    }
+    joined
+}
+
 pub fn busy(state: State) -> Option<VmFlags> {
     match state {
         State::Busy(flags) => Some(flags),
@@ -210,10 +220,7 @@ pub fn busy(state: State) -> Option<VmFlags> {
 }
 
 pub fn unpurged(state: State) -> Option<VmFlags> {
-    match state {
-        State::Unpurged(flags) => Some(flags),
-        _ => None,
-    }
+    (state == State::Unpurged).then_some(VmFlags::empty())
 }
 
 pub fn free_state(state: State) -> Option<VmFlags> {
