@@ -14,6 +14,7 @@
 //! | [`KernelPageTable`] | `set_pte`, `flush_tlb_kernel_range` | x86 page tables | vmarea, highmem |
 //! | [`Platform`] | `smp_processor_id`, `local_irq_save` | the embedder | every layer with a lock |
 //! | [`Shrinker`] | `struct shrinker` | caches (slab) | zones, under memory pressure |
+//! | [`ObjectSource`] | `kmem_cache` (`vmap_area_cachep`) | kmm-slab | vmarea (tree nodes) |
 //!
 //! # The soundness rule every layer keeps
 //!
@@ -29,7 +30,8 @@
 //!   [`Pfn`] or an address are `unsafe fn`, because an address is not a
 //!   proof of ownership (after a free it may name someone else's block).
 //! - The traits whose answers another layer dereferences ([`FrameAllocator`],
-//!   [`DirectMap`], [`PageOwner`], [`KernelPageTable`], [`PreemptControl`])
+//!   [`DirectMap`], [`PageOwner`], [`KernelPageTable`], [`PreemptControl`],
+//!   [`ObjectSource`])
 //!   are `unsafe trait`s; writing an owner word another layer will trust is
 //!   an `unsafe fn`, and the reader still verifies what it finds.
 //! - A layer's frames carry its [`OwnerWord`], and the page allocator refuses
@@ -51,6 +53,7 @@ mod error;
 mod frame;
 mod gfp;
 mod memmap;
+mod object;
 mod order;
 mod prot;
 pub mod sync;
@@ -61,6 +64,7 @@ pub use error::Error;
 pub use frame::{AllocatorId, OwnerTag, OwnerWord, Pages};
 pub use gfp::*;
 pub use memmap::{MemoryRegion, RegionKind};
+pub use object::ObjectSource;
 pub use order::{get_order, Order, MAX_PAGE_ORDER, NR_PAGE_ORDERS, PAGE_ALLOC_COSTLY_ORDER};
 pub use prot::PageProt;
 pub use traits::{

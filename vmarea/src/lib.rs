@@ -1,0 +1,105 @@
+//! kmm-vmarea: the kernel virtual area allocator (Linux `mm/vmalloc.c`'s
+//! `vmap_area` machinery, as redesigned in 5.2), the part of vmalloc, vmap
+//! and ioremap that decides *where* an area goes.
+//!
+//! # What it owns
+//!
+//! The address range `[VMALLOC_START, VMALLOC_END)` the caller gives, as
+//! three address-ordered AVL trees that tile it exactly: free blocks
+//! (`free_vmap_area_root`, each node carrying `subtree_max_size`, the
+//! largest free block beneath it), live areas (`vmap_area_root`) and
+//! freed areas awaiting their purge (`purge_vmap_area_root`); the lazy
+//! count of freed pages, and the purge figures. Its nodes, 40 bytes each
+//! ([`VMAP_AREA_NODE_BYTES`]), live in an arena of chunks taken from an
+//! [`kmm_api::ObjectSource`] (the slab's `vmap_area_cachep` in a composed
+//! kernel): no heap.
+//!
+//! # Invariants
+//!
+//! - Free, live and unpurged ranges are page aligned, never overlap, and
+//!   together cover the range exactly; no two free blocks touch (a freed
+//!   range is merged with its neighbours when it returns).
+//! - Each tree is ordered by address and AVL balanced; every free node's
+//!   `subtree_max_size` is the largest block in its subtree.
+//! - A live area ends with one guard page unless [`VmFlags::NO_GUARD`]; the
+//!   guard is reserved with it and returns with it.
+//! - A freed range goes back to free space only through a purge, whose
+//!   single [`kmm_api::TlbFlush`] the caller performs; the lazily freed
+//!   pages never stay above [`lazy_max_pages`] after a free returns.
+//!
+//! [`VmapAreas::check`] verifies all of these and names the first broken one.
+//!
+//! # Cost
+//!
+//! | operation | cost |
+//! |---|---|
+//! | [`VmapAreas::alloc`], page alignment | O(log n) |
+//! | [`VmapAreas::alloc`], larger alignment | O(log n) when the lowest long-enough block also fits aligned; each lower block that is long enough but not once aligned adds O(log n): worst case O(n), on a free space of many such blocks |
+//! | [`VmapAreas::free`], [`VmapAreas::find_vmap_area`] | O(log n) |
+//! | [`VmapAreas::purge`] | O(k log n) for k unpurged areas |
+//! | [`VmapAreas::stats`] | O(1) |
+//! | [`VmapAreas::check`] | O(n) |
+//!
+//! n counts free blocks for allocation, live areas for lookups.
+//!
+//! # What it must never do
+//!
+//! Map, unmap or touch the memory of an area (that is vmalloc's, above
+//! it); reuse a freed range before the flush covering it was handed out;
+//! panic or change anything on a bad request (a zero or overflowing size,
+//! a bad alignment, a free of an unknown, interior, misaligned or already
+//! freed address: each is a [`VmareaError`] and the areas stay exactly as
+//! they were); take a node from the source in the middle of a change (every
+//! node an allocation needs is taken before the trees are touched).
+//!
+//! # Example
+//!
+//! ```
+//! use kmm_api::{VirtAddr, GFP_KERNEL, PAGE_SIZE};
+//! use kmm_vmarea::testing::{BufferSource, RecordingTlb};
+//! use kmm_vmarea::{VmFlags, VmapAreas, VmareaError};
+//!
+//! let (start, end) = (VirtAddr::new(0xf880_0000), VirtAddr::new(0xff7f_e000));
+//! let mut areas = VmapAreas::new(BufferSource::pages(64), start, end, 4)?;
+//! // vmalloc(4096): one page plus its guard page, at the lowest address.
+//! let area = areas.alloc(4096, PAGE_SIZE, VmFlags::ALLOC, GFP_KERNEL)?;
+//! assert_eq!((area.start(), area.size(), area.usable_size()), (start, 8192, 4096));
+//! assert_eq!(areas.find_vmap_area(VirtAddr::new(0xf880_0123)), Some(area));
+//! // vfree: the range waits, unpurged, until a purge hands out its flush.
+//! let freed = areas.free(area.start())?;
+//! assert_eq!(freed.flush, None);
+//! assert_eq!(areas.free(area.start()), Err(VmareaError::AlreadyFreed { addr: start }));
+//! let flush = areas.purge().expect("one area was waiting");
+//! flush.flush(&RecordingTlb::default());
+//! areas.check().expect("invariants hold");
+//! # Ok::<(), VmareaError>(())
+//! ```
+
+#![no_std]
+#![deny(unsafe_code)]
+
+#[cfg(any(test, feature = "testing"))]
+extern crate std;
+
+#[allow(unsafe_code)] // the node arena: the crate's one unsafe module
+mod arena;
+mod check;
+mod error;
+mod flags;
+mod locked;
+mod purge;
+mod stats;
+#[cfg(any(test, feature = "testing"))]
+#[allow(unsafe_code)] // test doubles over raw buffers
+pub mod testing;
+mod tree;
+mod vmap_area;
+
+pub use arena::VMAP_AREA_NODE_BYTES;
+pub use check::{Invariant, TreeName};
+pub use error::VmareaError;
+pub use flags::VmFlags;
+pub use locked::SharedVmapAreas;
+pub use purge::{lazy_max_pages, LAZY_BYTES_PER_CPU_BIT, LAZY_RANGE_DIVISOR};
+pub use stats::VmapStats;
+pub use vmap_area::{Freed, Ranges, VmapArea, VmapAreas};

@@ -1,0 +1,364 @@
+//! The address-ordered AVL trees (Linux keeps red-black trees here): the
+//! free tree `free_vmap_area_root`, augmented with `subtree_max_size`, and
+//! the busy and unpurged trees, plain.
+//!
+//! Why AVL: lookups dominate (every allocation searches, every free finds
+//! its area and its neighbours), and an AVL tree is at most 1.44 log2 n
+//! deep against a red-black tree's 2 log2 n. The augmentation has to be
+//! refreshed up to the root after every change anyway, so AVL's longer
+//! rebalancing walk costs nothing extra. Iterative, with parent links: no
+//! recursion, so the stack depth never depends on the number of areas.
+//!
+//! Keys are node starts; nodes in one tree never overlap. A node's start or
+//! end may be changed in place (a split or merge) as long as the order
+//! holds; [`Tree::refresh`] then restores the augmentation.
+//!
+//! Cost: `insert`, `remove`, `refresh`, `find_le` and `first` are
+//! O(log n) (each stops climbing at the first subtree whose height and
+//! maximum come out unchanged); `next` is O(1) amortised over an
+//! in-order walk; `drain` is O(n).
+
+use crate::arena::{Arena, Link, NodeId};
+use kmm_api::ObjectSource;
+
+/// One AVL tree whose nodes live in an [`Arena`]. `AUGMENTED` trees keep
+/// `subtree_max`, the largest `end - start` under each node.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Tree<const AUGMENTED: bool> {
+    root: Link,
+    len: usize,
+}
+
+/// Height of a link (an empty subtree has height 0).
+pub(crate) fn height<S: ObjectSource>(arena: &Arena<S>, link: Link) -> u8 {
+    link.map_or(0, |id| arena.get(id).height)
+}
+
+/// Largest free block under a link (0 for an empty subtree).
+pub(crate) fn subtree_max<S: ObjectSource>(arena: &Arena<S>, link: Link) -> usize {
+    link.map_or(0, |id| arena.get(id).subtree_max)
+}
+
+impl<const AUGMENTED: bool> Tree<AUGMENTED> {
+    /// An empty tree.
+    pub(crate) const fn new() -> Self {
+        Tree { root: None, len: 0 }
+    }
+
+    pub(crate) fn root(&self) -> Link {
+        self.root
+    }
+
+    /// Nodes in the tree.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Links a detached node in by its start.
+    pub(crate) fn insert<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
+        let key = arena.get(id).start;
+        let mut parent = None;
+        let mut cursor = self.root;
+        let mut go_left = false;
+        while let Some(at) = cursor {
+            parent = Some(at);
+            go_left = key < arena.get(at).start;
+            cursor = if go_left {
+                arena.get(at).left
+            } else {
+                arena.get(at).right
+            };
+        }
+        {
+            let node = arena.get_mut(id);
+            node.left = None;
+            node.right = None;
+            node.parent = parent;
+            node.height = 1;
+        }
+        match parent {
+            None => self.root = Some(id),
+            Some(at) if go_left => arena.get_mut(at).left = Some(id),
+            Some(at) => arena.get_mut(at).right = Some(id),
+        }
+        self.len += 1;
+        Self::update(arena, id);
+        if let Some(parent) = parent {
+            self.rebalance_from(arena, Some(parent));
+        }
+    }
+
+    /// Unlinks a node; its links are cleared, its range kept.
+    pub(crate) fn remove<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
+        let node = *arena.get(id);
+        let (fix_from, moved_up) = match (node.left, node.right) {
+            (None, child) | (child, None) => {
+                self.replace_child(arena, node.parent, id, child);
+                if let Some(child) = child {
+                    arena.get_mut(child).parent = node.parent;
+                }
+                (node.parent, None)
+            }
+            (Some(left), Some(right)) => {
+                // The successor, leftmost of the right subtree, takes the
+                // removed node's place.
+                let mut successor = right;
+                while let Some(next) = arena.get(successor).left {
+                    successor = next;
+                }
+                let fix_from = if successor == right {
+                    successor
+                } else {
+                    let above = arena.get(successor).parent.unwrap_or(right);
+                    let orphan = arena.get(successor).right;
+                    arena.get_mut(above).left = orphan;
+                    if let Some(orphan) = orphan {
+                        arena.get_mut(orphan).parent = Some(above);
+                    }
+                    arena.get_mut(successor).right = Some(right);
+                    arena.get_mut(right).parent = Some(successor);
+                    above
+                };
+                arena.get_mut(successor).left = Some(left);
+                arena.get_mut(left).parent = Some(successor);
+                // It inherits the removed node's figures, so that the
+                // walk from below compares against what stood there.
+                let moved = arena.get_mut(successor);
+                moved.parent = node.parent;
+                moved.height = node.height;
+                moved.subtree_max = node.subtree_max;
+                self.replace_child(arena, node.parent, id, Some(successor));
+                (Some(fix_from), Some(successor))
+            }
+        };
+        let detached = arena.get_mut(id);
+        detached.left = None;
+        detached.right = None;
+        detached.parent = None;
+        detached.height = 1;
+        self.len -= 1;
+        self.rebalance_from(arena, fix_from);
+        // The walk may have stopped below the successor, whose inherited
+        // figures still count the removed node: recompute from it too.
+        if moved_up.is_some() {
+            self.rebalance_from(arena, moved_up);
+        }
+    }
+
+    /// Empties the tree, handing each node to `take` in address order, in
+    /// O(n): the tree is unrolled by right rotations instead of removing
+    /// nodes one by one. `take` may relink the node it is given.
+    pub(crate) fn drain<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        mut take: impl FnMut(&mut Arena<S>, NodeId),
+    ) {
+        let mut cursor = self.root.take();
+        self.len = 0;
+        while let Some(at) = cursor {
+            match arena.get(at).left {
+                Some(left) => {
+                    // Lift the left child over `at`; `at` keeps its right.
+                    let inner = arena.get(left).right;
+                    arena.get_mut(at).left = inner;
+                    arena.get_mut(left).right = Some(at);
+                    cursor = Some(left);
+                }
+                None => {
+                    cursor = arena.get(at).right;
+                    let node = arena.get_mut(at);
+                    node.left = None;
+                    node.right = None;
+                    node.parent = None;
+                    node.height = 1;
+                    take(arena, at);
+                }
+            }
+        }
+    }
+
+    /// Restores heights and `subtree_max` from `id` up to the root after
+    /// its range changed in place.
+    pub(crate) fn refresh<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
+        self.rebalance_from(arena, Some(id));
+    }
+
+    /// The node with the greatest start at or below `key`.
+    pub(crate) fn find_le<S: ObjectSource>(&self, arena: &Arena<S>, key: usize) -> Link {
+        let mut best = None;
+        let mut cursor = self.root;
+        while let Some(at) = cursor {
+            let node = arena.get(at);
+            if node.start <= key {
+                best = Some(at);
+                cursor = node.right;
+            } else {
+                cursor = node.left;
+            }
+        }
+        best
+    }
+
+    /// The lowest node.
+    pub(crate) fn first<S: ObjectSource>(&self, arena: &Arena<S>) -> Link {
+        let mut cursor = self.root?;
+        while let Some(left) = arena.get(cursor).left {
+            cursor = left;
+        }
+        Some(cursor)
+    }
+
+    /// The highest node.
+    pub(crate) fn last<S: ObjectSource>(&self, arena: &Arena<S>) -> Link {
+        let mut cursor = self.root?;
+        while let Some(right) = arena.get(cursor).right {
+            cursor = right;
+        }
+        Some(cursor)
+    }
+
+    /// The node after `id` in address order.
+    pub(crate) fn next<S: ObjectSource>(arena: &Arena<S>, id: NodeId) -> Link {
+        if let Some(mut cursor) = arena.get(id).right {
+            while let Some(left) = arena.get(cursor).left {
+                cursor = left;
+            }
+            return Some(cursor);
+        }
+        let mut child = id;
+        while let Some(parent) = arena.get(child).parent {
+            if arena.get(parent).left == Some(child) {
+                return Some(parent);
+            }
+            child = parent;
+        }
+        None
+    }
+
+    /// Points `parent`'s link to `old` (or the root) at `new`.
+    fn replace_child<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        parent: Link,
+        old: NodeId,
+        new: Link,
+    ) {
+        match parent {
+            None => self.root = new,
+            Some(parent) => {
+                let node = arena.get_mut(parent);
+                if node.left == Some(old) {
+                    node.left = new;
+                } else {
+                    node.right = new;
+                }
+            }
+        }
+    }
+
+    /// Recomputes one node's height and augmentation from its children.
+    fn update<S: ObjectSource>(arena: &mut Arena<S>, id: NodeId) {
+        let (left, right, len) = {
+            let node = arena.get(id);
+            (node.left, node.right, node.len())
+        };
+        let height = 1 + height(arena, left).max(height(arena, right));
+        let max = if AUGMENTED {
+            len.max(subtree_max(arena, left))
+                .max(subtree_max(arena, right))
+        } else {
+            0
+        };
+        let node = arena.get_mut(id);
+        node.height = height;
+        node.subtree_max = max;
+    }
+
+    /// Walks from `from` towards the root, updating and rotating where a
+    /// node's subtrees differ in height by two, and ends at the first
+    /// subtree whose height and `subtree_max` come out as they were:
+    /// nothing above depends on anything else below.
+    fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
+        let mut cursor = from;
+        while let Some(at) = cursor {
+            let (old_height, old_max) = {
+                let node = arena.get(at);
+                (node.height, node.subtree_max)
+            };
+            Self::update(arena, at);
+            let (left, right) = {
+                let node = arena.get(at);
+                (node.left, node.right)
+            };
+            let balance = i16::from(height(arena, left)) - i16::from(height(arena, right));
+            let top = match (balance, left, right) {
+                (2.., Some(left), _) => {
+                    let (inner_left, inner_right) = {
+                        let l = arena.get(left);
+                        (l.left, l.right)
+                    };
+                    if height(arena, inner_left) < height(arena, inner_right) {
+                        self.rotate_left(arena, left);
+                    }
+                    self.rotate_right(arena, at)
+                }
+                (..=-2, _, Some(right)) => {
+                    let (inner_left, inner_right) = {
+                        let r = arena.get(right);
+                        (r.left, r.right)
+                    };
+                    if height(arena, inner_right) < height(arena, inner_left) {
+                        self.rotate_right(arena, right);
+                    }
+                    self.rotate_left(arena, at)
+                }
+                _ => at,
+            };
+            let node = arena.get(top);
+            if node.height == old_height && node.subtree_max == old_max {
+                return;
+            }
+            cursor = node.parent;
+        }
+    }
+
+    /// Rotates `x`'s right child up into its place; returns that child.
+    fn rotate_left<S: ObjectSource>(&mut self, arena: &mut Arena<S>, x: NodeId) -> NodeId {
+        let Some(y) = arena.get(x).right else {
+            return x;
+        };
+        let inner = arena.get(y).left;
+        let parent = arena.get(x).parent;
+        arena.get_mut(x).right = inner;
+        if let Some(inner) = inner {
+            arena.get_mut(inner).parent = Some(x);
+        }
+        arena.get_mut(y).parent = parent;
+        self.replace_child(arena, parent, x, Some(y));
+        arena.get_mut(y).left = Some(x);
+        arena.get_mut(x).parent = Some(y);
+        Self::update(arena, x);
+        Self::update(arena, y);
+        y
+    }
+
+    /// Rotates `x`'s left child up into its place; returns that child.
+    fn rotate_right<S: ObjectSource>(&mut self, arena: &mut Arena<S>, x: NodeId) -> NodeId {
+        let Some(y) = arena.get(x).left else {
+            return x;
+        };
+        let inner = arena.get(y).right;
+        let parent = arena.get(x).parent;
+        arena.get_mut(x).left = inner;
+        if let Some(inner) = inner {
+            arena.get_mut(inner).parent = Some(x);
+        }
+        arena.get_mut(y).parent = parent;
+        self.replace_child(arena, parent, x, Some(y));
+        arena.get_mut(y).right = Some(x);
+        arena.get_mut(x).parent = Some(y);
+        Self::update(arena, x);
+        Self::update(arena, y);
+        y
+    }
+}

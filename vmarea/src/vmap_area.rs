@@ -1,0 +1,484 @@
+//! The `vmap_area` allocator (Linux `mm/vmalloc.c` since 5.2): kernel
+//! virtual ranges carved out of `[VMALLOC_START, VMALLOC_END)`.
+//!
+//! It owns three trees of nodes from its arena: free blocks
+//! (`free_vmap_area_root`, augmented with `subtree_max_size`), live areas
+//! (`vmap_area_root`), and freed areas awaiting their purge
+//! (`purge_vmap_area_root`). Together they tile the range exactly. It never
+//! maps, unmaps or touches the memory behind an address, and never puts a
+//! freed range back into free space before the TLB flush that covers it
+//! has been handed to the caller.
+//!
+//! # States of a range
+//!
+//! free → (alloc) → busy → (free) → unpurged → (purge) → free. An unpurged
+//! range may still have stale TLB entries on some CPU, so it is reused only
+//! after a purge, whose one [`TlbFlush`] covers the whole batch.
+
+use crate::arena::{Arena, Node, NodeId};
+use crate::error::VmareaError;
+use crate::flags::VmFlags;
+use crate::purge::LazyPurge;
+use crate::tree::{subtree_max, Tree};
+use kmm_api::{GfpFlags, KernelPageTable, ObjectSource, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SIZE};
+
+/// One reserved range: `[start, end)` with the trailing guard page, if
+/// any, inside it (as `/proc/vmallocinfo` prints it).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct VmapArea {
+    start: VirtAddr,
+    end: VirtAddr,
+    flags: VmFlags,
+}
+
+impl VmapArea {
+    pub(crate) fn of(node: &Node) -> Self {
+        VmapArea {
+            start: VirtAddr::new(node.start),
+            end: VirtAddr::new(node.end),
+            flags: node.flags,
+        }
+    }
+
+    /// The first byte (`va_start`), aligned as requested.
+    pub const fn start(&self) -> VirtAddr {
+        self.start
+    }
+
+    /// One past the last byte reserved, guard page included (`va_end`).
+    pub const fn end(&self) -> VirtAddr {
+        self.end
+    }
+
+    /// Bytes reserved, guard page included (vmallocinfo's SIZE).
+    pub const fn size(&self) -> usize {
+        self.end.as_usize() - self.start.as_usize()
+    }
+
+    /// Bytes the caller may use: the size without the guard page
+    /// (Linux `get_vm_area_size`).
+    pub const fn usable_size(&self) -> usize {
+        self.size() - guard_bytes(self.flags)
+    }
+
+    /// The flags the area was allocated with.
+    pub const fn flags(&self) -> VmFlags {
+        self.flags
+    }
+
+    /// Whether `addr` lies in the reserved range (guard page included).
+    pub const fn contains(&self, addr: VirtAddr) -> bool {
+        self.start.as_usize() <= addr.as_usize() && addr.as_usize() < self.end.as_usize()
+    }
+}
+
+/// What a free did: the area it released, and the flush its purge owes
+/// when this free pushed the lazily freed pages past `lazy_max_pages`.
+#[must_use = "a purge's TLB flush must run before its ranges are reused"]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Freed {
+    /// The area released (now unpurged, or free if a purge ran).
+    pub area: VmapArea,
+    /// The flush owed by the purge this free triggered, if any.
+    pub flush: Option<TlbFlush>,
+}
+
+/// How an allocation splits the free block it takes (Linux's fit types).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Fit {
+    /// The area is the whole block: the node moves to the busy tree.
+    Full,
+    /// The area starts the block: the block's start moves up.
+    LeftEdge,
+    /// The area ends the block: the block's end moves down.
+    RightEdge,
+    /// Free space stays on both sides: a new node holds the upper part.
+    Middle,
+}
+
+/// Bytes of guard page an area with `flags` carries.
+pub(crate) const fn guard_bytes(flags: VmFlags) -> usize {
+    if flags.contains(VmFlags::NO_GUARD) {
+        0
+    } else {
+        PAGE_SIZE
+    }
+}
+
+/// The kernel virtual area allocator over one range, `&mut self` (see
+/// [`crate::SharedVmapAreas`] for the locked form).
+pub struct VmapAreas<S: ObjectSource> {
+    pub(crate) arena: Arena<S>,
+    pub(crate) free_vmap_area_root: Tree<true>,
+    pub(crate) vmap_area_root: Tree<false>,
+    pub(crate) purge_vmap_area_root: Tree<false>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) lazy: LazyPurge,
+}
+
+impl<S: ObjectSource> VmapAreas<S> {
+    /// An allocator over `[start, end)`, all free, whose lazy-purge
+    /// threshold is [`crate::lazy_max_pages`] for `nr_cpus` CPUs. Takes its
+    /// first node from `source`.
+    pub fn new(
+        source: S,
+        start: VirtAddr,
+        end: VirtAddr,
+        nr_cpus: usize,
+    ) -> Result<Self, VmareaError> {
+        if !start.is_aligned(PAGE_SIZE) || !end.is_aligned(PAGE_SIZE) || start >= end {
+            return Err(VmareaError::BadRange { start, end });
+        }
+        let lazy = LazyPurge::new(nr_cpus, end.as_usize() - start.as_usize())?;
+        let mut arena = Arena::new(source)?;
+        let whole = arena.alloc(
+            Node::new(start.as_usize(), end.as_usize(), VmFlags::empty()),
+            GFP_KERNEL,
+        )?;
+        let mut areas = VmapAreas {
+            arena,
+            free_vmap_area_root: Tree::new(),
+            vmap_area_root: Tree::new(),
+            purge_vmap_area_root: Tree::new(),
+            start: start.as_usize(),
+            end: end.as_usize(),
+            lazy,
+        };
+        areas.free_vmap_area_root.insert(&mut areas.arena, whole);
+        Ok(areas)
+    }
+
+    /// The range managed, `[VMALLOC_START, VMALLOC_END)`.
+    pub fn range(&self) -> (VirtAddr, VirtAddr) {
+        (VirtAddr::new(self.start), VirtAddr::new(self.end))
+    }
+
+    /// The object source the nodes come from.
+    pub fn source(&self) -> &S {
+        self.arena.source()
+    }
+
+    /// Reserves `size` bytes (rounded up to pages) at the lowest address
+    /// aligned to `align`, plus a trailing guard page unless
+    /// [`VmFlags::NO_GUARD`] (Linux `alloc_vmap_area`). Nodes come from the
+    /// object source with `gfp`. Lazily freed ranges are not reused: on
+    /// [`VmareaError::NoSpace`] the caller may [`VmapAreas::purge`] and
+    /// retry, which [`VmapAreas::alloc_purging`] does.
+    ///
+    /// O(log n) when `align` is a page; see [`crate`] for larger ones.
+    pub fn alloc(
+        &mut self,
+        size: usize,
+        align: usize,
+        flags: VmFlags,
+        gfp: GfpFlags,
+    ) -> Result<VmapArea, VmareaError> {
+        let need = self.reserved_size(size, align, flags)?;
+        let Some((block, addr)) = self.find_vmap_lowest_match(need, align) else {
+            return Err(VmareaError::NoSpace {
+                size: need,
+                align,
+                lazy_pages: self.lazy.nr_pages,
+            });
+        };
+        let free = *self.arena.get(block);
+        let area_end = addr + need;
+        let fit = match (addr > free.start, area_end < free.end) {
+            (false, false) => Fit::Full,
+            (false, true) => Fit::LeftEdge,
+            (true, false) => Fit::RightEdge,
+            (true, true) => Fit::Middle,
+        };
+        // Every node is taken before anything changes, so a source that
+        // fails leaves the trees as they were.
+        let busy = match fit {
+            Fit::Full => block,
+            _ => self.arena.alloc(Node::new(addr, area_end, flags), gfp)?,
+        };
+        if fit == Fit::Middle {
+            let upper = match self
+                .arena
+                .alloc(Node::new(area_end, free.end, VmFlags::empty()), gfp)
+            {
+                Ok(upper) => upper,
+                Err(error) => {
+                    self.arena.free(busy);
+                    return Err(error);
+                }
+            };
+            self.arena.get_mut(block).end = addr;
+            self.free_vmap_area_root.refresh(&mut self.arena, block);
+            self.free_vmap_area_root.insert(&mut self.arena, upper);
+        }
+        match fit {
+            Fit::Full => {
+                self.free_vmap_area_root.remove(&mut self.arena, block);
+                let node = self.arena.get_mut(block);
+                node.flags = flags;
+                node.subtree_max = 0;
+            }
+            Fit::LeftEdge => {
+                self.arena.get_mut(block).start = area_end;
+                self.free_vmap_area_root.refresh(&mut self.arena, block);
+            }
+            Fit::RightEdge => {
+                self.arena.get_mut(block).end = addr;
+                self.free_vmap_area_root.refresh(&mut self.arena, block);
+            }
+            Fit::Middle => {}
+        }
+        self.vmap_area_root.insert(&mut self.arena, busy);
+        Ok(VmapArea::of(self.arena.get(busy)))
+    }
+
+    /// [`VmapAreas::alloc`], and if no block fits while lazily freed areas
+    /// wait, one purge (flushed on `tlb` before any range is reused) and
+    /// one retry, as Linux's `alloc_vmap_area` does.
+    pub fn alloc_purging(
+        &mut self,
+        size: usize,
+        align: usize,
+        flags: VmFlags,
+        gfp: GfpFlags,
+        tlb: &(impl KernelPageTable + ?Sized),
+    ) -> Result<VmapArea, VmareaError> {
+        match self.alloc(size, align, flags, gfp) {
+            Err(VmareaError::NoSpace { lazy_pages, .. }) if lazy_pages > 0 => {
+                if let Some(flush) = self.purge() {
+                    flush.flush(tlb);
+                }
+                self.alloc(size, align, flags, gfp)
+            }
+            result => result,
+        }
+    }
+
+    /// Releases the area starting at `addr` (Linux `free_vmap_area_noflush`):
+    /// it moves to the unpurged tree and its pages, guard included, to the
+    /// lazy count; past [`crate::lazy_max_pages`] every unpurged area is
+    /// purged and [`Freed::flush`] carries the flush owed. An address that
+    /// is not an area's start is refused and nothing changes. O(log n),
+    /// plus the purge when one runs.
+    pub fn free(&mut self, addr: VirtAddr) -> Result<Freed, VmareaError> {
+        let id = self.busy_area_at(addr)?;
+        let area = VmapArea::of(self.arena.get(id));
+        self.vmap_area_root.remove(&mut self.arena, id);
+        merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id);
+        self.lazy.nr_pages += area.size() / PAGE_SIZE;
+        self.lazy.nr_areas += 1;
+        let flush = if self.lazy.nr_pages > self.lazy.max_pages {
+            self.purge()
+        } else {
+            None
+        };
+        Ok(Freed { area, flush })
+    }
+
+    /// Returns every unpurged range to free space, merging neighbours
+    /// (Linux `__purge_vmap_area_lazy`), and hands back the one flush that
+    /// covers the batch; `None` if nothing was waiting. O(k log n) for k
+    /// unpurged areas.
+    pub fn purge(&mut self) -> Option<TlbFlush> {
+        let first = self.purge_vmap_area_root.first(&self.arena)?;
+        let last = self.purge_vmap_area_root.last(&self.arena)?;
+        let flush = TlbFlush::new(
+            VirtAddr::new(self.arena.get(first).start),
+            VirtAddr::new(self.arena.get(last).end),
+        );
+        let mut unpurged = core::mem::take(&mut self.purge_vmap_area_root);
+        unpurged.drain(&mut self.arena, |arena, id| {
+            merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id);
+        });
+        self.lazy.purged_areas += self.lazy.nr_areas;
+        self.lazy.nr_areas = 0;
+        self.lazy.nr_pages = 0;
+        self.lazy.purges += 1;
+        self.lazy.flush_tokens += 1;
+        Some(flush)
+    }
+
+    /// The live area containing `addr`, guard page included (Linux
+    /// `find_vmap_area`). O(log n).
+    pub fn find_vmap_area(&self, addr: VirtAddr) -> Option<VmapArea> {
+        let id = self.vmap_area_root.find_le(&self.arena, addr.as_usize())?;
+        let area = VmapArea::of(self.arena.get(id));
+        area.contains(addr).then_some(area)
+    }
+
+    /// Live areas in address order.
+    pub fn areas(&self) -> Ranges<'_, S> {
+        Ranges::new(&self.arena, self.vmap_area_root.first(&self.arena))
+    }
+
+    /// Freed ranges awaiting their purge, in address order, adjacent ones
+    /// merged (as Linux keeps `purge_vmap_area_root`), without flags.
+    pub fn unpurged_areas(&self) -> Ranges<'_, S> {
+        Ranges::new(&self.arena, self.purge_vmap_area_root.first(&self.arena))
+    }
+
+    /// Free blocks in address order (as ranges with no flags).
+    pub fn free_blocks(&self) -> Ranges<'_, S> {
+        Ranges::new(&self.arena, self.free_vmap_area_root.first(&self.arena))
+    }
+
+    /// Bytes reserved for `size` at `align`: pages plus the guard page.
+    fn reserved_size(
+        &self,
+        size: usize,
+        align: usize,
+        flags: VmFlags,
+    ) -> Result<usize, VmareaError> {
+        if size == 0 {
+            return Err(VmareaError::ZeroSize);
+        }
+        if !align.is_power_of_two() || align < PAGE_SIZE {
+            return Err(VmareaError::BadAlignment { align });
+        }
+        size.checked_next_multiple_of(PAGE_SIZE)
+            .and_then(|pages| pages.checked_add(guard_bytes(flags)))
+            .filter(|&need| need <= self.end - self.start)
+            .ok_or(VmareaError::SizeTooLarge { size })
+    }
+
+    /// The lowest free block holding `need` bytes at `align`, and the
+    /// address in it (Linux `find_vmap_lowest_match`). An in-order walk
+    /// that skips every subtree whose `subtree_max_size` is below `need`:
+    /// with page alignment every block it visits fits, so it ends on the
+    /// first leaf-ward path; a larger alignment may visit blocks that are
+    /// long enough but whose aligned start leaves too little.
+    fn find_vmap_lowest_match(&self, need: usize, align: usize) -> Option<(NodeId, usize)> {
+        let arena = &self.arena;
+        let mut at = self.free_vmap_area_root.root()?;
+        if arena.get(at).subtree_max < need {
+            return None;
+        }
+        'descend: loop {
+            while let Some(left) = arena.get(at).left {
+                if subtree_max(arena, Some(left)) < need {
+                    break;
+                }
+                at = left;
+            }
+            loop {
+                if let Some(addr) = fit_in(arena.get(at), need, align) {
+                    return Some((at, addr));
+                }
+                if let Some(right) = arena.get(at).right {
+                    if arena.get(right).subtree_max >= need {
+                        at = right;
+                        continue 'descend;
+                    }
+                }
+                // Climb to the first ancestor reached from its left: the
+                // next block in address order not yet looked at.
+                loop {
+                    let parent = arena.get(at).parent?;
+                    let from_left = arena.get(parent).left == Some(at);
+                    at = parent;
+                    if from_left {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The live area that starts at `addr`, or why `addr` names none.
+    fn busy_area_at(&self, addr: VirtAddr) -> Result<NodeId, VmareaError> {
+        if !addr.is_aligned(PAGE_SIZE) {
+            return Err(VmareaError::Misaligned { addr });
+        }
+        let raw = addr.as_usize();
+        if raw < self.start || raw >= self.end {
+            return Err(VmareaError::OutOfRange { addr });
+        }
+        if let Some(id) = self.vmap_area_root.find_le(&self.arena, raw) {
+            let node = self.arena.get(id);
+            if node.start == raw {
+                return Ok(id);
+            }
+            if raw < node.end {
+                return Err(VmareaError::Interior {
+                    addr,
+                    area: VirtAddr::new(node.start),
+                });
+            }
+        }
+        match self.purge_vmap_area_root.find_le(&self.arena, raw) {
+            Some(id) if raw < self.arena.get(id).end => Err(VmareaError::AlreadyFreed { addr }),
+            _ => Err(VmareaError::NotAllocated { addr }),
+        }
+    }
+}
+
+/// Puts a detached node's range into `tree` (free space, or the unpurged
+/// ranges), merged with the ranges it touches (Linux
+/// `merge_or_add_vmap_area`). Never allocates.
+fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
+    free: &mut Tree<AUGMENTED>,
+    arena: &mut Arena<S>,
+    id: NodeId,
+) {
+    let Node { start, end, .. } = *arena.get(id);
+    let below = free.find_le(arena, start);
+    let above = match below {
+        Some(below) => Tree::<AUGMENTED>::next(arena, below),
+        None => free.first(arena),
+    };
+    let below = below.filter(|&b| arena.get(b).end == start);
+    let above = above.filter(|&a| arena.get(a).start == end);
+    match (below, above) {
+        (Some(below), Some(above)) => {
+            let merged_end = arena.get(above).end;
+            free.remove(arena, above);
+            arena.free(above);
+            arena.get_mut(below).end = merged_end;
+            free.refresh(arena, below);
+            arena.free(id);
+        }
+        (Some(below), None) => {
+            arena.get_mut(below).end = end;
+            free.refresh(arena, below);
+            arena.free(id);
+        }
+        (None, Some(above)) => {
+            arena.get_mut(above).start = start;
+            free.refresh(arena, above);
+            arena.free(id);
+        }
+        (None, None) => {
+            arena.get_mut(id).flags = VmFlags::empty();
+            free.insert(arena, id);
+        }
+    }
+}
+
+/// The address in `block` where `need` bytes aligned to `align` start, if
+/// they fit.
+fn fit_in(block: &Node, need: usize, align: usize) -> Option<usize> {
+    let start = VirtAddr::new(block.start).align_up(align)?.as_usize();
+    (start.checked_add(need)? <= block.end).then_some(start)
+}
+
+/// The ranges of one tree in address order.
+pub struct Ranges<'a, S: ObjectSource> {
+    arena: &'a Arena<S>,
+    next: Option<NodeId>,
+}
+
+impl<'a, S: ObjectSource> Ranges<'a, S> {
+    fn new(arena: &'a Arena<S>, first: Option<NodeId>) -> Self {
+        Ranges { arena, next: first }
+    }
+}
+
+impl<S: ObjectSource> Iterator for Ranges<'_, S> {
+    type Item = VmapArea;
+
+    fn next(&mut self) -> Option<VmapArea> {
+        let id = self.next?;
+        self.next = Tree::<false>::next(self.arena, id);
+        Some(VmapArea::of(self.arena.get(id)))
+    }
+}
