@@ -153,6 +153,8 @@ pub enum OwnerTag {
     PageTable = 4,
     /// A page of a slab cache's own descriptor (and its per-CPU arrays).
     SlabCache = 5,
+    /// A page of a vmalloc area (mapped at a vmalloc address); no payload.
+    Vmalloc = 6,
 }
 
 impl OwnerTag {
@@ -163,6 +165,7 @@ impl OwnerTag {
             3 => Some(OwnerTag::LargeKmallocTail),
             4 => Some(OwnerTag::PageTable),
             5 => Some(OwnerTag::SlabCache),
+            6 => Some(OwnerTag::Vmalloc),
             _ => None,
         }
     }

@@ -87,6 +87,25 @@ pub enum VmareaError {
         /// The address given.
         addr: VirtAddr,
     },
+    /// An area freed through the call of another kind (a `vfree` of a
+    /// vmap or ioremap area, an `iounmap` of a vmalloc area, ...).
+    WrongKind {
+        /// The address given.
+        addr: VirtAddr,
+        /// The area's flags.
+        flags: crate::VmFlags,
+    },
+    /// The page allocator or the page table refused while an area was
+    /// being backed or mapped (everything taken was given back).
+    Page {
+        /// What it said.
+        cause: Error,
+    },
+    /// A NUMA node that does not exist (there is one: node 0).
+    BadNode {
+        /// The node asked for.
+        node: i32,
+    },
 }
 
 impl fmt::Display for VmareaError {
@@ -130,6 +149,11 @@ impl fmt::Display for VmareaError {
                 write!(f, "double free at {addr}: its range awaits the purge")
             }
             VmareaError::NotAllocated { addr } => write!(f, "no area starts at {addr}"),
+            VmareaError::WrongKind { addr, flags } => {
+                write!(f, "the area at {addr} ({flags:?}) is not of this kind")
+            }
+            VmareaError::Page { cause } => write!(f, "backing the area failed: {cause}"),
+            VmareaError::BadNode { node } => write!(f, "NUMA node {node} does not exist"),
         }
     }
 }
@@ -163,7 +187,12 @@ impl From<VmareaError> for Error {
             | VmareaError::OutOfRange { addr }
             | VmareaError::Interior { addr, .. }
             | VmareaError::AlreadyFreed { addr }
-            | VmareaError::NotAllocated { addr } => Error::BadVirtAddr { addr },
+            | VmareaError::NotAllocated { addr }
+            | VmareaError::WrongKind { addr, .. } => Error::BadVirtAddr { addr },
+            VmareaError::Page { cause } => cause,
+            VmareaError::BadNode { .. } => Error::InvalidGfp {
+                gfp: kmm_api::GfpFlags::empty(),
+            },
         }
     }
 }

@@ -33,5 +33,8 @@ bitflags! {
         const ALLOW_HUGE_VMAP = 0x400;
         /// `VM_SPARSE`: sparsely populated ("sparse").
         const SPARSE = 0x1000;
+        /// kmm's own: the area is being freed (detached from lookups while
+        /// its pages are unmapped; a second free of it is refused).
+        const FREEING = 0x8000;
     }
 }

@@ -93,6 +93,8 @@ mod stats;
 #[allow(unsafe_code)] // test doubles over raw buffers
 pub mod testing;
 mod tree;
+#[allow(unsafe_code)] // vfree_atomic's link in a queued area's first word
+mod vmalloc;
 mod vmap_area;
 
 pub use arena::VMAP_AREA_NODE_BYTES;
@@ -102,4 +104,5 @@ pub use flags::VmFlags;
 pub use locked::SharedVmapAreas;
 pub use purge::{lazy_max_pages, LAZY_BYTES_PER_CPU_BIT, LAZY_RANGE_DIVISOR};
 pub use stats::VmapStats;
+pub use vmalloc::{Vmalloc, VmallocStats, NUMA_NO_NODE};
 pub use vmap_area::{Freed, Ranges, VmapArea, VmapAreas};

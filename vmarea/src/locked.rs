@@ -65,6 +65,28 @@ impl<S: ObjectSource> SharedVmapAreas<S> {
         Ok(freed.area)
     }
 
+    /// [`VmapAreas::detach`] under the lock.
+    pub fn detach(&self, addr: VirtAddr, kind: VmFlags) -> Result<VmapArea, VmareaError> {
+        self.areas.lock().detach(addr, kind)
+    }
+
+    /// [`VmapAreas::release`] of a detached `area` under the lock; a purge
+    /// it triggers is flushed on `tlb` before the lock is released. An area
+    /// that is not detached is left alone.
+    pub fn release(&self, area: VmapArea, tlb: &(impl KernelPageTable + ?Sized)) {
+        let mut areas = self.areas.lock();
+        if let Ok(freed) = areas.release(area.start()) {
+            if let Some(flush) = freed.flush {
+                flush.flush(tlb);
+            }
+        }
+    }
+
+    /// The range the areas tile, `[start, end)`.
+    pub fn range(&self) -> (VirtAddr, VirtAddr) {
+        self.areas.lock().range()
+    }
+
     /// Purges every unpurged area now, flushing on `tlb` (Linux
     /// `vm_unmap_aliases`); whether anything was waiting.
     pub fn purge(&self, tlb: &(impl KernelPageTable + ?Sized)) -> bool {

@@ -174,3 +174,277 @@ unsafe impl KernelPageTable for RecordingTlb {
             .push(TlbFlush::new(start, end));
     }
 }
+
+/// A frame allocator over `frames` numbered frames that keeps owner words
+/// and the GFP flags of every request, and can be told to fail.
+pub struct TestFrames {
+    state: Mutex<FrameState>,
+    id: kmm_api::AllocatorId,
+}
+
+struct FrameState {
+    /// Owner word of each held frame; `None` for a free one.
+    held: Vec<Option<kmm_api::OwnerWord>>,
+    /// Frames handed out since the last `fail_after`.
+    successes_left: Option<usize>,
+    /// The GFP flags of the last request.
+    last_gfp: GfpFlags,
+}
+
+impl TestFrames {
+    /// `frames` free frames, numbered from 0x100 (so no frame is pfn 0).
+    pub fn new(frames: usize) -> Self {
+        TestFrames {
+            state: Mutex::new(FrameState {
+                held: std::vec![None; frames],
+                successes_left: None,
+                last_gfp: GfpFlags::empty(),
+            }),
+            id: kmm_api::AllocatorId::new().expect("allocator ids"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FrameState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets `successes` more allocations succeed, then fails each one.
+    pub fn fail_after(&self, successes: Option<usize>) {
+        self.lock().successes_left = successes;
+    }
+
+    /// Frames held now.
+    pub fn in_use(&self) -> usize {
+        self.lock().held.iter().filter(|h| h.is_some()).count()
+    }
+
+    /// The GFP flags of the last request.
+    pub fn last_gfp(&self) -> GfpFlags {
+        self.lock().last_gfp
+    }
+
+    fn index(pfn: Pfn) -> usize {
+        pfn.as_usize().wrapping_sub(0x100)
+    }
+}
+
+// SAFETY: each free frame is handed out once, as an order-0 handle (the
+// only order these tests ask for), until it comes back.
+unsafe impl kmm_api::FrameAllocator for TestFrames {
+    fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<kmm_api::Pages, Error> {
+        let mut state = self.lock();
+        state.last_gfp = gfp;
+        if order != Order::ZERO || state.successes_left == Some(0) {
+            return Err(Error::NoMemory { order });
+        }
+        let i = state
+            .held
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::NoMemory { order })?;
+        state.held[i] = Some(kmm_api::OwnerWord::NONE);
+        if let Some(left) = state.successes_left.as_mut() {
+            *left -= 1;
+        }
+        // SAFETY: the frame was free and is now held by this handle alone.
+        Ok(unsafe { kmm_api::Pages::from_raw(Pfn::new(0x100 + i), order, self.id) })
+    }
+
+    fn free_frames(&self, pages: kmm_api::Pages) -> Result<(), Error> {
+        let pfn = pages.pfn();
+        if pages.allocator() != self.id {
+            return Err(Error::Foreign { pfn });
+        }
+        let mut state = self.lock();
+        match state.held.get(Self::index(pfn)).copied().flatten() {
+            None => Err(Error::DoubleFree { pfn }),
+            Some(word) if !word.is_none() => Err(Error::Owned { pfn }),
+            Some(_) => {
+                state.held[Self::index(pfn)] = None;
+                Ok(())
+            }
+        }
+    }
+
+    fn allocator_id(&self) -> kmm_api::AllocatorId {
+        self.id
+    }
+}
+
+// SAFETY: the word of a held frame is exactly the last one set.
+unsafe impl kmm_api::PageOwner for TestFrames {
+    fn owner(&self, pfn: Pfn) -> Option<kmm_api::OwnerWord> {
+        self.lock().held.get(Self::index(pfn)).copied().flatten()
+    }
+
+    unsafe fn set_owner(&self, pfn: Pfn, word: kmm_api::OwnerWord) -> Result<(), Error> {
+        let mut state = self.lock();
+        match state.held.get_mut(Self::index(pfn)) {
+            Some(Some(held)) => {
+                *held = word;
+                Ok(())
+            }
+            _ => Err(Error::NotAllocated { pfn }),
+        }
+    }
+
+    unsafe fn replace_owner(
+        &self,
+        pfn: Pfn,
+        current: kmm_api::OwnerWord,
+        new: kmm_api::OwnerWord,
+    ) -> Result<bool, Error> {
+        let mut state = self.lock();
+        match state.held.get_mut(Self::index(pfn)) {
+            Some(Some(held)) if *held == current => {
+                *held = new;
+                Ok(true)
+            }
+            Some(Some(_)) => Ok(false),
+            _ => Err(Error::NotAllocated { pfn }),
+        }
+    }
+}
+
+/// A kernel page table kept in a map, with a modelled TLB: an unmapped
+/// page stays stale until a flush covers it, and a map over a stale page
+/// is refused (as the simulated machine does). Can be told to fail maps
+/// (as running out of page-table pages would).
+#[derive(Default)]
+pub struct TestTable {
+    state: Mutex<TableState>,
+}
+
+#[derive(Default)]
+struct TableState {
+    mapped: std::collections::BTreeMap<usize, (Pfn, PageProt)>,
+    stale: std::collections::BTreeSet<usize>,
+    flushes: usize,
+    maps_left: Option<usize>,
+}
+
+impl TestTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Lets `maps` more maps succeed, then refuses each one.
+    pub fn fail_after(&self, maps: Option<usize>) {
+        self.lock().maps_left = maps;
+    }
+
+    /// Pages mapped now.
+    pub fn mapped(&self) -> usize {
+        self.lock().mapped.len()
+    }
+
+    /// Pages unmapped but not yet flushed.
+    pub fn stale(&self) -> usize {
+        self.lock().stale.len()
+    }
+
+    /// Flushes so far.
+    pub fn flushes(&self) -> usize {
+        self.lock().flushes
+    }
+}
+
+// SAFETY: `translate` reports exactly what `map` entered and `unmap` has
+// not removed; no memory is reached through it.
+unsafe impl KernelPageTable for TestTable {
+    unsafe fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        let mut state = self.lock();
+        if state.maps_left == Some(0) {
+            return Err(Error::NoMemory { order: Order::ZERO });
+        }
+        if state.stale.contains(&addr.as_usize()) {
+            return Err(Error::StaleTlb { addr });
+        }
+        if state.mapped.contains_key(&addr.as_usize()) {
+            return Err(Error::AlreadyMapped { addr });
+        }
+        if let Some(left) = state.maps_left.as_mut() {
+            *left -= 1;
+        }
+        state.mapped.insert(addr.as_usize(), (pfn, prot));
+        Ok(())
+    }
+
+    unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+        let mut state = self.lock();
+        let (pfn, _) = state
+            .mapped
+            .remove(&addr.as_usize())
+            .ok_or(Error::NotMapped { addr })?;
+        state.stale.insert(addr.as_usize());
+        let end = VirtAddr::new(addr.as_usize() + kmm_api::PAGE_SIZE);
+        Ok((pfn, TlbFlush::new(addr, end)))
+    }
+
+    fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)> {
+        let page = addr.align_down(kmm_api::PAGE_SIZE).as_usize();
+        self.lock().mapped.get(&page).copied()
+    }
+
+    fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
+        let mut state = self.lock();
+        state.flushes += 1;
+        let flushed: Vec<usize> = state
+            .stale
+            .range(start.as_usize()..end.as_usize())
+            .copied()
+            .collect();
+        for page in flushed {
+            state.stale.remove(&page);
+        }
+    }
+}
+
+/// The kernel's virtual memory from `start`, as a host buffer: a
+/// [`kmm_api::DirectMap`] whose `virt_to_ptr` reaches any address of the
+/// range (what `vfree_atomic` writes its link through).
+pub struct TestMemory {
+    base: NonNull<u64>,
+    start: usize,
+    bytes: usize,
+}
+
+// SAFETY: plain memory owned by the value; writers are the tests, through
+// pointers they are handed.
+unsafe impl Send for TestMemory {}
+// SAFETY: as above.
+unsafe impl Sync for TestMemory {}
+
+impl TestMemory {
+    /// `bytes` of memory standing for the addresses from `start`.
+    pub fn new(start: VirtAddr, bytes: usize) -> Self {
+        let buffer = std::vec![0u64; bytes.div_ceil(8)].into_boxed_slice();
+        TestMemory {
+            base: NonNull::from(std::boxed::Box::leak(buffer)).cast(),
+            start: start.as_usize(),
+            bytes,
+        }
+    }
+}
+
+// SAFETY: every address of the range maps to its own byte of the buffer,
+// which lives as long as the value; outside the range there is no frame.
+unsafe impl kmm_api::DirectMap for TestMemory {
+    fn pfn_to_virt(&self, _pfn: Pfn) -> Option<VirtAddr> {
+        None
+    }
+
+    fn virt_to_pfn(&self, _addr: VirtAddr) -> Option<Pfn> {
+        None
+    }
+
+    fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
+        let offset = addr.as_usize().wrapping_sub(self.start);
+        assert!(offset < self.bytes, "{addr} outside the test memory");
+        self.base.as_ptr().cast::<u8>().wrapping_add(offset)
+    }
+
+    fn ptr_to_virt(&self, ptr: *const u8) -> VirtAddr {
+        VirtAddr::new((ptr as usize).wrapping_sub(self.base.as_ptr() as usize) + self.start)
+    }
+}

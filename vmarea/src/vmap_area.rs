@@ -262,6 +262,48 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// plus the purge when one runs.
     pub fn free(&mut self, addr: VirtAddr) -> Result<Freed, VmareaError> {
         let id = self.busy_area_at(addr)?;
+        Ok(self.free_node(id))
+    }
+
+    /// The first step of a free that must unmap before the range may be
+    /// reused (Linux `remove_vm_area`'s unlink): the live area at `addr`,
+    /// if its flags contain `kind`, is marked [`VmFlags::FREEING`], so
+    /// lookups no longer find it and a second free is refused, while its
+    /// range stays reserved. [`VmapAreas::release`] finishes the free. An
+    /// area of another kind is [`VmareaError::WrongKind`]; nothing changes
+    /// on any error. O(log n).
+    pub fn detach(&mut self, addr: VirtAddr, kind: VmFlags) -> Result<VmapArea, VmareaError> {
+        let id = self.busy_area_at(addr)?;
+        let node = self.arena.get_mut(id);
+        if kind.is_empty() || !node.flags.contains(kind) {
+            return Err(VmareaError::WrongKind {
+                addr,
+                flags: node.flags,
+            });
+        }
+        node.flags |= VmFlags::FREEING;
+        Ok(VmapArea::of(node))
+    }
+
+    /// Finishes the free of the area [`VmapAreas::detach`] detached at
+    /// `addr`, as [`VmapAreas::free`] does; [`VmareaError::NotAllocated`]
+    /// if no detached area starts there.
+    pub fn release(&mut self, addr: VirtAddr) -> Result<Freed, VmareaError> {
+        let raw = addr.as_usize();
+        let id = self
+            .vmap_area_root
+            .find_le(&self.arena, raw)
+            .filter(|&id| {
+                let node = self.arena.get(id);
+                node.start == raw && node.flags.contains(VmFlags::FREEING)
+            })
+            .ok_or(VmareaError::NotAllocated { addr })?;
+        Ok(self.free_node(id))
+    }
+
+    /// Moves a live node to the unpurged ranges and counts its pages as
+    /// lazily freed, purging past the threshold.
+    fn free_node(&mut self, id: NodeId) -> Freed {
         let area = VmapArea::of(self.arena.get(id));
         self.vmap_area_root.remove(&mut self.arena, id);
         merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id);
@@ -272,7 +314,7 @@ impl<S: ObjectSource> VmapAreas<S> {
         } else {
             None
         };
-        Ok(Freed { area, flush })
+        Freed { area, flush }
     }
 
     /// Returns every unpurged range to free space, merging neighbours
@@ -303,7 +345,7 @@ impl<S: ObjectSource> VmapAreas<S> {
     pub fn find_vmap_area(&self, addr: VirtAddr) -> Option<VmapArea> {
         let id = self.vmap_area_root.find_le(&self.arena, addr.as_usize())?;
         let area = VmapArea::of(self.arena.get(id));
-        area.contains(addr).then_some(area)
+        (area.contains(addr) && !area.flags().contains(VmFlags::FREEING)).then_some(area)
     }
 
     /// Live areas in address order.
@@ -395,6 +437,9 @@ impl<S: ObjectSource> VmapAreas<S> {
         }
         if let Some(id) = self.vmap_area_root.find_le(&self.arena, raw) {
             let node = self.arena.get(id);
+            if node.start == raw && node.flags.contains(VmFlags::FREEING) {
+                return Err(VmareaError::AlreadyFreed { addr });
+            }
             if node.start == raw {
                 return Ok(id);
             }
