@@ -47,8 +47,8 @@ use kmm_api::{
         Ordering::{Acquire, Relaxed, Release},
         SpinLock, SpinLockGuard,
     },
-    AllocatorId, DirectMap, FrameAllocator, GfpFlags, Order, OwnerTag, OwnerWord, PageOwner, Pages,
-    Pfn, PreemptControl, VirtAddr, GFP_KERNEL, PAGE_SIZE,
+    AllocatorId, DirectMap, FrameAllocator, GfpFlags, ObjectSource, Order, OwnerTag, OwnerWord,
+    PageOwner, Pages, Pfn, PreemptControl, VirtAddr, GFP_KERNEL, PAGE_SIZE,
 };
 
 /// Everything the slab layer needs from below: frames, their direct-map
@@ -706,4 +706,62 @@ pub(crate) const LARGE_KMALLOC: &str = "kmalloc-large";
 fn large_head_word(order: Order) -> OwnerWord {
     // A value shifted by three always has a clear tag field.
     OwnerWord::new(OwnerTag::LargeKmalloc, order.as_usize() << 3).unwrap_or(OwnerWord::NONE)
+}
+
+/// One cache as an [`ObjectSource`]: the fixed-size objects a layer that
+/// may not use a heap takes its metadata from (Linux's `vmap_area_cachep`,
+/// a `kmem_cache` of `vmap_area`s). Made by [`Kmem::cache_objects`].
+pub struct CacheObjects<'k, B: SlabBackend> {
+    kmem: &'k Kmem<B>,
+    id: CacheId,
+    size: usize,
+    align: usize,
+}
+
+impl<B: SlabBackend> Kmem<B> {
+    /// The cache `id` as an object source, for as long as `self` is
+    /// borrowed. The cache must outlive the source: destroying it while
+    /// the source lives breaks `kmem_cache_destroy`'s contract (nothing
+    /// else uses the cache), and the source's allocations then fail.
+    pub fn cache_objects(&self, id: CacheId) -> Result<CacheObjects<'_, B>, SlabError> {
+        let info = self.kmem_cache_info(id)?;
+        Ok(CacheObjects {
+            kmem: self,
+            id,
+            size: info.object_size,
+            align: info.align,
+        })
+    }
+}
+
+// SAFETY: objects come from `kmem_cache_alloc` of one cache, whose objects
+// are `object_size` bytes at `align` (fixed when the cache was made) and
+// are the caller's alone until `kmem_cache_free`; a foreign or repeated
+// free is refused by the cache's checks.
+unsafe impl<B: SlabBackend> ObjectSource for CacheObjects<'_, B> {
+    fn object_size(&self) -> usize {
+        self.size
+    }
+
+    fn object_align(&self) -> usize {
+        self.align
+    }
+
+    fn alloc_object(&self, gfp: GfpFlags) -> Result<NonNull<u8>, kmm_api::Error> {
+        self.kmem
+            .kmem_cache_alloc(self.id, gfp)
+            .map_err(|e| match e {
+                SlabError::Page(e) => e,
+                _ => kmm_api::Error::NoMemory { order: Order::ZERO },
+            })
+    }
+
+    unsafe fn free_object(&self, obj: NonNull<u8>) -> Result<(), kmm_api::Error> {
+        // SAFETY: our caller gives back an object this source handed out.
+        unsafe { self.kmem.kmem_cache_free(self.id, obj.as_ptr()) }.map_err(|_| {
+            kmm_api::Error::BadVirtAddr {
+                addr: self.kmem.virt(obj.as_ptr()),
+            }
+        })
+    }
 }

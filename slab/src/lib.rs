@@ -117,7 +117,7 @@ pub use error::SlabError;
 pub use flags::*;
 pub use global::KmallocGlobal;
 pub use kmalloc::{KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, KMALLOC_MIN_SIZE};
-pub use kmem::{CacheId, Kmem, KmemConfig, ObjectOwner, SlabBackend, MAX_CACHES};
+pub use kmem::{CacheId, CacheObjects, Kmem, KmemConfig, ObjectOwner, SlabBackend, MAX_CACHES};
 pub use slabinfo::SlabInfo;
 pub use validate::Violation;
 pub use vmstat::NrSlabPages;

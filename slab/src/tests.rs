@@ -1513,3 +1513,27 @@ fn slab_pages_split_by_reclaim_account_and_drop_slab_returns_every_page() {
 fn get_order_pages(bytes: usize) -> usize {
     kmm_api::get_order(bytes).unwrap().pages()
 }
+
+#[test]
+fn a_cache_serves_as_an_object_source() {
+    use kmm_api::ObjectSource;
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let id = k
+        .kmem_cache_create("vmap_area", 40, 8, SlabFlags::empty(), None)
+        .unwrap();
+    let source = k.kmem.cache_objects(id).unwrap();
+    assert_eq!((source.object_size(), source.object_align()), (40, 8));
+    let a = source.alloc_object(GFP_KERNEL).unwrap();
+    let b = source.alloc_object(GFP_KERNEL).unwrap();
+    assert_ne!(a, b);
+    assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 2);
+    // SAFETY: both came from this source; the second free of `a` is
+    // refused as the cache refuses it.
+    unsafe {
+        source.free_object(a).unwrap();
+        assert!(source.free_object(a).is_err());
+        source.free_object(b).unwrap();
+    }
+    assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+}
