@@ -29,6 +29,7 @@
 //! # Ok::<(), kmm::Error>(())
 //! ```
 
+use crate::x86::Mmu;
 use crate::{Error, MemoryManager, SlabPages};
 use core::ptr::{self, NonNull};
 use kmm_api::{get_order, DirectMap, GfpFlags, PreemptControl, GFP_KERNEL, PAGE_SIZE};
@@ -37,7 +38,7 @@ use kmm_slab::{
     KMALLOC_MAX_SIZE,
 };
 
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> MemoryManager<P, D, M> {
     /// Linux `kmalloc`: `size` bytes from the smallest size class that
     /// holds them, whole pages above `KMALLOC_MAX_CACHE_SIZE`; 0 bytes give
     /// `ZERO_SIZE_PTR`.

@@ -19,23 +19,29 @@
 //! 6. `Kmem::new` builds the kmalloc caches from the zones (Linux
 //!    `kmem_cache_init`), is written into the core, and is registered as
 //!    the zones' shrinker.
+//! 7. On a layout whose kernel range a two-level table maps (i386), the
+//!    kernel page table (its pages from the zones) and vmalloc over it
+//!    (its nodes from a `vmap_area` slab cache, Linux `vmalloc_init`).
 //!
-//! The core never moves: the slab layer's page source points at the zones
-//! and the zones' shrinker table at the slab layer. Teardown runs the
-//! other way (see `drop_core`).
+//! The core never moves: the slab layer's page source points at the zones,
+//! the zones' shrinker table at the slab layer, the page table at the
+//! zones and vmalloc at all three. Teardown runs the other way (see
+//! `drop_core`).
 //!
 //! The metadata lives in the machine's own RAM, as in a kernel: no host
 //! allocation and no static array is sized for the machine.
 
 use crate::layout::Layout;
 use crate::slab_pages::SlabPages;
+use crate::x86::{Mmu, X86PageTable};
 use core::marker::PhantomData;
 use core::mem::{align_of, size_of, MaybeUninit};
 use core::ptr::{self, addr_of, addr_of_mut, NonNull};
 use kmm_api::{
     DirectMap, Error, MemoryRegion, PhysAddr, PreemptControl, MAX_PAGE_ORDER, PAGE_SIZE,
 };
-use kmm_slab::{Kmem, KmemConfig, SlabError};
+use kmm_slab::{CacheObjects, Kmem, KmemConfig, SlabError, SlabFlags};
+use kmm_vmarea::{Vmalloc, VmapAreas};
 use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
 use kmm_zones::Zones;
@@ -50,13 +56,32 @@ pub struct BootMetadata {
     pub bytes: usize,
 }
 
+/// The kernel page table of a manager: a two-level x86 table whose pages
+/// come from the manager's zones, with the machine's MMU hook `M`.
+pub type KernelTable<P, D, M> = X86PageTable<&'static Zones<'static, P, D>, D, M>;
+
+/// The vmalloc of a manager: frames from its zones, mapped in its kernel
+/// page table, area nodes from its `vmap_area` slab cache.
+pub type KernelVmalloc<P, D, M> = Vmalloc<
+    &'static Zones<'static, P, D>,
+    &'static KernelTable<P, D, M>,
+    CacheObjects<'static, SlabPages<P, D>>,
+    D,
+>;
+
 /// The part of the manager that must not move, kept at the start of the
 /// boot range (as Linux keeps `contig_page_data` and the boot
 /// `kmem_cache`s in static storage): the slab layer's page source points
-/// at the zones, and the zones' shrinker table points at the slab layer.
-struct Core<P: PreemptControl + 'static, D: DirectMap + 'static> {
+/// at the zones, the zones' shrinker table at the slab layer, the page
+/// table at the zones, and vmalloc at the zones, the table and a cache.
+struct Core<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> {
     zones: Zones<'static, P, D>,
     kmem: Kmem<SlabPages<P, D>>,
+    /// `None` on a layout whose kernel range a two-level table cannot map
+    /// (the 64-bit preset).
+    table: Option<KernelTable<P, D, M>>,
+    /// Present exactly when `table` is.
+    vmalloc: Option<KernelVmalloc<P, D, M>>,
 }
 
 /// The memory manager of one machine.
@@ -89,15 +114,16 @@ struct Core<P: PreemptControl + 'static, D: DirectMap + 'static> {
 /// # }
 /// # Ok::<(), kmm_api::Error>(())
 /// ```
-pub struct MemoryManager<P: PreemptControl + 'static, D: DirectMap + 'static> {
+pub struct MemoryManager<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static = ()>
+{
     // Initialised by `boot`, valid until `drop`; the `'static` inside is a
     // private promise, never handed out past `&self`.
-    core: NonNull<Core<P, D>>,
+    core: NonNull<Core<P, D, M>>,
     layout: Layout,
     metadata: BootMetadata,
     memory_pages: usize,
     reserved_pages: usize,
-    _owns: PhantomData<Core<P, D>>,
+    _owns: PhantomData<Core<P, D, M>>,
     // A handle on the direct map that outlives the core: the zones inside
     // the core hold references into the RAM it maps while they drop, so
     // their own handle must not be the last (fields drop after `Drop`).
@@ -107,18 +133,18 @@ pub struct MemoryManager<P: PreemptControl + 'static, D: DirectMap + 'static> {
 // SAFETY: the manager owns its `Core` exclusively (nothing else holds the
 // pointer), so sending it sends the zones and the slab allocator, whose
 // page source is a shared reference to the zones.
-unsafe impl<P: PreemptControl, D: DirectMap> Send for MemoryManager<P, D> where
+unsafe impl<P: PreemptControl, D: DirectMap, M: Mmu + Send> Send for MemoryManager<P, D, M> where
     Zones<'static, P, D>: Send + Sync
 {
 }
 // SAFETY: `&MemoryManager` gives only `&Zones` and `&Kmem`, both `Sync`
 // when the zones are (the slab allocator's backend is `&Zones`).
-unsafe impl<P: PreemptControl, D: DirectMap> Sync for MemoryManager<P, D> where
+unsafe impl<P: PreemptControl, D: DirectMap, M: Mmu> Sync for MemoryManager<P, D, M> where
     Zones<'static, P, D>: Sync
 {
 }
 
-impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<P, D, ()> {
     /// Boots the zones of a machine from its memory map, with the zone
     /// limits of `layout` and orders up to `MAX_PAGE_ORDER`, then the slab
     /// layer over them with a free-pointer seed taken from the boot range's
@@ -160,7 +186,34 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
         direct_map: D,
         kmem_config: Option<KmemConfig>,
     ) -> Result<Self, Error> {
-        const { assert!(align_of::<Core<P, D>>() <= PAGE_SIZE) };
+        // SAFETY: forwarded from our caller; `()` is the MMU hook of a
+        // table nobody walks.
+        unsafe { Self::boot_with_mmu(map, layout, platform, direct_map, (), kmem_config) }
+    }
+}
+
+impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu + 'static>
+    MemoryManager<P, D, M>
+{
+    /// [`MemoryManager::boot_with`] on a machine whose MMU must hear of
+    /// page-table changes: `mmu` is told of every entry set or cleared and
+    /// flushes the TLB (on hardware `invlpg`; on the simulated machine the
+    /// host mappings). The kernel page table and vmalloc are built when the
+    /// layout's kernel range fits a two-level table (i386).
+    ///
+    /// # Safety
+    ///
+    /// As for [`MemoryManager::boot`], and `mmu` belongs to the machine
+    /// whose RAM `map` describes and `direct_map` maps.
+    pub unsafe fn boot_with_mmu(
+        map: &[MemoryRegion],
+        layout: Layout,
+        platform: P,
+        direct_map: D,
+        mmu: M,
+        kmem_config: Option<KmemConfig>,
+    ) -> Result<Self, Error> {
+        const { assert!(align_of::<Core<P, D, M>>() <= PAGE_SIZE) };
         let mut memblock = Memblock::from_memory_map(map)?;
         if memblock.end_pfn() > layout.max_pfn() {
             return Err(Error::BadPhysAddr {
@@ -169,11 +222,11 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
         }
         let config = layout.zone_config(MAX_PAGE_ORDER);
         let zone_bytes = Zones::<P, D>::metadata_bytes(&memblock, &config, platform.nr_cpus());
-        let core_bytes = size_of::<Core<P, D>>();
+        let core_bytes = size_of::<Core<P, D, M>>();
         let bytes = core_bytes + zone_bytes;
         let base = memblock.alloc(bytes as u64, PAGE_SIZE as u64, layout.lowmem_limit())?;
         let region = direct_map_region(&direct_map, base, bytes)?;
-        let core = region.cast::<Core<P, D>>();
+        let core = region.cast::<Core<P, D, M>>();
         // SAFETY: `region` is `bytes` bytes of RAM starting at `base`,
         // contiguous in the direct map (checked frame by frame above). It
         // was reserved in memblock just now, so `Zones::new` never releases
@@ -190,6 +243,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
         let memory_pages = memblock.memory_pages();
         let reserved_pages = memblock.reserved_pages();
         let keep_mapped = direct_map.clone();
+        let vmalloc_map = direct_map.clone();
         // SAFETY: our caller gave us the usable RAM alone and the direct map
         // of this machine; the metadata range is reserved in memblock, so
         // the zones never hand it out.
@@ -216,8 +270,13 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
         // fixed until `Drop`, which drops the slab layer first.
         let pages = unsafe { SlabPages::new(NonNull::new_unchecked(zones_at)) };
         match Kmem::new(pages, kmem_config) {
-            // SAFETY: the `kmem` field is ours, aligned, not yet initialised.
-            Ok(kmem) => unsafe { addr_of_mut!((*core).kmem).write(kmem) },
+            // SAFETY: the `kmem` field is ours, aligned, not yet initialised;
+            // so are the last two, which stay empty until built below.
+            Ok(kmem) => unsafe {
+                addr_of_mut!((*core).kmem).write(kmem);
+                addr_of_mut!((*core).table).write(None);
+                addr_of_mut!((*core).vmalloc).write(None);
+            },
             Err(e) => {
                 // SAFETY: the zones were initialised above and nothing else
                 // refers to them any more (`Kmem::new` failed and dropped
@@ -235,7 +294,11 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
             unsafe { (&*zones_at, &*addr_of!((*core).kmem)) };
         // SAFETY: `core` came from a non-null direct-map pointer.
         let core = unsafe { NonNull::new_unchecked(core) };
-        if let Err(e) = zones.register_shrinker(kmem) {
+        let built = zones.register_shrinker(kmem).and_then(|()| {
+            // SAFETY: the core is initialised and stays put until `Drop`.
+            unsafe { vmalloc_init(core, &layout, mmu, vmalloc_map) }
+        });
+        if let Err(e) = built {
             // SAFETY: as in `Drop`: nothing else refers to the core.
             unsafe { drop_core(core) };
             return Err(e);
@@ -252,8 +315,8 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static> MemoryManager<
     }
 }
 
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
-    fn core(&self) -> &Core<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> MemoryManager<P, D, M> {
+    fn core(&self) -> &Core<P, D, M> {
         // SAFETY: initialised by `boot`, dropped only by `Drop`, and only
         // shared references are ever made to it.
         unsafe { self.core.as_ref() }
@@ -271,6 +334,18 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     /// and counters, validation, the invariant checker).
     pub fn kmem(&self) -> &Kmem<SlabPages<P, D>> {
         &self.core().kmem
+    }
+
+    /// The kernel page table (vmalloc, pkmap and fixmap pages), its pages
+    /// from the zones; `None` on a layout a two-level table cannot map.
+    pub fn kernel_page_table(&self) -> Option<&KernelTable<P, D, M>> {
+        self.core().table.as_ref()
+    }
+
+    /// vmalloc, for its full API; `None` where there is no kernel page
+    /// table (the manager's own vmalloc calls then refuse).
+    pub fn vmalloc_layer(&self) -> Option<&KernelVmalloc<P, D, M>> {
+        self.core().vmalloc.as_ref()
     }
 
     /// The machine's layout.
@@ -294,7 +369,9 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
     }
 }
 
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> Drop for MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Drop
+    for MemoryManager<P, D, M>
+{
     fn drop(&mut self) {
         // SAFETY: the core was initialised by `boot`; `&mut self` means no
         // borrow through `&self` is alive, and the pointer is not used again.
@@ -302,19 +379,27 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static> Drop for MemoryManager
     }
 }
 
-/// Tears a core down in dependency order: the shrinker entry, the slab
-/// layer (whose page source points at the zones), then the zones, moved
-/// out of the RAM they describe before they drop, since dropping them may
-/// release the last handle on that RAM.
+/// Tears a core down in dependency order: vmalloc (whose nodes live in a
+/// slab cache and whose entries in the table), the page table (whose pages
+/// go back to the zones), the shrinker entry, the slab layer (whose page
+/// source points at the zones), then the zones, moved out of the RAM they
+/// describe before they drop, since dropping them may release the last
+/// handle on that RAM.
 ///
 /// # Safety
 ///
 /// `core` is fully initialised, nothing refers to it any more, and it is
 /// not used afterwards.
-unsafe fn drop_core<P: PreemptControl + 'static, D: DirectMap + 'static>(
-    core: NonNull<Core<P, D>>,
+unsafe fn drop_core<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static>(
+    core: NonNull<Core<P, D, M>>,
 ) {
     let core = core.as_ptr();
+    // SAFETY: initialised and unaliased by the caller's promise; vmalloc
+    // refers to the table, so it goes first.
+    unsafe {
+        ptr::drop_in_place(addr_of_mut!((*core).vmalloc));
+        ptr::drop_in_place(addr_of_mut!((*core).table));
+    }
     {
         // SAFETY: initialised and unaliased by the caller's promise; these
         // borrows end before anything is dropped.
@@ -328,6 +413,74 @@ unsafe fn drop_core<P: PreemptControl + 'static, D: DirectMap + 'static>(
         ptr::drop_in_place(addr_of_mut!((*core).kmem));
         drop(ptr::read(addr_of!((*core).zones)));
     }
+}
+
+/// Builds the kernel page table and vmalloc into `core` (Linux
+/// `vmalloc_init`), when `layout`'s kernel range fits a two-level table;
+/// leaves both empty otherwise.
+///
+/// # Safety
+///
+/// `core`'s zones and slab layer are initialised, its table and vmalloc
+/// are `None`, and it stays at this address until `drop_core`; `mmu` and
+/// `memory` belong to the machine of those zones.
+unsafe fn vmalloc_init<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu>(
+    core: NonNull<Core<P, D, M>>,
+    layout: &Layout,
+    mmu: M,
+    memory: D,
+) -> Result<(), Error> {
+    let core = core.as_ptr();
+    // SAFETY: initialised (our caller) and never moved or dropped before
+    // `drop_core`, which drops vmalloc and the table first; the `'static`
+    // borrows are the private promise the manager's other parts also make.
+    let (zones, kmem): (
+        &'static Zones<'static, P, D>,
+        &'static Kmem<SlabPages<P, D>>,
+    ) = unsafe { (&*addr_of!((*core).zones), &*addr_of!((*core).kmem)) };
+    let range = layout.kernel_map_range();
+    if u32::try_from(range.1.as_usize()).is_err() {
+        return Ok(());
+    }
+    let table = X86PageTable::for_zones(zones, mmu, range)?;
+    // SAFETY: `boot`'s contract: the direct map maps lowmem, the frames
+    // below `max_low_pfn`, at `PAGE_OFFSET + phys`; the table only records
+    // that mapping (Linux's `kernel_physical_mapping_init`).
+    unsafe {
+        table.map_direct(
+            layout.page_offset(),
+            layout.max_low_pfn().as_usize(),
+            kmm_api::PageProt::KERNEL,
+        )?;
+    }
+    // SAFETY: the field is ours and holds `None` (nothing to drop).
+    let table: &'static KernelTable<P, D, M> = unsafe {
+        let at = addr_of_mut!((*core).table);
+        at.write(Some(table));
+        (*at).as_ref().unwrap_unchecked()
+    };
+    // The nodes' chunks: page-sized objects, as the arena takes them.
+    let cache = kmem
+        .kmem_cache_create("vmap_area", PAGE_SIZE, PAGE_SIZE, SlabFlags::empty(), None)
+        .map_err(slab_boot_error)?;
+    let source = kmem.cache_objects(cache).map_err(slab_boot_error)?;
+    let nr_cpus = zones.platform().nr_cpus();
+    let areas = VmapAreas::new(
+        source,
+        layout.vmalloc_start(),
+        layout.vmalloc_end(),
+        nr_cpus,
+    )
+    .map_err(Error::from)?;
+    // SAFETY: the table maps the vmalloc range for this vmalloc alone (the
+    // manager's other mappers, pkmap and the fixmap, lie above it); the
+    // zones hand out frames of this machine, which the table may map;
+    // `memory` is this machine's direct map, whose `virt_to_ptr` reaches
+    // every mapped kernel address (the window, or identity on hardware).
+    let vmalloc = unsafe { Vmalloc::new(areas, zones, table, memory) };
+    // SAFETY: the field is ours and holds `None`.
+    unsafe { addr_of_mut!((*core).vmalloc).write(Some(vmalloc)) };
+    Ok(())
 }
 
 /// A slab boot failure as the manager's error: the page allocator's own
@@ -366,37 +519,31 @@ fn direct_map_region(
 #[cfg(feature = "sim")]
 mod sim_preset {
     use super::*;
-    use crate::sim::{Machine, MachineConfig, SimError, SimPageTable};
+    use crate::sim::{Machine, MachineConfig, SimError, SimMmu};
     use std::vec::Vec;
 
     /// The manager of a simulated i386 machine.
-    pub type SimMemoryManager = MemoryManager<Machine, Machine>;
+    pub type SimMemoryManager = MemoryManager<Machine, Machine, SimMmu>;
 
-    impl MemoryManager<Machine, Machine> {
-        /// Builds a simulated i386 machine and boots the manager on it.
+    impl MemoryManager<Machine, Machine, SimMmu> {
+        /// Builds a simulated i386 machine and boots the manager on it,
+        /// with the kernel page table mirrored into host mappings.
         pub fn sim(config: MachineConfig) -> Result<Self, SimError> {
             let machine = Machine::new(config)?;
             let map: Vec<MemoryRegion> = machine.memory_map().to_vec();
             let layout = *machine.layout();
+            let mmu = machine.mmu().map_err(SimError::Config)?;
             // SAFETY: the machine was just built and nothing else uses its
-            // RAM; its mappings live while any handle does, and the two
-            // handles passed here live inside the manager.
-            unsafe { Self::boot(&map, layout, machine.clone(), machine) }.map_err(SimError::Config)
+            // RAM; its mappings live while any handle does, and the
+            // handles passed here (the MMU hook is the same machine's) live
+            // inside the manager.
+            unsafe { Self::boot_with_mmu(&map, layout, machine.clone(), machine, mmu, None) }
+                .map_err(SimError::Config)
         }
 
         /// The simulated machine.
         pub fn machine(&self) -> &Machine {
             self.zones().direct_map()
-        }
-
-        /// The kernel page table, its page-table pages allocated from the
-        /// zones. One per machine at a time (see
-        /// [`Machine::kernel_page_table`]).
-        pub fn kernel_page_table(
-            &self,
-        ) -> Result<SimPageTable<&Zones<'static, Machine, Machine>>, Error> {
-            // SAFETY: the manager's zones were booted on this machine.
-            unsafe { self.machine().kernel_page_table(self.zones()) }
         }
     }
 }

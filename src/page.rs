@@ -13,6 +13,7 @@
 //! that take an address are `unsafe fn` (an address is not a proof of
 //! ownership), and still refuse what they can see.
 
+use crate::x86::Mmu;
 use crate::{Error, MemoryManager};
 use kmm_api::{DirectMap, GfpFlags, Order, Pages, Pfn, PhysAddr, PreemptControl, VirtAddr};
 use kmm_zones::{Page, SplitPages};
@@ -60,7 +61,7 @@ pub struct SysInfo {
 /// # }
 /// # Ok::<(), kmm::Error>(())
 /// ```
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> MemoryManager<P, D, M> {
     /// Linux `alloc_pages`: a block of `2^order` frames under the rules of
     /// `gfp` (zone modifiers, watermarks, reclaim), zeroed for
     /// `__GFP_ZERO`, as the handle that proves the caller holds it.

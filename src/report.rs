@@ -8,6 +8,7 @@
 //! gives cached memory back exactly as the layers' own shrinkers would.
 
 use crate::layout::Arch;
+use crate::x86::Mmu;
 use crate::{CheckReport, Error, MemoryManager};
 use core::fmt;
 use kmm_api::{DirectMap, OwnerTag, PreemptControl, Shrinker, PAGE_SHIFT};
@@ -105,7 +106,7 @@ impl fmt::Display for ZoneInfo {
     }
 }
 
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> MemoryManager<P, D, M> {
     /// `/proc/meminfo`, from the zones, the slab layer and the layout.
     /// O(zones + caches); each layer is read under its own locks in turn,
     /// so the lines are each exact but not one atomic snapshot.

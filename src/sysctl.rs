@@ -5,6 +5,7 @@
 //!
 //! Owns no state; a refused value is an error and changes nothing.
 
+use crate::x86::Mmu;
 use crate::{Error, MemoryManager};
 use kmm_api::{DirectMap, PreemptControl};
 use kmm_zones::MAX_NR_ZONES;
@@ -22,7 +23,7 @@ use kmm_zones::MAX_NR_ZONES;
 /// # }
 /// # Ok::<(), kmm::Error>(())
 /// ```
-impl<P: PreemptControl + 'static, D: DirectMap + 'static> MemoryManager<P, D> {
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> MemoryManager<P, D, M> {
     /// `vm.min_free_kbytes`: the reserve the `min` watermarks add up to.
     pub fn min_free_kbytes(&self) -> usize {
         self.zones().min_free_kbytes()

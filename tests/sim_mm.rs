@@ -44,13 +44,15 @@ fn boot_metadata_is_reserved_lowmem_and_not_managed() {
 }
 
 #[test]
-fn page_table_pages_come_from_the_zones_and_go_back() {
+fn page_table_pages_come_from_the_zones_and_are_kept_as_linux_keeps_them() {
     let mm = sim(1 << 30);
     let zones = mm.zones();
     zones.drain_all_pages();
     let free = zones.nr_free_pages();
+    let pt = mm.kernel_page_table().unwrap();
+    let tables_before = pt.table_pages();
+    assert_eq!(mm.meminfo().page_tables, tables_before);
     {
-        let pt = mm.kernel_page_table().unwrap();
         let high = zones.alloc_pages(GFP_HIGHUSER, Order::ZERO).unwrap();
         assert_eq!(zones.page_zone(high.pfn()), Some(ZoneType::HighMem));
         let a = mm.layout().vmalloc_start();
@@ -61,7 +63,7 @@ fn page_table_pages_come_from_the_zones_and_go_back() {
             pt.map(a, high.pfn(), PageProt::KERNEL).unwrap();
             pt.map(b, high.pfn(), PageProt::KERNEL).unwrap();
         }
-        assert_eq!(pt.table_pages(), 3);
+        assert_eq!(pt.table_pages(), tables_before + 2, "a PTE page each");
         let pa = mm.machine().virt_to_ptr(a);
         let pb = mm.machine().virt_to_ptr(b);
         // SAFETY: both addresses map `high`, held by this test.
@@ -71,14 +73,15 @@ fn page_table_pages_come_from_the_zones_and_go_back() {
         }
         // SAFETY: this test made both mappings and uses neither again.
         unsafe {
-            pt.unmap(a).unwrap().1.flush(&pt);
-            pt.unmap(b).unwrap().1.flush(&pt);
+            pt.unmap(a).unwrap().1.flush(pt);
+            pt.unmap(b).unwrap().1.flush(pt);
         }
         zones.__free_pages(high).unwrap();
     }
     zones.drain_all_pages();
-    assert_eq!(zones.nr_free_pages(), free);
-    zones.check().unwrap();
+    assert_eq!(zones.nr_free_pages(), free - 2, "the two PTE pages stay");
+    assert_eq!(mm.meminfo().page_tables, tables_before + 2);
+    mm.check().unwrap();
 }
 
 #[test]
@@ -95,7 +98,7 @@ fn gfp_zero_clears_highmem_frames_through_the_platform() {
     unsafe {
         pt.map(addr, dirty_pfn, PageProt::KERNEL).unwrap();
         mm.machine().virt_to_ptr(addr).write_bytes(0xee, PAGE_SIZE);
-        pt.unmap(addr).unwrap().1.flush(&pt);
+        pt.unmap(addr).unwrap().1.flush(pt);
     }
     zones.__free_pages(dirty).unwrap();
     // The per-CPU list hands the same frame back first.
@@ -111,7 +114,7 @@ fn gfp_zero_clears_highmem_frames_through_the_platform() {
     assert!(bytes.iter().all(|&b| b == 0));
     assert_eq!(clean.pfn(), dirty_pfn);
     // SAFETY: this test made the mapping and uses it no more.
-    unsafe { pt.unmap(addr) }.unwrap().1.flush(&pt);
+    unsafe { pt.unmap(addr) }.unwrap().1.flush(pt);
     zones.__free_pages(clean).unwrap();
 }
 

@@ -42,7 +42,9 @@ on_both_presets! {
     zone_and_slab_invariants_hold_after_a_workload => invariants_hold_after_workload;
 }
 
-fn kmalloc_100_uses_kmalloc_128<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
+fn kmalloc_100_uses_kmalloc_128<P: PreemptControl, D: DirectMap, M: kmm::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
+) {
     let p = mm.kmalloc(100, GFP_KERNEL).unwrap();
     // SAFETY: this test holds the object at `p`.
     let cache = unsafe { mm.kmem_cache_of(p.as_ptr()) }
@@ -60,7 +62,9 @@ fn kmalloc_100_uses_kmalloc_128<P: PreemptControl, D: DirectMap>(mm: &MemoryMana
     unsafe { mm.kfree(p.as_ptr()) }.unwrap();
 }
 
-fn foreign_and_double_frees_are_refused<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
+fn foreign_and_double_frees_are_refused<P: PreemptControl, D: DirectMap, M: kmm::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
+) {
     // Every bad free below passes memory this test holds (a stack
     // variable, a page, the inside of an object) or memory nobody holds
     // (a freed object); only this thread uses the manager. So each call
@@ -107,7 +111,9 @@ fn foreign_and_double_frees_are_refused<P: PreemptControl, D: DirectMap>(mm: &Me
     mm.kmem().check_invariants().unwrap();
 }
 
-fn shrink_returns_pages<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
+fn shrink_returns_pages<P: PreemptControl, D: DirectMap, M: kmm::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
+) {
     mm.zones().drain_all_pages();
     let before = mm.zones().nr_free_pages();
     let cache = mm
@@ -132,7 +138,9 @@ fn shrink_returns_pages<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D
     mm.zones().check().unwrap();
 }
 
-fn reclaim_calls_the_slab_shrinker<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
+fn reclaim_calls_the_slab_shrinker<P: PreemptControl, D: DirectMap, M: kmm::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
+) {
     let objects: Vec<_> = (0..200)
         .map(|_| mm.kmalloc(1024, GFP_KERNEL).unwrap())
         .collect();
@@ -157,7 +165,9 @@ fn reclaim_calls_the_slab_shrinker<P: PreemptControl, D: DirectMap>(mm: &MemoryM
     mm.kmem().check_invariants().unwrap();
 }
 
-fn invariants_hold_after_workload<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) {
+fn invariants_hold_after_workload<P: PreemptControl, D: DirectMap, M: kmm::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
+) {
     let sizes = [8, 24, 96, 100, 200, 500, 1000, 3000, 8192, 9000, 20000];
     let mut live = Vec::new();
     for round in 0..20 {

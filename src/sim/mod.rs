@@ -264,15 +264,10 @@ impl Machine {
         alloc: A,
     ) -> Result<SimPageTable<A>, Error> {
         let range = self.inner.layout.kernel_map_range();
-        let attached = &self.inner.table_attached;
-        if attached.swap(true, Ordering::Acquire) {
-            return Err(Error::AlreadyMapped { addr: range.0 });
-        }
-        // From here the flag is cleared by `SimMmu`'s drop, whether `new`
-        // fails (dropping its arguments) or the table drops later.
+        let mmu = self.mmu()?;
         // SAFETY: our caller's promise: `alloc`'s frames are this machine's,
         // which `self` (the direct map) reaches.
-        let table = unsafe { X86PageTable::new(alloc, self.clone(), SimMmu(self.clone()), range) }?;
+        let table = unsafe { X86PageTable::new(alloc, self.clone(), mmu, range) }?;
         let layout = &self.inner.layout;
         // SAFETY: frames below `max_low_pfn` are lowmem, mapped by this
         // machine at `PAGE_OFFSET + phys` (its `DirectMap`): the table only
@@ -285,6 +280,22 @@ impl Machine {
             )?;
         }
         Ok(table)
+    }
+
+    /// The machine's MMU hook for a kernel page table: one at a time
+    /// ([`Error::AlreadyMapped`] while another lives); dropping it (with
+    /// its table) drops every stale translation and lets the next attach.
+    /// A table built over it must take its pages from this machine's RAM
+    /// (which [`crate::x86::X86PageTable::for_zones`] over zones booted on
+    /// this machine does).
+    pub fn mmu(&self) -> Result<SimMmu, Error> {
+        let attached = &self.inner.table_attached;
+        if attached.swap(true, Ordering::Acquire) {
+            let range = self.inner.layout.kernel_map_range();
+            return Err(Error::AlreadyMapped { addr: range.0 });
+        }
+        // From here the flag is cleared by `SimMmu`'s drop.
+        Ok(SimMmu(self.clone()))
     }
 
     /// TLB flushes requested so far: `flush_tlb_range` calls, whatever

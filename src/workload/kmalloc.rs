@@ -43,8 +43,8 @@ pub struct SeedExample {
 }
 
 /// Runs the example on `mm`; see the module documentation.
-pub fn seed_example<P: PreemptControl, D: DirectMap>(
-    mm: &MemoryManager<P, D>,
+pub fn seed_example<P: PreemptControl, D: DirectMap, M: crate::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
 ) -> Result<SeedExample, Error> {
     let zones = mm.zones();
     zones.drain_all_pages();

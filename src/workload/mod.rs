@@ -312,14 +312,16 @@ pub struct Report {
 
 /// Runs every step in order on `mm`, then releases every block and drains
 /// the per-CPU lists, so the zones end as they began.
-pub fn run<P: PreemptControl, D: DirectMap>(mm: &MemoryManager<P, D>) -> Result<Report, Error> {
+pub fn run<P: PreemptControl, D: DirectMap, M: crate::x86::Mmu>(
+    mm: &MemoryManager<P, D, M>,
+) -> Result<Report, Error> {
     let zones = mm.zones();
     zones.drain_all_pages();
     let start_free = zones.nr_free_pages();
     let placements = placements(zones)?;
     let never_upward = never_upward(zones, 256)?;
     let mut held = Held::default();
-    let result = (|| {
+    let result: Result<_, Error> = (|| {
         let highmem = match zones.populated_zones()[ZoneType::HighMem.index()] {
             true => Some(drain_zone(
                 zones,
