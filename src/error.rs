@@ -9,6 +9,7 @@
 
 use core::fmt;
 use kmm_slab::{SlabError, Violation};
+use kmm_vmarea::VmareaError;
 use kmm_zones::{Invariant, SysctlError};
 
 /// Why an operation of the memory manager was refused. Every operation
@@ -34,12 +35,55 @@ pub enum Error {
     /// The slab layer refused: kmalloc, `kmem_cache_*`, or an invalid,
     /// double or cross-cache free it caught.
     Slab(SlabError),
+    /// vmalloc, vmap or ioremap refused (a bad size or address, a double
+    /// or mismatched free, no range left).
+    Vmalloc(VmareaError),
     /// A `/proc/sys/vm` tunable was written with a value Linux refuses
     /// (`-EINVAL`); nothing changed.
     Sysctl(SysctlError),
     /// [`MemoryManager::check`](crate::MemoryManager::check) found broken
-    /// invariants; the report names every layer that failed.
-    Check(CheckReport),
+    /// invariants in these layers (its report has the detail).
+    Check(BrokenLayers),
+}
+
+/// Which layers [`MemoryManager::check`](crate::MemoryManager::check)
+/// found broken, as the manager's error carries it (the full
+/// [`CheckReport`], with each layer's first broken invariant, is what
+/// `check` returns).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct BrokenLayers {
+    /// The zones failed their checker.
+    pub zones: bool,
+    /// The slab layer failed its checker.
+    pub slab: bool,
+    /// vmalloc's areas failed their checker.
+    pub vmalloc: bool,
+}
+
+impl fmt::Display for BrokenLayers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("invariants broken in")?;
+        let layers = [
+            (self.zones, "zones"),
+            (self.slab, "slab"),
+            (self.vmalloc, "vmalloc"),
+        ];
+        for (_, name) in layers.iter().filter(|(broken, _)| *broken) {
+            write!(f, " [{name}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<VmareaError> for Error {
+    /// A vmalloc that failed because the page allocator did becomes that
+    /// failure: out of memory reads the same from any layer.
+    fn from(e: VmareaError) -> Self {
+        match e {
+            VmareaError::Page { cause } | VmareaError::NoNodes { cause } => Error::Page(cause),
+            e => Error::Vmalloc(e),
+        }
+    }
 }
 
 impl From<SysctlError> for Error {
@@ -66,8 +110,14 @@ impl From<SlabError> for Error {
 }
 
 impl From<CheckReport> for Error {
+    /// Keeps which layers failed; the invariants themselves stay in the
+    /// report `check` returned.
     fn from(report: CheckReport) -> Self {
-        Error::Check(report)
+        Error::Check(BrokenLayers {
+            zones: report.zones.is_some(),
+            slab: report.slab.is_some(),
+            vmalloc: report.vmalloc.is_some(),
+        })
     }
 }
 
@@ -77,7 +127,8 @@ impl fmt::Display for Error {
             Error::Page(e) => write!(f, "page allocator: {e}"),
             Error::Slab(e) => write!(f, "slab: {e}"),
             Error::Sysctl(e) => write!(f, "sysctl: {e}"),
-            Error::Check(report) => report.fmt(f),
+            Error::Vmalloc(e) => write!(f, "vmalloc: {e}"),
+            Error::Check(layers) => layers.fmt(f),
         }
     }
 }
@@ -88,6 +139,7 @@ impl core::error::Error for Error {
             Error::Page(e) => Some(e),
             Error::Slab(e) => Some(e),
             Error::Sysctl(e) => Some(e),
+            Error::Vmalloc(e) => Some(e),
             Error::Check(_) => None,
         }
     }
@@ -102,12 +154,15 @@ pub struct CheckReport {
     pub zones: Option<Invariant>,
     /// The slab layer: every cache's slab lists, counters and state bytes.
     pub slab: Option<Violation>,
+    /// vmalloc's areas: the trees, their order and balance, and that free,
+    /// live and unpurged ranges tile the vmalloc range.
+    pub vmalloc: Option<kmm_vmarea::Invariant>,
 }
 
 impl CheckReport {
     /// Whether every layer passed.
     pub fn is_clean(&self) -> bool {
-        self.zones.is_none() && self.slab.is_none()
+        self.zones.is_none() && self.slab.is_none() && self.vmalloc.is_none()
     }
 }
 
@@ -122,6 +177,9 @@ impl fmt::Display for CheckReport {
         }
         if let Some(e) = &self.slab {
             write!(f, " [slab] {e}")?;
+        }
+        if let Some(e) = &self.vmalloc {
+            write!(f, " [vmalloc] {e}")?;
         }
         Ok(())
     }

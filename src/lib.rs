@@ -79,24 +79,25 @@ mod report;
 pub mod sim;
 mod slab_pages;
 mod sysctl;
+mod vmalloc;
 #[cfg(feature = "std")]
 pub mod workload;
 pub mod x86;
 
-pub use error::{CheckReport, Error};
+pub use error::{BrokenLayers, CheckReport, Error};
 pub use global::GlobalKmalloc;
 pub use layout::Layout;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub use mm::HostedMemoryManager;
 #[cfg(feature = "sim")]
 pub use mm::SimMemoryManager;
-pub use mm::{BootMetadata, MemoryManager};
+pub use mm::{BootMetadata, KernelTable, KernelVmalloc, MemoryManager};
 pub use page::SysInfo;
 pub use report::{BuddyInfo, MemInfo, ZoneInfo};
 pub use slab_pages::SlabPages;
 
 /// The layer crates, for their full APIs.
-pub use {kmm_api as api, kmm_slab as slab, kmm_zones as zones};
+pub use {kmm_api as api, kmm_slab as slab, kmm_vmarea as vmarea, kmm_zones as zones};
 
 // The types an embedder names, so `kmm` is the one dependency it needs.
 pub use kmm_api::{
@@ -111,6 +112,7 @@ pub use kmm_slab::{
     CacheId, CacheInfo, CacheStats, Ctor, KmallocGlobal, ObjectOwner, SlabError, SlabFlags,
     KMALLOC_MAX_CACHE_SIZE, KMALLOC_MAX_SIZE, KMALLOC_MIN_SIZE, ZERO_SIZE_PTR,
 };
+pub use kmm_vmarea::{VmFlags, VmapArea, VmareaError};
 pub use kmm_zones::{Invariant, Page, SplitPages, SysctlError, VmStat, ZoneType};
 
 /// The README's code, compiled as doctests so it cannot drift from the API.

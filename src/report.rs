@@ -38,8 +38,7 @@ pub struct MemInfo {
     pub page_tables: usize,
     /// `VmallocTotal`: bytes of the vmalloc range.
     pub vmalloc_total_bytes: usize,
-    /// `VmallocUsed`: pages mapped by vmalloc (0 until a vmalloc layer is
-    /// composed in).
+    /// `VmallocUsed`: pages mapped by live vmalloc areas.
     pub vmalloc_used: usize,
     /// `Percpu`: bytes of per-CPU structures (page lists, event counters,
     /// slab object arrays).
@@ -149,7 +148,9 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
             page_tables: zones.nr_owned_pages(OwnerTag::PageTable),
             vmalloc_total_bytes: layout.vmalloc_end().as_usize()
                 - layout.vmalloc_start().as_usize(),
-            vmalloc_used: 0,
+            vmalloc_used: self
+                .vmalloc_layer()
+                .map_or(0, |vm| vm.stats().vmalloc_pages),
             percpu_bytes: zones.percpu_bytes() + self.kmem().percpu_bytes(),
         }
     }
@@ -238,15 +239,21 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
     /// # }
     /// # Ok::<(), kmm::Error>(())
     /// ```
-    pub fn check(&self) -> Result<(), Error> {
+    // The report is the point (each layer's first broken invariant), on a
+    // cold O(memory) path; the manager's `Error` carries only the layers.
+    #[allow(clippy::result_large_err)]
+    pub fn check(&self) -> Result<(), CheckReport> {
         let report = CheckReport {
             zones: self.zones().check().err(),
             slab: self.kmem().check_invariants().err(),
+            vmalloc: self
+                .vmalloc_layer()
+                .and_then(|vm| vm.areas().check().err()),
         };
         if report.is_clean() {
             Ok(())
         } else {
-            Err(Error::Check(report))
+            Err(report)
         }
     }
 

@@ -106,6 +106,9 @@ pub enum VmareaError {
         /// The node asked for.
         node: i32,
     },
+    /// The machine has no vmalloc (no kernel page table for its layout,
+    /// as on the 64-bit preset).
+    NoVmalloc,
 }
 
 impl fmt::Display for VmareaError {
@@ -154,6 +157,7 @@ impl fmt::Display for VmareaError {
             }
             VmareaError::Page { cause } => write!(f, "backing the area failed: {cause}"),
             VmareaError::BadNode { node } => write!(f, "NUMA node {node} does not exist"),
+            VmareaError::NoVmalloc => f.write_str("this machine has no vmalloc range mapped"),
         }
     }
 }
@@ -192,6 +196,9 @@ impl From<VmareaError> for Error {
             VmareaError::Page { cause } => cause,
             VmareaError::BadNode { .. } => Error::InvalidGfp {
                 gfp: kmm_api::GfpFlags::empty(),
+            },
+            VmareaError::NoVmalloc => Error::NoMemory {
+                order: kmm_api::Order::ZERO,
             },
         }
     }

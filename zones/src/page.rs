@@ -101,6 +101,13 @@ impl Page {
         ZoneType::from_index(index).unwrap_or(ZoneType::Dma)
     }
 
+    /// Linux `PageReserved`: the frame was never released to the buddy
+    /// (firmware, the kernel image, the manager's metadata, holes).
+    #[inline]
+    pub fn is_reserved(&self) -> bool {
+        self.tag() == FrameTag::Reserved
+    }
+
     /// Whether the frame heads a block on a per-CPU list.
     #[inline]
     pub fn is_pcp(&self) -> bool {
