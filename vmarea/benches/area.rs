@@ -8,7 +8,9 @@
 //! - `kmm`: [`VmapAreas`] on a 32 TiB range (the x86-64 vmalloc size), 2
 //!   CPUs (lazy threshold 16,384 pages): frees are lazy and purges happen
 //!   inside the loop, as in Linux;
-//! - `first-fit`: the peer, frees immediate.
+//! - `first-fit`: the peer, frees immediate: a kernel using it must flush
+//!   the TLB on every free (an IPI to every CPU), a cost this area-only
+//!   benchmark charges to neither side.
 //!
 //! Workloads (one iteration = what the Linux test loops over):
 //! - `fix_size`: 1 page;
