@@ -238,11 +238,14 @@ impl<S: ObjectSource> Arena<S> {
     }
 
     fn is_written(&self, id: NodeId) -> bool {
+        // Ids are `chunk << slot_bits | slot`: the written ones are those
+        // below the next fresh slot's id whose slot lies in a chunk.
         let index = id.index();
-        let chunk = index >> self.slot_bits;
-        let slot = index & ((1 << self.slot_bits) - 1);
-        slot < self.nodes_per_chunk
-            && (chunk + 1 < self.chunks || (chunk + 1 == self.chunks && slot < self.fresh))
+        let next_fresh = match self.chunks {
+            0 => 0,
+            chunks => ((chunks - 1) << self.slot_bits) + self.fresh,
+        };
+        index < next_fresh && index & ((1 << self.slot_bits) - 1) < self.nodes_per_chunk
     }
 
     /// The slot of a written node.

@@ -8,7 +8,8 @@
 //! three address-ordered AVL trees that tile it exactly: free blocks
 //! (`free_vmap_area_root`, each node carrying `subtree_max_size`, the
 //! largest free block beneath it), live areas (`vmap_area_root`) and
-//! freed areas awaiting their purge (`purge_vmap_area_root`); the lazy
+//! freed ranges awaiting their purge (`purge_vmap_area_root`, adjacent
+//! ones merged as Linux keeps them); the lazy
 //! count of freed pages, and the purge figures. Its nodes, 40 bytes each
 //! ([`VMAP_AREA_NODE_BYTES`]), live in an arena of chunks taken from an
 //! [`kmm_api::ObjectSource`] (the slab's `vmap_area_cachep` in a composed
@@ -17,8 +18,9 @@
 //! # Invariants
 //!
 //! - Free, live and unpurged ranges are page aligned, never overlap, and
-//!   together cover the range exactly; no two free blocks touch (a freed
-//!   range is merged with its neighbours when it returns).
+//!   together cover the range exactly; no two free blocks touch, nor two
+//!   unpurged ranges (a range is merged with its neighbours as it enters
+//!   either tree).
 //! - Each tree is ordered by address and AVL balanced; every free node's
 //!   `subtree_max_size` is the largest block in its subtree.
 //! - A live area ends with one guard page unless [`VmFlags::NO_GUARD`]; the
@@ -35,8 +37,9 @@
 //! |---|---|
 //! | [`VmapAreas::alloc`], page alignment | O(log n) |
 //! | [`VmapAreas::alloc`], larger alignment | O(log n) when the lowest long-enough block also fits aligned; each lower block that is long enough but not once aligned adds O(log n): worst case O(n), on a free space of many such blocks |
-//! | [`VmapAreas::free`], [`VmapAreas::find_vmap_area`] | O(log n) |
-//! | [`VmapAreas::purge`] | O(k log n) for k unpurged areas |
+//! | [`VmapAreas::free`] | O(log n + log u) for u unpurged ranges |
+//! | [`VmapAreas::find_vmap_area`] | O(log n) |
+//! | [`VmapAreas::purge`] | O(u log n) for u unpurged ranges |
 //! | [`VmapAreas::stats`] | O(1) |
 //! | [`VmapAreas::check`] | O(n) |
 //!

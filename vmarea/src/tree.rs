@@ -34,6 +34,14 @@ pub(crate) fn height<S: ObjectSource>(arena: &Arena<S>, link: Link) -> u8 {
     link.map_or(0, |id| arena.get(id).height)
 }
 
+/// Height and largest free block under a link, in one read.
+fn figures<S: ObjectSource>(arena: &Arena<S>, link: Link) -> (u8, usize) {
+    link.map_or((0, 0), |id| {
+        let node = arena.get(id);
+        (node.height, node.subtree_max)
+    })
+}
+
 /// Largest free block under a link (0 for an empty subtree).
 pub(crate) fn subtree_max<S: ObjectSource>(arena: &Arena<S>, link: Link) -> usize {
     link.map_or(0, |id| arena.get(id).subtree_max)
@@ -262,10 +270,11 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
             let node = arena.get(id);
             (node.left, node.right, node.len())
         };
-        let height = 1 + height(arena, left).max(height(arena, right));
+        let (left_height, left_max) = figures(arena, left);
+        let (right_height, right_max) = figures(arena, right);
+        let height = 1 + left_height.max(right_height);
         let max = if AUGMENTED {
-            len.max(subtree_max(arena, left))
-                .max(subtree_max(arena, right))
+            len.max(left_max).max(right_max)
         } else {
             0
         };
@@ -281,44 +290,60 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
         let mut cursor = from;
         while let Some(at) = cursor {
-            let (old_height, old_max) = {
-                let node = arena.get(at);
-                (node.height, node.subtree_max)
-            };
-            Self::update(arena, at);
-            let (left, right) = {
-                let node = arena.get(at);
-                (node.left, node.right)
-            };
-            let balance = i16::from(height(arena, left)) - i16::from(height(arena, right));
-            let top = match (balance, left, right) {
-                (2.., Some(left), _) => {
-                    let (inner_left, inner_right) = {
-                        let l = arena.get(left);
-                        (l.left, l.right)
-                    };
-                    if height(arena, inner_left) < height(arena, inner_right) {
-                        self.rotate_left(arena, left);
-                    }
-                    self.rotate_right(arena, at)
+            let node = *arena.get(at);
+            let (left_height, left_max) = figures(arena, node.left);
+            let (right_height, right_max) = figures(arena, node.right);
+            let balance = i16::from(left_height) - i16::from(right_height);
+            let top = if (-1..=1).contains(&balance) {
+                let height = 1 + left_height.max(right_height);
+                let max = if AUGMENTED {
+                    node.len().max(left_max).max(right_max)
+                } else {
+                    0
+                };
+                if height == node.height && max == node.subtree_max {
+                    return;
                 }
-                (..=-2, _, Some(right)) => {
-                    let (inner_left, inner_right) = {
-                        let r = arena.get(right);
-                        (r.left, r.right)
-                    };
-                    if height(arena, inner_right) < height(arena, inner_left) {
-                        self.rotate_right(arena, right);
-                    }
-                    self.rotate_left(arena, at)
-                }
-                _ => at,
+                let updated = arena.get_mut(at);
+                updated.height = height;
+                updated.subtree_max = max;
+                at
+            } else {
+                self.rotate_at(arena, at, balance)
             };
-            let node = arena.get(top);
-            if node.height == old_height && node.subtree_max == old_max {
+            let moved = arena.get(top);
+            if moved.height == node.height && moved.subtree_max == node.subtree_max {
                 return;
             }
-            cursor = node.parent;
+            cursor = moved.parent;
+        }
+    }
+
+    /// Restores the AVL balance at `at`, whose subtrees differ in height by
+    /// two (`balance` = left - right); returns the subtree's new root.
+    fn rotate_at<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        at: NodeId,
+        balance: i16,
+    ) -> NodeId {
+        let node = *arena.get(at);
+        match (node.left, node.right) {
+            (Some(left), _) if balance > 0 => {
+                let l = *arena.get(left);
+                if height(arena, l.left) < height(arena, l.right) {
+                    self.rotate_left(arena, left);
+                }
+                self.rotate_right(arena, at)
+            }
+            (_, Some(right)) => {
+                let r = *arena.get(right);
+                if height(arena, r.right) < height(arena, r.left) {
+                    self.rotate_right(arena, right);
+                }
+                self.rotate_left(arena, at)
+            }
+            _ => at,
         }
     }
 

@@ -255,8 +255,8 @@ impl<S: ObjectSource> VmapAreas<S> {
     }
 
     /// Releases the area starting at `addr` (Linux `free_vmap_area_noflush`):
-    /// it moves to the unpurged tree and its pages, guard included, to the
-    /// lazy count; past [`crate::lazy_max_pages`] every unpurged area is
+    /// its range joins the unpurged tree (merged with unpurged neighbours)
+    /// and its pages, guard included, the lazy count; past [`crate::lazy_max_pages`] every unpurged area is
     /// purged and [`Freed::flush`] carries the flush owed. An address that
     /// is not an area's start is refused and nothing changes. O(log n),
     /// plus the purge when one runs.
@@ -319,8 +319,8 @@ impl<S: ObjectSource> VmapAreas<S> {
 
     /// Returns every unpurged range to free space, merging neighbours
     /// (Linux `__purge_vmap_area_lazy`), and hands back the one flush that
-    /// covers the batch; `None` if nothing was waiting. O(k log n) for k
-    /// unpurged areas.
+    /// covers the batch; `None` if nothing was waiting. O(u log n) for u
+    /// unpurged ranges.
     pub fn purge(&mut self) -> Option<TlbFlush> {
         let first = self.purge_vmap_area_root.first(&self.arena)?;
         let last = self.purge_vmap_area_root.last(&self.arena)?;
