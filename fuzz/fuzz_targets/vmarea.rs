@@ -36,7 +36,7 @@ const CHECK_EVERY: usize = 16;
 /// (first page, pages, CPUs, node object bytes): a tiny range with
 /// one-node objects, an unaligned one, and two with page-sized objects.
 const MACHINES: [(usize, usize, usize, usize); 4] = [
-    (1, 64, 1, 40),
+    (1, 64, 1, kmm_vmarea::VMAP_AREA_NODE_BYTES),
     (0x1001, 300, 4, 64),
     (7, 1024, 64, PAGE_SIZE),
     (0x10000, 4096, 2, PAGE_SIZE),

@@ -14,8 +14,8 @@
 //! An id is `[directory | entry | slot]`: [`DIRECTORIES`] directory
 //! pointers live in the arena itself; each directory is one object holding
 //! chunk pointers; each chunk is one object holding nodes. With page-sized
-//! objects that is 102 nodes a chunk and 512 chunks a directory, about
-//! 1.6 million nodes; smaller objects give fewer (the source chooses).
+//! objects that is 85 nodes a chunk and 512 chunks a directory, about
+//! 1.4 million nodes; smaller objects give fewer (the source chooses).
 //! Freed nodes go on a free list (linked through `left`) and are reused
 //! first; chunks go back to the source when the arena is dropped.
 //!
@@ -68,6 +68,8 @@ pub(crate) struct Node {
     pub(crate) parent: Link,
     pub(crate) flags: VmFlags,
     pub(crate) height: u8,
+    /// Where a live area was allocated (`/proc/vmallocinfo`'s caller).
+    pub(crate) caller: Option<&'static core::panic::Location<'static>>,
 }
 
 impl Node {
@@ -82,6 +84,7 @@ impl Node {
             parent: None,
             flags,
             height: 1,
+            caller: None,
         }
     }
 
@@ -94,7 +97,7 @@ impl Node {
 /// Bytes of metadata one `vmap_area` node takes in its chunk.
 pub const VMAP_AREA_NODE_BYTES: usize = size_of::<Node>();
 
-static_assertions::const_assert!(VMAP_AREA_NODE_BYTES <= 40);
+static_assertions::const_assert!(VMAP_AREA_NODE_BYTES <= 48);
 
 /// Tree nodes in chunks from an [`ObjectSource`].
 pub(crate) struct Arena<S: ObjectSource> {

@@ -10,7 +10,7 @@
 //! largest free block beneath it), live areas (`vmap_area_root`) and
 //! freed ranges awaiting their purge (`purge_vmap_area_root`, adjacent
 //! ones merged as Linux keeps them); the lazy
-//! count of freed pages, and the purge figures. Its nodes, 40 bytes each
+//! count of freed pages, and the purge figures. Its nodes, 48 bytes each
 //! ([`VMAP_AREA_NODE_BYTES`]), live in an arena of chunks taken from an
 //! [`kmm_api::ObjectSource`] (the slab's `vmap_area_cachep` in a composed
 //! kernel): no heap.

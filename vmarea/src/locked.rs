@@ -37,6 +37,7 @@ impl<S: ObjectSource> SharedVmapAreas<S> {
 
     /// [`VmapAreas::alloc_purging`] under the lock: one purge (flushed on
     /// `tlb`) and one retry when no block fits.
+    #[track_caller]
     pub fn alloc(
         &self,
         size: usize,

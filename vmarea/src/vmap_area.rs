@@ -20,6 +20,7 @@ use crate::error::VmareaError;
 use crate::flags::VmFlags;
 use crate::purge::LazyPurge;
 use crate::tree::{subtree_max, Tree};
+use core::panic::Location;
 use kmm_api::{GfpFlags, KernelPageTable, ObjectSource, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SIZE};
 
 /// One reserved range: `[start, end)` with the trailing guard page, if
@@ -29,6 +30,7 @@ pub struct VmapArea {
     start: VirtAddr,
     end: VirtAddr,
     flags: VmFlags,
+    caller: Option<&'static Location<'static>>,
 }
 
 impl VmapArea {
@@ -37,7 +39,15 @@ impl VmapArea {
             start: VirtAddr::new(node.start),
             end: VirtAddr::new(node.end),
             flags: node.flags,
+            caller: node.caller,
         }
+    }
+
+    /// Where the area was allocated (the caller of the allocating call,
+    /// as `/proc/vmallocinfo` names it); `None` for a free or unpurged
+    /// range.
+    pub const fn caller(&self) -> Option<&'static Location<'static>> {
+        self.caller
     }
 
     /// The first byte (`va_start`), aligned as requested.
@@ -167,6 +177,7 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// retry, which [`VmapAreas::alloc_purging`] does.
     ///
     /// O(log n) when `align` is a page; see [`crate`] for larger ones.
+    #[track_caller]
     pub fn alloc(
         &mut self,
         size: usize,
@@ -228,6 +239,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             }
             Fit::Middle => {}
         }
+        self.arena.get_mut(busy).caller = Some(Location::caller());
         self.vmap_area_root.insert(&mut self.arena, busy);
         Ok(VmapArea::of(self.arena.get(busy)))
     }
@@ -235,6 +247,7 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// [`VmapAreas::alloc`], and if no block fits while lazily freed areas
     /// wait, one purge (flushed on `tlb` before any range is reused) and
     /// one retry, as Linux's `alloc_vmap_area` does.
+    #[track_caller]
     pub fn alloc_purging(
         &mut self,
         size: usize,
@@ -493,7 +506,9 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
             arena.free(id);
         }
         (None, None) => {
-            arena.get_mut(id).flags = VmFlags::empty();
+            let node = arena.get_mut(id);
+            node.flags = VmFlags::empty();
+            node.caller = None;
             free.insert(arena, id);
         }
     }

@@ -62,7 +62,11 @@ fn machine() -> impl Strategy<Value = (usize, usize, usize, usize)> {
         1usize..4096,
         8usize..300,
         1usize..65,
-        prop_oneof![Just(40usize), Just(64), Just(PAGE_SIZE)],
+        prop_oneof![
+            Just(kmm_vmarea::VMAP_AREA_NODE_BYTES),
+            Just(64),
+            Just(PAGE_SIZE)
+        ],
     )
 }
 
