@@ -1,6 +1,7 @@
 //! A tour of kmm on a simulated i386 machine: the layout, the zones, the
-//! kernel's `/proc` reports, the page allocator's zone policy at work, and
-//! the slab layer's seed example with `/proc/slabinfo`.
+//! kernel's `/proc` reports, the page allocator's zone policy at work, the
+//! slab layer's seed example with `/proc/slabinfo`, and vmalloc over
+//! scattered highmem frames with an ioremap and `/proc/vmallocinfo`.
 //!
 //! ```text
 //! cargo run --example tour --features sim -- [--mem <MiB>] [--pae] [--cpus <n>]
@@ -9,7 +10,7 @@
 //! Every figure printed is computed from the machine, none is typed in.
 
 use kmm::sim::MachineConfig;
-use kmm::workload::{self, Drain, Report, SeedExample};
+use kmm::workload::{self, Drain, Report, SeedExample, VmallocExample};
 use kmm::{Layout, MemoryManager, SimMemoryManager};
 use kmm_api::{DirectMap, MemoryRegion, RegionKind, VirtAddr, PAGE_SIZE};
 use kmm_zones::ZoneType;
@@ -58,7 +59,7 @@ fn main() -> ExitCode {
     print_memory_map(mm.machine().memory_map());
     print_layout(&mm);
     print_zones(&mm);
-    println!("/proc/meminfo (memory lines)\n{}", mm.zones().meminfo());
+    println!("/proc/meminfo\n{}", mm.meminfo());
     println!("/proc/buddyinfo\n{}", mm.zones().zone_report().buddyinfo());
     println!(
         "/proc/zoneinfo (watermarks)\n{}",
@@ -79,11 +80,30 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let checked = mm.zones().check().map_err(|e| e.to_string());
-    match checked.and_then(|()| mm.kmem().check_invariants().map_err(|e| e.to_string())) {
+    let machine = mm.machine().clone();
+    let read_device = move |phys| {
+        let mut byte = [0];
+        machine.read_device(phys, &mut byte).ok().map(|()| byte[0])
+    };
+    let device = mm
+        .machine()
+        .device_window()
+        .map(|(base, _)| kmm_api::PhysAddr::new(base.as_u64() + 0xc_0123));
+    match workload::vmalloc_example(&mm, device.map(|d| (d, &read_device as &dyn Fn(_) -> _))) {
+        Ok(v) => print_vmalloc_example(&mm, &v),
+        Err(e) => {
+            eprintln!("tour: the vmalloc example failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!(
+        "/proc/vmstat (page allocator and slab lines)\n{}",
+        mm.vmstat()
+    );
+    match mm.check() {
         Ok(()) => {
             println!(
-                "Invariant check (free lists, per-CPU lists, counters, descriptors, slab lists and state bytes): ok"
+                "Invariant check (free lists, per-CPU lists, counters, descriptors, slab lists and state bytes, vmalloc's trees): ok"
             );
             ExitCode::SUCCESS
         }
@@ -322,4 +342,43 @@ fn print_seed_example(s: &SeedExample) {
         "After kfree, free_page and a shrink: {} free pages, as before ({}).\n",
         s.free_before_after.1, s.free_before_after.0
     );
+}
+
+fn print_vmalloc_example(mm: &SimMemoryManager, v: &VmallocExample) {
+    println!("vmalloc\n");
+    let neighbours = v.frames.windows(2).filter(|w| w[1] == w[0].add(1)).count();
+    println!(
+        "vmalloc({} KiB) = {}: {} single frames, {} of them in HighMem (highmem first); \
+         pages whose frame follows the previous page's frame: {neighbours} of {}",
+        workload::VMALLOC_EXAMPLE_BYTES >> 10,
+        v.addr,
+        v.frames.len(),
+        v.highmem_frames,
+        v.frames.len() - 1
+    );
+    let shown: Vec<String> = v
+        .frames
+        .iter()
+        .take(8)
+        .map(|pfn| format!("{pfn}"))
+        .collect();
+    println!("  first frames: {} ...", shown.join(", "));
+    println!(
+        "  the bytes through {} equal the bytes through each frame's own mapping: {} of {} pages",
+        v.addr,
+        v.pages_compared,
+        v.frames.len()
+    );
+    if let Some((phys, regs, seen)) = v.ioremap {
+        println!(
+            "ioremap({}, 16) = {} (offset kept, uncached); a write of 0x5a through it, the device saw {seen:#04x}",
+            phys, regs
+        );
+    }
+    println!("\n/proc/vmallocinfo (both live)\n{}", v.vmallocinfo);
+    println!(
+        "vfree + iounmap + purge: {} TLB flush(es); free pages {} before, {} after (the kernel table keeps its page-table pages)",
+        v.flushes, v.free_before_after.0, v.free_before_after.1
+    );
+    println!("VmallocUsed now: {} kB\n", mm.meminfo().vmalloc_used * 4);
 }

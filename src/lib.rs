@@ -95,6 +95,7 @@ pub use mm::{BootMetadata, KernelTable, KernelVmalloc, MemoryManager};
 pub use page::SysInfo;
 pub use report::{BuddyInfo, MemInfo, ZoneInfo};
 pub use slab_pages::SlabPages;
+pub use vmalloc::VmallocInfoReport;
 
 /// The layer crates, for their full APIs.
 pub use {kmm_api as api, kmm_slab as slab, kmm_vmarea as vmarea, kmm_zones as zones};

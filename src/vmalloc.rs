@@ -20,6 +20,24 @@ use kmm_api::{
 };
 use kmm_vmarea::{VmFlags, VmapArea, VmareaError};
 
+/// `/proc/vmallocinfo` of a manager (see [`MemoryManager::vmallocinfo`]).
+pub struct VmallocInfoReport<'a, P, D, M>(Option<&'a crate::mm::KernelVmalloc<P, D, M>>)
+where
+    P: PreemptControl + 'static,
+    D: DirectMap + 'static,
+    M: Mmu + 'static;
+
+impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> core::fmt::Display
+    for VmallocInfoReport<'_, P, D, M>
+{
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self.0 {
+            Some(vm) => kmm_vmarea::VmallocInfo(vm).fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
 /// What a vmalloc call needs: the layer and the pointer conversion.
 impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> MemoryManager<P, D, M> {
     fn vm(&self) -> Result<&crate::mm::KernelVmalloc<P, D, M>, Error> {
@@ -262,6 +280,25 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
     /// Linux `vmalloc_to_pfn`.
     pub fn vmalloc_to_pfn(&self, p: *const u8) -> Option<Pfn> {
         self.vmalloc_to_page(p)
+    }
+
+    /// `/proc/vmallocinfo`: every live area (its range with the guard
+    /// page, size, caller, `pages=` or `phys=`, kind), then the ranges
+    /// awaiting their purge; empty on a machine without vmalloc.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sim")] {
+    /// let mm = kmm::MemoryManager::sim(kmm::sim::MachineConfig::default())?;
+    /// let p = mm.vmalloc(1 << 20)?;
+    /// let info = mm.vmallocinfo().to_string();
+    /// let line = info.lines().find(|l| l.ends_with(" vmalloc")).unwrap();
+    /// assert!(line.contains(" 1052672 ") && line.contains(" pages=256 "), "{line}");
+    /// # unsafe { mm.vfree(p.as_ptr())? };
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn vmallocinfo(&self) -> VmallocInfoReport<'_, P, D, M> {
+        VmallocInfoReport(self.vmalloc_layer())
     }
 
     /// Linux `is_vmalloc_addr`, for a machine address. O(1).

@@ -148,3 +148,38 @@ fn the_seed_example_is_served_by_kmalloc_128_in_lowmem_after_the_zone_workload()
     mm.zones().check().unwrap();
     mm.kmem().check_invariants().unwrap();
 }
+
+#[test]
+fn the_vmalloc_example_maps_scattered_highmem_frames_and_an_ioremap() {
+    let mm = MemoryManager::sim(MachineConfig::default()).unwrap();
+    let machine = mm.machine().clone();
+    let seen = move |phys| {
+        let mut byte = [0];
+        machine.read_device(phys, &mut byte).ok().map(|()| byte[0])
+    };
+    let (base, _) = mm.machine().device_window().unwrap();
+    let device = kmm_api::PhysAddr::new(base.as_u64() + 0xc_0123);
+    let v = workload::vmalloc_example(&mm, Some((device, &seen))).unwrap();
+    let pages = workload::VMALLOC_EXAMPLE_BYTES / kmm_api::PAGE_SIZE;
+    assert_eq!(
+        (v.frames.len(), v.highmem_frames, v.pages_compared),
+        (pages, pages, pages)
+    );
+    assert_eq!(v.addr, mm.layout().vmalloc_start());
+    let (_, regs, byte) = v.ioremap.unwrap();
+    assert_eq!((regs.as_usize() & 0xfff, byte), (0x123, 0x5a));
+    assert!(
+        v.vmallocinfo.contains(" pages=256 vmalloc\n"),
+        "{}",
+        v.vmallocinfo
+    );
+    assert!(
+        v.vmallocinfo.contains(" phys=0xfebc0000 ioremap\n"),
+        "{}",
+        v.vmallocinfo
+    );
+    assert!(v.flushes >= 1);
+    assert_eq!(v.free_before_after.0, v.free_before_after.1);
+    assert_eq!(mm.meminfo().vmalloc_used, 0);
+    mm.check().unwrap();
+}

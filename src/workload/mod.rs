@@ -19,7 +19,8 @@
 //! 6. `__get_free_pages(__GFP_HIGHMEM)` is refused: a highmem page has no
 //!    address to return ([`highmem_address_refused`]).
 //!
-//! Then the slab layer's seed example ([`seed_example`], in `kmalloc`).
+//! Then the slab layer's seed example ([`seed_example`], in `kmalloc`),
+//! and vmalloc's ([`vmalloc_example`], in `vmalloc`).
 
 use crate::MemoryManager;
 use kmm_api::{
@@ -31,7 +32,9 @@ use kmm_zones::{ZoneType, Zones, MAX_NR_ZONES};
 use std::vec::Vec;
 
 mod kmalloc;
+mod vmalloc;
 pub use kmalloc::{seed_example, SeedExample};
+pub use vmalloc::{vmalloc_example, DeviceRead, VmallocExample, VMALLOC_EXAMPLE_BYTES};
 
 type ZonesOf<P, D> = Zones<'static, P, D>;
 

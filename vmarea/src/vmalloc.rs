@@ -34,7 +34,6 @@ use crate::flags::VmFlags;
 use crate::locked::SharedVmapAreas;
 use crate::vmap_area::{VmapArea, VmapAreas};
 use crate::VmapStats;
-use core::panic::Location;
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
 use kmm_api::{
     DirectMap, FrameAllocator, GfpFlags, KernelPageTable, ObjectSource, Order, OwnerTag, OwnerWord,
@@ -399,7 +398,7 @@ where
         let flags = (flags - (VmFlags::ALLOC | VmFlags::IOREMAP)) | VmFlags::MAP;
         // SAFETY: each frame belongs to a block whose handle the caller
         // lends us for the call: it holds them.
-        unsafe { self.map_frames(pfns, flags, prot, Location::caller()) }
+        unsafe { self.map_frames(pfns, flags, prot) }
     }
 
     /// Maps `pfns` at one new area of `flags`.
@@ -408,19 +407,18 @@ where
     ///
     /// The caller holds every frame of `pfns` (or may map it: device
     /// memory).
+    #[track_caller]
     unsafe fn map_frames(
         &self,
         pfns: impl Iterator<Item = Pfn> + Clone,
         flags: VmFlags,
         prot: PageProt,
-        caller: &'static Location<'static>,
     ) -> Result<VirtAddr, VmareaError> {
         let count = pfns.clone().count();
         let size = count
             .checked_mul(PAGE_SIZE)
             .ok_or(VmareaError::SizeTooLarge { size: usize::MAX })?;
         self.drain_deferred();
-        let _ = caller;
         let area = self
             .areas
             .alloc(size, PAGE_SIZE, flags, GFP_KERNEL, &self.table)?;
@@ -467,7 +465,7 @@ where
         let first = phys.pfn();
         let pfns = (0..end.div_ceil(PAGE_SIZE)).map(move |i| first.add(i));
         // SAFETY: forwarded from our caller.
-        let start = unsafe { self.map_frames(pfns, VmFlags::IOREMAP, prot, Location::caller()) }?;
+        let start = unsafe { self.map_frames(pfns, VmFlags::IOREMAP, prot) }?;
         Ok(VirtAddr::new(start.as_usize() + offset))
     }
 

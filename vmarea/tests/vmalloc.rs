@@ -360,3 +360,40 @@ fn vfree_frees_only_frames_that_carry_the_vmalloc_word() {
     );
     m.frames.free_frames(mine).unwrap();
 }
+
+#[test]
+fn vmallocinfo_lists_each_area_with_its_caller_pages_and_kind() {
+    let m = Machine::new(64);
+    let v = m.vmalloc();
+    let line = line!() + 1;
+    let a = v.vmalloc(3 * PAGE_SIZE).unwrap();
+    // SAFETY: the test's "device memory" is a frame number nobody holds.
+    let io = unsafe { v.ioremap_prot(PhysAddr::new(0xfebc_0123), 16, PageProt::KERNEL_NOCACHE) }
+        .unwrap();
+    let user = v.vmalloc_user(PAGE_SIZE).unwrap();
+    // SAFETY: ours.
+    unsafe { v.vfree(user) }.unwrap();
+    let text = kmm_vmarea::VmallocInfo(&v).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "0x{:08x}-0x{:08x}   16384 {}:{line}:15 pages=3 vmalloc",
+            a.as_usize(),
+            a.as_usize() + 4 * PAGE_SIZE,
+            file!()
+        )
+    );
+    assert!(lines[1].starts_with(&format!("0x{:08x}-", io.as_usize() & !0xfff)));
+    assert!(
+        lines[1].ends_with(" phys=0xfebc0000 ioremap"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].ends_with("    8192 unpurged vm_area"),
+        "{}",
+        lines[2]
+    );
+}
