@@ -322,6 +322,10 @@ impl TestPlatform {
     pub fn waits(&self) -> usize {
         self.waits.load(Ordering::SeqCst)
     }
+    /// Whether `cpu` is pinned by some thread now.
+    pub fn is_pinned(&self, cpu: usize) -> bool {
+        self.pinned[cpu].load(Ordering::SeqCst)
+    }
     /// `wake_on` calls so far.
     pub fn wakes(&self) -> usize {
         self.wakes.load(Ordering::SeqCst)
