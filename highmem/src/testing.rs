@@ -106,8 +106,11 @@ impl TestPageTable {
         self.flushed_pages.load(Ordering::Relaxed)
     }
 
+    /// A load and a store, not a read-modify-write: the counters are
+    /// exact while one context at a time updates the table (every test
+    /// that reads them), and cheap for the benchmarks.
     fn bump(counter: &AtomicUsize) {
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
     }
 }
 
@@ -164,7 +167,8 @@ unsafe impl KernelPageTable for TestPageTable {
             addr += PAGE_SIZE;
         }
         if cleared != 0 {
-            self.flushed_pages.fetch_add(cleared, Ordering::Relaxed);
+            let n = self.flushed_pages.load(Ordering::Relaxed);
+            self.flushed_pages.store(n + cleared, Ordering::Relaxed);
         }
     }
 }
@@ -259,11 +263,13 @@ std::thread_local! {
     static CPU: Cell<usize> = const { Cell::new(0) };
     /// (machine id, pinned CPU, nesting depth).
     static PIN: Cell<(usize, usize, usize)> = const { Cell::new((0, 0, 0)) };
+    static THREAD: Cell<usize> = const { Cell::new(0) };
 }
 #[cfg(loom)]
 loom::thread_local! {
     static CPU: Cell<usize> = Cell::new(0);
     static PIN: Cell<(usize, usize, usize)> = Cell::new((0, 0, 0));
+    static THREAD: Cell<usize> = Cell::new(0);
 }
 
 /// Makes the calling thread run on `cpu` from its next pin on.
@@ -294,6 +300,8 @@ pub enum WaitMode {
 pub struct TestPlatform {
     nr_cpus: usize,
     id: usize,
+    /// A uniprocessor platform's one thread (its `thread_id`), 0 for SMP.
+    up_thread: usize,
     pinned: Box<[AtomicBool]>,
     mode: WaitMode,
     lock: Mutex<()>,
@@ -310,6 +318,7 @@ impl TestPlatform {
         TestPlatform {
             nr_cpus,
             id: NEXT_PLATFORM.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            up_thread: 0,
             pinned: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
             mode,
             lock: Mutex::new(()),
@@ -322,6 +331,16 @@ impl TestPlatform {
     pub fn waits(&self) -> usize {
         self.waits.load(Ordering::SeqCst)
     }
+    /// One CPU that only the calling thread may pin (others panic), so a
+    /// pin is a thread-local count, as `preempt_disable` is a per-CPU
+    /// one: for benchmarks.
+    pub fn uniprocessor(mode: WaitMode) -> Self {
+        TestPlatform {
+            up_thread: thread_id(),
+            ..Self::new(1, mode)
+        }
+    }
+
     /// Whether `cpu` is pinned by some thread now.
     pub fn is_pinned(&self, cpu: usize) -> bool {
         self.pinned[cpu].load(Ordering::SeqCst)
@@ -358,12 +377,34 @@ impl Platform for TestPlatform {
     }
 }
 
+/// A number per thread, never 0.
+fn thread_id() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+    THREAD.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        }
+        t.get()
+    })
+}
+
 // SAFETY: a CPU id is handed out only while its flag is held by the
 // calling thread (taken by compare-and-swap, released by the last
-// `put_cpu`); nested pins of the holder return the same id.
+// `put_cpu`), or, on a uniprocessor platform, only to its one thread;
+// nested pins of the holder return the same id.
 unsafe impl PreemptControl for TestPlatform {
+    #[inline]
     fn get_cpu(&self) -> usize {
         let (id, cpu, depth) = PIN.with(Cell::get);
+        if self.up_thread != 0 {
+            assert_eq!(
+                thread_id(),
+                self.up_thread,
+                "uniprocessor test platform: one thread"
+            );
+            PIN.with(|p| p.set((self.id, 0, if id == self.id { depth + 1 } else { 1 })));
+            return 0;
+        }
         if depth > 0 {
             assert_eq!(id, self.id, "test platform: one machine pinned per thread");
             PIN.with(|p| p.set((id, cpu, depth + 1)));
@@ -379,6 +420,7 @@ unsafe impl PreemptControl for TestPlatform {
         PIN.with(|p| p.set((self.id, cpu, 1)));
         cpu
     }
+    #[inline]
     fn put_cpu(&self, cpu: usize) {
         let (id, held, depth) = PIN.with(Cell::get);
         assert!(
@@ -386,7 +428,7 @@ unsafe impl PreemptControl for TestPlatform {
             "put_cpu without get_cpu"
         );
         PIN.with(|p| p.set((id, cpu, depth - 1)));
-        if depth == 1 {
+        if depth == 1 && self.up_thread == 0 {
             self.pinned[cpu].store(false, Ordering::Release);
         }
     }
@@ -411,6 +453,14 @@ impl TestMachine {
     /// pool of `slots` (at most [`LAST_PKMAP_MAX`]); `wait_on` a futex.
     pub fn new(nr_cpus: usize, lowmem: usize, highmem: usize) -> Self {
         Self::with_pool(nr_cpus, lowmem, highmem, LAST_PKMAP_MAX, WaitMode::Futex)
+    }
+
+    /// As [`TestMachine::new`] on a [`TestPlatform::uniprocessor`]: only
+    /// the calling thread may use it (for benchmarks).
+    pub fn uniprocessor(lowmem: usize, highmem: usize) -> Self {
+        let mut m = Self::new(1, lowmem, highmem);
+        m.platform = TestPlatform::uniprocessor(WaitMode::Futex);
+        m
     }
 
     /// As [`TestMachine::new`] with a pool of `slots` and a wait mode.
