@@ -25,7 +25,7 @@
 //!   1 = free but maybe stale, n = n − 1 users; a mapped page's slot is
 //!   reused with its count raised; one TLB flush of the whole pool per wrap
 //!   of `last_pkmap_nr`; a full pool makes [`Highmem::kmap`] sleep in
-//!   [`Platform::wait_on`] (race-free) and [`Highmem::kmap_try`] fail; a
+//!   [`kmm_api::Platform::wait_on`] (race-free) and [`Highmem::kmap_try`] fail; a
 //!   kunmap without a user is an error and never takes a count below 1.
 //! - **kmap_local** ([`local`] module): strict LIFO per CPU, never sleeps,
 //!   any context; the CPU stays pinned (`get_cpu`) from map to unmap.

@@ -76,10 +76,8 @@ fn kunmap_of_a_page_not_mapped_is_an_error_and_changes_nothing() {
     let page = m.alloc_highmem();
     let pfn = page.pfn();
     // SAFETY: never mapped: the call must be refused.
-    assert_eq!(
-        unsafe { hm.kunmap_pfn(pfn) },
-        Err(HighmemError::NotMapped { pfn })
-    );
+    let never = unsafe { hm.kunmap_pfn(pfn) };
+    assert_eq!(never, Err(HighmemError::NotMapped { pfn }));
     // SAFETY: the test holds the frame; one kmap, one kunmap.
     let addr = unsafe { hm.kmap_pfn(pfn) }.unwrap();
     // SAFETY: undoes the kmap above.
@@ -88,10 +86,8 @@ fn kunmap_of_a_page_not_mapped_is_an_error_and_changes_nothing() {
     assert_eq!(hm.pkmap_slot(nr), Some(SlotState::Unflushed(pfn)));
     // A second kunmap: no user left, refused, the count stays at 1.
     // SAFETY: refused, as the test expects.
-    assert_eq!(
-        unsafe { hm.kunmap_pfn(pfn) },
-        Err(HighmemError::NotMapped { pfn })
-    );
+    let again = unsafe { hm.kunmap_pfn(pfn) };
+    assert_eq!(again, Err(HighmemError::NotMapped { pfn }));
     assert_eq!(hm.pkmap_slot(nr), Some(SlotState::Unflushed(pfn)));
     hm.check().unwrap();
 }
