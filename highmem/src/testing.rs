@@ -27,6 +27,7 @@ use kmm_api::{
 };
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::boxed::Box;
+use std::sync::Arc;
 use std::vec::Vec;
 
 #[cfg(loom)]
@@ -214,16 +215,14 @@ impl Drop for TestRam {
 pub struct TestDirectMap {
     ram: TestRam,
     lowmem: usize,
-    table: *const TestPageTable,
+    table: Arc<TestPageTable>,
 }
 
 /// The direct map: lowmem at `PAGE_OFFSET + phys`; window addresses
 /// through the page table.
 impl TestDirectMap {
     fn table(&self) -> &TestPageTable {
-        // SAFETY: the machine owns both and drops the map first (field
-        // order); the table is never moved (boxed).
-        unsafe { &*self.table }
+        &self.table
     }
 }
 
@@ -252,11 +251,6 @@ unsafe impl DirectMap for TestDirectMap {
             .wrapping_add(pfn.as_usize() * PAGE_SIZE + addr.page_offset())
     }
 }
-
-// SAFETY: the raw table pointer is only read, and the table is Sync.
-unsafe impl Send for TestDirectMap {}
-// SAFETY: as above.
-unsafe impl Sync for TestDirectMap {}
 
 #[cfg(not(loom))]
 std::thread_local! {
@@ -437,9 +431,8 @@ unsafe impl PreemptControl for TestPlatform {
 /// A test machine: RAM, page table, direct map, platform, kmap_local
 /// stacks, and a frame "allocator" handing out order-0 handles in order.
 pub struct TestMachine {
-    // Field order is drop order: the direct map points at the table.
     direct: TestDirectMap,
-    table: Box<TestPageTable>,
+    table: Arc<TestPageTable>,
     platform: TestPlatform,
     stacks: Box<[LocalStack]>,
     slots: usize,
@@ -472,12 +465,12 @@ impl TestMachine {
         mode: WaitMode,
     ) -> Self {
         // The pool, the fixmap slots, and a hole page at the top.
-        let table = Box::new(TestPageTable::new(slots + nr_cpus * KM_MAX_IDX + 1));
+        let table = Arc::new(TestPageTable::new(slots + nr_cpus * KM_MAX_IDX + 1));
         TestMachine {
             direct: TestDirectMap {
                 ram: TestRam::new(lowmem + highmem),
                 lowmem,
-                table: &*table,
+                table: table.clone(),
             },
             table,
             platform: TestPlatform::new(nr_cpus, mode),
