@@ -132,6 +132,12 @@ impl<P: PreemptControl, D: DirectMap> Platform for SlabPages<P, D> {
     fn wake_all(&self) {
         self.zones().platform().wake_all()
     }
+    fn wait_on(&self, word: &kmm_api::sync::AtomicU32, seen: u32) {
+        self.zones().platform().wait_on(word, seen)
+    }
+    fn wake_on(&self, word: &kmm_api::sync::AtomicU32) {
+        self.zones().platform().wake_on(word)
+    }
     fn reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
         self.zones().platform().reclaim(gfp, order)
     }

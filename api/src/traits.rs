@@ -4,6 +4,7 @@
 //! must never do. All take `&self` and are `Sync`: an implementation owns its
 //! locking, so callers never hold a lock on an allocator's behalf.
 
+use crate::sync::AtomicU32;
 use crate::{AllocatorId, Error, GfpFlags, Order, OwnerWord, PageProt, Pages, Pfn, VirtAddr};
 use core::ptr::NonNull;
 
@@ -244,15 +245,51 @@ pub trait Platform: Sync {
     /// Restores the interrupt state returned by [`Platform::irq_save`].
     fn irq_restore(&self, _flags: usize) {}
 
-    /// Waits for a [`Platform::wake_all`] (a full kmap pool, an allocation
-    /// that must not fail). Only called where `gfp` allows blocking. The
-    /// default spins once.
+    /// Pauses for progress elsewhere (an allocation that must not fail
+    /// retries after it). Only called where `gfp` allows blocking. It
+    /// names no condition, so a [`Platform::wake_all`] between the caller's
+    /// check and this call is lost: only callers that retry whatever
+    /// happened (a `__GFP_NOFAIL` allocation loop) may use it; a wait for
+    /// a condition uses [`Platform::wait_on`]. The default spins once.
     fn wait(&self) {
         core::hint::spin_loop();
     }
 
     /// Wakes every waiter of [`Platform::wait`].
     fn wake_all(&self) {}
+
+    /// Sleeps while `*word == seen` (a futex wait): the race-free way to
+    /// wait for a condition another context changes (a full kmap pool).
+    ///
+    /// The protocol: the waiter reads `word` while it holds the lock that
+    /// guards its condition, finds the condition unmet, releases the lock
+    /// and calls `wait_on(word, value read)`; whoever changes the
+    /// condition also changes `word` (under that lock) and then calls
+    /// [`Platform::wake_on`]. An implementation compares `*word` with
+    /// `seen` and goes to sleep as one step with respect to `wake_on` of
+    /// the same word, so a change made after the waiter read the word is
+    /// never lost: either the comparison sees it and the call returns at
+    /// once, or the sleeper is woken by the `wake_on` that follows it. The
+    /// call may also return spuriously; callers recheck their condition in
+    /// a loop.
+    ///
+    /// Only called where the caller may sleep: never from interrupt
+    /// context, with a kmm lock held, or with interrupts disabled. The
+    /// default spins once and returns (a busy wait, correct because callers
+    /// loop); a kernel parks the thread on a wait queue keyed by the word's
+    /// address.
+    fn wait_on(&self, word: &AtomicU32, seen: u32) {
+        let _ = (word, seen);
+        core::hint::spin_loop();
+    }
+
+    /// Wakes every context sleeping in [`Platform::wait_on`] on `word`.
+    /// Called after `word` was changed; must not sleep (it may be called
+    /// from any context that unmaps a kmap). The default does nothing,
+    /// which suits the default `wait_on`.
+    fn wake_on(&self, word: &AtomicU32) {
+        let _ = word;
+    }
 
     /// Frees memory under pressure (page cache, swap), honouring `__GFP_IO`
     /// and `__GFP_FS`; returns the pages freed. Only called where `gfp`
@@ -464,6 +501,12 @@ impl<T: Platform + ?Sized> Platform for &T {
     }
     fn wake_all(&self) {
         (**self).wake_all()
+    }
+    fn wait_on(&self, word: &AtomicU32, seen: u32) {
+        (**self).wait_on(word, seen)
+    }
+    fn wake_on(&self, word: &AtomicU32) {
+        (**self).wake_on(word)
     }
     fn reclaim(&self, gfp: GfpFlags, order: Order) -> usize {
         (**self).reclaim(gfp, order)
