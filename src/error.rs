@@ -8,6 +8,7 @@
 //! Owns no state; must never lose a layer's detail in a conversion.
 
 use core::fmt;
+use kmm_highmem::HighmemError;
 use kmm_slab::{SlabError, Violation};
 use kmm_vmarea::VmareaError;
 use kmm_zones::{Invariant, SysctlError};
@@ -38,6 +39,10 @@ pub enum Error {
     /// vmalloc, vmap or ioremap refused (a bad size or address, a double
     /// or mismatched free, no range left).
     Vmalloc(VmareaError),
+    /// kmap or kmap_local refused (a full pool for a caller that cannot
+    /// wait, an unmap of what is not mapped or out of order, a range past
+    /// the page).
+    Highmem(HighmemError),
     /// A `/proc/sys/vm` tunable was written with a value Linux refuses
     /// (`-EINVAL`); nothing changed.
     Sysctl(SysctlError),
@@ -86,6 +91,15 @@ impl From<VmareaError> for Error {
     }
 }
 
+impl From<HighmemError> for Error {
+    fn from(e: HighmemError) -> Self {
+        match e {
+            HighmemError::PageTable(e) => Error::Page(e),
+            e => Error::Highmem(e),
+        }
+    }
+}
+
 impl From<SysctlError> for Error {
     fn from(e: SysctlError) -> Self {
         Error::Sysctl(e)
@@ -128,6 +142,7 @@ impl fmt::Display for Error {
             Error::Slab(e) => write!(f, "slab: {e}"),
             Error::Sysctl(e) => write!(f, "sysctl: {e}"),
             Error::Vmalloc(e) => write!(f, "vmalloc: {e}"),
+            Error::Highmem(e) => write!(f, "kmap: {e}"),
             Error::Check(layers) => layers.fmt(f),
         }
     }
@@ -140,6 +155,7 @@ impl core::error::Error for Error {
             Error::Slab(e) => Some(e),
             Error::Sysctl(e) => Some(e),
             Error::Vmalloc(e) => Some(e),
+            Error::Highmem(e) => Some(e),
             Error::Check(_) => None,
         }
     }

@@ -68,6 +68,7 @@ pub mod cpu;
 pub mod e820;
 mod error;
 pub mod global;
+mod highmem;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub mod hosted;
 mod kmalloc;
@@ -86,19 +87,24 @@ pub mod x86;
 
 pub use error::{BrokenLayers, CheckReport, Error};
 pub use global::GlobalKmalloc;
+pub use highmem::{KmapLocalOf, KmapOf};
+pub use kmm_highmem::HighmemError;
 pub use layout::Layout;
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub use mm::HostedMemoryManager;
 #[cfg(feature = "sim")]
 pub use mm::SimMemoryManager;
-pub use mm::{BootMetadata, KernelTable, KernelVmalloc, MemoryManager};
+pub use mm::{BootMetadata, KernelHighmem, KernelTable, KernelVmalloc, MemoryManager};
 pub use page::SysInfo;
 pub use report::{BuddyInfo, MemInfo, ZoneInfo};
 pub use slab_pages::SlabPages;
 pub use vmalloc::VmallocInfoReport;
 
 /// The layer crates, for their full APIs.
-pub use {kmm_api as api, kmm_slab as slab, kmm_vmarea as vmarea, kmm_zones as zones};
+pub use {
+    kmm_api as api, kmm_highmem as highmem_layer, kmm_slab as slab, kmm_vmarea as vmarea,
+    kmm_zones as zones,
+};
 
 // The types an embedder names, so `kmm` is the one dependency it needs.
 pub use kmm_api::{

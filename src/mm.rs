@@ -20,8 +20,10 @@
 //!    `kmem_cache_init`), is written into the core, and is registered as
 //!    the zones' shrinker.
 //! 7. On a layout whose kernel range a two-level table maps (i386), the
-//!    kernel page table (its pages from the zones) and vmalloc over it
-//!    (its nodes from a `vmap_area` slab cache, Linux `vmalloc_init`).
+//!    kernel page table (its pages from the zones), vmalloc over it (its
+//!    nodes from a `vmap_area` slab cache, Linux `vmalloc_init`), and the
+//!    kmap pool with one kmap_local stack per CPU (the stacks carved from
+//!    the boot range after the core, Linux `kmap_init`).
 //!
 //! The core never moves: the slab layer's page source points at the zones,
 //! the zones' shrinker table at the slab layer, the page table at the
@@ -40,6 +42,7 @@ use core::ptr::{self, addr_of, addr_of_mut, NonNull};
 use kmm_api::{
     DirectMap, Error, MemoryRegion, PhysAddr, PreemptControl, MAX_PAGE_ORDER, PAGE_SIZE,
 };
+use kmm_highmem::{Highmem, HighmemConfig, LocalStack};
 use kmm_slab::{CacheObjects, Kmem, KmemConfig, SlabError, SlabFlags};
 use kmm_vmarea::{Vmalloc, VmapAreas};
 use kmm_zones::boot::BootMem;
@@ -69,6 +72,10 @@ pub type KernelVmalloc<P, D, M> = Vmalloc<
     D,
 >;
 
+/// The kmap pool and kmap_local stacks of a manager, mapping in its
+/// kernel page table.
+pub type KernelHighmem<P, D, M> = Highmem<'static, &'static KernelTable<P, D, M>, &'static P, D>;
+
 /// The part of the manager that must not move, kept at the start of the
 /// boot range (as Linux keeps `contig_page_data` and the boot
 /// `kmem_cache`s in static storage): the slab layer's page source points
@@ -82,6 +89,8 @@ struct Core<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'stati
     table: Option<KernelTable<P, D, M>>,
     /// Present exactly when `table` is.
     vmalloc: Option<KernelVmalloc<P, D, M>>,
+    /// Present when `table` is and the layout has a pkmap range.
+    highmem: Option<KernelHighmem<P, D, M>>,
 }
 
 /// The memory manager of one machine.
@@ -222,8 +231,16 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu + 'stat
         }
         let config = layout.zone_config(MAX_PAGE_ORDER);
         let zone_bytes = Zones::<P, D>::metadata_bytes(&memblock, &config, platform.nr_cpus());
-        let core_bytes = size_of::<Core<P, D, M>>();
-        let bytes = core_bytes + zone_bytes;
+        let core_bytes = size_of::<Core<P, D, M>>().next_multiple_of(align_of::<LocalStack>());
+        let nr_stacks = platform.nr_cpus();
+        let stack_bytes = nr_stacks
+            .checked_mul(size_of::<LocalStack>())
+            .ok_or(Error::BadCpuCount {
+                nr_cpus: nr_stacks,
+                max: usize::MAX,
+            })?
+            .next_multiple_of(align_of::<u64>());
+        let bytes = core_bytes + stack_bytes + zone_bytes;
         let base = memblock.alloc(bytes as u64, PAGE_SIZE as u64, layout.lowmem_limit())?;
         let region = direct_map_region(&direct_map, base, bytes)?;
         let core = region.cast::<Core<P, D, M>>();
@@ -238,8 +255,21 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu + 'stat
         // `&self`, so no use outlives the mapping. The first `core_bytes`
         // hold the `Core`; the slice is the rest. `MaybeUninit<u8>` has no
         // validity requirement on the bytes.
-        let boot_mem: &'static mut [MaybeUninit<u8>] =
-            unsafe { core::slice::from_raw_parts_mut(region.add(core_bytes).cast(), zone_bytes) };
+        let boot_mem: &'static mut [MaybeUninit<u8>] = unsafe {
+            core::slice::from_raw_parts_mut(region.add(core_bytes + stack_bytes).cast(), zone_bytes)
+        };
+        let stacks_at = region.wrapping_add(core_bytes).cast::<LocalStack>();
+        for i in 0..nr_stacks {
+            // SAFETY: the stacks' bytes follow the core inside the region
+            // (above), aligned for `LocalStack` (`core_bytes` is a multiple
+            // of its alignment and the region is page aligned), ours alone
+            // and not yet initialised.
+            unsafe { stacks_at.add(i).write(LocalStack::new()) };
+        }
+        // SAFETY: initialised just above; they live in the reserved range
+        // for the manager's life, and only shared references are made.
+        let stacks: &'static [LocalStack] =
+            unsafe { core::slice::from_raw_parts(stacks_at, nr_stacks) };
         let memory_pages = memblock.memory_pages();
         let reserved_pages = memblock.reserved_pages();
         let keep_mapped = direct_map.clone();
@@ -276,6 +306,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu + 'stat
                 addr_of_mut!((*core).kmem).write(kmem);
                 addr_of_mut!((*core).table).write(None);
                 addr_of_mut!((*core).vmalloc).write(None);
+                addr_of_mut!((*core).highmem).write(None);
             },
             Err(e) => {
                 // SAFETY: the zones were initialised above and nothing else
@@ -296,7 +327,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu + 'stat
         let core = unsafe { NonNull::new_unchecked(core) };
         let built = zones.register_shrinker(kmem).and_then(|()| {
             // SAFETY: the core is initialised and stays put until `Drop`.
-            unsafe { vmalloc_init(core, &layout, mmu, vmalloc_map) }
+            unsafe { kernel_vm_init(core, &layout, mmu, vmalloc_map, stacks) }
         });
         if let Err(e) = built {
             // SAFETY: as in `Drop`: nothing else refers to the core.
@@ -348,6 +379,12 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
         self.core().vmalloc.as_ref()
     }
 
+    /// The kmap pool and kmap_local stacks, for their full API; `None`
+    /// where there is no pkmap range (the 64-bit preset maps all RAM).
+    pub fn highmem(&self) -> Option<&KernelHighmem<P, D, M>> {
+        self.core().highmem.as_ref()
+    }
+
     /// The machine's layout.
     pub fn layout(&self) -> &Layout {
         &self.layout
@@ -394,9 +431,10 @@ unsafe fn drop_core<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu 
     core: NonNull<Core<P, D, M>>,
 ) {
     let core = core.as_ptr();
-    // SAFETY: initialised and unaliased by the caller's promise; vmalloc
-    // refers to the table, so it goes first.
+    // SAFETY: initialised and unaliased by the caller's promise; the kmap
+    // pool and vmalloc refer to the table, so they go first.
     unsafe {
+        ptr::drop_in_place(addr_of_mut!((*core).highmem));
         ptr::drop_in_place(addr_of_mut!((*core).vmalloc));
         ptr::drop_in_place(addr_of_mut!((*core).table));
     }
@@ -415,20 +453,22 @@ unsafe fn drop_core<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu 
     }
 }
 
-/// Builds the kernel page table and vmalloc into `core` (Linux
-/// `vmalloc_init`), when `layout`'s kernel range fits a two-level table;
-/// leaves both empty otherwise.
+/// Builds the kernel page table, vmalloc and the kmap pool into `core`
+/// (Linux `vmalloc_init`, `kmap_init`), when `layout`'s kernel range fits
+/// a two-level table; leaves them empty otherwise.
 ///
 /// # Safety
 ///
-/// `core`'s zones and slab layer are initialised, its table and vmalloc
-/// are `None`, and it stays at this address until `drop_core`; `mmu` and
-/// `memory` belong to the machine of those zones.
-unsafe fn vmalloc_init<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu>(
+/// `core`'s zones and slab layer are initialised, its table, vmalloc and
+/// kmap pool are `None`, and it stays at this address until `drop_core`;
+/// `mmu` and `memory` belong to the machine of those zones, and `stacks`
+/// are the manager's own, one per CPU id.
+unsafe fn kernel_vm_init<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu>(
     core: NonNull<Core<P, D, M>>,
     layout: &Layout,
     mmu: M,
     memory: D,
+    stacks: &'static [LocalStack],
 ) -> Result<(), Error> {
     let core = core.as_ptr();
     // SAFETY: initialised (our caller) and never moved or dropped before
@@ -477,9 +517,36 @@ unsafe fn vmalloc_init<P: PreemptControl + 'static, D: DirectMap + Clone + 'stat
     // zones hand out frames of this machine, which the table may map;
     // `memory` is this machine's direct map, whose `virt_to_ptr` reaches
     // every mapped kernel address (the window, or identity on hardware).
-    let vmalloc = unsafe { Vmalloc::new(areas, zones, table, memory) };
+    let vmalloc = unsafe { Vmalloc::new(areas, zones, table, memory.clone()) };
     // SAFETY: the field is ours and holds `None`.
     unsafe { addr_of_mut!((*core).vmalloc).write(Some(vmalloc)) };
+    let Some(pkmap_base) = layout.pkmap_base() else {
+        return Ok(());
+    };
+    let config = HighmemConfig {
+        pkmap_base,
+        last_pkmap: layout.last_pkmap(),
+        allocator: zones.allocator_id(),
+    };
+    // SAFETY: the pkmap range and the fixmap's kmap_local slots are pages
+    // of the kernel table that nothing else of the manager maps (vmalloc
+    // stays below PKMAP_BASE); `memory` reaches what the table maps (this
+    // machine's direct map and window) and the zones are of the same
+    // machine; the platform's `get_cpu` nests (the `PreemptControl`
+    // contract of a CPU pinned by preemption, or a held hosted slot).
+    let highmem = unsafe {
+        Highmem::new(
+            table,
+            zones.platform(),
+            memory,
+            config,
+            stacks,
+            |cpu, slot| layout.kmap_local_addr(cpu, slot),
+        )
+    }
+    .map_err(|_| Error::BadVirtAddr { addr: pkmap_base })?;
+    // SAFETY: the field is ours and holds `None`.
+    unsafe { addr_of_mut!((*core).highmem).write(Some(highmem)) };
     Ok(())
 }
 

@@ -247,11 +247,14 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
         Ok(self.zones().virt_to_page(addr)?)
     }
 
-    /// Linux `page_address`: the direct-map address of a frame; `None` for
-    /// a highmem frame (it needs a kmap) or one outside memory.
+    /// Linux `page_address`: the direct-map address of a lowmem frame; for
+    /// a highmem frame its pkmap address while it is kmapped, else `None`
+    /// (it needs a kmap); `None` outside memory. O(1).
     #[inline]
     pub fn page_address(&self, pfn: Pfn) -> Option<VirtAddr> {
-        self.zones().page_address(pfn)
+        self.zones()
+            .page_address(pfn)
+            .or_else(|| self.highmem()?.page_address_pfn(pfn))
     }
 
     /// Linux `virt_to_phys`: the physical address behind a direct-map

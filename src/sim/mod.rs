@@ -82,7 +82,9 @@ pub struct MachineConfig {
     /// Use the PAE layout (the page table itself is the two-level one, so
     /// frames above 4 GiB cannot be mapped outside the direct map yet).
     pub pae: bool,
-    /// CPUs, `1..=NR_CPUS`.
+    /// CPUs, `1..NR_CPUS`: the machine adds one overflow CPU id for the
+    /// threads beyond them (see [`crate::cpu`]), and every CPU id needs
+    /// its kmap_local slots in the fixmap, which has `NR_CPUS` CPUs' worth.
     pub nr_cpus: usize,
 }
 
@@ -165,9 +167,10 @@ impl Machine {
     /// ends below it), window, the PC memory map (see [`crate::e820`]),
     /// and the direct map of lowmem.
     pub fn new(config: MachineConfig) -> Result<Machine, SimError> {
-        if config.nr_cpus == 0 || config.nr_cpus > NR_CPUS {
-            return Err(SimError::Config(Error::SizeTooLarge {
-                bytes: config.nr_cpus,
+        if config.nr_cpus == 0 || config.nr_cpus >= NR_CPUS {
+            return Err(SimError::Config(Error::BadCpuCount {
+                nr_cpus: config.nr_cpus,
+                max: NR_CPUS - 1,
             }));
         }
         let layout = Layout::i386(config.ram_bytes, config.pae).map_err(SimError::Config)?;
