@@ -10,7 +10,7 @@
 //! Every figure printed is computed from the machine, none is typed in.
 
 use kmm::sim::MachineConfig;
-use kmm::workload::{self, Drain, Report, SeedExample, VmallocExample};
+use kmm::workload::{self, Drain, HighmemExample, Report, SeedExample, VmallocExample};
 use kmm::{Layout, MemoryManager, SimMemoryManager};
 use kmm_api::{DirectMap, MemoryRegion, RegionKind, VirtAddr, PAGE_SIZE};
 use kmm_zones::ZoneType;
@@ -93,6 +93,13 @@ fn main() -> ExitCode {
         Ok(v) => print_vmalloc_example(&mm, &v),
         Err(e) => {
             eprintln!("tour: the vmalloc example failed: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    match workload::highmem_example(&mm) {
+        Ok(h) => print_highmem_example(&h),
+        Err(e) => {
+            eprintln!("tour: the kmap example failed: {e}");
             return ExitCode::FAILURE;
         }
     }
@@ -381,4 +388,28 @@ fn print_vmalloc_example(mm: &SimMemoryManager, v: &VmallocExample) {
         v.flushes, v.free_before_after.0, v.free_before_after.1
     );
     println!("VmallocUsed now: {} kB\n", mm.meminfo().vmalloc_used * 4);
+}
+
+fn print_highmem_example(h: &HighmemExample) {
+    println!("kmap\n");
+    println!(
+        "kmap({}) = {} (pkmap); wrote \"highmem!\", kunmap; kmap_local_page = {} (fixmap), read back {:?}",
+        h.pfn,
+        h.pkmap_addr,
+        h.local_addr,
+        String::from_utf8_lossy(&h.read_back)
+    );
+    let (before, after) = h.stats_before_after;
+    println!(
+        "kmap of {} distinct pages in turn: {} maps, {} hits, {} whole-pool TLB flush(es) (one per wrap), {} waits",
+        h.cycled,
+        after.maps - before.maps,
+        after.hits - before.hits,
+        after.flushes - before.flushes,
+        after.waits - before.waits
+    );
+    println!(
+        "pool totals: maps {}, hits {}, flushes {}, waits {}\n",
+        after.maps, after.hits, after.flushes, after.waits
+    );
 }

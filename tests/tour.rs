@@ -183,3 +183,17 @@ fn the_vmalloc_example_maps_scattered_highmem_frames_and_an_ioremap() {
     assert_eq!(mm.meminfo().vmalloc_used, 0);
     mm.check().unwrap();
 }
+
+#[test]
+fn the_kmap_example_reaches_highmem_through_two_addresses_and_wraps_with_one_flush() {
+    let mm = MemoryManager::sim(MachineConfig::default()).unwrap();
+    let h = workload::highmem_example(&mm).unwrap();
+    assert!(h.pfn >= mm.layout().max_low_pfn(), "above 896 MiB");
+    assert_ne!(h.pkmap_addr, h.local_addr);
+    assert_eq!(&h.read_back, b"highmem!");
+    let (before, after) = h.stats_before_after;
+    assert_eq!(h.cycled, mm.layout().last_pkmap() + 1);
+    assert_eq!(after.maps - before.maps, h.cycled as u64);
+    assert_eq!(after.flushes - before.flushes, 1, "one flush for the wrap");
+    mm.check().unwrap();
+}

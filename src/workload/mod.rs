@@ -20,7 +20,8 @@
 //!    address to return ([`highmem_address_refused`]).
 //!
 //! Then the slab layer's seed example ([`seed_example`], in `kmalloc`),
-//! and vmalloc's ([`vmalloc_example`], in `vmalloc`).
+//! vmalloc's ([`vmalloc_example`], in `vmalloc`) and kmap's
+//! ([`highmem_example`], in `highmem`).
 
 use crate::MemoryManager;
 use kmm_api::{
@@ -31,8 +32,10 @@ use kmm_zones::report::ZoneStats;
 use kmm_zones::{ZoneType, Zones, MAX_NR_ZONES};
 use std::vec::Vec;
 
+mod highmem;
 mod kmalloc;
 mod vmalloc;
+pub use highmem::{highmem_example, HighmemExample};
 pub use kmalloc::{seed_example, SeedExample};
 pub use vmalloc::{vmalloc_example, DeviceRead, VmallocExample, VMALLOC_EXAMPLE_BYTES};
 
