@@ -186,7 +186,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
     /// ```
     #[track_caller]
     pub fn ioremap(&self, phys: PhysAddr, size: usize) -> Result<NonNull<u8>, Error> {
-        self.ioremap_prot(phys, size, PageProt::KERNEL_UC_MINUS)
+        self.ioremap_prot(phys, size, PageProt::KERNEL_NOCACHE)
     }
 
     /// Linux `ioremap_wc`: write-combining.

@@ -224,6 +224,10 @@ fn ioremap_reaches_the_device_and_refuses_managed_ram() {
     let phys = PhysAddr::new(base.as_u64() + 0xc_0123);
     let regs = mm.ioremap(phys, 16).unwrap();
     assert_eq!(regs.as_ptr() as usize & 0xfff, 0x123);
+    let at = mm.machine().ptr_to_virt(regs.as_ptr());
+    let (_, prot) = mm.kernel_page_table().unwrap().translate(at).unwrap();
+    let uncached = kmm::PageProt::NOCACHE | kmm::PageProt::WRITE_THROUGH;
+    assert!(prot.contains(uncached), "uncached: PCD | PWT, got {prot:?}");
     // SAFETY: our mapping of device memory, 16 bytes.
     unsafe { regs.as_ptr().add(4).write_volatile(0xa7) };
     let mut seen = [0u8; 1];
