@@ -523,6 +523,9 @@ unsafe fn kernel_vm_init<P: PreemptControl + 'static, D: DirectMap + Clone + 'st
     let Some(pkmap_base) = layout.pkmap_base() else {
         return Ok(());
     };
+    // The pkmap and fixmap PTE pages now, so a kmap_local in atomic
+    // context never allocates one (Linux `page_table_range_init`).
+    table.populate(pkmap_base, layout.kernel_map_range().1)?;
     let config = HighmemConfig {
         pkmap_base,
         last_pkmap: layout.last_pkmap(),

@@ -32,6 +32,7 @@ use kmm_zones::ZoneConfig;
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
+#[cfg(target_pointer_width = "64")] // the 64-bit layout only
 const TIB: u64 = 1 << 40;
 const PAGE: u64 = PAGE_SIZE as u64;
 
@@ -69,14 +70,19 @@ const I386_VA_SIZE: u64 = 4 * GIB;
 /// x86-64 `__PAGE_OFFSET_BASE_L4`: the direct map with 4-level paging.
 pub const X86_64_PAGE_OFFSET: u64 = 0xffff_8880_0000_0000;
 /// x86-64 direct-map size with 4-level paging (the RAM it can map).
+#[cfg(target_pointer_width = "64")] // the 64-bit layout only
 const X86_64_DIRECT_MAP_SIZE: u64 = 64 * TIB;
 /// x86-64 `VMALLOC_START` with 4-level paging.
+#[cfg(target_pointer_width = "64")] // the 64-bit layout only
 const X86_64_VMALLOC_START: u64 = 0xffff_c900_0000_0000;
 /// x86-64 `VMALLOC_SIZE_TB` with 4-level paging.
+#[cfg(target_pointer_width = "64")] // the 64-bit layout only
 const X86_64_VMALLOC_SIZE: u64 = 32 * TIB;
 /// x86-64 `VSYSCALL_ADDR` (`-10 MiB`), which the fixmap top is derived from.
+#[cfg(target_pointer_width = "64")] // the 64-bit layout only
 const X86_64_VSYSCALL_ADDR: u64 = 0u64.wrapping_sub(10 * MIB);
 /// x86-64 PMD size (2 MiB).
+#[cfg(target_pointer_width = "64")] // the 64-bit layout only
 const X86_64_PMD_SIZE: u64 = 2 * MIB;
 
 /// Which page-table format a layout is for.

@@ -35,7 +35,7 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let vm = self.0;
         // Linux's %pK: as wide as the machine's addresses.
-        let width = if vm.areas().range().1.as_usize() <= 1 << 32 {
+        let width = if vm.areas().range().1.as_usize() as u64 <= 1 << 32 {
             8
         } else {
             16
