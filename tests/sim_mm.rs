@@ -57,8 +57,8 @@ fn page_table_pages_come_from_the_zones_and_are_kept_as_linux_keeps_them() {
         assert_eq!(zones.page_zone(high.pfn()), Some(ZoneType::HighMem));
         let a = mm.layout().vmalloc_start();
         let b = a.checked_add(4 << 20).unwrap(); // the next PTE page's range
-        // SAFETY: this test holds `high` and owns the kernel range: it is
-        // the only user of this machine's page table.
+                                                 // SAFETY: this test holds `high` and owns the kernel range: it is
+                                                 // the only user of this machine's page table.
         unsafe {
             pt.map(a, high.pfn(), PageProt::KERNEL).unwrap();
             pt.map(b, high.pfn(), PageProt::KERNEL).unwrap();

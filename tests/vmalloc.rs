@@ -105,18 +105,18 @@ fn vmalloc_takes_highmem_first_and_the_bytes_show_through_a_second_mapping() {
     }
     // SAFETY: ours.
     unsafe { area.as_ptr().add(0x123).write(0x5a) };
-    // A second mapping of the first frame, at a pkmap page.
-    let pt = mm.kernel_page_table().unwrap();
-    let alias = mm.layout().pkmap_addr(0).unwrap();
-    // SAFETY: the frame is ours (the area's), the pkmap page is unused
-    // (no kmap layer yet), and we remove the mapping before the vfree.
-    unsafe { pt.map(alias, first, kmm::PageProt::KERNEL) }.unwrap();
+    // A second mapping of the first frame: a kmap.
+    let km = mm.highmem().unwrap();
+    // SAFETY: the frame is ours (the area's); the kmap is undone below,
+    // before the vfree.
+    let alias = unsafe { km.kmap_pfn(first) }.unwrap();
+    assert!(alias >= mm.layout().pkmap_base().unwrap(), "a pkmap slot");
     let through = mm.machine().virt_to_ptr(alias);
     // SAFETY: mapped just above.
     assert_eq!(unsafe { through.add(0x123).read_volatile() }, 0x5a);
-    // SAFETY: we made the alias and are done with it; then the area.
+    // SAFETY: we made the kmap and are done with it; then the area.
     unsafe {
-        pt.unmap(alias).unwrap().1.flush(pt);
+        km.kunmap_pfn(first).unwrap();
         mm.vfree(area.as_ptr()).unwrap();
     }
     assert_eq!(mm.meminfo().vmalloc_used, 0);

@@ -7,7 +7,7 @@
 
 use crate::x86::Mmu;
 use crate::{Error, MemoryManager};
-use kmm_api::{DirectMap, KernelPageTable, PageProt, Pfn, PhysAddr, PreemptControl, PAGE_SIZE};
+use kmm_api::{DirectMap, Pfn, PhysAddr, PreemptControl, PAGE_SIZE};
 use kmm_zones::ZoneType;
 use std::string::{String, ToString};
 use std::vec::Vec;
@@ -78,7 +78,7 @@ pub fn vmalloc_example<P: PreemptControl, D: DirectMap, M: Mmu>(
         .iter()
         .filter(|&&pfn| mm.zones().page_zone(pfn) == Some(ZoneType::HighMem))
         .count();
-    let pages_compared = compare_through_own_mappings(mm, table, bytes, &frames)?;
+    let pages_compared = compare_through_own_mappings(mm, bytes, &frames)?;
     let ioremap = match device {
         Some((phys, seen)) => {
             let regs = mm.ioremap(phys, 16)?;
@@ -118,41 +118,31 @@ pub fn vmalloc_example<P: PreemptControl, D: DirectMap, M: Mmu>(
 }
 
 /// Compares each page of `bytes` with its frame seen through the frame's
-/// own mapping: the direct map for lowmem, a temporary mapping at the
-/// first pkmap slot for highmem (kmap's place). Returns the pages equal.
+/// own mapping: the direct map for lowmem, a kmap for highmem. Returns the
+/// pages equal.
 fn compare_through_own_mappings<P: PreemptControl, D: DirectMap, M: Mmu>(
     mm: &MemoryManager<P, D, M>,
-    table: &crate::mm::KernelTable<P, D, M>,
     bytes: &[u8],
     frames: &[Pfn],
 ) -> Result<usize, Error> {
     let dm = mm.zones().direct_map();
-    let slot = mm
-        .layout()
-        .pkmap_addr(0)
-        .ok_or(kmm_api::Error::BadVirtAddr {
-            addr: mm.layout().vmalloc_end(),
-        })?;
     let mut equal = 0;
     for (i, &pfn) in frames.iter().enumerate() {
         let expected = &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE];
-        let same = match dm.pfn_to_ptr(pfn) {
+        let same = match (dm.pfn_to_ptr(pfn), mm.highmem()) {
             // SAFETY: a frame of our area, in the direct map.
-            Some(own) => unsafe {
+            (Some(own), _) => unsafe {
                 core::slice::from_raw_parts(own.as_ptr(), PAGE_SIZE) == expected
             },
-            None => {
-                // SAFETY: the frame is our area's; the pkmap slot is unused
-                // (no kmap layer is composed in) and unmapped again, with
-                // its flush, before the next frame takes it.
-                unsafe {
-                    table.map(slot, pfn, PageProt::KERNEL)?;
-                    let own = dm.virt_to_ptr(slot);
-                    let same = core::slice::from_raw_parts(own, PAGE_SIZE) == expected;
-                    table.unmap(slot)?.1.flush(table);
-                    same
-                }
-            }
+            // SAFETY: the frame is our area's (we hold the area, so its
+            // frames), and the kmap is undone just after the read.
+            (None, Some(km)) => unsafe {
+                let own = dm.virt_to_ptr(km.kmap_pfn(pfn)?);
+                let same = core::slice::from_raw_parts(own, PAGE_SIZE) == expected;
+                km.kunmap_pfn(pfn)?;
+                same
+            },
+            (None, None) => false,
         };
         equal += usize::from(same);
     }
