@@ -105,12 +105,16 @@ extern "C" fn kmain(magic: u32, info: u32) -> ! {
         (image_end - image_start) >> 10,
         page_offset.as_usize() as u64 + image_start
     );
-    let mut regions = [MemoryRegion::new(0, 0, kmm::RegionKind::Reserved); multiboot::MAX_ENTRIES + 1];
-    let regions = map.to_regions(image_start, image_end, &mut regions);
+    let mut regions =
+        [MemoryRegion::new(0, 0, kmm::RegionKind::Reserved); multiboot::MAX_ENTRIES + 1];
+    let regions = map.regions(image_start, image_end, &mut regions);
     let layout = match Layout::i386(map.ram_end(), false) {
         Ok(layout) => layout,
         Err(e) => {
-            println!("FATAL: no i386 layout for {:#x} bytes of RAM: {e}", map.ram_end());
+            println!(
+                "FATAL: no i386 layout for {:#x} bytes of RAM: {e}",
+                map.ram_end()
+            );
             exit(EXIT_FAILURE);
         }
     };

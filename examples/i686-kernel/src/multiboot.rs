@@ -63,7 +63,7 @@ impl MemoryMap {
     /// The map as kmm takes it: RAM usable, everything else reserved, and
     /// the kernel image `[image_start, image_end)` marked so the zones
     /// never hand it out. Returns the regions written.
-    pub fn to_regions<'a>(
+    pub fn regions<'a>(
         &self,
         image_start: u64,
         image_end: u64,

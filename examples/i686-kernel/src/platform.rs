@@ -112,7 +112,10 @@ const FLUSH_CEILING: usize = 33;
 impl Mmu for Hw {
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
         TLB_FLUSHES.fetch_add(1, Relaxed);
-        let pages = end.as_usize().saturating_sub(start.as_usize()).div_ceil(PAGE_SIZE);
+        let pages = end
+            .as_usize()
+            .saturating_sub(start.as_usize())
+            .div_ceil(PAGE_SIZE);
         if pages > FLUSH_CEILING {
             // SAFETY: reloading CR3 with its own value only drops cached
             // (non-global) translations.
@@ -123,7 +126,9 @@ impl Mmu for Hw {
             let addr = start.as_usize() + i * PAGE_SIZE;
             // SAFETY: invlpg drops one cached translation; no memory is
             // accessed.
-            unsafe { asm!("invlpg ({0})", in(reg) addr, options(att_syntax, nostack, preserves_flags)) };
+            unsafe {
+                asm!("invlpg ({0})", in(reg) addr, options(att_syntax, nostack, preserves_flags))
+            };
         }
     }
 }
@@ -132,7 +137,9 @@ impl Mmu for Hw {
 pub fn read_cr2() -> usize {
     let value: usize;
     // SAFETY: reading CR2 has no side effect.
-    unsafe { asm!("movl %cr2, {0}", out(reg) value, options(att_syntax, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("movl %cr2, {0}", out(reg) value, options(att_syntax, nomem, nostack, preserves_flags))
+    };
     value
 }
 
@@ -140,7 +147,9 @@ pub fn read_cr2() -> usize {
 pub fn read_cr3() -> usize {
     let value: usize;
     // SAFETY: reading CR3 has no side effect.
-    unsafe { asm!("movl %cr3, {0}", out(reg) value, options(att_syntax, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("movl %cr3, {0}", out(reg) value, options(att_syntax, nomem, nostack, preserves_flags))
+    };
     value
 }
 
@@ -148,7 +157,9 @@ pub fn read_cr3() -> usize {
 pub fn read_cr4() -> usize {
     let value: usize;
     // SAFETY: reading CR4 has no side effect.
-    unsafe { asm!("movl %cr4, {0}", out(reg) value, options(att_syntax, nomem, nostack, preserves_flags)) };
+    unsafe {
+        asm!("movl %cr4, {0}", out(reg) value, options(att_syntax, nomem, nostack, preserves_flags))
+    };
     value
 }
 

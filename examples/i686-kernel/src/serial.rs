@@ -20,13 +20,17 @@ pub const EXIT_FAILURE: u8 = 0x11;
 fn outb(port: u16, value: u8) {
     // SAFETY: writes to the UART's and debug-exit device's I/O ports
     // only; no memory is touched.
-    unsafe { asm!("outb %al, %dx", in("dx") port, in("al") value, options(att_syntax, nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("outb %al, %dx", in("dx") port, in("al") value, options(att_syntax, nomem, nostack, preserves_flags))
+    }
 }
 
 fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: reads the UART's status port; no memory is touched.
-    unsafe { asm!("inb %dx, %al", in("dx") port, out("al") value, options(att_syntax, nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("inb %dx, %al", in("dx") port, out("al") value, options(att_syntax, nomem, nostack, preserves_flags))
+    }
     value
 }
 

@@ -171,15 +171,13 @@ const INTERRUPT_GATE: u8 = 0x8e;
 #[repr(C, align(8))]
 struct Idt([Gate; 32]);
 
-static mut IDT: Idt = Idt(
-    [Gate {
-        offset_low: 0,
-        selector: 0,
-        zero: 0,
-        type_attr: 0,
-        offset_high: 0,
-    }; 32],
-);
+static mut IDT: Idt = Idt([Gate {
+    offset_low: 0,
+    selector: 0,
+    zero: 0,
+    type_attr: 0,
+    offset_high: 0,
+}; 32]);
 
 /// Fills the IDT with the 32 exception stubs and loads it.
 pub fn init() {
@@ -277,13 +275,15 @@ fn search_exception_tables(eip: u32) -> Option<u32> {
 fn page_fault(frame: &mut TrapFrame) {
     let cr2 = read_cr2();
     let error = frame.error;
-    let access = match (error & 1 != 0, error & 2 != 0, error & 4 != 0) {
-        (p, w, u) => (
-            if p { "protection" } else { "not-present" },
-            if w { "write" } else { "read" },
-            if u { "user" } else { "kernel" },
-        ),
-    };
+    let access = (
+        if error & 1 != 0 {
+            "protection"
+        } else {
+            "not-present"
+        },
+        if error & 2 != 0 { "write" } else { "read" },
+        if error & 4 != 0 { "user" } else { "kernel" },
+    );
     let Some(fixup) = search_exception_tables(frame.eip) else {
         println!(
             "\nFATAL: page fault at {cr2:#010x} ({} {} {}, error {error:#x}) from eip {:#010x}, no exception-table entry",

@@ -65,7 +65,11 @@ pub fn run(mm: &Mm) {
             check!(
                 &read == b"highmem!" && (in_fixmap || !high),
                 "kmap_local_page({pfn}) = {addr}{}: read back {:?}",
-                if high { " (a fixmap slot)" } else { " (the direct map)" },
+                if high {
+                    " (a fixmap slot)"
+                } else {
+                    " (the direct map)"
+                },
                 core::str::from_utf8(&read).unwrap_or("?")
             );
         }
@@ -73,7 +77,9 @@ pub fn run(mm: &Mm) {
             check!(false, "kmap_local_page of {pfn}: {e}");
         }
     }
-    let sum = mm.with_kmap_local(&mut page, |bytes| bytes.iter().map(|&b| u32::from(b)).sum::<u32>());
+    let sum = mm.with_kmap_local(&mut page, |bytes| {
+        bytes.iter().map(|&b| u32::from(b)).sum::<u32>()
+    });
     let expected: u32 = b"highmem!".iter().map(|&b| u32::from(b)).sum();
     check!(
         sum.as_ref().ok().is_some_and(|&s| s >= expected),
@@ -108,7 +114,10 @@ pub fn run(mm: &Mm) {
             stats_after.flushes - stats_before.flushes
         );
     } else {
-        check!(ok, "{cycled} lowmem pages kmapped in turn (the direct map, no slot used)");
+        check!(
+            ok,
+            "{cycled} lowmem pages kmapped in turn (the direct map, no slot used)"
+        );
     }
     println!("  pkmap counters: {stats_after:?}");
 }

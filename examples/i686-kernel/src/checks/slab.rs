@@ -38,7 +38,9 @@ fn kmalloc(mm: &Mm) {
     check!(
         first.is_ok() && second.is_err(),
         "kfree once: ok; the same object a second time refused: {}",
-        second.err().map_or(String::from("accepted!"), |e| e.to_string())
+        second
+            .err()
+            .map_or(String::from("accepted!"), |e| e.to_string())
     );
     if let Some(z) = step("kzalloc(600, GFP_KERNEL)", mm.kzalloc(600, GFP_KERNEL)) {
         // SAFETY: we hold the 600-byte object at `z`.
@@ -100,7 +102,10 @@ fn cache(mm: &Mm) {
         "kmem_cache \"kmm_inode\" ({size}-byte objects): 200 allocated, written and read back intact; validate: {validated:?}"
     );
     let info = format!("{}", mm.slabinfo());
-    let line = info.lines().find(|l| l.starts_with("kmm_inode")).unwrap_or("");
+    let line = info
+        .lines()
+        .find(|l| l.starts_with("kmm_inode"))
+        .unwrap_or("");
     check!(!line.is_empty(), "/proc/slabinfo lists it: {line}");
     let mut freed = true;
     for inode in objects {

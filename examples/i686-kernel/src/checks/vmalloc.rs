@@ -12,7 +12,7 @@ use crate::traps::{probe_read, GUARD_FAULTS, LAST_FAULT, OTHER_FAULTS};
 use crate::{check, println, Mm};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering::Relaxed;
-use kmm::{PageProt, PhysAddr, Pfn, VmFlags, GFP_HIGHUSER, GFP_KERNEL, PAGE_SIZE};
+use kmm::{PageProt, Pfn, PhysAddr, VmFlags, GFP_HIGHUSER, GFP_KERNEL, PAGE_SIZE};
 
 const AREA_BYTES: usize = 1 << 20;
 const VGA_TEXT: u64 = 0xb8000;
@@ -49,7 +49,10 @@ fn area(mm: &Mm) {
         layout.vmalloc_end()
     );
     if layout.highmem_bytes() > 0 {
-        check!(highmem > 0, "highmem first: {highmem} of {pages} frames are highmem");
+        check!(
+            highmem > 0,
+            "highmem first: {highmem} of {pages} frames are highmem"
+        );
     }
     // SAFETY: the area is ours, AREA_BYTES long, mapped by kmm's table.
     let bytes = unsafe { core::slice::from_raw_parts_mut(base, AREA_BYTES) };
@@ -64,7 +67,8 @@ fn area(mm: &Mm) {
             compared += 1;
             // SAFETY: a lowmem frame of our area, seen through the direct
             // map; only read.
-            let own = unsafe { core::slice::from_raw_parts(own.as_usize() as *const u8, PAGE_SIZE) };
+            let own =
+                unsafe { core::slice::from_raw_parts(own.as_usize() as *const u8, PAGE_SIZE) };
             equal += usize::from(own == &bytes[i * PAGE_SIZE..(i + 1) * PAGE_SIZE]);
         }
     }
@@ -77,7 +81,10 @@ fn area(mm: &Mm) {
     let guard = base as usize + AREA_BYTES;
     let guards_before = GUARD_FAULTS.load(Relaxed);
     let others_before = OTHER_FAULTS.load(Relaxed);
-    check!(probe_read(last) == Some(((last - base as usize) % 251) as u8), "the area's last byte {last:#010x} reads without a fault");
+    check!(
+        probe_read(last) == Some(((last - base as usize) % 251) as u8),
+        "the area's last byte {last:#010x} reads without a fault"
+    );
     println!("  touching the guard page at {guard:#010x}:");
     let touched = probe_read(guard);
     let recognised = GUARD_FAULTS.load(Relaxed) - guards_before;
@@ -90,13 +97,19 @@ fn area(mm: &Mm) {
     println!("  touching the VMALLOC_OFFSET hole at {hole:#010x}:");
     let touched = probe_read(hole);
     check!(
-        touched.is_none() && GUARD_FAULTS.load(Relaxed) == guards_before + 1 && OTHER_FAULTS.load(Relaxed) == others_before + 1,
+        touched.is_none()
+            && GUARD_FAULTS.load(Relaxed) == guards_before + 1
+            && OTHER_FAULTS.load(Relaxed) == others_before + 1,
         "a fault past high_memory is not taken for a guard page"
     );
     println!("\n/proc/vmallocinfo (the area live)\n{}", mm.vmallocinfo());
     // SAFETY: we give the area up; nothing uses it any more.
     let freed = unsafe { mm.vfree(base) };
-    check!(freed.is_ok(), "vfree: {freed:?}; VmallocUsed now {} kB", mm.meminfo().vmalloc_used * 4);
+    check!(
+        freed.is_ok(),
+        "vfree: {freed:?}; VmallocUsed now {} kB",
+        mm.meminfo().vmalloc_used * 4
+    );
 }
 
 fn vmap(mm: &Mm) {
@@ -114,7 +127,10 @@ fn vmap(mm: &Mm) {
         Ok(p) => {
             // SAFETY: our fresh vmap of one page; only read.
             let seen = unsafe { core::slice::from_raw_parts(p.as_ptr(), PAGE_SIZE) };
-            let same = seen.iter().enumerate().all(|(i, &b)| b == (i as u8).wrapping_mul(7));
+            let same = seen
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i as u8).wrapping_mul(7));
             check!(
                 same && mm.vmalloc_to_pfn(p.as_ptr()) == Some(pfn),
                 "vmap of {pfn} at {:p}: the bytes written through kmap_local read back at the second address",
@@ -166,7 +182,10 @@ fn ioremap(mm: &Mm) {
                 regs.as_ptr(),
                 ((version >> 16) & 0xff) + 1
             );
-            println!("\n/proc/vmallocinfo (the APIC mapped)\n{}", mm.vmallocinfo());
+            println!(
+                "\n/proc/vmallocinfo (the APIC mapped)\n{}",
+                mm.vmallocinfo()
+            );
             // SAFETY: our mapping; nothing uses it any more.
             step("iounmap", unsafe { mm.iounmap(regs.as_ptr()) });
         }

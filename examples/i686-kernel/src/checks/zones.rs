@@ -9,8 +9,7 @@ use super::step;
 use crate::{check, println, Mm};
 use alloc::vec::Vec;
 use kmm::{
-    GfpFlags, Order, Pages, ZoneType, GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, MAX_PAGE_ORDER,
-    PAGE_SIZE,
+    GfpFlags, Order, Pages, ZoneType, GFP_DMA, GFP_HIGHUSER, GFP_KERNEL, MAX_PAGE_ORDER, PAGE_SIZE,
 };
 
 /// The zone table, as the tour prints it.
@@ -44,6 +43,10 @@ fn zone_of(mm: &Mm, pages: &Pages) -> Option<ZoneType> {
     mm.zones().page_zone(pages.pfn())
 }
 
+fn zone_name(mm: &Mm, pages: &Pages) -> &'static str {
+    zone_of(mm, pages).map_or("no zone", ZoneType::name)
+}
+
 pub fn run(mm: &Mm) {
     let layout = *mm.layout();
     let has_highmem = layout.highmem_bytes() > 0;
@@ -52,9 +55,9 @@ pub fn run(mm: &Mm) {
     if let Some(page) = step("alloc_page(GFP_DMA)", mm.alloc_page(GFP_DMA)) {
         check!(
             zone_of(mm, &page) == Some(ZoneType::Dma) && page.pfn() < layout.dma_end_pfn(),
-            "alloc_page(GFP_DMA) = {} in {:?}, below 16 MiB",
+            "alloc_page(GFP_DMA) = {} in {}, below 16 MiB",
             page.pfn(),
-            zone_of(mm, &page)
+            zone_name(mm, &page)
         );
         step("__free_page", mm.__free_page(page));
     }
@@ -62,8 +65,8 @@ pub fn run(mm: &Mm) {
         let pfn = page.pfn();
         check!(
             zone_of(mm, &page) == Some(ZoneType::Normal) && pfn < max_low,
-            "alloc_page(GFP_KERNEL) = {pfn} in {:?}, lowmem",
-            zone_of(mm, &page)
+            "alloc_page(GFP_KERNEL) = {pfn} in {}, lowmem",
+            zone_name(mm, &page)
         );
         if let Some(addr) = mm.page_address(pfn) {
             let p = addr.as_usize() as *mut u64;
@@ -95,14 +98,19 @@ pub fn run(mm: &Mm) {
         } else {
             check!(
                 zone_of(mm, &page) == Some(ZoneType::Normal),
-                "alloc_page(GFP_HIGHUSER) = {pfn} in {:?}: no highmem on this machine, the zones clamp to Normal",
-                zone_of(mm, &page)
+                "alloc_page(GFP_HIGHUSER) = {pfn} in {}: no highmem on this machine, the zones clamp to Normal",
+                zone_name(mm, &page)
             );
         }
         step("__free_page", mm.__free_page(page));
     }
     let (gfp, zone, below, name) = if has_highmem {
-        (GFP_HIGHUSER, ZoneType::HighMem, ZoneType::Normal, "GFP_HIGHUSER")
+        (
+            GFP_HIGHUSER,
+            ZoneType::HighMem,
+            ZoneType::Normal,
+            "GFP_HIGHUSER",
+        )
     } else {
         (GFP_KERNEL, ZoneType::Normal, ZoneType::Dma, "GFP_KERNEL")
     };
@@ -149,10 +157,9 @@ fn drain_and_fall_back(mm: &Mm, gfp: GfpFlags, name: &str, zone: ZoneType, below
         Some((z, pfn, order)) => {
             check!(
                 z == Some(below),
-                "{name} drained {} from {} ({taken} pages, {zone_free} left free, below its watermark); the next order-{order} block fell back to {:?}: {pfn}",
+                "{name} took {taken} pages from {} until it fell below its watermark ({zone_free} left free); the next order-{order} block fell back to {}: {pfn}",
                 zone.name(),
-                zone.name(),
-                z
+                z.map_or("no zone", ZoneType::name)
             );
         }
         None => {
