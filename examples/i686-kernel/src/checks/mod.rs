@@ -45,6 +45,26 @@ pub fn step<T, E: core::fmt::Display>(what: &str, r: Result<T, E>) -> Option<T> 
     }
 }
 
+/// kmm's table maps the kernel where it runs and nothing of the boot
+/// directory's identity map survives: physical 1 MiB (the kernel image)
+/// reads at `PAGE_OFFSET + 1 MiB`, and its identity address faults,
+/// classified as a user address.
+fn paging(mm: &Mm) {
+    use crate::traps::{probe_read, GUARD_FAULTS, OTHER_FAULTS};
+    let image = 0x0010_0000;
+    let direct = mm.layout().page_offset().as_usize() + image;
+    let (guards, others) = (GUARD_FAULTS.load(Relaxed), OTHER_FAULTS.load(Relaxed));
+    let through_direct_map = probe_read(direct);
+    let through_identity = probe_read(image);
+    check!(
+        through_direct_map.is_some()
+            && through_identity.is_none()
+            && GUARD_FAULTS.load(Relaxed) == guards
+            && OTHER_FAULTS.load(Relaxed) == others + 1,
+        "the kernel image reads at {direct:#010x} (kmm's direct map); its boot identity address {image:#010x} faults: the boot directory is gone"
+    );
+}
+
 /// Runs every layer's checks and prints the reports; whether all passed.
 pub fn run(mm: &Mm) -> bool {
     zones::print_zones(mm);
@@ -54,7 +74,9 @@ pub fn run(mm: &Mm) -> bool {
         "/proc/zoneinfo (watermarks)\n{}",
         mm.zones().zone_report().zoneinfo()
     );
-    println!("Zones and the GFP fallback");
+    println!("Paging: kmm's table alone in CR3");
+    paging(mm);
+    println!("\nZones and the GFP fallback");
     zones::run(mm);
     println!("\nThe slab layer: kmalloc, a kmem_cache, kmalloc as #[global_allocator]");
     slab::run(mm);
@@ -65,7 +87,10 @@ pub fn run(mm: &Mm) -> bool {
     println!("\n/proc/meminfo (after the checks)\n{}", mm.meminfo());
     println!("/proc/buddyinfo\n{}", mm.zones().zone_report().buddyinfo());
     println!("/proc/slabinfo\n{}", mm.slabinfo());
-    println!("/proc/vmallocinfo\n{}", mm.vmallocinfo());
+    println!(
+        "/proc/vmallocinfo (every area freed and purged)\n{}",
+        mm.vmallocinfo()
+    );
     println!(
         "TLB flushes by the MMU hook: {}",
         crate::platform::TLB_FLUSHES.load(Relaxed)
