@@ -167,17 +167,6 @@ fn switch_to_kmm_page_table(mm: &Mm) {
         println!("FATAL: CR4.PSE is off; kmm's direct map uses 4 MiB pages");
         exit(EXIT_FAILURE);
     }
-    // Linux's `page_table_range_init`: the pkmap and fixmap PTE pages exist
-    // before anyone kmaps, so kmap_local (atomic context) never allocates
-    // one. kmm's boot leaves them to the first map; the table's public
-    // `populate` does it here.
-    let layout = mm.layout();
-    if let Some(pkmap_base) = layout.pkmap_base() {
-        if let Err(e) = table.populate(pkmap_base, layout.kernel_map_range().1) {
-            println!("FATAL: cannot populate the pkmap and fixmap page tables: {e}");
-            exit(EXIT_FAILURE);
-        }
-    }
     let pgd = PhysAddr::new((table.pgd().as_usize() as u64) << kmm::PAGE_SHIFT);
     let here = kmain as *const () as usize;
     let stack = &pgd as *const PhysAddr as usize;
