@@ -216,6 +216,9 @@ fn a_2_gib_i386_machine_has_1152_mib_of_highmem() {
 }
 
 #[test]
+// Pure bookkeeping over many allocations: too slow under miri for what
+// it adds to the unsafe paths the other tests cover.
+#[cfg_attr(miri, ignore)]
 fn kmalloc_size_roundup_is_what_kmalloc_gives() {
     let mm = mm();
     for size in (1..=KMALLOC_MAX_CACHE_SIZE).step_by(37).chain([
@@ -340,6 +343,9 @@ fn kfree_sensitive_zeroes_all_of_ksize_and_refuses_before_writing() {
 }
 
 #[test]
+// Pure bookkeeping over many allocations: too slow under miri for what
+// it adds to the unsafe paths the other tests cover.
+#[cfg_attr(miri, ignore)]
 fn kmem_cache_zalloc_zeroes_and_bulk_calls_take_and_give_all() {
     let mm = mm();
     let cache = mm
@@ -542,6 +548,9 @@ fn check_names_the_layer_whose_structures_are_broken() {
 }
 
 #[test]
+// Pure bookkeeping over many allocations: too slow under miri for what
+// it adds to the unsafe paths the other tests cover.
+#[cfg_attr(miri, ignore)]
 fn drop_caches_gives_every_cached_page_back() {
     let mm = mm();
     mm.drop_caches();
@@ -575,6 +584,9 @@ fn parse(text: &str) -> std::collections::BTreeMap<String, usize> {
 }
 
 #[test]
+// Pure bookkeeping over many allocations: too slow under miri for what
+// it adds to the unsafe paths the other tests cover.
+#[cfg_attr(miri, ignore)]
 fn meminfo_and_vmstat_parse_back_and_add_up_after_a_mixed_workload() {
     let mm = mm();
     let before = mm.vmstat();
@@ -702,6 +714,9 @@ fn meminfo_on_i386_has_the_highmem_lines() {
 }
 
 #[test]
+// Pure bookkeeping over many allocations: too slow under miri for what
+// it adds to the unsafe paths the other tests cover.
+#[cfg_attr(miri, ignore)]
 fn the_vm_sysctls_round_trip_and_refuse_what_linux_refuses() {
     let mm = mm();
     let min = mm.min_free_kbytes();
