@@ -100,6 +100,11 @@ mod tree;
 #[allow(unsafe_code)] // vfree_atomic's link in a queued area's first word
 mod vmalloc;
 mod vmap_area;
+#[allow(unsafe_code)] // block descriptors and the per-CPU table in source objects
+mod vmap_block;
+#[cfg(loom)]
+#[allow(unsafe_code)] // the loom build's link cells
+mod loom_link;
 
 pub use arena::VMAP_AREA_NODE_BYTES;
 pub use check::{Invariant, TreeName};
@@ -111,3 +116,7 @@ pub use purge::{lazy_max_pages, LAZY_BYTES_PER_CPU_BIT, LAZY_RANGE_DIVISOR};
 pub use stats::VmapStats;
 pub use vmalloc::{Vmalloc, VmallocStats, NUMA_NO_NODE};
 pub use vmap_area::{Freed, Ranges, VmapArea, VmapAreas};
+pub use vmap_block::{
+    vmap_bbmap_bits, NoVmapBlocks, VmapCpus, VMAP_BBMAP_BITS_MAX, VMAP_BBMAP_BITS_MIN,
+    VMAP_BLOCK_BYTES, VMAP_MAX_ALLOC,
+};

@@ -1,0 +1,2 @@
+//! loom models (see below).
+#![cfg(loom)]
