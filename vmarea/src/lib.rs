@@ -91,6 +91,9 @@ mod error;
 mod flags;
 mod info;
 mod locked;
+#[cfg(loom)]
+#[allow(unsafe_code)] // the loom build's link cells
+mod loom_link;
 mod purge;
 mod stats;
 #[cfg(any(test, feature = "testing"))]
@@ -102,9 +105,6 @@ mod vmalloc;
 mod vmap_area;
 #[allow(unsafe_code)] // block descriptors and the per-CPU table in source objects
 mod vmap_block;
-#[cfg(loom)]
-#[allow(unsafe_code)] // the loom build's link cells
-mod loom_link;
 
 pub use arena::VMAP_AREA_NODE_BYTES;
 pub use check::{Invariant, TreeName};

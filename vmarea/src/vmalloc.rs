@@ -123,7 +123,16 @@ where
     pub unsafe fn new(areas: VmapAreas<S>, frames: F, table: T, memory: D) -> Self {
         let areas = SharedVmapAreas::new(areas);
         // SAFETY: forwarded from our caller.
-        unsafe { Self::assemble(areas, frames, table, memory, NoVmapBlocks, VmapBlocks::off()) }
+        unsafe {
+            Self::assemble(
+                areas,
+                frames,
+                table,
+                memory,
+                NoVmapBlocks,
+                VmapBlocks::off(),
+            )
+        }
     }
 }
 
@@ -595,8 +604,13 @@ where
     /// nothing (the caller maps into it through the page table).
     #[track_caller]
     pub fn get_vm_area(&self, size: usize, flags: VmFlags) -> Result<VmapArea, VmareaError> {
-        self.areas
-            .alloc(size, PAGE_SIZE, flags - KMM_PRIVATE, GFP_KERNEL, &self.table)
+        self.areas.alloc(
+            size,
+            PAGE_SIZE,
+            flags - KMM_PRIVATE,
+            GFP_KERNEL,
+            &self.table,
+        )
     }
 
     /// Linux `free_vm_area`: releases a range `get_vm_area` reserved,

@@ -302,7 +302,11 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// [`VmFlags::MAP_RAM`], not a vmap block) that maps exactly `pages`
     /// pages: a wrong count is [`VmareaError::WrongCount`], another kind
     /// [`VmareaError::WrongKind`]; nothing changes on any error. O(log n).
-    pub fn detach_map_ram(&mut self, addr: VirtAddr, pages: usize) -> Result<VmapArea, VmareaError> {
+    pub fn detach_map_ram(
+        &mut self,
+        addr: VirtAddr,
+        pages: usize,
+    ) -> Result<VmapArea, VmareaError> {
         let id = self.busy_area_at(addr)?;
         let area = VmapArea::of(self.arena.get(id));
         if !area.flags().contains(VmFlags::MAP_RAM) || area.flags().contains(VmFlags::VMAP_BLOCK) {
