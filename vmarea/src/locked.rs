@@ -11,7 +11,8 @@
 //! merge into free space). Like Linux's vmalloc paths this is for process
 //! context: the lock does not disable interrupts.
 //!
-//! Nothing here is lock-free, so there is no loom model: every shared
+//! Nothing here is lock-free (the loom model in `tests/loom.rs` covers
+//! vmalloc's deferred list and vmap blocks around it): every shared
 //! word is read and written under the lock.
 
 use crate::check::Invariant;
