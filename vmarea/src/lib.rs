@@ -15,6 +15,11 @@
 //! [`kmm_api::ObjectSource`] (the slab's `vmap_area_cachep` in a composed
 //! kernel): no heap.
 //!
+//! Above the allocator, [`Vmalloc`] maps areas (vmalloc, vmap, ioremap)
+//! and keeps per-CPU vmap blocks for `vm_map_ram` (Linux `vb_alloc`:
+//! small mappings carved from a CPU's own block, their descriptors from
+//! the same object source).
+//!
 //! # Invariants
 //!
 //! - Free, live and unpurged ranges are page aligned, never overlap, and

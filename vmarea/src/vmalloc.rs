@@ -10,8 +10,10 @@
 //! The areas (through [`SharedVmapAreas`]), the frames of every `vmalloc`
 //! area (each claimed with the [`OwnerTag::Vmalloc`] owner word, so the page
 //! allocator refuses any other free of them), the page-table entries of
-//! every live area, and the list of frees deferred from atomic context.
-//! It never owns a `vmap`'s or an `ioremap`'s frames, and never touches an
+//! every live area, the list of frees deferred from atomic context, and
+//! the per-CPU vmap blocks of `vm_map_ram` (module `vmap_block`, which
+//! adds `vm_map_ram` / `vm_unmap_ram` to [`Vmalloc`]).
+//! It never owns a `vmap`'s, a `vm_map_ram`'s or an `ioremap`'s frames, and never touches an
 //! area's memory, except the first word of an area `vfree_atomic` queues
 //! (its link on the deferred list: the area is being given up, as Linux's
 //! `llist` reuses it).

@@ -545,8 +545,11 @@ impl VmapBlocks {
         let span = self.bits * PAGE_SIZE;
         let list = self.list.lock();
         let mut at = list.head;
-        // SAFETY: every block on the list is live while we hold its lock.
-        while let Some(vb) = unsafe { at.as_ref() } {
+        while let Some(block) = NonNull::new(at) {
+            // SAFETY: every block on the list is live while we hold its
+            // lock. `block` keeps the list's pointer (and its provenance):
+            // the block may be freed through it later.
+            let vb = unsafe { block.as_ref() };
             if vb.va_start <= raw && raw - vb.va_start < span {
                 let offset = (raw - vb.va_start) / PAGE_SIZE;
                 let mut state = vb.state.lock();
@@ -557,7 +560,7 @@ impl VmapBlocks {
                 set_bit(&mut state.starts, offset, false);
                 set_bit(&mut state.ends, offset + pages - 1, false);
                 return Ok(Some(Claimed {
-                    block: NonNull::from(vb),
+                    block,
                     offset,
                     count,
                 }));
