@@ -427,6 +427,15 @@ impl TestMemory {
     }
 }
 
+impl Drop for TestMemory {
+    fn drop(&mut self) {
+        let slice = core::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.bytes.div_ceil(8));
+        // SAFETY: `base` came from `Box::leak` of exactly this slice in
+        // `new`, and the memory is going away: nobody uses it any more.
+        drop(unsafe { std::boxed::Box::from_raw(slice) });
+    }
+}
+
 // SAFETY: every address of the range maps to its own byte of the buffer,
 // which lives as long as the value; outside the range there is no frame.
 unsafe impl kmm_api::DirectMap for TestMemory {
