@@ -106,6 +106,12 @@ pub enum Invariant {
         /// Where they meet.
         at: VirtAddr,
     },
+    /// A per-CPU vmap block whose counters or live ranges are broken
+    /// (`Vmalloc::check`).
+    VmapBlock {
+        /// What is wrong.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for Invariant {
@@ -147,6 +153,7 @@ impl fmt::Display for Invariant {
             Invariant::Unmerged { tree, at } => {
                 write!(f, "{tree:?} tree: ranges meeting at {at} are not merged")
             }
+            Invariant::VmapBlock { what } => write!(f, "vmap block: {what}"),
         }
     }
 }

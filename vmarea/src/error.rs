@@ -95,6 +95,16 @@ pub enum VmareaError {
         /// The area's flags.
         flags: crate::VmFlags,
     },
+    /// A `vm_unmap_ram` whose page count is not the one `vm_map_ram`
+    /// mapped at that address.
+    WrongCount {
+        /// The address given.
+        addr: VirtAddr,
+        /// The count given.
+        count: usize,
+        /// The pages mapped there.
+        pages: usize,
+    },
     /// The page allocator or the page table refused while an area was
     /// being backed or mapped (everything taken was given back).
     Page {
@@ -155,6 +165,10 @@ impl fmt::Display for VmareaError {
             VmareaError::WrongKind { addr, flags } => {
                 write!(f, "the area at {addr} ({flags:?}) is not of this kind")
             }
+            VmareaError::WrongCount { addr, count, pages } => write!(
+                f,
+                "vm_unmap_ram of {count} pages at {addr}, where {pages} were mapped"
+            ),
             VmareaError::Page { cause } => write!(f, "backing the area failed: {cause}"),
             VmareaError::BadNode { node } => write!(f, "NUMA node {node} does not exist"),
             VmareaError::NoVmalloc => f.write_str("this machine has no vmalloc range mapped"),
@@ -192,7 +206,8 @@ impl From<VmareaError> for Error {
             | VmareaError::Interior { addr, .. }
             | VmareaError::AlreadyFreed { addr }
             | VmareaError::NotAllocated { addr }
-            | VmareaError::WrongKind { addr, .. } => Error::BadVirtAddr { addr },
+            | VmareaError::WrongKind { addr, .. }
+            | VmareaError::WrongCount { addr, .. } => Error::BadVirtAddr { addr },
             VmareaError::Page { cause } => cause,
             VmareaError::BadNode { .. } => Error::InvalidGfp {
                 gfp: kmm_api::GfpFlags::empty(),

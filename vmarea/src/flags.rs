@@ -33,8 +33,22 @@ bitflags! {
         const ALLOW_HUGE_VMAP = 0x400;
         /// `VM_SPARSE`: sparsely populated ("sparse").
         const SPARSE = 0x1000;
+        /// kmm's own (Linux's `VMAP_BLOCK` vmap_area flag): the area is a
+        /// per-CPU vmap block that `vm_map_ram` carves small ranges from.
+        const VMAP_BLOCK = 0x2000;
+        /// kmm's own (Linux's `VMAP_RAM` vmap_area flag): the area belongs
+        /// to `vm_map_ram` (a whole area for a large request, or a vmap
+        /// block); it has no `vm_struct` ("vm_map_ram" in vmallocinfo).
+        const MAP_RAM = 0x4000;
         /// kmm's own: the area is being freed (detached from lookups while
         /// its pages are unmapped; a second free of it is refused).
         const FREEING = 0x8000;
     }
 }
+
+/// The flags only this crate sets: a caller's flags are stripped of them,
+/// so no caller can forge a vmap block, a `vm_map_ram` area or a free in
+/// progress.
+pub(crate) const KMM_PRIVATE: VmFlags = VmFlags::VMAP_BLOCK
+    .union(VmFlags::MAP_RAM)
+    .union(VmFlags::FREEING);

@@ -4,6 +4,7 @@
 
 use crate::flags::VmFlags;
 use crate::vmalloc::Vmalloc;
+use crate::vmap_block::{NoVmapBlocks, VmapCpus};
 use core::fmt;
 use kmm_api::{DirectMap, FrameAllocator, KernelPageTable, ObjectSource, PageOwner, PAGE_SIZE};
 
@@ -12,25 +13,31 @@ use kmm_api::{DirectMap, FrameAllocator, KernelPageTable, ObjectSource, PageOwne
 /// ```text
 /// 0xf8800000-0xf8902000 1056768 src/tour.rs:42:9 pages=257 vmalloc
 /// 0xf8902000-0xf8904000    8192 src/tour.rs:50:9 phys=0xfebc0000 ioremap
+/// 0xf8906000-0xf8986000  524288 vm_map_ram
 /// 0xf8904000-0xf8906000    8192 unpurged vm_area
 /// ```
 ///
 /// Sizes include the guard page; the caller is the source line of the call
 /// that made the area (Linux prints its symbol); `pages=` counts the
 /// frames of a vmalloc area, `phys=` gives an ioremap's physical address.
-pub struct VmallocInfo<'a, F, T, S, D>(pub &'a Vmalloc<F, T, S, D>)
-where
-    F: FrameAllocator + PageOwner,
-    T: KernelPageTable,
-    S: ObjectSource,
-    D: DirectMap;
-
-impl<F, T, S, D> fmt::Display for VmallocInfo<'_, F, T, S, D>
+/// A `vm_map_ram` area (a per-CPU vmap block, or a large request's own
+/// area) has no `vm_struct` and prints as Linux prints it: its range, its
+/// size and `vm_map_ram`.
+pub struct VmallocInfo<'a, F, T, S, D, P = NoVmapBlocks>(pub &'a Vmalloc<F, T, S, D, P>)
 where
     F: FrameAllocator + PageOwner,
     T: KernelPageTable,
     S: ObjectSource,
     D: DirectMap,
+    P: VmapCpus;
+
+impl<F, T, S, D, P> fmt::Display for VmallocInfo<'_, F, T, S, D, P>
+where
+    F: FrameAllocator + PageOwner,
+    T: KernelPageTable,
+    S: ObjectSource,
+    D: DirectMap,
+    P: VmapCpus,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let vm = self.0;
@@ -44,6 +51,10 @@ where
             for area in areas.areas() {
                 let (start, end) = (area.start().as_usize(), area.end().as_usize());
                 write!(f, "0x{start:0width$x}-0x{end:0width$x} {:>7}", area.size())?;
+                if area.flags().contains(VmFlags::MAP_RAM) {
+                    f.write_str(" vm_map_ram\n")?;
+                    continue;
+                }
                 if let Some(caller) = area.caller() {
                     write!(
                         f,

@@ -15,6 +15,11 @@
 //! [`kmm_api::ObjectSource`] (the slab's `vmap_area_cachep` in a composed
 //! kernel): no heap.
 //!
+//! Above the allocator, [`Vmalloc`] maps areas (vmalloc, vmap, ioremap)
+//! and keeps per-CPU vmap blocks for `vm_map_ram` (Linux `vb_alloc`:
+//! small mappings carved from a CPU's own block, their descriptors from
+//! the same object source).
+//!
 //! # Invariants
 //!
 //! - Free, live and unpurged ranges are page aligned, never overlap, and
@@ -91,6 +96,9 @@ mod error;
 mod flags;
 mod info;
 mod locked;
+#[cfg(loom)]
+#[allow(unsafe_code)] // the loom build's link cells
+mod loom_link;
 mod purge;
 mod stats;
 #[cfg(any(test, feature = "testing"))]
@@ -100,6 +108,8 @@ mod tree;
 #[allow(unsafe_code)] // vfree_atomic's link in a queued area's first word
 mod vmalloc;
 mod vmap_area;
+#[allow(unsafe_code)] // block descriptors and the per-CPU table in source objects
+mod vmap_block;
 
 pub use arena::VMAP_AREA_NODE_BYTES;
 pub use check::{Invariant, TreeName};
@@ -111,3 +121,7 @@ pub use purge::{lazy_max_pages, LAZY_BYTES_PER_CPU_BIT, LAZY_RANGE_DIVISOR};
 pub use stats::VmapStats;
 pub use vmalloc::{Vmalloc, VmallocStats, NUMA_NO_NODE};
 pub use vmap_area::{Freed, Ranges, VmapArea, VmapAreas};
+pub use vmap_block::{
+    vmap_bbmap_bits, NoVmapBlocks, VmapCpus, VMAP_BBMAP_BITS_MAX, VMAP_BBMAP_BITS_MIN,
+    VMAP_BLOCK_BYTES, VMAP_MAX_ALLOC,
+};

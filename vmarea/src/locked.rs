@@ -11,7 +11,8 @@
 //! merge into free space). Like Linux's vmalloc paths this is for process
 //! context: the lock does not disable interrupts.
 //!
-//! Nothing here is lock-free, so there is no loom model: every shared
+//! Nothing here is lock-free (the loom model in `tests/loom.rs` covers
+//! vmalloc's deferred list and vmap blocks around it): every shared
 //! word is read and written under the lock.
 
 use crate::check::Invariant;
@@ -71,6 +72,11 @@ impl<S: ObjectSource> SharedVmapAreas<S> {
         self.areas.lock().detach(addr, kind)
     }
 
+    /// [`VmapAreas::detach_map_ram`] under the lock.
+    pub fn detach_map_ram(&self, addr: VirtAddr, pages: usize) -> Result<VmapArea, VmareaError> {
+        self.areas.lock().detach_map_ram(addr, pages)
+    }
+
     /// [`VmapAreas::release`] of a detached `area` under the lock; a purge
     /// it triggers is flushed on `tlb` before the lock is released. An area
     /// that is not detached is left alone.
@@ -91,8 +97,23 @@ impl<S: ObjectSource> SharedVmapAreas<S> {
     /// Purges every unpurged area now, flushing on `tlb` (Linux
     /// `vm_unmap_aliases`); whether anything was waiting.
     pub fn purge(&self, tlb: &(impl KernelPageTable + ?Sized)) -> bool {
+        self.purge_merging(None, tlb)
+    }
+
+    /// [`SharedVmapAreas::purge`], with `extra` (a flush another part of
+    /// vmalloc owes, as the vmap blocks' dirty ranges) folded into the
+    /// same single flush; whether anything was flushed.
+    pub fn purge_merging(
+        &self,
+        extra: Option<kmm_api::TlbFlush>,
+        tlb: &(impl KernelPageTable + ?Sized),
+    ) -> bool {
         let mut areas = self.areas.lock();
-        match areas.purge() {
+        let flush = match (areas.purge(), extra) {
+            (Some(a), Some(b)) => Some(a.merge(b)),
+            (a, b) => a.or(b),
+        };
+        match flush {
             Some(flush) => {
                 flush.flush(tlb);
                 true

@@ -427,6 +427,15 @@ impl TestMemory {
     }
 }
 
+impl Drop for TestMemory {
+    fn drop(&mut self) {
+        let slice = core::ptr::slice_from_raw_parts_mut(self.base.as_ptr(), self.bytes.div_ceil(8));
+        // SAFETY: `base` came from `Box::leak` of exactly this slice in
+        // `new`, and the memory is going away: nobody uses it any more.
+        drop(unsafe { std::boxed::Box::from_raw(slice) });
+    }
+}
+
 // SAFETY: every address of the range maps to its own byte of the buffer,
 // which lives as long as the value; outside the range there is no frame.
 unsafe impl kmm_api::DirectMap for TestMemory {
@@ -446,5 +455,71 @@ unsafe impl kmm_api::DirectMap for TestMemory {
 
     fn ptr_to_virt(&self, ptr: *const u8) -> VirtAddr {
         VirtAddr::new((ptr as usize).wrapping_sub(self.base.as_ptr() as usize) + self.start)
+    }
+}
+
+std::thread_local! {
+    /// The CPU the calling thread runs on, for [`TestCpus`].
+    static CURRENT_CPU: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+}
+
+/// CPUs for the per-CPU vmap blocks: each thread says which CPU it runs
+/// on ([`TestCpus::run_on`], which is how a test migrates), and a CPU id
+/// is held exclusively between `get_cpu` and `put_cpu` by a flag per CPU,
+/// as the [`kmm_api::PreemptControl`] contract demands of a hosted
+/// embedder.
+pub struct TestCpus {
+    pinned: Vec<std::sync::atomic::AtomicBool>,
+    pins: std::sync::atomic::AtomicUsize,
+}
+
+impl TestCpus {
+    /// `nr_cpus` CPUs, none pinned.
+    pub fn new(nr_cpus: usize) -> Self {
+        TestCpus {
+            pinned: (0..nr_cpus)
+                .map(|_| std::sync::atomic::AtomicBool::new(false))
+                .collect(),
+            pins: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// The calling thread runs on `cpu` from now on (a migration).
+    pub fn run_on(cpu: usize) {
+        CURRENT_CPU.with(|c| c.set(cpu));
+    }
+
+    /// `get_cpu` calls so far.
+    pub fn pins(&self) -> usize {
+        self.pins.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl kmm_api::Platform for TestCpus {
+    fn nr_cpus(&self) -> usize {
+        self.pinned.len()
+    }
+    fn cpu_id(&self) -> usize {
+        CURRENT_CPU.with(core::cell::Cell::get) % self.pinned.len().max(1)
+    }
+}
+
+// SAFETY: an id is handed out only while its flag is held (taken by
+// compare-and-swap, released by `put_cpu`), and ids are below `nr_cpus`.
+unsafe impl kmm_api::PreemptControl for TestCpus {
+    fn get_cpu(&self) -> usize {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        let cpu = kmm_api::Platform::cpu_id(self);
+        while self.pinned[cpu]
+            .compare_exchange(false, true, Acquire, Relaxed)
+            .is_err()
+        {
+            std::thread::yield_now();
+        }
+        self.pins.fetch_add(1, Relaxed);
+        cpu
+    }
+    fn put_cpu(&self, cpu: usize) {
+        self.pinned[cpu].store(false, std::sync::atomic::Ordering::Release);
     }
 }

@@ -10,8 +10,10 @@
 //! The areas (through [`SharedVmapAreas`]), the frames of every `vmalloc`
 //! area (each claimed with the [`OwnerTag::Vmalloc`] owner word, so the page
 //! allocator refuses any other free of them), the page-table entries of
-//! every live area, and the list of frees deferred from atomic context.
-//! It never owns a `vmap`'s or an `ioremap`'s frames, and never touches an
+//! every live area, the list of frees deferred from atomic context, and
+//! the per-CPU vmap blocks of `vm_map_ram` (module `vmap_block`, which
+//! adds `vm_map_ram` / `vm_unmap_ram` to [`Vmalloc`]).
+//! It never owns a `vmap`'s, a `vm_map_ram`'s or an `ioremap`'s frames, and never touches an
 //! area's memory, except the first word of an area `vfree_atomic` queues
 //! (its link on the deferred list: the area is being given up, as Linux's
 //! `llist` reuses it).
@@ -30,9 +32,10 @@
 //! range goes back through the purge, flushed before it is reused.
 
 use crate::error::VmareaError;
-use crate::flags::VmFlags;
+use crate::flags::{VmFlags, KMM_PRIVATE};
 use crate::locked::SharedVmapAreas;
 use crate::vmap_area::{VmapArea, VmapAreas};
+use crate::vmap_block::{NoVmapBlocks, VmapBlocks, VmapCpus};
 use crate::VmapStats;
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
 use kmm_api::{
@@ -47,23 +50,33 @@ pub const NUMA_NO_NODE: i32 = -1;
 ///
 /// `F` hands out the frames (and keeps their owner words), `T` is the
 /// kernel page table the areas are mapped in, `S` the object source of the
-/// area allocator's nodes, and `D` reaches a live vmalloc area's memory
-/// (for `vfree_atomic`'s list link only).
-pub struct Vmalloc<F, T, S, D>
+/// area allocator's nodes (and of the vmap blocks' descriptors), `D`
+/// reaches a live vmalloc area's memory (for `vfree_atomic`'s list link
+/// only), and `P` names the CPUs that keep per-CPU vmap blocks for
+/// `vm_map_ram` (the default, [`NoVmapBlocks`], keeps none; see
+/// [`Vmalloc::with_vmap_blocks`]).
+pub struct Vmalloc<F, T, S, D, P = NoVmapBlocks>
 where
     F: FrameAllocator + PageOwner,
     T: KernelPageTable,
     S: ObjectSource,
     D: DirectMap,
+    P: VmapCpus,
 {
-    areas: SharedVmapAreas<S>,
+    pub(crate) areas: SharedVmapAreas<S>,
     frames: F,
-    table: T,
+    pub(crate) table: T,
     memory: D,
+    /// The CPUs of the vmap blocks.
+    pub(crate) cpus: P,
+    /// The per-CPU vmap blocks of `vm_map_ram`.
+    pub(crate) blocks: VmapBlocks,
     /// Pages mapped by live `vmalloc` areas (meminfo `VmallocUsed`).
     nr_vmalloc_pages: AtomicUsize,
     /// `vfree` calls that freed an area, for the flushes-per-vfree figure.
     nr_vfrees: AtomicUsize,
+    /// Live `vm_map_ram` mappings.
+    pub(crate) nr_vm_map_ram: AtomicUsize,
     /// Areas queued by `vfree_atomic`, linked through their first words
     /// (0: empty); drained by the next call that may sleep.
     deferred: AtomicUsize,
@@ -78,6 +91,13 @@ pub struct VmallocStats {
     pub vmalloc_pages: usize,
     /// Areas freed by `vfree` so far.
     pub vfrees: usize,
+    /// Live `vm_map_ram` mappings (from blocks or with an area each).
+    pub vm_map_ram: usize,
+    /// Live per-CPU vmap blocks.
+    pub vmap_blocks: usize,
+    /// Pages per vmap block (0: no blocks; see
+    /// [`crate::vmap_bbmap_bits`]).
+    pub vmap_block_pages: usize,
 }
 
 /// The owner word of a vmalloc page: the tag alone.
@@ -85,7 +105,7 @@ fn vmalloc_word() -> OwnerWord {
     OwnerWord::new(OwnerTag::Vmalloc, 0).unwrap_or(OwnerWord::NONE)
 }
 
-impl<F, T, S, D> Vmalloc<F, T, S, D>
+impl<F, T, S, D> Vmalloc<F, T, S, D, NoVmapBlocks>
 where
     F: FrameAllocator + PageOwner,
     T: KernelPageTable,
@@ -94,7 +114,8 @@ where
 {
     /// vmalloc over `areas` (the vmalloc range), taking frames from
     /// `frames` and mapping them in `table`; `memory` reaches the kernel's
-    /// virtual addresses (for `vfree_atomic`).
+    /// virtual addresses (for `vfree_atomic`). No per-CPU vmap blocks:
+    /// every `vm_map_ram` takes an area of its own.
     ///
     /// # Safety
     ///
@@ -102,13 +123,73 @@ where
     /// range; `frames` hands out frames `table` may map; `memory` turns a
     /// mapped kernel address of `table` into a pointer to its bytes.
     pub unsafe fn new(areas: VmapAreas<S>, frames: F, table: T, memory: D) -> Self {
+        let areas = SharedVmapAreas::new(areas);
+        // SAFETY: forwarded from our caller.
+        unsafe {
+            Self::assemble(
+                areas,
+                frames,
+                table,
+                memory,
+                NoVmapBlocks,
+                VmapBlocks::off(),
+            )
+        }
+    }
+}
+
+impl<F, T, S, D, P> Vmalloc<F, T, S, D, P>
+where
+    F: FrameAllocator + PageOwner,
+    T: KernelPageTable,
+    S: ObjectSource,
+    D: DirectMap,
+    P: VmapCpus,
+{
+    /// [`Vmalloc::new`] with per-CPU vmap blocks for `vm_map_ram`, one
+    /// queue per CPU of `cpus` (a [`kmm_api::PreemptControl`]). The
+    /// per-CPU table (one object) and each block's descriptor come from
+    /// the source of `areas`; its objects must hold a descriptor
+    /// ([`crate::VMAP_BLOCK_BYTES`]) and one pointer per CPU, else
+    /// [`VmareaError::ObjectTooSmall`].
+    ///
+    /// # Safety
+    ///
+    /// As for [`Vmalloc::new`].
+    pub unsafe fn with_vmap_blocks(
+        areas: VmapAreas<S>,
+        frames: F,
+        table: T,
+        memory: D,
+        cpus: P,
+    ) -> Result<Self, VmareaError> {
+        let areas = SharedVmapAreas::new(areas);
+        let blocks = VmapBlocks::new(&areas, cpus.nr_cpus())?;
+        // SAFETY: forwarded from our caller.
+        Ok(unsafe { Self::assemble(areas, frames, table, memory, cpus, blocks) })
+    }
+
+    /// # Safety
+    ///
+    /// As for [`Vmalloc::new`].
+    unsafe fn assemble(
+        areas: SharedVmapAreas<S>,
+        frames: F,
+        table: T,
+        memory: D,
+        cpus: P,
+        blocks: VmapBlocks,
+    ) -> Self {
         Vmalloc {
-            areas: SharedVmapAreas::new(areas),
+            areas,
             frames,
             table,
             memory,
+            cpus,
+            blocks,
             nr_vmalloc_pages: AtomicUsize::new(0),
             nr_vfrees: AtomicUsize::new(0),
+            nr_vm_map_ram: AtomicUsize::new(0),
             deferred: AtomicUsize::new(0),
         }
     }
@@ -208,9 +289,8 @@ where
             return Err(VmareaError::BadNode { node });
         }
         self.drain_deferred();
-        let area = self
-            .areas
-            .alloc(size, align, flags | VmFlags::ALLOC, gfp, &self.table)?;
+        let flags = (flags - KMM_PRIVATE) | VmFlags::ALLOC;
+        let area = self.areas.alloc(size, align, flags, gfp, &self.table)?;
         let pages = area.usable_size() / PAGE_SIZE;
         for i in 0..pages {
             if let Err(cause) = self.map_new_frame(page_addr(area.start(), i), gfp, prot) {
@@ -267,8 +347,9 @@ where
 
     /// Undoes an area being set up that failed after `mapped` pages: it was
     /// never handed out, so it is detached here and released like a free.
-    fn abandon(&self, area: VmapArea, mapped: usize, owns_frames: bool) {
-        let kind = area.flags() & (VmFlags::ALLOC | VmFlags::MAP | VmFlags::IOREMAP);
+    pub(crate) fn abandon(&self, area: VmapArea, mapped: usize, owns_frames: bool) {
+        let kind =
+            area.flags() & (VmFlags::ALLOC | VmFlags::MAP | VmFlags::IOREMAP | VmFlags::MAP_RAM);
         if let Ok(detached) = self.areas.detach(area.start(), kind) {
             self.unmap_and_release(detached, mapped, owns_frames);
         }
@@ -277,7 +358,7 @@ where
     /// Unmaps the first `mapped` pages of `area` (freeing their frames if
     /// `owns_frames`), then releases the range to the lazy purge. The area
     /// is detached ([`SharedVmapAreas::detach`]): nobody else reaches it.
-    fn unmap_and_release(&self, area: VmapArea, mapped: usize, owns_frames: bool) {
+    pub(crate) fn unmap_and_release(&self, area: VmapArea, mapped: usize, owns_frames: bool) {
         for i in 0..mapped {
             // SAFETY: we mapped this page of our area, and the area is
             // detached: no longer reachable by anyone.
@@ -340,12 +421,11 @@ where
         if addr.as_usize() == 0 {
             return;
         }
-        let link = self.link(addr);
         let mut head = self.deferred.load(Relaxed);
         loop {
             // SAFETY: our caller gives up this live vmalloc area, so its
             // first word (page aligned, mapped) is ours to write.
-            unsafe { link.write(head) };
+            unsafe { self.write_link(addr, head) };
             match self.deferred.compare_exchange_weak(
                 head,
                 addr.as_usize(),
@@ -358,9 +438,52 @@ where
         }
     }
 
-    /// The first word of the area at `addr`, as a pointer.
-    fn link(&self, addr: VirtAddr) -> *mut usize {
-        self.memory.virt_to_ptr(addr).cast()
+    /// Writes the deferred list's link into the first word of the area at
+    /// `addr`.
+    ///
+    /// # Safety
+    ///
+    /// The area is live, queued by its owner, and its first word is ours.
+    #[cfg(not(loom))]
+    unsafe fn write_link(&self, addr: VirtAddr, next: usize) {
+        let link: *mut usize = self.memory.virt_to_ptr(addr).cast();
+        // SAFETY: the caller's contract; the word is page aligned.
+        unsafe { link.write(next) }
+    }
+
+    /// Reads the link `write_link` left in the area at `addr`.
+    ///
+    /// # Safety
+    ///
+    /// `write_link` wrote it, and a Release/Acquire pair orders that write
+    /// before this read; the area is still mapped.
+    #[cfg(not(loom))]
+    unsafe fn read_link(&self, addr: VirtAddr) -> usize {
+        let link: *mut usize = self.memory.virt_to_ptr(addr).cast();
+        // SAFETY: the caller's contract.
+        unsafe { link.read() }
+    }
+
+    /// The loom build: the link word is a loom cell keyed by the address,
+    /// so the model sees (and checks the ordering of) every access.
+    ///
+    /// # Safety
+    ///
+    /// As the non-loom form.
+    #[cfg(loom)]
+    unsafe fn write_link(&self, addr: VirtAddr, next: usize) {
+        let _ = &self.memory;
+        crate::loom_link::write(addr.as_usize(), next);
+    }
+
+    /// The loom build of `read_link`.
+    ///
+    /// # Safety
+    ///
+    /// As the non-loom form.
+    #[cfg(loom)]
+    unsafe fn read_link(&self, addr: VirtAddr) -> usize {
+        crate::loom_link::read(addr.as_usize())
     }
 
     /// Frees every area `vfree_atomic` queued (Linux `delayed_vfree_work`).
@@ -373,7 +496,7 @@ where
             // SAFETY: `vfree_atomic` wrote this link into the first word of
             // the queued area before publishing it (Release/Acquire), and
             // the area stays mapped until we free it just below.
-            next = unsafe { self.link(addr).read() };
+            next = unsafe { self.read_link(addr) };
             if self.free_kind(addr, VmFlags::ALLOC).is_ok() {
                 freed += 1;
             }
@@ -395,7 +518,7 @@ where
             .iter()
             .flat_map(|p| (0..p.nr_pages()).map(|i| p.pfn().add(i)));
         // Only vmap's own kind: a vfree must never take these frames.
-        let flags = (flags - (VmFlags::ALLOC | VmFlags::IOREMAP)) | VmFlags::MAP;
+        let flags = (flags - (VmFlags::ALLOC | VmFlags::IOREMAP | KMM_PRIVATE)) | VmFlags::MAP;
         // SAFETY: each frame belongs to a block whose handle the caller
         // lends us for the call: it holds them.
         unsafe { self.map_frames(pfns, flags, prot) }
@@ -408,7 +531,7 @@ where
     /// The caller holds every frame of `pfns` (or may map it: device
     /// memory).
     #[track_caller]
-    unsafe fn map_frames(
+    pub(crate) unsafe fn map_frames(
         &self,
         pfns: impl Iterator<Item = Pfn> + Clone,
         flags: VmFlags,
@@ -483,8 +606,13 @@ where
     /// nothing (the caller maps into it through the page table).
     #[track_caller]
     pub fn get_vm_area(&self, size: usize, flags: VmFlags) -> Result<VmapArea, VmareaError> {
-        self.areas
-            .alloc(size, PAGE_SIZE, flags, GFP_KERNEL, &self.table)
+        self.areas.alloc(
+            size,
+            PAGE_SIZE,
+            flags - KMM_PRIVATE,
+            GFP_KERNEL,
+            &self.table,
+        )
     }
 
     /// Linux `free_vm_area`: releases a range `get_vm_area` reserved,
@@ -494,17 +622,25 @@ where
     ///
     /// Nothing is mapped in the area any more, and nothing uses it.
     pub unsafe fn free_vm_area(&self, area: VmapArea) -> Result<(), VmareaError> {
+        if area.flags().contains(VmFlags::MAP_RAM) {
+            // vm_map_ram's areas have no vm_struct: vm_unmap_ram frees them.
+            return Err(VmareaError::WrongKind {
+                addr: area.start(),
+                flags: area.flags(),
+            });
+        }
         let kind = area.flags() & !VmFlags::FREEING;
         let detached = self.areas.detach(area.start(), kind)?;
         self.areas.release(detached, &self.table);
         Ok(())
     }
 
-    /// Linux `find_vm_area`: the live area starting at `addr`.
+    /// Linux `find_vm_area`: the live area starting at `addr` (`None` for
+    /// `vm_map_ram`'s, which have no `vm_struct`).
     pub fn find_vm_area(&self, addr: VirtAddr) -> Option<VmapArea> {
         self.areas
             .find_vmap_area(addr)
-            .filter(|area| area.start() == addr)
+            .filter(|area| area.start() == addr && !area.flags().contains(VmFlags::MAP_RAM))
     }
 
     /// Linux `remove_vm_area`: takes the area at `addr` out of the live
@@ -549,10 +685,12 @@ where
         start <= addr && addr < end
     }
 
-    /// Purges every lazily freed range now, with one TLB flush (Linux
-    /// `vm_unmap_aliases`); whether anything was waiting.
+    /// Purges every lazily freed range now, and the vmap blocks' dirty
+    /// ranges, with one TLB flush (Linux `vm_unmap_aliases`); whether
+    /// anything was waiting.
     pub fn purge(&self) -> bool {
-        self.areas.purge(&self.table)
+        let dirty = self.blocks.take_dirty_ranges();
+        self.areas.purge_merging(dirty, &self.table)
     }
 
     /// The figures, for reports.
@@ -561,7 +699,26 @@ where
             areas: self.areas.stats(),
             vmalloc_pages: self.nr_vmalloc_pages.load(Relaxed),
             vfrees: self.nr_vfrees.load(Relaxed),
+            vm_map_ram: self.nr_vm_map_ram.load(Relaxed),
+            vmap_blocks: self.blocks.nr_blocks(),
+            vmap_block_pages: self.blocks.bits(),
         }
+    }
+}
+
+impl<F, T, S, D, P> Drop for Vmalloc<F, T, S, D, P>
+where
+    F: FrameAllocator + PageOwner,
+    T: KernelPageTable,
+    S: ObjectSource,
+    D: DirectMap,
+    P: VmapCpus,
+{
+    /// Gives the vmap blocks' descriptors and per-CPU table back to the
+    /// source (the areas' nodes go back as the area allocator drops).
+    fn drop(&mut self) {
+        let Vmalloc { areas, blocks, .. } = self;
+        areas.with_areas(|a| blocks.release_all(a.source()));
     }
 }
 

@@ -298,6 +298,34 @@ impl<S: ObjectSource> VmapAreas<S> {
         Ok(VmapArea::of(node))
     }
 
+    /// [`VmapAreas::detach`] of a large `vm_map_ram` area (flags
+    /// [`VmFlags::MAP_RAM`], not a vmap block) that maps exactly `pages`
+    /// pages: a wrong count is [`VmareaError::WrongCount`], another kind
+    /// [`VmareaError::WrongKind`]; nothing changes on any error. O(log n).
+    pub fn detach_map_ram(
+        &mut self,
+        addr: VirtAddr,
+        pages: usize,
+    ) -> Result<VmapArea, VmareaError> {
+        let id = self.busy_area_at(addr)?;
+        let area = VmapArea::of(self.arena.get(id));
+        if !area.flags().contains(VmFlags::MAP_RAM) || area.flags().contains(VmFlags::VMAP_BLOCK) {
+            return Err(VmareaError::WrongKind {
+                addr,
+                flags: area.flags(),
+            });
+        }
+        let mapped = area.usable_size() / PAGE_SIZE;
+        if mapped != pages {
+            return Err(VmareaError::WrongCount {
+                addr,
+                count: pages,
+                pages: mapped,
+            });
+        }
+        self.detach(addr, VmFlags::MAP_RAM)
+    }
+
     /// Finishes the free of the area [`VmapAreas::detach`] detached at
     /// `addr`, as [`VmapAreas::free`] does; [`VmareaError::NotAllocated`]
     /// if no detached area starts there.
