@@ -64,12 +64,14 @@ pub struct BootMetadata {
 pub type KernelTable<P, D, M> = X86PageTable<&'static Zones<'static, P, D>, D, M>;
 
 /// The vmalloc of a manager: frames from its zones, mapped in its kernel
-/// page table, area nodes from its `vmap_area` slab cache.
+/// page table, area nodes (and vmap blocks) from its `vmap_area` slab
+/// cache, per-CPU vmap blocks pinned through its platform.
 pub type KernelVmalloc<P, D, M> = Vmalloc<
     &'static Zones<'static, P, D>,
     &'static KernelTable<P, D, M>,
     CacheObjects<'static, SlabPages<P, D>>,
     D,
+    &'static P,
 >;
 
 /// The kmap pool and kmap_local stacks of a manager, mapping in its
@@ -516,8 +518,11 @@ unsafe fn kernel_vm_init<P: PreemptControl + 'static, D: DirectMap + Clone + 'st
     // manager's other mappers, pkmap and the fixmap, lie above it); the
     // zones hand out frames of this machine, which the table may map;
     // `memory` is this machine's direct map, whose `virt_to_ptr` reaches
-    // every mapped kernel address (the window, or identity on hardware).
-    let vmalloc = unsafe { Vmalloc::new(areas, zones, table, memory.clone()) };
+    // every mapped kernel address (the window, or identity on hardware);
+    // the platform pins CPUs as `PreemptControl` promises.
+    let vmalloc =
+        unsafe { Vmalloc::with_vmap_blocks(areas, zones, table, memory.clone(), zones.platform()) }
+            .map_err(Error::from)?;
     // SAFETY: the field is ours and holds `None`.
     unsafe { addr_of_mut!((*core).vmalloc).write(Some(vmalloc)) };
     let Some(pkmap_base) = layout.pkmap_base() else {

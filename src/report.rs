@@ -246,7 +246,7 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
         let report = CheckReport {
             zones: self.zones().check().err(),
             slab: self.kmem().check_invariants().err(),
-            vmalloc: self.vmalloc_layer().and_then(|vm| vm.areas().check().err()),
+            vmalloc: self.vmalloc_layer().and_then(|vm| vm.check().err()),
         };
         if report.is_clean() {
             Ok(())

@@ -163,6 +163,42 @@ impl<P: PreemptControl + 'static, D: DirectMap + 'static, M: Mmu + 'static> Memo
         Ok(unsafe { self.vm()?.vunmap(self.to_virt(p)) }?)
     }
 
+    /// Linux `vm_map_ram`: maps the blocks of `pages` (the caller keeps
+    /// them) at one virtually contiguous range, small counts from this
+    /// CPU's vmap block (no lock shared with other CPUs), larger ones at an
+    /// area of their own; no guard page.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sim")] {
+    /// let mm = kmm::MemoryManager::sim(kmm::sim::MachineConfig::default())?;
+    /// let pages: Vec<_> = (0..2).map(|_| mm.alloc_page(kmm::GFP_HIGHUSER)).collect::<Result<_, _>>()?;
+    /// let p = mm.vm_map_ram(&pages, kmm::PageProt::KERNEL)?;
+    /// assert_eq!(mm.vmalloc_to_pfn(p.as_ptr().wrapping_add(kmm::PAGE_SIZE)), Some(pages[1].pfn()));
+    /// assert!(mm.vmallocinfo().to_string().contains(" vm_map_ram\n"));
+    /// // SAFETY: we made the mapping and are done with it.
+    /// unsafe { mm.vm_unmap_ram(p.as_ptr(), 2)? };
+    /// for page in pages {
+    ///     mm.__free_page(page)?;
+    /// }
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn vm_map_ram(&self, pages: &[Pages], prot: PageProt) -> Result<NonNull<u8>, Error> {
+        self.to_ptr(self.vm()?.vm_map_ram(pages, prot)?)
+    }
+
+    /// Linux `vm_unmap_ram`: removes a `vm_map_ram` mapping of `count`
+    /// pages (the count it was made with; anything else is refused); the
+    /// TLB flush is lazy.
+    ///
+    /// # Safety
+    ///
+    /// The caller made the mapping and nothing uses it any more.
+    pub unsafe fn vm_unmap_ram(&self, p: *const u8, count: usize) -> Result<(), Error> {
+        // SAFETY: forwarded from our caller.
+        Ok(unsafe { self.vm()?.vm_unmap_ram(self.to_virt(p), count) }?)
+    }
+
     /// Linux `ioremap`: `size` bytes of device memory at `phys`, uncached
     /// (`PCD|PWT`), the sub-page offset kept. RAM the zones manage is
     /// refused ([`kmm_api::Error::Busy`] naming the first such frame).
