@@ -25,6 +25,9 @@ use std::{
     vec::Vec,
 };
 
+/// Bytes in a machine word: 8 on x86-64, 4 on i386 (`usize` is the word).
+const WORD_BYTES: usize = core::mem::size_of::<usize>();
+
 fn frames() -> usize {
     if cfg!(miri) {
         160
@@ -794,7 +797,12 @@ fn a_slab_header_is_twelve_words_plus_a_state_byte_per_object() {
     let info = k
         .kmem_cache_info(k.kmalloc_slab(64, GFP_KERNEL).unwrap())
         .unwrap();
-    assert_eq!(info.objects_per_slab, 61);
+    // Each object costs its 64 bytes and a state byte: 61 objects per
+    // page with 8-byte words (a 96-byte header), 62 with 4-byte words
+    // (48 bytes), as on i386.
+    let expected = (PAGE_SIZE - slab_header_bytes()) / (64 + 1);
+    assert_eq!(expected, if WORD_BYTES == 8 { 61 } else { 62 });
+    assert_eq!(info.objects_per_slab, expected);
     assert!(!info.off_slab);
 }
 
@@ -1095,7 +1103,9 @@ fn off_slab_header_frees_do_not_refill_a_drained_cpu_array() {
     let baseline = m.frames_in_use();
     let n = if cfg!(miri) { 12 } else { 200 };
     // A cache of 15 objects per slab; it and kmalloc's large classes keep
-    // their slab headers in kmalloc-128 objects.
+    // their slab headers in objects of one kmalloc class: kmalloc-128 with
+    // 8-byte words (12 words and 15 state bytes, 111 bytes), kmalloc-64
+    // with 4-byte words (63 bytes), as on i386.
     let big = k
         .kmem_cache_create("off_slab_520", 520, 8, SlabFlags::empty(), None)
         .unwrap();
@@ -1103,14 +1113,22 @@ fn off_slab_header_frees_do_not_refill_a_drained_cpu_array() {
     let header_class = |id| {
         let info = k.kmem_cache_info(id).unwrap();
         assert!(info.off_slab, "{}", info.name);
-        let class = k.kmalloc_slab(slab_header_bytes() + info.objects_per_slab, GFP_KERNEL);
-        k.kmem_cache_info(class.unwrap()).unwrap().name
+        k.kmalloc_slab(slab_header_bytes() + info.objects_per_slab, GFP_KERNEL)
+            .unwrap()
     };
-    assert_eq!(header_class(big), "kmalloc-128");
+    let headers = header_class(big);
+    let expected = if WORD_BYTES == 8 {
+        "kmalloc-128"
+    } else {
+        "kmalloc-64"
+    };
+    assert_eq!(k.kmem_cache_info(headers).unwrap().name, expected);
     let k1k = k.kmalloc_slab(1024, GFP_KERNEL).unwrap();
-    assert_eq!(header_class(k1k), "kmalloc-128");
+    assert_eq!(header_class(k1k), headers);
     let k96 = k.kmalloc_slab(96, GFP_KERNEL).unwrap();
     let k128 = k.kmalloc_slab(128, GFP_KERNEL).unwrap();
+    // The test's own objects of the header class (kmalloc-128 holds n).
+    let own_in_headers = [k96, k128].iter().filter(|&&id| id == headers).count() * n;
     let mut objs = Vec::new();
     for i in 0..n {
         HostMachine::set_thread_cpu(i % 2);
@@ -1121,7 +1139,7 @@ fn off_slab_header_frees_do_not_refill_a_drained_cpu_array() {
         objs.push((None, k.kmalloc(128, GFP_KERNEL).unwrap()));
     }
     // The headers are live objects of their class, beyond the test's.
-    assert!(k.kmem_cache_stats(k128).unwrap().active_objs > n);
+    assert!(k.kmem_cache_stats(headers).unwrap().active_objs > own_in_headers);
     for (i, (cache, p)) in objs.into_iter().enumerate() {
         // Frees land in both CPUs' arrays.
         HostMachine::set_thread_cpu(i % 3 % 2);
@@ -1130,7 +1148,7 @@ fn off_slab_header_frees_do_not_refill_a_drained_cpu_array() {
             None => k.kfree(p.as_ptr()).unwrap(),
         }
     }
-    for id in [k96, k128] {
+    for id in [k96, k128, headers] {
         assert!(
             k.kmem_cache_stats(id).unwrap().cached_objs > 0,
             "arrays in use"

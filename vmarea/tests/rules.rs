@@ -13,6 +13,10 @@ use support::{snapshot, span, Span};
 const BASE: usize = 0x1000_0000;
 const PAGE: usize = PAGE_SIZE;
 
+/// Objects that hold exactly one tree node: 64 bytes for the 48-byte node
+/// of 64-bit words, 32 bytes for the 32-byte node of 4-byte words (i386).
+const ONE_NODE_OBJECT: usize = VMAP_AREA_NODE_BYTES.next_power_of_two();
+
 fn va(addr: usize) -> VirtAddr {
     VirtAddr::new(addr)
 }
@@ -441,7 +445,8 @@ fn bad_frees_are_refused_and_change_nothing() {
 fn lazy_max_pages_is_fls_of_the_cpu_count_times_32_mib_capped_at_a_quarter_of_the_range() {
     let per_bit = LAZY_BYTES_PER_CPU_BIT / PAGE;
     assert_eq!(per_bit, 8192);
-    let huge = 1 << 40;
+    // A range so large its quarter never binds, on 32- and 64-bit words.
+    let huge = usize::MAX;
     for (cpus, fls) in [
         (1, 1),
         (2, 2),
@@ -507,7 +512,7 @@ fn a_purge_with_nothing_waiting_returns_no_flush_and_counts_nothing() {
 #[test]
 fn a_node_source_failure_midway_leaves_every_range_as_it_was() {
     let mut a = VmapAreas::new(
-        BufferSource::new(64, 64),
+        BufferSource::new(ONE_NODE_OBJECT, 64),
         va(BASE + PAGE),
         va(BASE + 64 * PAGE),
         1,
@@ -532,9 +537,13 @@ fn a_node_source_failure_midway_leaves_every_range_as_it_was() {
 
 #[test]
 fn a_full_node_table_is_refused_and_changes_nothing() {
-    // One-node objects: 32 directories of 8 chunks of one node each.
+    // One-node objects: 32 directories of 8 chunks (an object of pointers:
+    // 64 / 8 or 32 / 4 of them) of one node each.
+    let chunks_per_directory = ONE_NODE_OBJECT / core::mem::size_of::<usize>();
+    let nodes = 32 * chunks_per_directory;
+    assert_eq!(nodes, 256);
     let mut a = VmapAreas::new(
-        BufferSource::new(64, 1024),
+        BufferSource::new(ONE_NODE_OBJECT, 1024),
         va(BASE),
         va(BASE + 4096 * PAGE),
         1,
@@ -550,8 +559,8 @@ fn a_full_node_table_is_refused_and_changes_nothing() {
             Err(error) => break error,
         }
     };
-    assert_eq!(error, VmareaError::NodeTableFull { nodes: 256 });
-    assert_eq!(live, 128);
+    assert_eq!(error, VmareaError::NodeTableFull { nodes });
+    assert_eq!(live, nodes / 2);
     let before = snapshot(&a);
     assert_eq!(a.alloc(PAGE, 2 * PAGE, flags, GFP_KERNEL), Err(error));
     assert_eq!(snapshot(&a), before);
