@@ -95,7 +95,7 @@ fn block_size_follows_linux_vmap_bbmap_bits() {
         "clamped up"
     );
     assert_eq!(
-        vmap_bbmap_bits(1 << 40, 1),
+        vmap_bbmap_bits(usize::MAX / 2 + 1, 1),
         VMAP_BBMAP_BITS_MAX,
         "clamped down"
     );
