@@ -4,7 +4,7 @@
 //! another, a flushed pkmap slot really faults, and a full pool refuses or
 //! waits.
 
-use kmm::sim::MachineConfig;
+use kmm::sim::{child_dies_of_sigsegv, MachineConfig};
 use kmm::{
     DirectMap, Error, HighmemError, MemoryManager, PageProt, SimMemoryManager, VmFlags,
     GFP_HIGHUSER, GFP_KERNEL,
@@ -13,23 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 fn sim() -> SimMemoryManager {
     MemoryManager::sim(MachineConfig::default()).unwrap()
-}
-
-/// Runs `touch` in a forked child; true if the child died of SIGSEGV.
-fn child_dies_of_sigsegv(touch: impl FnOnce()) -> bool {
-    // SAFETY: the child only runs `touch` (a raw access, no allocation or
-    // locks) and `_exit`s, so forking a multi-threaded test is harmless.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        touch();
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
 }
 
 #[test]

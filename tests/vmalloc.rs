@@ -3,7 +3,7 @@
 //! scattered frames, its guard page really faults, a freed range really
 //! faults once the lazy purge flushed it, and every frame comes back.
 
-use kmm::sim::MachineConfig;
+use kmm::sim::{child_dies_of_sigsegv, MachineConfig};
 use kmm::KernelPageTable;
 use kmm::{
     DirectMap, Error, MemoryManager, Order, PhysAddr, SimMemoryManager, VmFlags, VmareaError,
@@ -18,23 +18,6 @@ fn sim(ram_bytes: u64) -> SimMemoryManager {
         ..MachineConfig::default()
     })
     .unwrap()
-}
-
-/// Runs `touch` in a forked child; true if the child died of SIGSEGV.
-fn child_dies_of_sigsegv(touch: impl FnOnce()) -> bool {
-    // SAFETY: the child only runs `touch` (a raw access, no allocation or
-    // locks) and `_exit`s, so forking a multi-threaded test is harmless.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        touch();
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
 }
 
 /// Free pages with every CPU's lists drained.

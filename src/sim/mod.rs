@@ -59,6 +59,32 @@ mod tlb;
 
 pub use tlb::TlbStats;
 
+/// Runs `touch` in a forked child process and reports whether the child
+/// died of SIGSEGV: how tests show that an access really faults on this
+/// machine (an unmapped highmem page, a guard page, a flushed slot)
+/// without taking the test process down.
+///
+/// The child runs only `touch` and then `_exit`s, so `touch` should be a
+/// raw access: no allocation, no lock (a forked multi-threaded process
+/// may hold neither safely).
+pub fn child_dies_of_sigsegv(touch: impl FnOnce()) -> bool {
+    // SAFETY: the child only runs `touch` (a raw access, no allocation or
+    // locks, as documented) and `_exit`s, so forking a multi-threaded
+    // process is harmless.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        touch();
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid, "waitpid failed");
+    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
+}
+
 use crate::cpu::HostCpus;
 use crate::e820::{pc_device_window, pc_memory_map, DEFAULT_KERNEL_IMAGE_BYTES};
 use crate::layout::{Layout, NR_CPUS};

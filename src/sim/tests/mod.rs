@@ -135,23 +135,6 @@ fn machine(ram_bytes: u64) -> Machine {
     .unwrap()
 }
 
-/// Runs `touch` in a forked child; true if the child died of SIGSEGV.
-fn child_dies_of_sigsegv(touch: impl FnOnce()) -> bool {
-    // SAFETY: the child only runs `touch` (a raw access, no allocation or
-    // locks) and `_exit`s, so forking a multi-threaded test is harmless.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        touch();
-        // SAFETY: ends the child without running the parent's destructors.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child just forked; `status` is a valid out-pointer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGSEGV
-}
-
 fn read(m: &Machine, addr: VirtAddr) -> u8 {
     // SAFETY: callers pass mapped addresses or stale ones, which the host
     // still maps until their flush (or run this in a child that is
