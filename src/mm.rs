@@ -142,16 +142,28 @@ pub struct MemoryManager<P: PreemptControl + 'static, D: DirectMap + 'static, M:
 }
 
 // SAFETY: the manager owns its `Core` exclusively (nothing else holds the
-// pointer), so sending it sends the zones and the slab allocator, whose
-// page source is a shared reference to the zones.
-unsafe impl<P: PreemptControl, D: DirectMap, M: Mmu + Send> Send for MemoryManager<P, D, M> where
-    Zones<'static, P, D>: Send + Sync
+// pointer), so sending it sends the zones, the slab allocator (whose page
+// source is a shared reference to the zones), the kernel page table,
+// vmalloc and the kmap pool (whose references point into the same core);
+// each of those is required to be `Send`/`Sync` below, where the
+// `'static` references they hold make them cross threads as shared ones.
+unsafe impl<P: PreemptControl, D: DirectMap, M: Mmu + Send> Send for MemoryManager<P, D, M>
+where
+    Zones<'static, P, D>: Send + Sync,
+    KernelTable<P, D, M>: Send + Sync,
+    KernelVmalloc<P, D, M>: Send + Sync,
+    KernelHighmem<P, D, M>: Send + Sync,
 {
 }
-// SAFETY: `&MemoryManager` gives only `&Zones` and `&Kmem`, both `Sync`
-// when the zones are (the slab allocator's backend is `&Zones`).
-unsafe impl<P: PreemptControl, D: DirectMap, M: Mmu> Sync for MemoryManager<P, D, M> where
-    Zones<'static, P, D>: Sync
+// SAFETY: `&MemoryManager` gives only shared references to the core's
+// parts (`&Zones`, `&Kmem`, `&KernelTable`, `&KernelVmalloc`,
+// `&KernelHighmem`), each required to be `Sync` here.
+unsafe impl<P: PreemptControl, D: DirectMap, M: Mmu> Sync for MemoryManager<P, D, M>
+where
+    Zones<'static, P, D>: Sync,
+    KernelTable<P, D, M>: Sync,
+    KernelVmalloc<P, D, M>: Sync,
+    KernelHighmem<P, D, M>: Sync,
 {
 }
 
