@@ -414,13 +414,34 @@ fn dropping_the_machine_releases_every_host_mapping() {
         .unwrap();
     }
     assert!(ram_mappings() >= 1);
+    // This machine's memory files, by inode: once it is dropped none may
+    // stay mapped. (Its window's range itself may be reused at once by a
+    // machine another test builds, so the range is not what is checked.)
+    let ours = memfd_inodes_in(window);
+    assert!(!ours.is_empty(), "the machine maps its RAM file");
     drop(m);
+    let left = memfd_inodes_in(0)
+        .into_iter()
+        .filter(|inode| ours.contains(inode))
+        .count();
+    assert_eq!(
+        left, 0,
+        "a memory file of the dropped machine is still mapped"
+    );
+}
+
+/// Inodes of the `memfd:kmm-*` files mapped at or above `from` in the 4 GiB
+/// window starting there (anywhere, for `from` 0).
+fn memfd_inodes_in(from: usize) -> Vec<u64> {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let still_there = maps.lines().any(|l| {
-        let start = usize::from_str_radix(l.split('-').next().unwrap(), 16).unwrap();
-        start >= window && start < window + (1 << 32)
-    });
-    assert!(!still_there, "window {window:#x} still mapped");
+    maps.lines()
+        .filter(|l| l.contains("memfd:kmm-"))
+        .filter(|l| {
+            let start = usize::from_str_radix(l.split('-').next().unwrap(), 16).unwrap();
+            from == 0 || (start >= from && start < from + (1 << 32))
+        })
+        .filter_map(|l| l.split_whitespace().nth(4)?.parse().ok())
+        .collect()
 }
 
 #[test]
