@@ -26,6 +26,14 @@ fn bytes(mm: &kmm::HostedMemoryManager, addr: VirtAddr, len: usize) -> &[u8] {
     unsafe { core::slice::from_raw_parts(ptr, len) }
 }
 
+/// Where `cache` keeps a free object's (hardened) free pointer.
+fn free_pointer_offset(mm: &kmm::HostedMemoryManager, cache: kmm::CacheId) -> usize {
+    mm.kmem()
+        .kmem_cache_info(cache)
+        .unwrap()
+        .free_pointer_offset
+}
+
 fn free_after_drain(mm: &kmm::HostedMemoryManager) -> usize {
     mm.zones().drain_all_pages();
     mm.nr_free_pages()
@@ -305,11 +313,7 @@ fn kfree_sensitive_zeroes_all_of_ksize_and_refuses_before_writing() {
     let cache = mm
         .kmem_cache_create("keys", 48, 0, SlabFlags::empty(), None)
         .unwrap();
-    let fp = mm
-        .kmem()
-        .kmem_cache_info(cache)
-        .unwrap()
-        .free_pointer_offset;
+    let fp = free_pointer_offset(&mm, cache);
     let key = mm.kmem_cache_alloc(cache, GFP_KERNEL).unwrap();
     // SAFETY: we hold `key` (48 bytes).
     unsafe { key.as_ptr().write_bytes(0xa5, 48) };
@@ -507,11 +511,7 @@ fn check_names_the_layer_whose_structures_are_broken() {
     let cache = mm
         .kmem_cache_create("victim", 64, 0, SlabFlags::empty(), None)
         .unwrap();
-    let fp = mm
-        .kmem()
-        .kmem_cache_info(cache)
-        .unwrap()
-        .free_pointer_offset;
+    let fp = free_pointer_offset(&mm, cache);
     let keep = mm.kmem_cache_alloc(cache, GFP_KERNEL).unwrap();
     let freed = mm.kmem_cache_alloc(cache, GFP_KERNEL).unwrap();
     // SAFETY: ours, given up.
@@ -766,11 +766,7 @@ fn kmem_cache_validate_finds_a_write_after_free_in_a_poisoned_cache() {
     // SAFETY: ours, given up.
     unsafe { mm.kmem_cache_free(cache, victim.as_ptr()) }.unwrap();
     assert_eq!(mm.kmem_cache_validate(cache), Ok(0));
-    let fp = mm
-        .kmem()
-        .kmem_cache_info(cache)
-        .unwrap()
-        .free_pointer_offset;
+    let fp = free_pointer_offset(&mm, cache);
     let byte = if fp == 0 { 64 } else { 0 };
     // SAFETY: the bug under test, a write after free into the slab's
     // memory (host RAM of the machine, alive; `keep` keeps the slab).
