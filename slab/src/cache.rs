@@ -30,7 +30,7 @@ use crate::{
     freelist::FreePtr,
     geometry::Geometry,
     kmem::{Kmem, SlabBackend},
-    node::{Node, MIN_PARTIAL},
+    node::{LockedNode, Node, MIN_PARTIAL},
     slab::{ObjState, SlabHeader},
 };
 use core::{panic::Location, ptr::NonNull};
@@ -71,7 +71,7 @@ pub(crate) struct KmemCache {
     /// Whether the cache runs its debug checks (and skips the fast path).
     pub debug: bool,
     /// The slab lists.
-    pub node: SpinLock<Node>,
+    pub node: LockedNode,
     /// Objects quarantined after a corruption report.
     pub quarantined: AtomicUsize,
     /// Errors counted by debug checks (reports and repairs).
@@ -92,10 +92,40 @@ unsafe impl Sync for KmemCache {}
 // SAFETY: as above.
 unsafe impl Send for KmemCache {}
 
-/// Slabs found surplus while the CPU was pinned, freed after unpinning.
+/// Empty slabs unlinked from a node under its lock (and with the CPU
+/// pinned, for a flush), chained through their `next` links, to be freed
+/// once both are released. Every surplus slab goes on it, however many
+/// went empty at once.
 #[derive(Default)]
-struct Discards {
-    slabs: [Option<NonNull<SlabHeader>>; 2],
+pub(crate) struct Discards {
+    head: Option<NonNull<SlabHeader>>,
+}
+
+impl Discards {
+    /// Unlinks every empty slab of `node` beyond the `keep` it holds on to.
+    pub(crate) fn take_surplus(node: &mut Node, keep: usize) -> Self {
+        let mut out = Self::default();
+        while let Some(slab) = node.surplus_empty(keep) {
+            let p = NonNull::from(slab);
+            // SAFETY: `p` is a listed slab, live under the lock; once
+            // unlinked its `next` link is ours to chain with.
+            let slab = unsafe { p.as_ref() };
+            node.remove_slab(slab);
+            let next = out.head.map_or(core::ptr::null_mut(), NonNull::as_ptr);
+            slab.next.store(next, Relaxed);
+            out.head = Some(p);
+        }
+        out
+    }
+
+    /// The next slab of the chain.
+    fn pop(&mut self) -> Option<NonNull<SlabHeader>> {
+        let p = self.head?;
+        // SAFETY: a chained slab is unlinked, live and ours alone until
+        // discarded, which happens only after it leaves the chain.
+        self.head = NonNull::new(unsafe { p.as_ref() }.next.load(Relaxed));
+        Some(p)
+    }
 }
 
 impl KmemCache {
@@ -186,16 +216,7 @@ impl KmemCache {
         }
         e.slots.copy_within(n..*avail, 0);
         *avail -= n;
-        let mut out = Discards::default();
-        for slot in &mut out.slabs {
-            if let Some(slab) = node.surplus_empty(MIN_PARTIAL) {
-                let p = NonNull::from(slab);
-                // SAFETY: `p` is a listed slab, live under the lock.
-                node.remove_slab(unsafe { p.as_ref() });
-                *slot = Some(p);
-            }
-        }
-        out
+        Discards::take_surplus(&mut node, MIN_PARTIAL)
     }
 }
 
@@ -382,22 +403,14 @@ impl<B: SlabBackend> Kmem<B> {
         index: usize,
         release: impl FnOnce() -> Result<(), SlabError>,
     ) -> Result<(), SlabError> {
-        let discard = {
+        let discards = {
             let mut node = c.node.lock();
             release()?;
             c.fp.push(slab, &c.geo, index);
             node.relist(slab, 1);
-            let surplus = node.surplus_empty(MIN_PARTIAL).map(NonNull::from);
-            if let Some(p) = surplus {
-                // SAFETY: a listed slab, live under the lock.
-                node.remove_slab(unsafe { p.as_ref() });
-            }
-            surplus
+            Discards::take_surplus(&mut node, MIN_PARTIAL)
         };
-        if let Some(slab) = discard {
-            // SAFETY: unlinked above; ours alone.
-            unsafe { self.discard(c, slab) };
-        }
+        self.discard_all(c, discards);
         Ok(())
     }
 
@@ -474,11 +487,12 @@ impl<B: SlabBackend> Kmem<B> {
         }
     }
 
-    /// Discards the slabs a flush unlinked; the pages freed.
-    fn discard_all(&self, c: &KmemCache, discards: Discards) -> usize {
+    /// Discards the slabs unlinked onto `discards`; the pages freed.
+    pub(crate) fn discard_all(&self, c: &KmemCache, mut discards: Discards) -> usize {
         let mut pages = 0;
-        for slab in discards.slabs.into_iter().flatten() {
-            // SAFETY: the flush unlinked the slab from its node; ours alone.
+        while let Some(slab) = discards.pop() {
+            // SAFETY: `take_surplus` unlinked the slab from its node; ours
+            // alone.
             unsafe { self.discard(c, slab) };
             pages += c.geo.pages();
         }
@@ -527,23 +541,8 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Every empty slab of `c` back to the page allocator; the pages freed.
     pub(crate) fn discard_empty(&self, c: &KmemCache) -> usize {
-        let mut pages = 0;
-        loop {
-            let slab = {
-                let mut node = c.node.lock();
-                let Some(s) = node.surplus_empty(0) else {
-                    break;
-                };
-                let p = NonNull::from(s);
-                // SAFETY: a listed slab, live under the lock.
-                node.remove_slab(unsafe { p.as_ref() });
-                p
-            };
-            // SAFETY: unlinked above; ours alone.
-            unsafe { self.discard(c, slab) };
-            pages += c.geo.pages();
-        }
-        pages
+        let discards = Discards::take_surplus(&mut c.node.lock(), 0);
+        self.discard_all(c, discards)
     }
 
     /// Linux `kmem_cache_shrink`: every CPU's cached objects of `c` back to

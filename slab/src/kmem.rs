@@ -32,7 +32,7 @@ use crate::{
     freelist::FreePtr,
     geometry::Geometry,
     kmalloc::{DMA_KMALLOC_NAMES, KMALLOC_CLASSES, KMALLOC_NAMES, NR_KMALLOC},
-    node::Node,
+    node::LockedNode,
     raw,
     slab::SlabHeader,
 };
@@ -371,7 +371,7 @@ impl<B: SlabBackend> Kmem<B> {
                 offset: geo.fp_offset,
             },
             debug: flags.intersects(SlabFlags::DEBUG),
-            node: SpinLock::new(Node::new()),
+            node: LockedNode::new(),
             quarantined: AtomicUsize::new(0),
             errors: AtomicUsize::new(0),
             last_report: SpinLock::new(None),

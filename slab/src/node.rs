@@ -2,6 +2,10 @@
 //! (some objects free), empty slabs (all free, kept up to `MIN_PARTIAL` for
 //! reuse) and full slabs (linked too, so validation and reports see them).
 //!
+//! [`LockedNode`] holds a node behind its lock and publishes the slab
+//! counts at every unlock, for readers that must not take the lock: the
+//! zones' reclaim asks how many pages empty slabs hold before each retry.
+//!
 //! Lock order: a cache's node lock is the innermost lock of the slab layer;
 //! it is taken with the caller's CPU pinned or not, and never held across a
 //! call into the page allocator (new slabs are built before it is taken,
@@ -10,12 +14,79 @@
 //! inside it is the same cache's `last_report` lock (a leaf).
 
 use crate::slab::{SlabHeader, SlabList};
+use core::ops::{Deref, DerefMut};
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
+use kmm_api::sync::{AtomicUsize, SpinLock, SpinLockGuard};
 
 /// Empty slabs a node keeps for reuse before returning them to the page
 /// allocator (Linux `MIN_PARTIAL`).
 pub(crate) const MIN_PARTIAL: usize = 5;
+
+/// A cache's node behind its lock, with the counts its unlocks publish.
+pub(crate) struct LockedNode {
+    lists: SpinLock<Node>,
+    nr_slabs: AtomicUsize,
+    nr_empty: AtomicUsize,
+}
+
+impl LockedNode {
+    /// An unlocked empty node.
+    pub fn new() -> Self {
+        Self {
+            lists: SpinLock::new(Node::new()),
+            nr_slabs: AtomicUsize::new(0),
+            nr_empty: AtomicUsize::new(0),
+        }
+    }
+
+    /// Locks the node.
+    #[inline]
+    pub fn lock(&self) -> NodeGuard<'_> {
+        NodeGuard {
+            node: self.lists.lock(),
+            published: self,
+        }
+    }
+
+    /// All slabs of the cache as of the last unlock; takes no lock.
+    pub fn nr_slabs(&self) -> usize {
+        self.nr_slabs.load(Relaxed)
+    }
+
+    /// Empty slabs as of the last unlock; takes no lock.
+    pub fn nr_empty(&self) -> usize {
+        self.nr_empty.load(Relaxed)
+    }
+}
+
+/// A locked node; its unlock publishes the counts.
+pub(crate) struct NodeGuard<'n> {
+    node: SpinLockGuard<'n, Node>,
+    published: &'n LockedNode,
+}
+
+impl Deref for NodeGuard<'_> {
+    type Target = Node;
+    fn deref(&self) -> &Node {
+        &self.node
+    }
+}
+
+impl DerefMut for NodeGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Node {
+        &mut self.node
+    }
+}
+
+impl Drop for NodeGuard<'_> {
+    /// Runs before the lock is released (fields drop after `drop`), so the
+    /// counts only ever change under the lock and plain stores suffice.
+    fn drop(&mut self) {
+        self.published.nr_slabs.store(self.node.nr_slabs, Relaxed);
+        self.published.nr_empty.store(self.node.nr_empty, Relaxed);
+    }
+}
 
 /// The lists and counters of one cache's slabs.
 pub(crate) struct Node {

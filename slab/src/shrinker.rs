@@ -1,7 +1,8 @@
 //! The slab layer as a [`Shrinker`]: under memory pressure the zones' reclaim
-//! path asks how many pages empty slabs hold and has them returned. Holds
-//! the cache-table lock for the walk and takes each cache's node lock in
-//! turn; never blocks.
+//! path asks how many pages empty slabs hold and has them returned. The
+//! count reads each cache's published counters under the cache-table lock,
+//! taking no node lock (reclaim asks before every retry of a failing
+//! request); the scan takes each cache's node lock in turn. Never blocks.
 
 use crate::kmem::{Kmem, SlabBackend};
 use kmm_api::{GfpFlags, Shrinker};
@@ -10,7 +11,7 @@ impl<B: SlabBackend> Shrinker for Kmem<B> {
     fn count_objects(&self) -> usize {
         let table = self.lock_table();
         self.caches(&table)
-            .map(|c| c.node.lock().nr_empty * c.geo.pages())
+            .map(|c| c.node.nr_empty() * c.geo.pages())
             .sum()
     }
 

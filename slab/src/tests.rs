@@ -1555,3 +1555,40 @@ fn a_cache_serves_as_an_object_source() {
     }
     assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
 }
+
+/// SLUB's `min_partial`: a free that leaves more empty slabs than the node
+/// keeps hands the surplus to the page allocator at once, every one of
+/// them, with no shrink asked for. What stays after every object is freed
+/// is the kept empty slabs and at most one slab per object still in the
+/// CPU's array.
+#[test]
+fn freeing_everything_returns_every_surplus_empty_slab_without_a_shrink() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let id = k.kmalloc_slab(64, GFP_KERNEL).unwrap();
+    let n = if cfg!(miri) { 400 } else { 20_000 };
+    let mut objs: Vec<_> = (0..n).map(|_| k.kmalloc(64, GFP_KERNEL).unwrap()).collect();
+    // A fixed shuffle (xorshift), so frees land on slabs all over the
+    // cache and each flush empties several slabs at once.
+    let mut x = 0x9e37_79b9_u32;
+    for i in (1..objs.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        objs.swap(i, x as usize % (i + 1));
+    }
+    let peak = k.kmem_cache_stats(id).unwrap().num_slabs;
+    for p in objs {
+        k.kfree(p.as_ptr()).unwrap();
+    }
+    let after = k.kmem_cache_stats(id).unwrap();
+    assert_eq!(after.active_objs, 0);
+    assert!(peak > 4 * (crate::node::MIN_PARTIAL + after.cached_objs));
+    assert!(
+        after.num_slabs <= crate::node::MIN_PARTIAL + after.cached_objs,
+        "{} of {peak} slabs still held with {} objects cached",
+        after.num_slabs,
+        after.cached_objs
+    );
+    k.check_invariants().unwrap();
+}

@@ -1,8 +1,8 @@
 //! The slab layer's lines of `/proc/meminfo` (`Slab`, `SReclaimable`,
 //! `SUnreclaim`) and `/proc/vmstat` (`nr_slab_reclaimable`,
-//! `nr_slab_unreclaimable`), in pages. Reads each cache's slab count under
-//! its node lock in turn, with the table lock held for the walk (as
-//! `/proc/slabinfo` does); never changes anything.
+//! `nr_slab_unreclaimable`), in pages. Reads each cache's slab count as
+//! published at its node's last unlock, with the table lock held for the
+//! walk and no node lock; never changes anything.
 
 use crate::{
     flags::SlabFlags,
@@ -47,8 +47,8 @@ impl fmt::Display for NrSlabPages {
 }
 
 impl<B: SlabBackend> Kmem<B> {
-    /// The slab pages by kind (see [`NrSlabPages`]). O(caches), one node lock
-    /// at a time; never taken by an allocation or a free.
+    /// The slab pages by kind (see [`NrSlabPages`]). O(caches), no node
+    /// lock; never taken by an allocation or a free.
     ///
     /// ```
     /// use kmm_slab::{testing::HostMachine, Kmem, KmemConfig, SlabFlags};
@@ -76,7 +76,7 @@ impl<B: SlabBackend> Kmem<B> {
         };
         let table = self.lock_table();
         for c in self.caches(&table) {
-            let slab_pages = c.node.lock().nr_slabs * c.geo.pages();
+            let slab_pages = c.node.nr_slabs() * c.geo.pages();
             let kind = if c.flags.contains(SlabFlags::RECLAIM_ACCOUNT) {
                 &mut pages.nr_slab_reclaimable
             } else {
