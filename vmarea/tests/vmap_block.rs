@@ -583,10 +583,50 @@ fn blocks_are_aligned_to_their_size_and_vm_unmap_ram_finds_each_by_its_address()
         );
         assert_eq!(
             v.stats().vmap_blocks,
-            4 - (i + 1) / 2,
+            4 - i.div_ceil(2),
             "freed with its last range"
         );
         v.check().unwrap();
     }
     assert_eq!(m.table.mapped(), 1, "only the vmalloc page");
+}
+
+#[test]
+fn a_new_block_whose_index_node_cannot_be_had_is_undone_and_nothing_is_mapped() {
+    let m = Machine::new();
+    // 512-byte objects (64 slots a node) and a 1 GiB range of 4 MiB
+    // blocks (256 keys): the index has two levels, and the first block
+    // needs a node below the root.
+    let (start, end) = (VirtAddr::new(START), VirtAddr::new(START + (1 << 30)));
+    let source = BufferSource::new(512, 256);
+    let areas = VmapAreas::new(source, start, end, CPUS).unwrap();
+    // SAFETY: as in `Machine::vmalloc`; nothing touches the memory.
+    let v = unsafe { Vmalloc::with_vmap_blocks(areas, &m.frames, &m.table, &m.memory, &m.cpus) }
+        .unwrap();
+    let in_use = || v.areas().with_areas(|a| a.source().in_use());
+    let before = in_use();
+    let held = m.frames(1);
+    // The descriptor is had; the index node is not.
+    v.areas().with_areas(|a| a.source().fail_after(Some(1)));
+    let refused = v.vm_map_ram(&held, PageProt::KERNEL);
+    assert!(
+        matches!(refused, Err(VmareaError::NoNodes { .. })),
+        "{refused:?}"
+    );
+    let stats = v.stats();
+    assert_eq!((stats.vmap_blocks, stats.vm_map_ram), (0, 0));
+    assert_eq!(stats.areas.nr_areas, 0, "the block's range went back");
+    assert_eq!(m.table.mapped(), 0);
+    assert_eq!(
+        in_use(),
+        before,
+        "the descriptor given back (the range's node is in a chunk already held)"
+    );
+    v.check().unwrap();
+    v.areas().with_areas(|a| a.source().fail_after(None));
+    let addr = v.vm_map_ram(&held, PageProt::KERNEL).unwrap();
+    assert!(addr.is_aligned(4 << 20));
+    // SAFETY: we made the mapping and give it up.
+    unsafe { v.vm_unmap_ram(addr, 1) }.unwrap();
+    v.check().unwrap();
 }
