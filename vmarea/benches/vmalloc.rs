@@ -18,7 +18,9 @@
 //!
 //! Workloads: `common::test_vmalloc`'s, and `vm_map_ram_<n>`: Linux's
 //! `vm_map_ram_test`, `vm_map_ram` + `vm_unmap_ram` of n held frames (kmm
-//! carves them from its CPU's vmap block; the peer takes a range each).
+//! carves them from its CPU's vmap block; the peer takes a range each);
+//! `vm_map_ram_fifo`: 3,200 live 64-page mappings (200 kmm blocks), the
+//! oldest unmapped and a new one mapped each iteration.
 //!
 //! Before the timings the bench prints the metadata bytes per live area:
 //! kmm's from its object source (every node chunk, directory, block
@@ -257,16 +259,28 @@ impl MapRam for FirstFit {
     }
 }
 
+/// `n` frames held by the workload.
+fn hold<A: MapRam>(vm: &A, n: usize) -> Vec<Pages> {
+    (0..n)
+        .map(|_| vm.frames().alloc_frames(GFP_KERNEL, Order::ZERO))
+        .collect::<Result<_, _>>()
+        .expect("frames")
+}
+
+/// Live 64-page mappings of the `vm_map_ram_fifo` workload: 16 to a kmm
+/// block of 1,024 pages, so 200 live blocks.
+const FIFO_MAPPINGS: usize = 3200;
+
 /// Linux's `vm_map_ram_test`: `vm_map_ram` + `vm_unmap_ram` of `n` frames
-/// the workload holds (Linux's default is 1).
+/// the workload holds (Linux's default is 1); and `vm_map_ram_fifo`:
+/// [`FIFO_MAPPINGS`] live mappings of [`kmm_vmarea::VMAP_MAX_ALLOC`] pages,
+/// each iteration unmapping the oldest (in kmm, in the oldest live block,
+/// which `vm_unmap_ram` must find among 200) and mapping a new one.
 fn vm_map_ram_test<A: MapRam>(c: &mut Criterion, make: impl Fn() -> A) {
     let mut group = c.benchmark_group("vmalloc");
     for n in [1, 16] {
         let mut vm = make();
-        let held: Vec<Pages> = (0..n)
-            .map(|_| vm.frames().alloc_frames(GFP_KERNEL, Order::ZERO))
-            .collect::<Result<_, _>>()
-            .expect("frames");
+        let held = hold(&vm, n);
         group.bench_function(BenchmarkId::new(format!("vm_map_ram_{n}"), A::NAME), |b| {
             b.iter(|| {
                 let addr = vm.map_ram(black_box(&held));
@@ -276,6 +290,24 @@ fn vm_map_ram_test<A: MapRam>(c: &mut Criterion, make: impl Fn() -> A) {
         for frame in held {
             vm.frames().free_frames(frame).expect("held frames");
         }
+    }
+    let mut vm = make();
+    // The same frames in every mapping: vm_map_ram only maps them.
+    let held = hold(&vm, kmm_vmarea::VMAP_MAX_ALLOC);
+    let mut live: std::collections::VecDeque<usize> =
+        (0..FIFO_MAPPINGS).map(|_| vm.map_ram(&held)).collect();
+    group.bench_function(BenchmarkId::new("vm_map_ram_fifo", A::NAME), |b| {
+        b.iter(|| {
+            let oldest = live.pop_front().expect("live mappings");
+            vm.unmap_ram(oldest, held.len());
+            live.push_back(vm.map_ram(black_box(&held)));
+        })
+    });
+    for addr in live {
+        vm.unmap_ram(addr, held.len());
+    }
+    for frame in held {
+        vm.frames().free_frames(frame).expect("held frames");
     }
     group.finish();
 }
