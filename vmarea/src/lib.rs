@@ -91,6 +91,8 @@ extern crate std;
 
 #[allow(unsafe_code)] // the node arena: the crate's one unsafe module
 mod arena;
+#[allow(unsafe_code)] // the vmap blocks' index nodes in source objects
+mod block_index;
 mod check;
 mod error;
 mod flags;

@@ -1,6 +1,8 @@
 //! Host test doubles (feature `testing`): an [`ObjectSource`] over one
-//! fixed buffer that can be told to fail, and a [`KernelPageTable`] that
-//! only records TLB flushes. Shared by the tests, benches and fuzz target.
+//! fixed buffer that can be told to fail, a [`KernelPageTable`] that
+//! only records TLB flushes, one with a modelled TLB, and a flat one for
+//! benchmarks; frames, memory and CPUs. Shared by the tests, benches and
+//! fuzz target.
 
 use core::ptr::NonNull;
 use kmm_api::{
@@ -185,6 +187,10 @@ pub struct TestFrames {
 struct FrameState {
     /// Owner word of each held frame; `None` for a free one.
     held: Vec<Option<kmm_api::OwnerWord>>,
+    /// The free frames' indices as a stack: a fresh allocator hands out
+    /// 0x100, 0x101, ... in order, and the last frame freed goes next.
+    /// O(1) either way, as a benchmark holding 10^5 frames needs.
+    free: Vec<usize>,
     /// Frames handed out since the last `fail_after`.
     successes_left: Option<usize>,
     /// The GFP flags of the last request.
@@ -197,6 +203,7 @@ impl TestFrames {
         TestFrames {
             state: Mutex::new(FrameState {
                 held: std::vec![None; frames],
+                free: (0..frames).rev().collect(),
                 successes_left: None,
                 last_gfp: GfpFlags::empty(),
             }),
@@ -215,7 +222,8 @@ impl TestFrames {
 
     /// Frames held now.
     pub fn in_use(&self) -> usize {
-        self.lock().held.iter().filter(|h| h.is_some()).count()
+        let state = self.lock();
+        state.held.len() - state.free.len()
     }
 
     /// The GFP flags of the last request.
@@ -237,11 +245,7 @@ unsafe impl kmm_api::FrameAllocator for TestFrames {
         if order != Order::ZERO || state.successes_left == Some(0) {
             return Err(Error::NoMemory { order });
         }
-        let i = state
-            .held
-            .iter()
-            .position(Option::is_none)
-            .ok_or(Error::NoMemory { order })?;
+        let i = state.free.pop().ok_or(Error::NoMemory { order })?;
         state.held[i] = Some(kmm_api::OwnerWord::NONE);
         if let Some(left) = state.successes_left.as_mut() {
             *left -= 1;
@@ -261,6 +265,7 @@ unsafe impl kmm_api::FrameAllocator for TestFrames {
             Some(word) if !word.is_none() => Err(Error::Owned { pfn }),
             Some(_) => {
                 state.held[Self::index(pfn)] = None;
+                state.free.push(Self::index(pfn));
                 Ok(())
             }
         }
@@ -400,6 +405,94 @@ unsafe impl KernelPageTable for TestTable {
     }
 }
 
+/// A kernel page table as one flat array of entries over a range, as a
+/// last-level page table is: `map` and `unmap` are one atomic each on the
+/// page's entry, and a flush is only counted. It records every mapping a
+/// real table would, with no system call, lock or map lookup (and no TLB
+/// model, which [`TestTable`] has): for benchmarks, where those would
+/// outweigh the allocator measured.
+pub struct ArrayTable {
+    start: usize,
+    /// One entry per page: `(pfn + 1) << 8 | prot`, 0 for none.
+    entries: Vec<core::sync::atomic::AtomicUsize>,
+    flushes: core::sync::atomic::AtomicUsize,
+}
+
+/// Bits of an [`ArrayTable`] entry below its frame number.
+const PROT_BITS: u32 = 8;
+
+impl ArrayTable {
+    /// A table of `pages` entries covering the pages from `start`.
+    pub fn new(start: VirtAddr, pages: usize) -> Self {
+        ArrayTable {
+            start: start.as_usize(),
+            entries: (0..pages)
+                .map(|_| core::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+            flushes: core::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    /// Pages mapped now (O(entries)).
+    pub fn mapped(&self) -> usize {
+        use core::sync::atomic::Ordering::Relaxed;
+        self.entries.iter().filter(|e| e.load(Relaxed) != 0).count()
+    }
+
+    /// Flushes so far.
+    pub fn flushes(&self) -> usize {
+        self.flushes.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn entry(&self, addr: VirtAddr) -> Option<&core::sync::atomic::AtomicUsize> {
+        let page = addr.as_usize().wrapping_sub(self.start) / kmm_api::PAGE_SIZE;
+        self.entries.get(page)
+    }
+}
+
+// SAFETY: `translate` reports exactly what `map` entered and `unmap` has
+// not removed; no memory is reached through it.
+unsafe impl KernelPageTable for ArrayTable {
+    unsafe fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
+        use core::sync::atomic::Ordering::Relaxed;
+        let entry = self.entry(addr).ok_or(Error::BadVirtAddr { addr })?;
+        let pte = (pfn.as_usize() + 1) << PROT_BITS | usize::from(prot.bits());
+        entry
+            .compare_exchange(0, pte, Relaxed, Relaxed)
+            .map(drop)
+            .map_err(|_| Error::AlreadyMapped { addr })
+    }
+
+    unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+        let entry = self.entry(addr).ok_or(Error::NotMapped { addr })?;
+        match entry.swap(0, core::sync::atomic::Ordering::Relaxed) {
+            0 => Err(Error::NotMapped { addr }),
+            pte => {
+                let end = VirtAddr::new(addr.as_usize() + kmm_api::PAGE_SIZE);
+                Ok((Pfn::new((pte >> PROT_BITS) - 1), TlbFlush::new(addr, end)))
+            }
+        }
+    }
+
+    fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)> {
+        match self
+            .entry(addr)?
+            .load(core::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            pte => Some((
+                Pfn::new((pte >> PROT_BITS) - 1),
+                PageProt::from_bits_truncate(pte as u8),
+            )),
+        }
+    }
+
+    fn flush_tlb_range(&self, _start: VirtAddr, _end: VirtAddr) {
+        self.flushes
+            .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The kernel's virtual memory from `start`, as a host buffer: a
 /// [`kmm_api::DirectMap`] whose `virt_to_ptr` reaches any address of the
 /// range (what `vfree_atomic` writes its link through).
@@ -521,5 +614,35 @@ unsafe impl kmm_api::PreemptControl for TestCpus {
     }
     fn put_cpu(&self, cpu: usize) {
         self.pinned[cpu].store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_table_maps_a_page_once_and_unmap_returns_its_frame_and_flush() {
+        let start = VirtAddr::new(0xf880_0000);
+        let table = ArrayTable::new(start, 4);
+        let page = VirtAddr::new(start.as_usize() + kmm_api::PAGE_SIZE);
+        let (pfn, prot) = (Pfn::new(0x1234), PageProt::KERNEL_NOCACHE);
+        // SAFETY: nothing is reached through this table.
+        unsafe {
+            table.map(page, pfn, prot).unwrap();
+            assert_eq!(
+                table.map(page, pfn, prot),
+                Err(Error::AlreadyMapped { addr: page })
+            );
+            let outside = VirtAddr::new(start.as_usize() + 4 * kmm_api::PAGE_SIZE);
+            assert!(table.map(outside, pfn, prot).is_err());
+            assert_eq!(table.translate(page), Some((pfn, prot)));
+            assert_eq!(table.mapped(), 1);
+            let (unmapped, flush) = table.unmap(page).unwrap();
+            let end = VirtAddr::new(page.as_usize() + kmm_api::PAGE_SIZE);
+            assert_eq!((unmapped, flush.range()), (pfn, (page, end)));
+            assert_eq!(table.unmap(page), Err(Error::NotMapped { addr: page }));
+        }
+        assert_eq!((table.translate(page), table.mapped()), (None, 0));
     }
 }

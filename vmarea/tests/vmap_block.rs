@@ -544,3 +544,89 @@ fn a_source_whose_objects_cannot_hold_a_block_is_refused() {
         unsafe { Vmalloc::with_vmap_blocks(areas, &m.frames, &m.table, &m.memory, &m.cpus) };
     assert!(matches!(refused, Err(VmareaError::ObjectTooSmall { .. })));
 }
+
+#[test]
+fn blocks_are_aligned_to_their_size_and_vm_unmap_ram_finds_each_by_its_address() {
+    let m = Machine::new();
+    let v = m.vmalloc();
+    let block_bytes = bits() * PAGE_SIZE;
+    // A vmalloc area at the range's start: the lowest free page is no
+    // longer aligned to a block.
+    let vmalloc = v.vmalloc(PAGE_SIZE).unwrap();
+    assert_eq!(vmalloc, VirtAddr::new(START));
+    // Four blocks, each filled by two largest requests (the same held
+    // frames mapped again: vm_map_ram only maps them).
+    let held = m.frames(VMAP_MAX_ALLOC);
+    let ranges: Vec<VirtAddr> = (0..8)
+        .map(|_| v.vm_map_ram(&held, PageProt::KERNEL).unwrap())
+        .collect();
+    assert_eq!(v.stats().vmap_blocks, 4);
+    for (i, block) in ranges.iter().step_by(2).enumerate() {
+        assert!(block.is_aligned(block_bytes), "{block}");
+        assert_eq!(*block, VirtAddr::new(START + (i + 1) * block_bytes));
+    }
+    v.check().unwrap();
+    // Oldest first, so a list walk from the newest would pass every other
+    // block: each is found by its address.
+    for (i, &addr) in ranges.iter().enumerate() {
+        // SAFETY: we made the mapping and give it up.
+        unsafe { v.vm_unmap_ram(addr, VMAP_MAX_ALLOC) }.unwrap();
+        // SAFETY: refused; nothing is given up.
+        let again = unsafe { v.vm_unmap_ram(addr, VMAP_MAX_ALLOC) };
+        // (Not allocated once a freed block's range has been purged.)
+        assert!(
+            matches!(
+                again,
+                Err(VmareaError::AlreadyFreed { .. } | VmareaError::NotAllocated { .. })
+            ),
+            "{again:?}"
+        );
+        assert_eq!(
+            v.stats().vmap_blocks,
+            4 - i.div_ceil(2),
+            "freed with its last range"
+        );
+        v.check().unwrap();
+    }
+    assert_eq!(m.table.mapped(), 1, "only the vmalloc page");
+}
+
+#[test]
+fn a_new_block_whose_index_node_cannot_be_had_is_undone_and_nothing_is_mapped() {
+    let m = Machine::new();
+    // 512-byte objects (64 slots a node) and a 1 GiB range of 4 MiB
+    // blocks (256 keys): the index has two levels, and the first block
+    // needs a node below the root. (At 1 GiB, so i386's words hold it.)
+    let (start, end) = (VirtAddr::new(1 << 30), VirtAddr::new(2 << 30));
+    let source = BufferSource::new(512, 256);
+    let areas = VmapAreas::new(source, start, end, CPUS).unwrap();
+    // SAFETY: as in `Machine::vmalloc`; nothing touches the memory.
+    let v = unsafe { Vmalloc::with_vmap_blocks(areas, &m.frames, &m.table, &m.memory, &m.cpus) }
+        .unwrap();
+    let in_use = || v.areas().with_areas(|a| a.source().in_use());
+    let before = in_use();
+    let held = m.frames(1);
+    // The descriptor is had; the index node is not.
+    v.areas().with_areas(|a| a.source().fail_after(Some(1)));
+    let refused = v.vm_map_ram(&held, PageProt::KERNEL);
+    assert!(
+        matches!(refused, Err(VmareaError::NoNodes { .. })),
+        "{refused:?}"
+    );
+    let stats = v.stats();
+    assert_eq!((stats.vmap_blocks, stats.vm_map_ram), (0, 0));
+    assert_eq!(stats.areas.nr_areas, 0, "the block's range went back");
+    assert_eq!(m.table.mapped(), 0);
+    assert_eq!(
+        in_use(),
+        before,
+        "the descriptor given back (the range's node is in a chunk already held)"
+    );
+    v.check().unwrap();
+    v.areas().with_areas(|a| a.source().fail_after(None));
+    let addr = v.vm_map_ram(&held, PageProt::KERNEL).unwrap();
+    assert!(addr.is_aligned(4 << 20));
+    // SAFETY: we made the mapping and give it up.
+    unsafe { v.vm_unmap_ram(addr, 1) }.unwrap();
+    v.check().unwrap();
+}
