@@ -37,7 +37,10 @@ pub const KM_MAX_IDX: usize = 16;
 /// One CPU's kmap_local stack: its slot addresses, what each maps, and the
 /// depth. The caller provides one per CPU id the platform can hand out
 /// (see [`crate::Highmem::new`]), e.g. a `static` array made with
-/// [`LocalStack::new`]; about 270 bytes each on 64-bit.
+/// [`LocalStack::new`]; 320 bytes each on 64-bit (about 270 used), aligned to a
+/// cache line so that two CPUs' stacks side by side never share one (each
+/// kmap_local writes its CPU's depth and counter).
+#[repr(align(64))]
 pub struct LocalStack {
     /// Held by the one [`crate::Highmem`] using the stack.
     claimed: AtomicBool,

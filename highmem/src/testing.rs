@@ -6,7 +6,7 @@
 //!   the pkmap range and the fixmap slots, with the TLB modelled as the
 //!   simulated machine models it: an unmapped page stays reachable (and
 //!   blocks a new map with [`Error::StaleTlb`]) until a flush covers it.
-//!   Counts maps, unmaps, flush calls and pages flushed.
+//!   Counts maps, unmaps, flush calls and pages flushed, per CPU.
 //! - [`TestDirectMap`]: lowmem frames at `PAGE_OFFSET + phys`; every
 //!   machine address reaches host memory through it: a direct-map address
 //!   by arithmetic, a window address by walking the test page table (stale
@@ -49,6 +49,20 @@ const STALE: usize = 2;
 /// that owns its page (the trait's rule), so plain loads and stores do.
 pub struct TestPageTable {
     ptes: Box<[AtomicUsize]>,
+    /// The counters, one set per CPU as a kernel keeps its event counters
+    /// (Linux `count_vm_event`): a thread bumps those of its CPU
+    /// ([`set_cpu`], modulo [`COUNTER_CPUS`]), so threads on two CPUs
+    /// never write one cache line; a read sums them.
+    counters: [CpuCounters; COUNTER_CPUS],
+}
+
+/// CPUs with counters of their own in a [`TestPageTable`] (further CPUs
+/// share them, modulo).
+pub const COUNTER_CPUS: usize = 8;
+
+/// One CPU's counters, on a cache line of their own.
+#[repr(align(64))]
+struct CpuCounters {
     maps: AtomicUsize,
     unmaps: AtomicUsize,
     flushes: AtomicUsize,
@@ -60,11 +74,27 @@ impl TestPageTable {
     pub fn new(pages: usize) -> Self {
         TestPageTable {
             ptes: (0..pages).map(|_| AtomicUsize::new(0)).collect(),
-            maps: AtomicUsize::new(0),
-            unmaps: AtomicUsize::new(0),
-            flushes: AtomicUsize::new(0),
-            flushed_pages: AtomicUsize::new(0),
+            counters: core::array::from_fn(|_| CpuCounters {
+                maps: AtomicUsize::new(0),
+                unmaps: AtomicUsize::new(0),
+                flushes: AtomicUsize::new(0),
+                flushed_pages: AtomicUsize::new(0),
+            }),
         }
+    }
+
+    /// The calling thread's CPU's counters.
+    #[inline]
+    fn mine(&self) -> &CpuCounters {
+        &self.counters[CPU.with(Cell::get) % COUNTER_CPUS]
+    }
+
+    /// One counter summed over the CPUs.
+    fn sum(&self, counter: impl Fn(&CpuCounters) -> &AtomicUsize) -> usize {
+        self.counters
+            .iter()
+            .map(|c| counter(c).load(Ordering::Relaxed))
+            .sum()
     }
 
     fn pte(&self, addr: VirtAddr) -> Option<&AtomicUsize> {
@@ -92,26 +122,27 @@ impl TestPageTable {
 
     /// Successful maps so far.
     pub fn maps(&self) -> usize {
-        self.maps.load(Ordering::Relaxed)
+        self.sum(|c| &c.maps)
     }
     /// Successful unmaps so far.
     pub fn unmaps(&self) -> usize {
-        self.unmaps.load(Ordering::Relaxed)
+        self.sum(|c| &c.unmaps)
     }
     /// `flush_tlb_range` calls so far.
     pub fn flushes(&self) -> usize {
-        self.flushes.load(Ordering::Relaxed)
+        self.sum(|c| &c.flushes)
     }
     /// Stale pages those flushes cleared.
     pub fn flushed_pages(&self) -> usize {
-        self.flushed_pages.load(Ordering::Relaxed)
+        self.sum(|c| &c.flushed_pages)
     }
 
-    /// A load and a store, not a read-modify-write: the counters are
-    /// exact while one context at a time updates the table (every test
-    /// that reads them), and cheap for the benchmarks.
-    fn bump(counter: &AtomicUsize) {
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    /// Adds `n` by a load and a store, not a read-modify-write: exact
+    /// while one context at a time updates a CPU's counters (the table's
+    /// callers map and unmap under the pool lock or with their CPU pinned),
+    /// and cheap for the benchmarks.
+    fn add(counter: &AtomicUsize, n: usize) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 }
 
@@ -132,7 +163,7 @@ unsafe impl KernelPageTable for TestPageTable {
             return Err(Error::StaleTlb { addr });
         }
         pte.store(pfn.as_usize() << 2 | PRESENT, Ordering::Relaxed);
-        Self::bump(&self.maps);
+        Self::add(&self.mine().maps, 1);
         Ok(())
     }
 
@@ -143,7 +174,7 @@ unsafe impl KernelPageTable for TestPageTable {
             return Err(Error::NotMapped { addr });
         }
         pte.store(word & !PRESENT | STALE, Ordering::Relaxed);
-        Self::bump(&self.unmaps);
+        Self::add(&self.mine().unmaps, 1);
         let end = VirtAddr::new(addr.as_usize() + PAGE_SIZE);
         Ok((Pfn::new(word >> 2), TlbFlush::new(addr, end)))
     }
@@ -154,14 +185,15 @@ unsafe impl KernelPageTable for TestPageTable {
     }
 
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
-        Self::bump(&self.flushes);
+        let counters = self.mine();
+        Self::add(&counters.flushes, 1);
         // One page (`invlpg`, kunmap_local's flush): its PTE alone.
         if end.as_usize().wrapping_sub(start.as_usize()) == PAGE_SIZE && start.is_aligned(PAGE_SIZE)
         {
             if let Some(pte) = self.pte(start) {
                 if pte.load(Ordering::Relaxed) & STALE != 0 {
                     pte.store(0, Ordering::Relaxed);
-                    Self::bump(&self.flushed_pages);
+                    Self::add(&counters.flushed_pages, 1);
                 }
             }
             return;
@@ -181,8 +213,7 @@ unsafe impl KernelPageTable for TestPageTable {
             }
         }
         if cleared != 0 {
-            let n = self.flushed_pages.load(Ordering::Relaxed);
-            self.flushed_pages.store(n + cleared, Ordering::Relaxed);
+            Self::add(&counters.flushed_pages, cleared);
         }
     }
 }
@@ -301,11 +332,16 @@ pub enum WaitMode {
     IgnoreWord,
 }
 
+/// A CPU's pin flag, on a cache line of its own (as per-CPU data is), so
+/// threads pinning two CPUs never write one line.
+#[repr(align(64))]
+struct PinFlag(AtomicBool);
+
 /// How a [`TestPlatform`] pins CPUs.
 enum Pins {
     /// Any thread may pin any CPU, exclusively: a pin takes the CPU's flag
     /// by compare-and-swap (a thread-local count for nested pins).
-    Smp(Box<[AtomicBool]>),
+    Smp(Box<[PinFlag]>),
     /// One CPU and one thread, as a kernel's `preempt_count`: a pin is a
     /// load and a store of one counter, after a check that the caller is
     /// the thread the platform was made on.
@@ -337,7 +373,11 @@ impl TestPlatform {
         TestPlatform {
             nr_cpus,
             id: NEXT_PLATFORM.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            pins: Pins::Smp((0..nr_cpus).map(|_| AtomicBool::new(false)).collect()),
+            pins: Pins::Smp(
+                (0..nr_cpus)
+                    .map(|_| PinFlag(AtomicBool::new(false)))
+                    .collect(),
+            ),
             mode,
             lock: Mutex::new(()),
             cond: Condvar::new(),
@@ -365,7 +405,7 @@ impl TestPlatform {
     /// Whether `cpu` is pinned by some thread now.
     pub fn is_pinned(&self, cpu: usize) -> bool {
         match &self.pins {
-            Pins::Smp(pinned) => pinned[cpu].load(Ordering::SeqCst),
+            Pins::Smp(pinned) => pinned[cpu].0.load(Ordering::SeqCst),
             Pins::Up { depth, .. } => depth.load(Ordering::SeqCst) > 0,
         }
     }
@@ -437,6 +477,7 @@ unsafe impl PreemptControl for TestPlatform {
         }
         let cpu = self.cpu_id();
         while pinned[cpu]
+            .0
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
@@ -466,7 +507,7 @@ unsafe impl PreemptControl for TestPlatform {
         );
         PIN.with(|p| p.set((id, cpu, depth - 1)));
         if depth == 1 {
-            pinned[cpu].store(false, Ordering::Release);
+            pinned[cpu].0.store(false, Ordering::Release);
         }
     }
 }
