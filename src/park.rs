@@ -21,9 +21,9 @@
 //! `wake_on`, so either the waiter's comparison comes after the change and
 //! sees it (no sleep), or it comes before, and then the waiter is asleep
 //! by the time `wake_on` gets the mutex, and is woken. Wake-ups of the
-//! condition variable without a change of the word send the waiter back
-//! to sleep inside `wait_on`, so a return means the word changed (or the
-//! caller's rare spurious return the contract allows: none here).
+//! condition variable without a change of the word (spurious, or for
+//! another word of the bucket) send the waiter back to sleep inside
+//! `wait_on`, so it returns only once the word differs from `seen`.
 //!
 //! Lock order: a bucket's mutex is a leaf; it is never held across
 //! anything but the comparison and the notify.

@@ -138,9 +138,9 @@ impl TestPageTable {
     }
 
     /// Adds `n` by a load and a store, not a read-modify-write: exact
-    /// while one context at a time updates a CPU's counters (the table's
-    /// callers map and unmap under the pool lock or with their CPU pinned),
-    /// and cheap for the benchmarks.
+    /// while one context at a time updates a CPU's counters (every test
+    /// that reads them; threads on distinct CPUs never share them), and
+    /// cheap for the benchmarks.
     fn add(counter: &AtomicUsize, n: usize) {
         counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
