@@ -10,8 +10,10 @@
 
 use crate::cpu::HostCpus;
 use crate::layout::{Layout, NR_CPUS};
+use crate::park::WaitQueues;
 use core::fmt;
 use core::ptr::NonNull;
+use kmm_api::sync::AtomicU32;
 use kmm_api::{
     DirectMap, Error, MemoryRegion, Pfn, Platform, PreemptControl, RegionKind, VirtAddr, PAGE_SIZE,
 };
@@ -68,6 +70,7 @@ struct Inner {
     buffer: Buffer,
     layout: Layout,
     cpus: HostCpus,
+    waits: WaitQueues,
 }
 
 /// A handle on hosted RAM; clones share it, and it lives until the last
@@ -107,6 +110,7 @@ impl Hosted {
                 buffer,
                 layout,
                 cpus: HostCpus::new(nr_cpus),
+                waits: WaitQueues::new(),
             }),
         })
     }
@@ -170,6 +174,13 @@ impl Platform for Hosted {
     }
     fn cpu_id(&self) -> usize {
         self.inner.cpus.cpu_id()
+    }
+    /// Parks the thread (see [`crate::park`]).
+    fn wait_on(&self, word: &AtomicU32, seen: u32) {
+        self.inner.waits.wait_on(word, seen)
+    }
+    fn wake_on(&self, word: &AtomicU32) {
+        self.inner.waits.wake_on(word)
     }
 }
 

@@ -75,6 +75,8 @@ mod kmalloc;
 pub mod layout;
 mod mm;
 mod page;
+#[cfg(feature = "std")]
+pub mod park;
 mod report;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -4,7 +4,10 @@
 //! owned CPUs take turns on the overflow CPU (nested pins included), work
 //! run through `on_cpu` never overlaps a section pinned to the same CPU,
 //! a thread's exit frees its CPU for `on_cpu` and later claims, and a
-//! thread keeps its CPU in two machines at once.
+//! thread keeps its CPU in two machines at once. Also the hosted wait
+//! queues (`kmm::park::WaitQueues`): a waiter that read the word before a
+//! waker changed it and woke is never left asleep (loom reports a thread
+//! asleep forever as a deadlock).
 //!
 //! Every holder check goes through a loom atomic, and each model asserts a
 //! floor on the interleavings it explored.
@@ -13,6 +16,7 @@
 #![cfg(loom)]
 
 use kmm::cpu::HostCpus;
+use kmm::park::WaitQueues;
 use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::sync::Arc;
 
@@ -156,5 +160,28 @@ fn a_thread_keeps_its_own_cpu_in_two_machines() {
         a.put_cpu(mine.0);
         let theirs = other.join().unwrap();
         assert!(theirs.0 < a.nr_cpus() && theirs.1 < b.nr_cpus());
+    });
+}
+
+#[test]
+fn a_wake_after_the_waiter_read_the_word_is_never_lost() {
+    explore(3, 18, || {
+        let queues = Arc::new(WaitQueues::new());
+        let word = Arc::new(kmm::api::sync::AtomicU32::new(0));
+        // The waiter read 0 (under the lock of its condition, in kmap);
+        // the waker may change the word and wake at any point from here.
+        let seen = word.load(Ordering::SeqCst);
+        let (q, w) = (queues.clone(), word.clone());
+        let waker = loom::thread::spawn(move || {
+            w.store(1, Ordering::SeqCst);
+            q.wake_on(&w);
+        });
+        queues.wait_on(&word, seen);
+        assert_eq!(
+            word.load(Ordering::SeqCst),
+            1,
+            "returned with the word unchanged"
+        );
+        waker.join().unwrap();
     });
 }

@@ -453,10 +453,12 @@ unsafe impl<T: PageOwner + ?Sized> PageOwner for &T {
 // SAFETY: forwards every method to `T`, which upholds the contract itself.
 #[allow(unsafe_code)]
 unsafe impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
+    #[inline]
     unsafe fn map(&self, addr: VirtAddr, pfn: Pfn, prot: PageProt) -> Result<(), Error> {
         // SAFETY: our caller's contract is `T`'s.
         unsafe { (**self).map(addr, pfn, prot) }
     }
+    #[inline]
     unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
         // SAFETY: our caller's contract is `T`'s.
         unsafe { (**self).unmap(addr) }
@@ -464,6 +466,7 @@ unsafe impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
     fn translate(&self, addr: VirtAddr) -> Option<(Pfn, PageProt)> {
         (**self).translate(addr)
     }
+    #[inline]
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
         (**self).flush_tlb_range(start, end)
     }
@@ -472,9 +475,11 @@ unsafe impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
 // SAFETY: forwards both methods to `T`, which upholds the contract itself.
 #[allow(unsafe_code)]
 unsafe impl<T: PreemptControl + ?Sized> PreemptControl for &T {
+    #[inline]
     fn get_cpu(&self) -> usize {
         (**self).get_cpu()
     }
+    #[inline]
     fn put_cpu(&self, cpu: usize) {
         (**self).put_cpu(cpu)
     }
@@ -490,9 +495,11 @@ impl<T: Platform + ?Sized> Platform for &T {
     fn cpu_id(&self) -> usize {
         (**self).cpu_id()
     }
+    #[inline]
     fn irq_save(&self) -> usize {
         (**self).irq_save()
     }
+    #[inline]
     fn irq_restore(&self, flags: usize) {
         (**self).irq_restore(flags)
     }

@@ -5,6 +5,10 @@
 //! and flush), and kmap_local_page + kunmap_local (PTE write, PTE clear,
 //! one-page flush, CPU pin and unpin).
 //!
+//! The two-thread figures are `benches/kmap_threads.rs`: a second caller
+//! of the same kmap functions in this executable changed the layout of
+//! the loops here and doubled the kmap_local time (same instructions).
+//!
 //! `cargo bench -p kmm-highmem --bench kmap`
 #![allow(missing_docs)] // criterion_group! makes undocumented functions
 

@@ -37,7 +37,10 @@ pub const KM_MAX_IDX: usize = 16;
 /// One CPU's kmap_local stack: its slot addresses, what each maps, and the
 /// depth. The caller provides one per CPU id the platform can hand out
 /// (see [`crate::Highmem::new`]), e.g. a `static` array made with
-/// [`LocalStack::new`]; about 270 bytes each on 64-bit.
+/// [`LocalStack::new`]; 320 bytes each on 64-bit (about 270 used), aligned to a
+/// cache line so that two CPUs' stacks side by side never share one (each
+/// kmap_local writes its CPU's depth and counter).
+#[repr(align(64))]
 pub struct LocalStack {
     /// Held by the one [`crate::Highmem`] using the stack.
     claimed: AtomicBool,
@@ -164,8 +167,38 @@ impl LocalStack {
         slot: usize,
         defer: bool,
     ) -> Result<bool, HighmemError> {
-        let mut d = self.depth.load(Relaxed);
+        let d = self.depth.load(Relaxed);
         let released = self.released.load(Relaxed);
+        // The common case, kept small enough to inline: the top, with no
+        // released entry under it (`released` has no bit at or above the
+        // top, so zero means none at all).
+        if slot + 1 == d && released == 0 {
+            // SAFETY: the top entry is mapped, and its user (our caller)
+            // is done.
+            unsafe { self.unmap_entry(table, slot) };
+            self.depth.store(slot, Relaxed);
+            return Ok(true);
+        }
+        // SAFETY: forwarded from our caller.
+        unsafe { self.pop_slow(table, slot, defer, d, released) }
+    }
+
+    /// [`LocalStack::pop`] of an entry below the top, or of the top with
+    /// released entries under it; `d` and `released` as just read.
+    ///
+    /// # Safety
+    ///
+    /// As [`LocalStack::pop`].
+    #[cold]
+    #[inline(never)]
+    unsafe fn pop_slow<T: KernelPageTable>(
+        &self,
+        table: &T,
+        slot: usize,
+        defer: bool,
+        mut d: usize,
+        mut released: usize,
+    ) -> Result<bool, HighmemError> {
         if slot + 1 != d {
             if slot < d && defer && released & (1 << slot) == 0 {
                 self.released.store(released | (1 << slot), Relaxed);
@@ -183,7 +216,6 @@ impl LocalStack {
         // SAFETY: the top entry is mapped, and its user (our caller) is done.
         unsafe { self.unmap_entry(table, slot) };
         d -= 1;
-        let mut released = released;
         while d > 0 && released & (1 << (d - 1)) != 0 {
             released &= !(1 << (d - 1));
             // SAFETY: a released entry has no user and is mapped.

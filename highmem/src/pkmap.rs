@@ -303,7 +303,11 @@ impl Pkmap {
     ) -> Result<Option<usize>, HighmemError> {
         let mut left = self.slots;
         loop {
-            st.last_pkmap_nr = (st.last_pkmap_nr + 1) % self.slots;
+            // A compare, not `% slots`: a division per step of the walk.
+            st.last_pkmap_nr += 1;
+            if st.last_pkmap_nr == self.slots {
+                st.last_pkmap_nr = 0;
+            }
             if st.last_pkmap_nr == 0 {
                 self.flush_all_zero_pkmaps(st, table);
                 left = self.slots;

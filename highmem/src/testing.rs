@@ -6,7 +6,7 @@
 //!   the pkmap range and the fixmap slots, with the TLB modelled as the
 //!   simulated machine models it: an unmapped page stays reachable (and
 //!   blocks a new map with [`Error::StaleTlb`]) until a flush covers it.
-//!   Counts maps, unmaps, flush calls and pages flushed.
+//!   Counts maps, unmaps, flush calls and pages flushed, per CPU.
 //! - [`TestDirectMap`]: lowmem frames at `PAGE_OFFSET + phys`; every
 //!   machine address reaches host memory through it: a direct-map address
 //!   by arithmetic, a window address by walking the test page table (stale
@@ -49,6 +49,20 @@ const STALE: usize = 2;
 /// that owns its page (the trait's rule), so plain loads and stores do.
 pub struct TestPageTable {
     ptes: Box<[AtomicUsize]>,
+    /// The counters, one set per CPU as a kernel keeps its event counters
+    /// (Linux `count_vm_event`): a thread bumps those of its CPU
+    /// ([`set_cpu`], modulo [`COUNTER_CPUS`]), so threads on two CPUs
+    /// never write one cache line; a read sums them.
+    counters: [CpuCounters; COUNTER_CPUS],
+}
+
+/// CPUs with counters of their own in a [`TestPageTable`] (further CPUs
+/// share them, modulo).
+pub const COUNTER_CPUS: usize = 8;
+
+/// One CPU's counters, on a cache line of their own.
+#[repr(align(64))]
+struct CpuCounters {
     maps: AtomicUsize,
     unmaps: AtomicUsize,
     flushes: AtomicUsize,
@@ -60,11 +74,27 @@ impl TestPageTable {
     pub fn new(pages: usize) -> Self {
         TestPageTable {
             ptes: (0..pages).map(|_| AtomicUsize::new(0)).collect(),
-            maps: AtomicUsize::new(0),
-            unmaps: AtomicUsize::new(0),
-            flushes: AtomicUsize::new(0),
-            flushed_pages: AtomicUsize::new(0),
+            counters: core::array::from_fn(|_| CpuCounters {
+                maps: AtomicUsize::new(0),
+                unmaps: AtomicUsize::new(0),
+                flushes: AtomicUsize::new(0),
+                flushed_pages: AtomicUsize::new(0),
+            }),
         }
+    }
+
+    /// The calling thread's CPU's counters.
+    #[inline]
+    fn mine(&self) -> &CpuCounters {
+        &self.counters[CPU.with(Cell::get) % COUNTER_CPUS]
+    }
+
+    /// One counter summed over the CPUs.
+    fn sum(&self, counter: impl Fn(&CpuCounters) -> &AtomicUsize) -> usize {
+        self.counters
+            .iter()
+            .map(|c| counter(c).load(Ordering::Relaxed))
+            .sum()
     }
 
     fn pte(&self, addr: VirtAddr) -> Option<&AtomicUsize> {
@@ -92,26 +122,27 @@ impl TestPageTable {
 
     /// Successful maps so far.
     pub fn maps(&self) -> usize {
-        self.maps.load(Ordering::Relaxed)
+        self.sum(|c| &c.maps)
     }
     /// Successful unmaps so far.
     pub fn unmaps(&self) -> usize {
-        self.unmaps.load(Ordering::Relaxed)
+        self.sum(|c| &c.unmaps)
     }
     /// `flush_tlb_range` calls so far.
     pub fn flushes(&self) -> usize {
-        self.flushes.load(Ordering::Relaxed)
+        self.sum(|c| &c.flushes)
     }
     /// Stale pages those flushes cleared.
     pub fn flushed_pages(&self) -> usize {
-        self.flushed_pages.load(Ordering::Relaxed)
+        self.sum(|c| &c.flushed_pages)
     }
 
-    /// A load and a store, not a read-modify-write: the counters are
-    /// exact while one context at a time updates the table (every test
-    /// that reads them), and cheap for the benchmarks.
-    fn bump(counter: &AtomicUsize) {
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    /// Adds `n` by a load and a store, not a read-modify-write: exact
+    /// while one context at a time updates a CPU's counters (every test
+    /// that reads them; threads on distinct CPUs never share them), and
+    /// cheap for the benchmarks.
+    fn add(counter: &AtomicUsize, n: usize) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
 }
 
@@ -132,7 +163,7 @@ unsafe impl KernelPageTable for TestPageTable {
             return Err(Error::StaleTlb { addr });
         }
         pte.store(pfn.as_usize() << 2 | PRESENT, Ordering::Relaxed);
-        Self::bump(&self.maps);
+        Self::add(&self.mine().maps, 1);
         Ok(())
     }
 
@@ -143,7 +174,7 @@ unsafe impl KernelPageTable for TestPageTable {
             return Err(Error::NotMapped { addr });
         }
         pte.store(word & !PRESENT | STALE, Ordering::Relaxed);
-        Self::bump(&self.unmaps);
+        Self::add(&self.mine().unmaps, 1);
         let end = VirtAddr::new(addr.as_usize() + PAGE_SIZE);
         Ok((Pfn::new(word >> 2), TlbFlush::new(addr, end)))
     }
@@ -154,22 +185,35 @@ unsafe impl KernelPageTable for TestPageTable {
     }
 
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
-        Self::bump(&self.flushes);
-        let first = start.as_usize().max(PKMAP_BASE);
-        let mut addr = first & !(PAGE_SIZE - 1);
-        let mut cleared = 0;
-        while addr < end.as_usize().min(self.end()) {
-            if let Some(pte) = self.pte(VirtAddr::new(addr)) {
+        let counters = self.mine();
+        Self::add(&counters.flushes, 1);
+        // One page (`invlpg`, kunmap_local's flush): its PTE alone.
+        if end.as_usize().wrapping_sub(start.as_usize()) == PAGE_SIZE && start.is_aligned(PAGE_SIZE)
+        {
+            if let Some(pte) = self.pte(start) {
                 if pte.load(Ordering::Relaxed) & STALE != 0 {
                     pte.store(0, Ordering::Relaxed);
-                    cleared += 1;
+                    Self::add(&counters.flushed_pages, 1);
                 }
             }
-            addr += PAGE_SIZE;
+            return;
+        }
+        // The window's pages that meet `[start, end)`, as PTE indices.
+        let first = start.as_usize().saturating_sub(PKMAP_BASE) / PAGE_SIZE;
+        let last = end
+            .as_usize()
+            .saturating_sub(PKMAP_BASE)
+            .div_ceil(PAGE_SIZE)
+            .min(self.ptes.len());
+        let mut cleared = 0;
+        for pte in self.ptes.get(first..last).unwrap_or_default() {
+            if pte.load(Ordering::Relaxed) & STALE != 0 {
+                pte.store(0, Ordering::Relaxed);
+                cleared += 1;
+            }
         }
         if cleared != 0 {
-            let n = self.flushed_pages.load(Ordering::Relaxed);
-            self.flushed_pages.store(n + cleared, Ordering::Relaxed);
+            Self::add(&counters.flushed_pages, cleared);
         }
     }
 }
@@ -257,13 +301,11 @@ std::thread_local! {
     static CPU: Cell<usize> = const { Cell::new(0) };
     /// (machine id, pinned CPU, nesting depth).
     static PIN: Cell<(usize, usize, usize)> = const { Cell::new((0, 0, 0)) };
-    static THREAD: Cell<usize> = const { Cell::new(0) };
 }
 #[cfg(loom)]
 loom::thread_local! {
     static CPU: Cell<usize> = Cell::new(0);
     static PIN: Cell<(usize, usize, usize)> = Cell::new((0, 0, 0));
-    static THREAD: Cell<usize> = Cell::new(0);
 }
 
 /// Makes the calling thread run on `cpu` from its next pin on.
@@ -290,13 +332,32 @@ pub enum WaitMode {
     IgnoreWord,
 }
 
+/// A CPU's pin flag, on a cache line of its own (as per-CPU data is), so
+/// threads pinning two CPUs never write one line.
+#[repr(align(64))]
+struct PinFlag(AtomicBool);
+
+/// How a [`TestPlatform`] pins CPUs.
+enum Pins {
+    /// Any thread may pin any CPU, exclusively: a pin takes the CPU's flag
+    /// by compare-and-swap (a thread-local count for nested pins).
+    Smp(Box<[PinFlag]>),
+    /// One CPU and one thread, as a kernel's `preempt_count`: a pin is a
+    /// load and a store of one counter, after a check that the caller is
+    /// the thread the platform was made on.
+    Up {
+        /// That thread's [`thread_key`].
+        thread: usize,
+        /// Pins held now.
+        depth: AtomicUsize,
+    },
+}
+
 /// CPUs pinned per thread and a real wait (see the module documentation).
 pub struct TestPlatform {
     nr_cpus: usize,
     id: usize,
-    /// A uniprocessor platform's one thread (its `thread_id`), 0 for SMP.
-    up_thread: usize,
-    pinned: Box<[AtomicBool]>,
+    pins: Pins,
     mode: WaitMode,
     lock: Mutex<()>,
     cond: Condvar,
@@ -312,8 +373,11 @@ impl TestPlatform {
         TestPlatform {
             nr_cpus,
             id: NEXT_PLATFORM.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            up_thread: 0,
-            pinned: (0..nr_cpus).map(|_| AtomicBool::new(false)).collect(),
+            pins: Pins::Smp(
+                (0..nr_cpus)
+                    .map(|_| PinFlag(AtomicBool::new(false)))
+                    .collect(),
+            ),
             mode,
             lock: Mutex::new(()),
             cond: Condvar::new(),
@@ -326,18 +390,24 @@ impl TestPlatform {
         self.waits.load(Ordering::SeqCst)
     }
     /// One CPU that only the calling thread may pin (others panic), so a
-    /// pin is a thread-local count, as `preempt_disable` is a per-CPU
-    /// one: for benchmarks.
+    /// pin is a count, as `preempt_disable` is a per-CPU one: for
+    /// benchmarks.
     pub fn uniprocessor(mode: WaitMode) -> Self {
         TestPlatform {
-            up_thread: thread_id(),
+            pins: Pins::Up {
+                thread: thread_key(),
+                depth: AtomicUsize::new(0),
+            },
             ..Self::new(1, mode)
         }
     }
 
     /// Whether `cpu` is pinned by some thread now.
     pub fn is_pinned(&self, cpu: usize) -> bool {
-        self.pinned[cpu].load(Ordering::SeqCst)
+        match &self.pins {
+            Pins::Smp(pinned) => pinned[cpu].0.load(Ordering::SeqCst),
+            Pins::Up { depth, .. } => depth.load(Ordering::SeqCst) > 0,
+        }
     }
     /// `wake_on` calls so far.
     pub fn wakes(&self) -> usize {
@@ -371,15 +441,12 @@ impl Platform for TestPlatform {
     }
 }
 
-/// A number per thread, never 0.
-fn thread_id() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-    THREAD.with(|t| {
-        if t.get() == 0 {
-            t.set(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-        }
-        t.get()
-    })
+/// The calling thread's key: the address of one of its thread-locals,
+/// distinct among live threads (a thread's exit may free it for a later
+/// one, which cannot overlap the first).
+#[inline]
+fn thread_key() -> usize {
+    CPU.with(|c| core::ptr::from_ref(c) as usize)
 }
 
 // SAFETY: a CPU id is handed out only while its flag is held by the
@@ -389,23 +456,28 @@ fn thread_id() -> usize {
 unsafe impl PreemptControl for TestPlatform {
     #[inline]
     fn get_cpu(&self) -> usize {
+        let pinned = match &self.pins {
+            Pins::Up { thread, depth } => {
+                assert_eq!(
+                    thread_key(),
+                    *thread,
+                    "uniprocessor test platform: one thread"
+                );
+                // Only that thread touches the count: no read-modify-write.
+                depth.store(depth.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+                return 0;
+            }
+            Pins::Smp(pinned) => pinned,
+        };
         let (id, cpu, depth) = PIN.with(Cell::get);
-        if self.up_thread != 0 {
-            assert_eq!(
-                thread_id(),
-                self.up_thread,
-                "uniprocessor test platform: one thread"
-            );
-            PIN.with(|p| p.set((self.id, 0, if id == self.id { depth + 1 } else { 1 })));
-            return 0;
-        }
         if depth > 0 {
             assert_eq!(id, self.id, "test platform: one machine pinned per thread");
             PIN.with(|p| p.set((id, cpu, depth + 1)));
             return cpu;
         }
         let cpu = self.cpu_id();
-        while self.pinned[cpu]
+        while pinned[cpu]
+            .0
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
@@ -416,14 +488,26 @@ unsafe impl PreemptControl for TestPlatform {
     }
     #[inline]
     fn put_cpu(&self, cpu: usize) {
+        let pinned = match &self.pins {
+            Pins::Up { thread, depth } => {
+                let d = depth.load(Ordering::Relaxed);
+                assert!(
+                    thread_key() == *thread && cpu == 0 && d > 0,
+                    "put_cpu without get_cpu"
+                );
+                depth.store(d - 1, Ordering::Relaxed);
+                return;
+            }
+            Pins::Smp(pinned) => pinned,
+        };
         let (id, held, depth) = PIN.with(Cell::get);
         assert!(
             id == self.id && held == cpu && depth > 0,
             "put_cpu without get_cpu"
         );
         PIN.with(|p| p.set((id, cpu, depth - 1)));
-        if depth == 1 && self.up_thread == 0 {
-            self.pinned[cpu].store(false, Ordering::Release);
+        if depth == 1 {
+            pinned[cpu].0.store(false, Ordering::Release);
         }
     }
 }

@@ -88,10 +88,11 @@ pub fn child_dies_of_sigsegv(touch: impl FnOnce()) -> bool {
 use crate::cpu::HostCpus;
 use crate::e820::{pc_device_window, pc_memory_map, DEFAULT_KERNEL_IMAGE_BYTES};
 use crate::layout::{Layout, NR_CPUS};
+use crate::park::WaitQueues;
 use crate::x86::{Mmu, X86PageTable};
 use core::fmt;
 use host::HostMemory;
-use kmm_api::sync::{AtomicBool, Ordering};
+use kmm_api::sync::{AtomicBool, AtomicU32, Ordering};
 use kmm_api::{
     DirectMap, Error, FrameAllocator, MemoryRegion, PageOwner, PageProt, Pfn, PhysAddr, Platform,
     PreemptControl, VirtAddr, PAGE_SIZE,
@@ -151,6 +152,8 @@ struct Inner {
     /// The device window, `(base, bytes)`, if RAM leaves room for it.
     device_window: Option<(PhysAddr, usize)>,
     cpus: HostCpus,
+    /// `wait_on` / `wake_on` (a full kmap pool's waiters park here).
+    waits: WaitQueues,
     /// Lock order: after the page table's lock (the MMU hooks run under
     /// it), before nothing.
     tlb: Mutex<Tlb>,
@@ -228,6 +231,7 @@ impl Machine {
                 memory_map,
                 device_window,
                 cpus: HostCpus::new(config.nr_cpus),
+                waits: WaitQueues::new(),
                 tlb: Mutex::new(Tlb::default()),
                 table_attached: AtomicBool::new(false),
                 host,
@@ -404,6 +408,13 @@ impl Platform for Machine {
     }
     fn cpu_id(&self) -> usize {
         self.inner.cpus.cpu_id()
+    }
+    /// Parks the thread (see [`crate::park`]).
+    fn wait_on(&self, word: &AtomicU32, seen: u32) {
+        self.inner.waits.wait_on(word, seen)
+    }
+    fn wake_on(&self, word: &AtomicU32) {
+        self.inner.waits.wake_on(word)
     }
     /// Zeroes a highmem frame (for `__GFP_ZERO`) in the RAM file itself,
     /// where a kernel would borrow a `kmap_local` slot.
