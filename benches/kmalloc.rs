@@ -1,7 +1,10 @@
 //! kmalloc against peer allocators on the workloads of the slab issue:
 //! O1 64-byte alloc+free pairs, O2 100,000 64-byte allocations freed in
 //! shuffled order, O3 churn over 50,000 live objects of a kernel-like size
-//! mix (8 B to 4 KiB). Every allocator gets its own arena; kmm is the hosted
+//! mix (8 B to 4 KiB). The peers: glibc (`System`) and mimalloc, each
+//! called through its `GlobalAlloc`, and talc, slabmalloc,
+//! linked_list_allocator and buddy_system_allocator, each over its own
+//! arena. kmm is the hosted
 //! `MemoryManager` (zones and slab composed), driven from the thread that
 //! owns its CPU 0, so pinning is a thread-local read (as a kernel with
 //! preemption disabled). kmm runs twice: `kmm-kmalloc` frees with the
@@ -20,6 +23,7 @@ use criterion::{
 };
 use kmm::{HostedMemoryManager, MemoryManager};
 use kmm_api::{GFP_KERNEL, PAGE_SIZE};
+use mimalloc::MiMalloc;
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
 use std::{
     alloc::{GlobalAlloc, Layout, System},
@@ -48,56 +52,70 @@ const MIX: [(usize, u32); 12] = [
     (4096, 1),
 ];
 
+/// What the single-threaded workloads need of an allocator; `&mut self`, so
+/// the single-threaded peers (talc, slabmalloc, linked_list_allocator,
+/// buddy_system_allocator) run without a lock, as a kernel would not run
+/// them.
 trait Bench {
     fn alloc(&mut self, size: usize) -> NonNull<u8>;
     fn free(&mut self, p: NonNull<u8>, size: usize);
+}
+
+/// An allocator any number of threads share through `&self`: kmm and the
+/// host allocators. Each is a [`Bench`] through a shared reference.
+trait Shared: Sync {
+    fn alloc(&self, size: usize) -> NonNull<u8>;
+    /// `p` came from `alloc(size)` of this allocator and is freed once
+    /// (the workloads' promise, not checked here).
+    fn free(&self, p: NonNull<u8>, size: usize);
+}
+
+impl<S: Shared> Bench for &S {
+    #[inline]
+    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+        Shared::alloc(*self, size)
+    }
+    #[inline]
+    fn free(&mut self, p: NonNull<u8>, size: usize) {
+        Shared::free(*self, p, size)
+    }
 }
 
 fn layout(size: usize) -> Layout {
     Layout::from_size_align(size, 8).unwrap()
 }
 
+/// `kmalloc` / `kfree` of a hosted manager.
 struct Kmm(HostedMemoryManager);
-impl Bench for Kmm {
+impl Shared for Kmm {
     #[inline]
-    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+    fn alloc(&self, size: usize) -> NonNull<u8> {
         self.0.kmalloc(size, GFP_KERNEL).unwrap()
     }
     #[inline]
-    fn free(&mut self, p: NonNull<u8>, _size: usize) {
+    fn free(&self, p: NonNull<u8>, _size: usize) {
         // SAFETY: the workloads free only what `alloc` returned, once, and
         // drop it from their live set: the caller holds the object and
-        // gives it up. One thread drives each manager.
+        // gives it up.
         unsafe { self.0.kfree(p.as_ptr()) }.unwrap()
     }
 }
 
-/// kmm through its `GlobalAlloc` adaptor (kmalloc classes, trusted free).
-struct KmmGlobal(&'static kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted>);
-impl Bench for KmmGlobal {
+/// A `GlobalAlloc` called directly (never installed as the process's
+/// allocator): glibc (`System`), mimalloc, and kmm through its adaptor
+/// (kmalloc classes, trusted free).
+struct Global<A: 'static>(&'static A);
+impl<A: GlobalAlloc + Sync> Shared for Global<A> {
     #[inline]
-    fn alloc(&mut self, size: usize) -> NonNull<u8> {
+    fn alloc(&self, size: usize) -> NonNull<u8> {
         // SAFETY: non-zero size.
         NonNull::new(unsafe { self.0.alloc(layout(size)) }).unwrap()
     }
     #[inline]
-    fn free(&mut self, p: NonNull<u8>, size: usize) {
-        // SAFETY: allocated above with this layout, freed once.
+    fn free(&self, p: NonNull<u8>, size: usize) {
+        // SAFETY: allocated by this allocator with this layout (the
+        // workloads' promise), freed once.
         unsafe { self.0.dealloc(p.as_ptr(), layout(size)) }
-    }
-}
-
-struct Sys;
-impl Bench for Sys {
-    #[inline]
-    fn alloc(&mut self, size: usize) -> NonNull<u8> {
-        // SAFETY: non-zero size.
-        NonNull::new(unsafe { System.alloc(layout(size)) }).unwrap()
-    }
-    #[inline]
-    fn free(&mut self, p: NonNull<u8>, size: usize) {
-        // SAFETY: allocated above with this layout.
-        unsafe { System.dealloc(p.as_ptr(), layout(size)) }
     }
 }
 
@@ -201,12 +219,12 @@ fn kmm() -> Kmm {
 /// The hosted manager behind the `GlobalKmalloc` adaptor, reached as a
 /// kernel reaches its own (a `'static` once-initialised slot); one manager
 /// serves every workload of this contender.
-fn kmm_global() -> KmmGlobal {
+fn kmm_global() -> Global<kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted>> {
     static MM: std::sync::OnceLock<HostedMemoryManager> = std::sync::OnceLock::new();
     static GLOBAL: kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted> =
         kmm::GlobalKmalloc::new(|| MM.get().map(MemoryManager::kmem));
     MM.get_or_init(|| kmm().0);
-    KmmGlobal(&GLOBAL)
+    Global(&GLOBAL)
 }
 
 fn talc() -> Talc {
@@ -244,9 +262,10 @@ fn buddy() -> Buddy {
 /// dispatch in the measured loop), each over its own arena.
 macro_rules! each_allocator {
     ($group:expr, $workload:ident) => {
-        $workload(&mut $group, "kmm-kmalloc", kmm());
-        $workload(&mut $group, "kmm-global", kmm_global());
-        $workload(&mut $group, "system-malloc", Sys);
+        $workload(&mut $group, "kmm-kmalloc", &kmm());
+        $workload(&mut $group, "kmm-global", &kmm_global());
+        $workload(&mut $group, "system-malloc", &Global(&System));
+        $workload(&mut $group, "mimalloc", &Global(&MiMalloc));
         $workload(&mut $group, "talc", talc());
         $workload(&mut $group, "slabmalloc", slabmalloc());
         $workload(&mut $group, "linked_list_allocator", linked_list());
