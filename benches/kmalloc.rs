@@ -28,12 +28,20 @@ use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     ptr::NonNull,
-    time::Duration,
+    sync::{mpsc, Barrier, OnceLock},
+    thread,
+    time::{Duration, Instant},
 };
 
 const ARENA: usize = 256 << 20;
 const O2_OBJECTS: usize = 100_000;
 const O3_LIVE: usize = 50_000;
+/// Threads of O4 (O5 has a producer and a consumer).
+const THREADS: usize = 2;
+const O5_OBJECTS: usize = 2_000_000;
+const O5_BATCH: usize = 1000;
+/// O5's channel bound in batches: the producer waits beyond it.
+const O5_IN_FLIGHT: usize = 16;
 
 /// A kernel-like size mix: mostly small objects (dentries, list nodes,
 /// skb heads), a tail of buffers up to a page.
@@ -212,19 +220,36 @@ impl Bench for Buddy {
     }
 }
 
-fn kmm() -> Kmm {
-    Kmm(MemoryManager::hosted(ARENA, 1).unwrap())
+/// A hosted manager over [`ARENA`] with `nr_cpus` owned CPUs, booted on
+/// the calling thread.
+fn boot(nr_cpus: usize) -> HostedMemoryManager {
+    MemoryManager::hosted(ARENA, nr_cpus).unwrap()
 }
 
-/// The hosted manager behind the `GlobalKmalloc` adaptor, reached as a
-/// kernel reaches its own (a `'static` once-initialised slot); one manager
-/// serves every workload of this contender.
-fn kmm_global() -> Global<kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted>> {
-    static MM: std::sync::OnceLock<HostedMemoryManager> = std::sync::OnceLock::new();
-    static GLOBAL: kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted> =
-        kmm::GlobalKmalloc::new(|| MM.get().map(MemoryManager::kmem));
-    MM.get_or_init(|| kmm().0);
-    Global(&GLOBAL)
+fn kmm() -> Kmm {
+    Kmm(boot(1))
+}
+
+type HostedGlobalKmalloc = kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted>;
+
+/// The CPU counts the `kmm-global` managers are booted with: one for the
+/// single-threaded workloads, two and eight for the threaded ones.
+const GLOBAL_CPUS: [usize; 3] = [1, 2, 8];
+
+/// A hosted manager with `nr_cpus` CPUs (one of [`GLOBAL_CPUS`]) behind
+/// the `GlobalKmalloc` adaptor, reached as a kernel reaches its own (a
+/// `'static` once-initialised slot); one manager serves every workload of
+/// the contender.
+fn kmm_global(nr_cpus: usize) -> Global<HostedGlobalKmalloc> {
+    static MMS: [OnceLock<HostedMemoryManager>; 3] = [const { OnceLock::new() }; 3];
+    static GLOBALS: [HostedGlobalKmalloc; 3] = [
+        kmm::GlobalKmalloc::new(|| MMS[0].get().map(MemoryManager::kmem)),
+        kmm::GlobalKmalloc::new(|| MMS[1].get().map(MemoryManager::kmem)),
+        kmm::GlobalKmalloc::new(|| MMS[2].get().map(MemoryManager::kmem)),
+    ];
+    let i = GLOBAL_CPUS.iter().position(|&n| n == nr_cpus).unwrap();
+    MMS[i].get_or_init(|| boot(nr_cpus));
+    Global(&GLOBALS[i])
 }
 
 fn talc() -> Talc {
@@ -263,13 +288,35 @@ fn buddy() -> Buddy {
 macro_rules! each_allocator {
     ($group:expr, $workload:ident) => {
         $workload(&mut $group, "kmm-kmalloc", &kmm());
-        $workload(&mut $group, "kmm-global", &kmm_global());
+        $workload(&mut $group, "kmm-global", &kmm_global(1));
         $workload(&mut $group, "system-malloc", &Global(&System));
         $workload(&mut $group, "mimalloc", &Global(&MiMalloc));
         $workload(&mut $group, "talc", talc());
         $workload(&mut $group, "slabmalloc", slabmalloc());
         $workload(&mut $group, "linked_list_allocator", linked_list());
         $workload(&mut $group, "buddy_system_allocator", buddy());
+    };
+}
+
+/// Runs a threaded `workload` once per thread-safe allocator: kmm with two
+/// and with eight CPUs (two CPUs for two worker threads is the case the
+/// hosted CPU model serves worst), glibc and mimalloc.
+macro_rules! each_shared_allocator {
+    ($group:expr, $workload:ident) => {
+        for cpus in [2, 8] {
+            $workload(
+                &mut $group,
+                &format!("kmm-kmalloc-cpus{cpus}"),
+                &Kmm(boot(cpus)),
+            );
+            $workload(
+                &mut $group,
+                &format!("kmm-global-cpus{cpus}"),
+                &kmm_global(cpus),
+            );
+        }
+        $workload(&mut $group, "system-malloc", &Global(&System));
+        $workload(&mut $group, "mimalloc", &Global(&MiMalloc));
     };
 }
 
@@ -331,32 +378,184 @@ fn o2_shuffled(c: &mut Criterion) {
     g.finish();
 }
 
+/// O3's churn over one live set: the script of (slot, new size) steps and
+/// the initial sizes, drawn from `seed` before timing, and the live
+/// objects.
+struct Churn {
+    steps: Vec<(usize, usize)>,
+    live: Vec<(NonNull<u8>, usize)>,
+    at: usize,
+}
+
+impl Churn {
+    fn new<A: Bench>(a: &mut A, seed: u64) -> Self {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let steps = (0..1 << 16)
+            .map(|_| (rng.gen_range(0..O3_LIVE), mix_size(&mut rng)))
+            .collect();
+        let live = (0..O3_LIVE)
+            .map(|_| {
+                let s = mix_size(&mut rng);
+                (a.alloc(s), s)
+            })
+            .collect();
+        Churn { steps, live, at: 0 }
+    }
+
+    /// Frees one live object and allocates its replacement.
+    #[inline]
+    fn step<A: Bench>(&mut self, a: &mut A) {
+        let (slot, size) = self.steps[self.at & (self.steps.len() - 1)];
+        self.at += 1;
+        let (p, old) = self.live[slot];
+        a.free(p, old);
+        self.live[slot] = (a.alloc(size), size);
+    }
+
+    fn free_all<A: Bench>(self, a: &mut A) {
+        for (p, size) in self.live {
+            a.free(p, size);
+        }
+    }
+}
+
 fn o3<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
-    let mut rng = SmallRng::seed_from_u64(3);
-    let steps: Vec<(usize, usize)> = (0..1 << 16)
-        .map(|_| (rng.gen_range(0..O3_LIVE), mix_size(&mut rng)))
-        .collect();
-    let mut live: Vec<(NonNull<u8>, usize)> = (0..O3_LIVE)
-        .map(|_| {
-            let s = mix_size(&mut rng);
-            (a.alloc(s), s)
-        })
-        .collect();
-    let mut at = 0;
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            let (slot, size) = steps[at & (steps.len() - 1)];
-            at += 1;
-            let (p, old) = live[slot];
-            a.free(p, old);
-            live[slot] = (a.alloc(size), size);
-        })
-    });
+    let mut churn = Churn::new(&mut a, 3);
+    g.bench_function(name, |b| b.iter(|| churn.step(&mut a)));
 }
 
 fn o3_churn(c: &mut Criterion) {
     let mut g = c.benchmark_group("O3 churn, 50k live, 8B-4KiB mix");
     each_allocator!(g, o3);
+    g.finish();
+}
+
+/// A worker thread's side of the samples of a threaded workload.
+struct Samples<'a> {
+    iters: mpsc::Receiver<u64>,
+    spans: mpsc::Sender<(Instant, Instant)>,
+    barrier: &'a Barrier,
+}
+
+impl Samples<'_> {
+    /// Runs `work(iters)` for every sample until the benchmark ends, all
+    /// workers starting together, and reports its span.
+    fn each(&self, mut work: impl FnMut(u64)) {
+        for iters in &self.iters {
+            self.barrier.wait();
+            let start = Instant::now();
+            work(iters);
+            self.spans.send((start, Instant::now())).unwrap();
+        }
+    }
+}
+
+/// One thread of a threaded workload, alive for the whole benchmark: its
+/// set-up, then [`Samples::each`], then its tear-down.
+type Worker<'a> = Box<dyn FnOnce(&Samples<'_>) + Send + 'a>;
+
+/// Benchmarks a threaded workload, each worker on its own thread. The
+/// workers live across samples, so their live sets and caches stay warm as
+/// in the single-threaded workloads; a sample's time runs from the first
+/// worker's start to the last one's end.
+fn threaded(g: &mut Group<'_>, name: &str, workers: Vec<Worker<'_>>) {
+    let threads = workers.len();
+    let barrier = Barrier::new(threads);
+    let (span_tx, spans) = mpsc::channel();
+    thread::scope(|s| {
+        let orders: Vec<mpsc::Sender<u64>> = workers
+            .into_iter()
+            .map(|worker| {
+                let (order, iters) = mpsc::channel();
+                let samples = Samples {
+                    iters,
+                    spans: span_tx.clone(),
+                    barrier: &barrier,
+                };
+                s.spawn(move || worker(&samples));
+                order
+            })
+            .collect();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                for order in &orders {
+                    order.send(iters).unwrap();
+                }
+                let spans: Vec<(Instant, Instant)> = spans.iter().take(threads).collect();
+                let start = spans.iter().map(|&(start, _)| start).min().unwrap();
+                let end = spans.iter().map(|&(_, end)| end).max().unwrap();
+                end - start
+            })
+        });
+        // Dropping `orders` ends the workers' samples; the scope joins them.
+    });
+}
+
+/// O4: O3's churn on [`THREADS`] threads at once, each over its own live
+/// set; an iteration is one step on every thread.
+fn o4<S: Shared>(g: &mut Group<'_>, name: &str, a: &S) {
+    let worker = |t: usize| -> Worker<'_> {
+        Box::new(move |samples| {
+            let mut a = a;
+            let mut churn = Churn::new(&mut a, 4 + t as u64);
+            samples.each(|iters| {
+                for _ in 0..iters {
+                    churn.step(&mut a);
+                }
+            });
+            churn.free_all(&mut a);
+        })
+    };
+    threaded(g, name, (0..THREADS).map(worker).collect());
+}
+
+fn o4_threaded_churn(c: &mut Criterion) {
+    let mut g = c.benchmark_group("O4 churn, 2 threads x 50k live, 8B-4KiB mix");
+    g.throughput(Throughput::Elements(THREADS as u64));
+    each_shared_allocator!(g, o4);
+    g.finish();
+}
+
+/// An object on its way from the thread that allocated it to the one
+/// that frees it.
+struct Object(NonNull<u8>);
+// SAFETY: the producer gives the object up when it sends it; only the
+// consumer touches it afterwards (to free it).
+unsafe impl Send for Object {}
+
+/// O5: thread 0 allocates 64-byte objects and sends them in batches of
+/// [`O5_BATCH`] over a channel (at most [`O5_IN_FLIGHT`] batches queued, so
+/// the live set stays bounded); thread 1 frees them. An iteration is a
+/// round of [`O5_OBJECTS`] objects, timed from the producer's first
+/// allocation to the consumer's last free.
+fn o5<S: Shared>(g: &mut Group<'_>, name: &str, a: &S) {
+    let (tx, rx) = mpsc::sync_channel::<Vec<Object>>(O5_IN_FLIGHT);
+    let batches = |iters: u64| iters as usize * O5_OBJECTS / O5_BATCH;
+    let producer: Worker<'_> = Box::new(move |samples| {
+        samples.each(|iters| {
+            for _ in 0..batches(iters) {
+                let batch = (0..O5_BATCH).map(|_| Object(a.alloc(64))).collect();
+                tx.send(batch).unwrap();
+            }
+        })
+    });
+    let consumer: Worker<'_> = Box::new(move |samples| {
+        samples.each(|iters| {
+            for batch in rx.iter().take(batches(iters)) {
+                for Object(p) in batch {
+                    a.free(p, 64);
+                }
+            }
+        })
+    });
+    threaded(g, name, vec![producer, consumer]);
+}
+
+fn o5_remote_free(c: &mut Criterion) {
+    let mut g = c.benchmark_group("O5 remote free, 64B, batches of 1000");
+    g.throughput(Throughput::Elements(O5_OBJECTS as u64));
+    g.sample_size(10);
+    each_shared_allocator!(g, o5);
     g.finish();
 }
 
@@ -403,6 +602,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = o1_pairs, o2_shuffled, o3_churn
+    targets = o1_pairs, o2_shuffled, o3_churn, o4_threaded_churn, o5_remote_free
 }
 criterion_main!(benches);
