@@ -1,16 +1,25 @@
-//! kmalloc against peer allocators on the workloads of the slab issue:
-//! O1 64-byte alloc+free pairs, O2 100,000 64-byte allocations freed in
-//! shuffled order, O3 churn over 50,000 live objects of a kernel-like size
-//! mix (8 B to 4 KiB). The peers: glibc (`System`) and mimalloc, each
-//! called through its `GlobalAlloc`, and talc, slabmalloc,
+//! kmalloc against peer allocators. Single-threaded workloads of the slab
+//! issue: O1 64-byte alloc+free pairs, O2 100,000 64-byte allocations
+//! freed in shuffled order, O3 churn over 50,000 live objects of a
+//! kernel-like size mix (8 B to 4 KiB). Threaded workloads: O4, O3's churn
+//! on two threads at once; O5, remote frees (one thread allocates 64-byte
+//! objects, another frees them).
+//!
+//! The peers: glibc (`System`) and mimalloc, each called through its
+//! `GlobalAlloc`, and (single-threaded workloads only) talc, slabmalloc,
 //! linked_list_allocator and buddy_system_allocator, each over its own
-//! arena. kmm is the hosted
-//! `MemoryManager` (zones and slab composed), driven from the thread that
-//! owns its CPU 0, so pinning is a thread-local read (as a kernel with
-//! preemption disabled). kmm runs twice: `kmm-kmalloc` frees with the
-//! checked `kfree` (one compare-and-swap of the object's state, so racing
-//! double frees are refused), `kmm-global` through the `GlobalAlloc`
-//! adaptor, whose trusted free stores the state instead. Prints O3's
+//! arena and driven through `&mut` without a lock. kmm is the hosted
+//! `MemoryManager` (zones and slab composed), twice: `kmm-kmalloc` frees
+//! with the checked `kfree` (one compare-and-swap of the object's state,
+//! so racing double frees are refused), `kmm-global` through the hosted
+//! preset's `HostedGlobal`, whose trusted free stores the state instead.
+//!
+//! Every contender runs on worker threads spawned for its benchmark, never
+//! on the thread that booted kmm's manager, as in a program that boots its
+//! allocator in `main` and works in threads: so kmm's per-CPU fast path is
+//! measured with the CPU the hosted CPU model gives such a thread, not the
+//! one the booting thread holds. Workers live across samples (live sets,
+//! caches and per-CPU arrays warm for every contender alike). Prints O3's
 //! memory efficiency for kmm before the runs.
 //!
 //! `cargo bench --bench kmalloc --features std -- --warm-up-time 1 --measurement-time 3`
@@ -21,7 +30,7 @@ use criterion::{
     black_box, criterion_group, criterion_main, measurement::WallTime, BenchmarkGroup, Criterion,
     Throughput,
 };
-use kmm::{HostedMemoryManager, MemoryManager};
+use kmm::{global::HostedGlobal, HostedMemoryManager, MemoryManager};
 use kmm_api::{GFP_KERNEL, PAGE_SIZE};
 use mimalloc::MiMalloc;
 use rand::{rngs::SmallRng, seq::SliceRandom, Rng, SeedableRng};
@@ -110,8 +119,7 @@ impl Shared for Kmm {
 }
 
 /// A `GlobalAlloc` called directly (never installed as the process's
-/// allocator): glibc (`System`), mimalloc, and kmm through its adaptor
-/// (kmalloc classes, trusted free).
+/// allocator): glibc (`System`), mimalloc, and kmm's `HostedGlobal`.
 struct Global<A: 'static>(&'static A);
 impl<A: GlobalAlloc + Sync> Shared for Global<A> {
     #[inline]
@@ -230,22 +238,21 @@ fn kmm() -> Kmm {
     Kmm(boot(1))
 }
 
-type HostedGlobalKmalloc = kmm::GlobalKmalloc<kmm::hosted::Hosted, kmm::hosted::Hosted>;
-
 /// The CPU counts the `kmm-global` managers are booted with: one for the
 /// single-threaded workloads, two and eight for the threaded ones.
 const GLOBAL_CPUS: [usize; 3] = [1, 2, 8];
 
 /// A hosted manager with `nr_cpus` CPUs (one of [`GLOBAL_CPUS`]) behind
-/// the `GlobalKmalloc` adaptor, reached as a kernel reaches its own (a
-/// `'static` once-initialised slot); one manager serves every workload of
-/// the contender.
-fn kmm_global(nr_cpus: usize) -> Global<HostedGlobalKmalloc> {
+/// the hosted preset's global allocator, `HostedGlobal`, as a program
+/// installs it: kmalloc classes and the trusted free, after the address
+/// check that tells the manager's blocks from the host's. One manager
+/// serves every workload of the contender.
+fn kmm_global(nr_cpus: usize) -> Global<HostedGlobal> {
     static MMS: [OnceLock<HostedMemoryManager>; 3] = [const { OnceLock::new() }; 3];
-    static GLOBALS: [HostedGlobalKmalloc; 3] = [
-        kmm::GlobalKmalloc::new(|| MMS[0].get().map(MemoryManager::kmem)),
-        kmm::GlobalKmalloc::new(|| MMS[1].get().map(MemoryManager::kmem)),
-        kmm::GlobalKmalloc::new(|| MMS[2].get().map(MemoryManager::kmem)),
+    static GLOBALS: [HostedGlobal; 3] = [
+        HostedGlobal::new(|| MMS[0].get().map(MemoryManager::kmem)),
+        HostedGlobal::new(|| MMS[1].get().map(MemoryManager::kmem)),
+        HostedGlobal::new(|| MMS[2].get().map(MemoryManager::kmem)),
     ];
     let i = GLOBAL_CPUS.iter().position(|&n| n == nr_cpus).unwrap();
     MMS[i].get_or_init(|| boot(nr_cpus));
@@ -335,16 +342,19 @@ fn mix_size(rng: &mut SmallRng) -> usize {
     8
 }
 
-fn o1<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
-    // Warm the caches so the pair is the steady-state fast path.
-    let p = a.alloc(64);
-    a.free(p, 64);
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            let p = a.alloc(black_box(64));
-            a.free(black_box(p), 64);
-        })
+fn o1<A: Bench + Send>(g: &mut Group<'_>, name: &str, mut a: A) {
+    let worker: Worker<'_> = Box::new(move |samples| {
+        // Warm the caches so the pair is the steady-state fast path.
+        let p = a.alloc(64);
+        a.free(p, 64);
+        samples.each(|iters| {
+            for _ in 0..iters {
+                let p = a.alloc(black_box(64));
+                a.free(black_box(p), 64);
+            }
+        });
     });
+    threaded(g, name, vec![worker]);
 }
 
 fn o1_pairs(c: &mut Criterion) {
@@ -353,21 +363,24 @@ fn o1_pairs(c: &mut Criterion) {
     g.finish();
 }
 
-fn o2<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
+fn o2<A: Bench + Send>(g: &mut Group<'_>, name: &str, mut a: A) {
     let mut order: Vec<usize> = (0..O2_OBJECTS).collect();
     order.shuffle(&mut SmallRng::seed_from_u64(2));
-    let mut ptrs = Vec::with_capacity(O2_OBJECTS);
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            ptrs.clear();
-            for _ in 0..O2_OBJECTS {
-                ptrs.push(a.alloc(64));
+    let worker: Worker<'_> = Box::new(move |samples| {
+        let mut ptrs = Vec::with_capacity(O2_OBJECTS);
+        samples.each(|iters| {
+            for _ in 0..iters {
+                ptrs.clear();
+                for _ in 0..O2_OBJECTS {
+                    ptrs.push(a.alloc(64));
+                }
+                for &i in &order {
+                    a.free(ptrs[i], 64);
+                }
             }
-            for &i in &order {
-                a.free(ptrs[i], 64);
-            }
-        })
+        });
     });
+    threaded(g, name, vec![worker]);
 }
 
 fn o2_shuffled(c: &mut Criterion) {
@@ -419,9 +432,22 @@ impl Churn {
     }
 }
 
-fn o3<A: Bench>(g: &mut Group<'_>, name: &str, mut a: A) {
-    let mut churn = Churn::new(&mut a, 3);
-    g.bench_function(name, |b| b.iter(|| churn.step(&mut a)));
+/// O3's churn as one worker: its own live set (seeded by `seed`), one
+/// step per iteration; frees the live set when the benchmark ends.
+fn churn_worker<'a, A: Bench + Send + 'a>(mut a: A, seed: u64) -> Worker<'a> {
+    Box::new(move |samples| {
+        let mut churn = Churn::new(&mut a, seed);
+        samples.each(|iters| {
+            for _ in 0..iters {
+                churn.step(&mut a);
+            }
+        });
+        churn.free_all(&mut a);
+    })
+}
+
+fn o3<A: Bench + Send>(g: &mut Group<'_>, name: &str, a: A) {
+    threaded(g, name, vec![churn_worker(a, 3)]);
 }
 
 fn o3_churn(c: &mut Criterion) {
@@ -494,19 +520,8 @@ fn threaded(g: &mut Group<'_>, name: &str, workers: Vec<Worker<'_>>) {
 /// O4: O3's churn on [`THREADS`] threads at once, each over its own live
 /// set; an iteration is one step on every thread.
 fn o4<S: Shared>(g: &mut Group<'_>, name: &str, a: &S) {
-    let worker = |t: usize| -> Worker<'_> {
-        Box::new(move |samples| {
-            let mut a = a;
-            let mut churn = Churn::new(&mut a, 4 + t as u64);
-            samples.each(|iters| {
-                for _ in 0..iters {
-                    churn.step(&mut a);
-                }
-            });
-            churn.free_all(&mut a);
-        })
-    };
-    threaded(g, name, (0..THREADS).map(worker).collect());
+    let workers = (0..THREADS).map(|t| churn_worker(a, 4 + t as u64));
+    threaded(g, name, workers.collect());
 }
 
 fn o4_threaded_churn(c: &mut Criterion) {
