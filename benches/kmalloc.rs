@@ -17,8 +17,9 @@
 //! Every contender runs on worker threads spawned for its benchmark, never
 //! on the thread that booted kmm's manager, as in a program that boots its
 //! allocator in `main` and works in threads: so kmm's per-CPU fast path is
-//! measured with the CPU the hosted CPU model gives such a thread, not the
-//! one the booting thread holds. Workers live across samples (live sets,
+//! measured with the CPU the hosted CPU model gives such a thread (an owned
+//! one for the first `nr_cpus` of them, the booting thread having given
+//! its CPU back; the shared overflow CPU beyond). Workers live across samples (live sets,
 //! caches and per-CPU arrays warm for every contender alike). Prints O3's
 //! memory efficiency for kmm before the runs.
 //!
