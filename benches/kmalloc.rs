@@ -292,7 +292,8 @@ fn buddy() -> Buddy {
 }
 
 /// Runs `workload` once per allocator, each a concrete type (no dynamic
-/// dispatch in the measured loop), each over its own arena.
+/// dispatch in the measured loop); the arena-based peers each over their
+/// own arena.
 macro_rules! each_allocator {
     ($group:expr, $workload:ident) => {
         $workload(&mut $group, "kmm-kmalloc", &kmm());
@@ -307,8 +308,9 @@ macro_rules! each_allocator {
 }
 
 /// Runs a threaded `workload` once per thread-safe allocator: kmm with two
-/// and with eight CPUs (two CPUs for two worker threads is the case the
-/// hosted CPU model serves worst), glibc and mimalloc.
+/// and with eight CPUs (with two, each of two workers owns a CPU only
+/// because the booting thread gives its CPU back after boot), glibc and
+/// mimalloc.
 macro_rules! each_shared_allocator {
     ($group:expr, $workload:ident) => {
         for cpus in [2, 8] {
