@@ -25,9 +25,9 @@
 //! thread may claim them; so does [`HostCpus::release`] while the thread
 //! lives (the hosted preset's booting thread releases CPU 0 once boot is
 //! over, so the program's first worker owns it rather than sharing the
-//! overflow CPU; should the booting thread allocate again, it claims
-//! afresh like any other thread), and [`HostCpus::on_cpu`], which holds an id that
-//! is free for the length of the work, can drain per-CPU caches a finished
+//! overflow CPU; should the booting thread allocate again, it claims afresh
+//! like any other thread). [`HostCpus::on_cpu`], which holds an id that is
+//! free for the length of the work, can drain per-CPU caches a finished
 //! thread left behind (Linux `flush_all`). It cannot run work as the CPU of
 //! a thread that is still alive (nothing can interrupt that thread), and
 //! then says so (`false`).
