@@ -8,7 +8,7 @@
 //! | state | meaning | who moves it |
 //! |---|---|---|
 //! | `FREE` (0) | nobody has the CPU | a claim or a remote hold takes it |
-//! | `owned(t)` | thread `t` owns it for as long as `t` lives | `t`'s exit frees it |
+//! | `owned(t)` | thread `t` owns it until `t` exits or releases it | `t`'s exit or [`HostCpus::release`] frees it |
 //! | `held(t)` | thread `t` runs as it for a moment (`on_cpu`, or a pin of the overflow CPU) | `t` frees it |
 //!
 //! A thread's first request claims the first free owned id (a
@@ -22,8 +22,12 @@
 //! it have a slot for the overflow CPU.
 //!
 //! A thread's exit frees the ids it owns (release store), so a later
-//! thread may claim them, and [`HostCpus::on_cpu`], which holds an id that
-//! is free for the length of the work, can drain per-CPU caches a finished
+//! thread may claim them; so does [`HostCpus::release`] while the thread
+//! lives (the hosted preset's booting thread releases CPU 0 once boot is
+//! over, so the program's first worker owns it rather than sharing the
+//! overflow CPU; should the booting thread allocate again, it claims afresh
+//! like any other thread). [`HostCpus::on_cpu`], which holds an id that is
+//! free for the length of the work, can drain per-CPU caches a finished
 //! thread left behind (Linux `flush_all`). It cannot run work as the CPU of
 //! a thread that is still alive (nothing can interrupt that thread), and
 //! then says so (`false`).
@@ -183,20 +187,57 @@ impl HostCpus {
     /// A new claim: the first free owned id, else the overflow CPU. A
     /// thread whose storage is already being torn down (a destructor that
     /// allocates) could not free an id at exit, so it takes the overflow
-    /// CPU.
+    /// CPU. So does a claim made while this thread's list of owned ids is
+    /// borrowed: recording a claim may grow the list, and when the manager
+    /// is the global allocator that allocation asks for a CPU again before
+    /// the first claim is remembered; the nested request is served on the
+    /// overflow CPU rather than claiming a second id (or panicking on the
+    /// borrow).
     #[cold]
     fn claim(&self) -> usize {
         let me = owned_by_me();
         let claimed = OWNED.try_with(|owned| {
+            let mut owned = owned.0.try_borrow_mut().ok()?;
             let cpu = (0..self.owned).find(|&cpu| {
                 self.states[cpu]
                     .compare_exchange(FREE, me, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
             })?;
-            owned.0.borrow_mut().push((self.states.clone(), cpu));
+            owned.push((self.states.clone(), cpu));
             Some(cpu)
         });
         claimed.ok().flatten().unwrap_or(self.owned)
+    }
+
+    /// Frees every id of this value the calling thread owns, as its exit
+    /// would, and forgets its claim, so other threads may claim them at
+    /// once; the caller's next request claims afresh.
+    ///
+    /// # Safety
+    ///
+    /// No section pinned to a CPU of this value is open on the calling
+    /// thread (a `get_cpu` without its `put_cpu`): another thread may
+    /// claim the id and enter its per-CPU state as soon as it is freed.
+    pub unsafe fn release(&self) {
+        CLAIMS.with(|claims| {
+            let entry = &claims.0[self.id as usize % REMEMBERED];
+            if entry.get().0 == self.id {
+                entry.set((0, 0));
+            }
+        });
+        // A thread whose storage is being torn down has nothing to free:
+        // its exit frees (or has freed) its ids.
+        let _ = OWNED.try_with(|owned| {
+            owned.0.borrow_mut().retain(|(states, cpu)| {
+                if !Arc::ptr_eq(states, &self.states) {
+                    return true;
+                }
+                // Release: as at thread exit, our per-CPU writes happen
+                // before the next claimer's acquire.
+                states[*cpu].store(FREE, Ordering::Release);
+                false
+            })
+        });
     }
 
     /// Pins the caller to its CPU: an owned CPU at once; the overflow CPU
@@ -310,6 +351,25 @@ mod tests {
             })
             .collect();
         assert_eq!(ids, [0, 0, 0, 0], "each thread frees CPU 0 as it exits");
+    }
+
+    #[test]
+    fn a_released_cpu_goes_to_the_next_thread_and_the_releaser_claims_afresh() {
+        let cpus = Arc::new(HostCpus::new(1));
+        assert_eq!(cpus.cpu_id(), 0);
+        // SAFETY: nothing is pinned on this thread.
+        unsafe { cpus.release() };
+        let c = cpus.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            tx.send(c.cpu_id()).unwrap();
+            done_rx.recv().unwrap();
+        });
+        assert_eq!(rx.recv().unwrap(), 0, "the released CPU is claimable");
+        assert_eq!(cpus.cpu_id(), cpus.overflow_cpu(), "CPU 0 is theirs now");
+        done_tx.send(()).unwrap();
+        other.join().unwrap();
     }
 
     #[test]

@@ -91,8 +91,8 @@ pub struct Hosted {
 
 impl Hosted {
     /// `ram_bytes` of RAM (rounded down to pages, at least one page) and
-    /// `nr_cpus` CPUs (`1..=NR_CPUS`) owned by the first threads that use
-    /// them, plus the overflow CPU later threads share (see
+    /// `nr_cpus` CPUs (`1..=NR_CPUS`), each owned by one live thread that
+    /// uses it, plus the overflow CPU further threads share (see
     /// [`crate::cpu`]): `Platform::nr_cpus` reports `nr_cpus + 1`.
     pub fn new(ram_bytes: usize, nr_cpus: usize) -> Result<Hosted, Error> {
         if nr_cpus == 0 || nr_cpus > NR_CPUS {
@@ -128,6 +128,17 @@ impl Hosted {
 
     fn frames(&self) -> usize {
         self.inner.buffer.ram_bytes / PAGE_SIZE
+    }
+
+    /// Frees the CPU the calling thread owns (see [`HostCpus::release`]).
+    ///
+    /// # Safety
+    ///
+    /// The calling thread has no section pinned to a CPU of this machine
+    /// open.
+    pub(crate) unsafe fn release_cpu(&self) {
+        // SAFETY: the caller's promise is `release`'s contract.
+        unsafe { self.inner.cpus.release() }
     }
 }
 

@@ -648,7 +648,10 @@ mod hosted_preset {
 
     impl MemoryManager<Hosted, Hosted> {
         /// `ram_bytes` of host memory as a 64-bit machine with `nr_cpus`
-        /// CPUs, all of it directly mapped.
+        /// CPUs, all of it directly mapped. The calling thread gives up the
+        /// CPU boot claimed before returning, so `nr_cpus` threads that
+        /// use the manager afterwards each own a CPU (the caller, should
+        /// it allocate again, claims one afresh like any of them).
         pub fn hosted(ram_bytes: usize, nr_cpus: usize) -> Result<Self, Error> {
             let host = Hosted::new(ram_bytes, nr_cpus)?;
             let map = host.memory_map();
@@ -656,7 +659,11 @@ mod hosted_preset {
             // SAFETY: the buffer was just allocated and nothing else uses
             // it; it lives while any handle does, and the two handles passed
             // here live inside the manager.
-            unsafe { Self::boot(&map, layout, host.clone(), host) }
+            let mm = unsafe { Self::boot(&map, layout, host.clone(), host.clone()) }?;
+            // SAFETY: boot has returned, so every section it pinned on this
+            // thread is closed.
+            unsafe { host.release_cpu() };
+            Ok(mm)
         }
     }
 }

@@ -2,7 +2,7 @@
 //! through the direct map. Small enough for miri.
 
 use kmm::MemoryManager;
-use kmm_api::{DirectMap, Order, __GFP_ZERO, GFP_DMA, GFP_KERNEL, PAGE_SIZE};
+use kmm_api::{DirectMap, Order, Platform, __GFP_ZERO, GFP_DMA, GFP_KERNEL, PAGE_SIZE};
 use kmm_zones::ZoneType;
 
 fn ram_bytes() -> usize {
@@ -153,4 +153,30 @@ fn memory_comes_back_after_threads_cross_free_through_kmalloc() {
     assert_eq!(mm.kmem().internal_errors(), 0);
     assert!(mm.kmem().check_invariants().is_ok());
     assert!(mm.zones().check().is_ok());
+}
+
+/// The booting thread leaves its CPU to the threads that use the manager:
+/// with two CPUs, two workers alive together each own one, and neither
+/// shares the overflow CPU.
+#[test]
+fn after_boot_as_many_workers_as_cpus_each_own_one() {
+    let mm = MemoryManager::hosted(ram_bytes(), 2).unwrap();
+    let all_claimed = std::sync::Barrier::new(2);
+    let mut cpus: Vec<usize> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    let p = mm.kmalloc(64, GFP_KERNEL).unwrap();
+                    let cpu = mm.zones().platform().cpu_id();
+                    all_claimed.wait();
+                    // SAFETY: `p` came from kmalloc above, freed once.
+                    unsafe { mm.kfree(p.as_ptr()) }.unwrap();
+                    cpu
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    cpus.sort_unstable();
+    assert_eq!(cpus, [0, 1]);
 }

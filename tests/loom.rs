@@ -3,11 +3,13 @@
 //! first claims hand each owned CPU to one live thread, threads beyond the
 //! owned CPUs take turns on the overflow CPU (nested pins included), work
 //! run through `on_cpu` never overlaps a section pinned to the same CPU,
-//! a thread's exit frees its CPU for `on_cpu` and later claims, and a
-//! thread keeps its CPU in two machines at once. Also the hosted wait
-//! queues (`kmm::park::WaitQueues`): a waiter that read the word before a
-//! waker changed it and woke is never left asleep (loom reports a thread
-//! asleep forever as a deadlock).
+//! a thread's exit frees its CPU for `on_cpu` and later claims, so does a
+//! live thread's release (a racing claim gets the CPU only once it is
+//! released, and the releaser claims afresh), and a thread keeps its CPU in
+//! two machines at once. Also the hosted wait queues
+//! (`kmm::park::WaitQueues`): a waiter that read the word before a waker
+//! changed it and woke is never left asleep (loom reports a thread asleep
+//! forever as a deadlock).
 //!
 //! Every holder check goes through a loom atomic, and each model asserts a
 //! floor on the interleavings it explored.
@@ -183,5 +185,36 @@ fn a_wake_after_the_waiter_read_the_word_is_never_lost() {
             "returned with the word unchanged"
         );
         waker.join().unwrap();
+    });
+}
+
+/// The hosted preset's booting thread pins its CPU, then releases it,
+/// while a worker makes its first claim: whichever way they interleave,
+/// each CPU has one holder at a time (the worker gets the booting thread's
+/// CPU only once it is released), and the booting thread's next request
+/// claims a CPU afresh.
+#[test]
+fn a_released_cpu_is_never_held_by_two_threads() {
+    explore(3, 15, || {
+        let cpus = Arc::new(HostCpus::new(1));
+        let held = holders(&cpus);
+        let pin = |cpus: &HostCpus, held: &[AtomicUsize]| {
+            let cpu = cpus.get_cpu();
+            hold(held, cpu, || {});
+            cpus.put_cpu(cpu);
+            cpu
+        };
+        let worker = {
+            let (cpus, held) = (cpus.clone(), held.clone());
+            loom::thread::spawn(move || pin(&cpus, &held))
+        };
+        let booted = pin(&cpus, &held);
+        // SAFETY: nothing is pinned on this thread.
+        unsafe { cpus.release() };
+        let again = pin(&cpus, &held);
+        let theirs = worker.join().unwrap();
+        assert!([booted, again, theirs]
+            .iter()
+            .all(|&cpu| cpu < cpus.nr_cpus()));
     });
 }
