@@ -13,7 +13,8 @@
 //! end may be changed in place (a split or merge) as long as the order
 //! holds; [`Tree::refresh`] then restores the augmentation.
 //!
-//! Cost: `insert`, `remove`, `refresh`, `find_le` and `first` are
+//! Cost: `insert`, `remove`, `refresh`, `find_le`, `neighbours` and
+//! `first` are
 //! O(log n) (each stops climbing at the first subtree whose height and
 //! maximum come out unchanged); `next` is O(1) amortised over an
 //! in-order walk; `drain` is O(n).
@@ -205,6 +206,26 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
             }
         }
         best
+    }
+
+    /// The nodes either side of `key` in one descent: the one with the
+    /// greatest start at or below it and the one with the least start
+    /// above it (a free's neighbours, without a second walk for the
+    /// successor).
+    pub(crate) fn neighbours<S: ObjectSource>(&self, arena: &Arena<S>, key: usize) -> (Link, Link) {
+        let (mut below, mut above) = (None, None);
+        let mut cursor = self.root;
+        while let Some(at) = cursor {
+            let node = arena.get(at);
+            if node.start <= key {
+                below = Some(at);
+                cursor = node.right;
+            } else {
+                above = Some(at);
+                cursor = node.left;
+            }
+        }
+        (below, above)
     }
 
     /// The lowest node.

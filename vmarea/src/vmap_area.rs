@@ -507,11 +507,7 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
     id: NodeId,
 ) {
     let Node { start, end, .. } = *arena.get(id);
-    let below = free.find_le(arena, start);
-    let above = match below {
-        Some(below) => Tree::<AUGMENTED>::next(arena, below),
-        None => free.first(arena),
-    };
+    let (below, above) = free.neighbours(arena, start);
     let below = below.filter(|&b| arena.get(b).end == start);
     let above = above.filter(|&a| arena.get(a).start == end);
     match (below, above) {
