@@ -311,32 +311,34 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
         let mut cursor = from;
         while let Some(at) = cursor {
-            let node = *arena.get(at);
-            let (left_height, left_max) = figures(arena, node.left);
-            let (right_height, right_max) = figures(arena, node.right);
+            let node = arena.get(at);
+            let (left, right, parent) = (node.left, node.right, node.parent);
+            let (old_height, old_max, len) = (node.height, node.subtree_max, node.len());
+            let (left_height, left_max) = figures(arena, left);
+            let (right_height, right_max) = figures(arena, right);
             let balance = i16::from(left_height) - i16::from(right_height);
-            let top = if (-1..=1).contains(&balance) {
+            if (-1..=1).contains(&balance) {
                 let height = 1 + left_height.max(right_height);
                 let max = if AUGMENTED {
-                    node.len().max(left_max).max(right_max)
+                    len.max(left_max).max(right_max)
                 } else {
                     0
                 };
-                if height == node.height && max == node.subtree_max {
+                if height == old_height && max == old_max {
                     return;
                 }
                 let updated = arena.get_mut(at);
                 updated.height = height;
                 updated.subtree_max = max;
-                at
+                cursor = parent;
             } else {
-                self.rotate_at(arena, at, balance)
-            };
-            let moved = arena.get(top);
-            if moved.height == node.height && moved.subtree_max == node.subtree_max {
-                return;
+                let top = self.rotate_at(arena, at, balance);
+                let moved = arena.get(top);
+                if moved.height == old_height && moved.subtree_max == old_max {
+                    return;
+                }
+                cursor = moved.parent;
             }
-            cursor = moved.parent;
         }
     }
 
