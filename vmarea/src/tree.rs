@@ -65,35 +65,48 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
 
     /// Links a detached node in by its start.
     pub(crate) fn insert<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
-        let key = arena.get(id).start;
-        let mut parent = None;
-        let mut cursor = self.root;
-        let mut go_left = false;
-        while let Some(at) = cursor {
-            parent = Some(at);
-            go_left = key < arena.get(at).start;
-            cursor = if go_left {
-                arena.get(at).left
-            } else {
-                arena.get(at).right
-            };
-        }
-        {
-            let node = arena.get_mut(id);
-            node.left = None;
-            node.right = None;
-            node.parent = parent;
-            node.height = 1;
-        }
-        match parent {
-            None => self.root = Some(id),
-            Some(at) if go_left => arena.get_mut(at).left = Some(id),
-            Some(at) => arena.get_mut(at).right = Some(id),
-        }
+        let (below, above) = self.neighbours(arena, arena.get(id).start);
+        self.insert_between(arena, id, below, above);
+    }
+
+    /// Links a detached node in between `below` and `above`, what
+    /// [`Tree::neighbours`] just returned for its start, without a second
+    /// descent: the descent ended at one of them with a free child slot
+    /// on the node's side (`below`'s right when it has none, else the
+    /// leftmost of its right subtree, `above`, whose left is free).
+    pub(crate) fn insert_between<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        id: NodeId,
+        below: Link,
+        above: Link,
+    ) {
+        let parent = match (below, above) {
+            (Some(below), _) if arena.get(below).right.is_none() => {
+                arena.get_mut(below).right = Some(id);
+                Some(below)
+            }
+            (_, Some(above)) => {
+                debug_assert!(arena.get(above).left.is_none(), "not the neighbours");
+                arena.get_mut(above).left = Some(id);
+                Some(above)
+            }
+            _ => {
+                debug_assert!(self.root.is_none(), "not the neighbours");
+                self.root = Some(id);
+                None
+            }
+        };
+        let node = arena.get_mut(id);
+        node.left = None;
+        node.right = None;
+        node.parent = parent;
+        node.height = 1;
+        // A leaf's augmentation is its own length.
+        node.subtree_max = if AUGMENTED { node.len() } else { 0 };
         self.len += 1;
-        Self::update(arena, id);
-        if let Some(parent) = parent {
-            self.rebalance_from(arena, Some(parent));
+        if parent.is_some() {
+            self.rebalance_from(arena, parent);
         }
     }
 

@@ -508,9 +508,9 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
 ) {
     let Node { start, end, .. } = *arena.get(id);
     let (below, above) = free.neighbours(arena, start);
-    let below = below.filter(|&b| arena.get(b).end == start);
-    let above = above.filter(|&a| arena.get(a).start == end);
-    match (below, above) {
+    let touching_below = below.filter(|&b| arena.get(b).end == start);
+    let touching_above = above.filter(|&a| arena.get(a).start == end);
+    match (touching_below, touching_above) {
         (Some(below), Some(above)) => {
             let merged_end = arena.get(above).end;
             free.remove(arena, above);
@@ -533,7 +533,7 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
             let node = arena.get_mut(id);
             node.flags = VmFlags::empty();
             node.caller = None;
-            free.insert(arena, id);
+            free.insert_between(arena, id, below, above);
         }
     }
 }
