@@ -323,12 +323,19 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
     /// nothing above depends on anything else below.
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
         let mut cursor = from;
+        // The child the walk came up from and its figures, just written:
+        // one of the two reads per level it spares.
+        let mut came_from: Option<(NodeId, (u8, usize))> = None;
         while let Some(at) = cursor {
             let node = arena.get(at);
             let (left, right, parent) = (node.left, node.right, node.parent);
             let (old_height, old_max, len) = (node.height, node.subtree_max, node.len());
-            let (left_height, left_max) = figures(arena, left);
-            let (right_height, right_max) = figures(arena, right);
+            let known = |link: Link| match came_from {
+                Some((child, figures)) if link == Some(child) => figures,
+                _ => figures(arena, link),
+            };
+            let (left_height, left_max) = known(left);
+            let (right_height, right_max) = known(right);
             let balance = i16::from(left_height) - i16::from(right_height);
             if (-1..=1).contains(&balance) {
                 let height = 1 + left_height.max(right_height);
@@ -343,6 +350,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 let updated = arena.get_mut(at);
                 updated.height = height;
                 updated.subtree_max = max;
+                came_from = Some((at, (height, max)));
                 cursor = parent;
             } else {
                 let top = self.rotate_at(arena, at, balance);
@@ -350,6 +358,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 if moved.height == old_height && moved.subtree_max == old_max {
                     return;
                 }
+                came_from = Some((top, (moved.height, moved.subtree_max)));
                 cursor = moved.parent;
             }
         }
