@@ -298,23 +298,15 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         }
     }
 
-    /// Recomputes one node's height and augmentation from its children.
-    fn update<S: ObjectSource>(arena: &mut Arena<S>, id: NodeId) {
-        let (left, right, len) = {
-            let node = arena.get(id);
-            (node.left, node.right, node.len())
-        };
-        let (left_height, left_max) = figures(arena, left);
-        let (right_height, right_max) = figures(arena, right);
-        let height = 1 + left_height.max(right_height);
+    /// A node's height and augmentation from its length and its
+    /// children's figures.
+    fn combine(len: usize, left: (u8, usize), right: (u8, usize)) -> (u8, usize) {
         let max = if AUGMENTED {
-            len.max(left_max).max(right_max)
+            len.max(left.1).max(right.1)
         } else {
             0
         };
-        let node = arena.get_mut(id);
-        node.height = height;
-        node.subtree_max = max;
+        (1 + left.0.max(right.0), max)
     }
 
     /// Walks from `from` towards the root, updating and rotating where a
@@ -334,16 +326,10 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 Some((child, figures)) if link == Some(child) => figures,
                 _ => figures(arena, link),
             };
-            let (left_height, left_max) = known(left);
-            let (right_height, right_max) = known(right);
-            let balance = i16::from(left_height) - i16::from(right_height);
+            let (left, right) = (known(left), known(right));
+            let balance = i16::from(left.0) - i16::from(right.0);
             if (-1..=1).contains(&balance) {
-                let height = 1 + left_height.max(right_height);
-                let max = if AUGMENTED {
-                    len.max(left_max).max(right_max)
-                } else {
-                    0
-                };
+                let (height, max) = Self::combine(len, left, right);
                 if height == old_height && max == old_max {
                     return;
                 }
@@ -372,17 +358,17 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         at: NodeId,
         balance: i16,
     ) -> NodeId {
-        let node = *arena.get(at);
+        let node = arena.get(at);
         match (node.left, node.right) {
             (Some(left), _) if balance > 0 => {
-                let l = *arena.get(left);
+                let l = arena.get(left);
                 if height(arena, l.left) < height(arena, l.right) {
                     self.rotate_left(arena, left);
                 }
                 self.rotate_right(arena, at)
             }
             (_, Some(right)) => {
-                let r = *arena.get(right);
+                let r = arena.get(right);
                 if height(arena, r.right) < height(arena, r.left) {
                     self.rotate_right(arena, right);
                 }
@@ -394,41 +380,52 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
 
     /// Rotates `x`'s right child up into its place; returns that child.
     fn rotate_left<S: ObjectSource>(&mut self, arena: &mut Arena<S>, x: NodeId) -> NodeId {
-        let Some(y) = arena.get(x).right else {
+        let node = arena.get(x);
+        let (Some(y), x_left, x_len, parent) = (node.right, node.left, node.len(), node.parent)
+        else {
             return x;
         };
-        let inner = arena.get(y).left;
-        let parent = arena.get(x).parent;
-        arena.get_mut(x).right = inner;
+        let node = arena.get(y);
+        let (inner, y_right, y_len) = (node.left, node.right, node.len());
+        // Both figures from the three subtrees that do not move, so no
+        // node is read back after the relinking.
+        let x_figures = Self::combine(x_len, figures(arena, x_left), figures(arena, inner));
+        let y_figures = Self::combine(y_len, x_figures, figures(arena, y_right));
+        let node = arena.get_mut(x);
+        (node.right, node.parent) = (inner, Some(y));
+        (node.height, node.subtree_max) = x_figures;
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
-        arena.get_mut(y).parent = parent;
+        let node = arena.get_mut(y);
+        (node.left, node.parent) = (Some(x), parent);
+        (node.height, node.subtree_max) = y_figures;
         self.replace_child(arena, parent, x, Some(y));
-        arena.get_mut(y).left = Some(x);
-        arena.get_mut(x).parent = Some(y);
-        Self::update(arena, x);
-        Self::update(arena, y);
         y
     }
 
     /// Rotates `x`'s left child up into its place; returns that child.
     fn rotate_right<S: ObjectSource>(&mut self, arena: &mut Arena<S>, x: NodeId) -> NodeId {
-        let Some(y) = arena.get(x).left else {
+        let node = arena.get(x);
+        let (Some(y), x_right, x_len, parent) = (node.left, node.right, node.len(), node.parent)
+        else {
             return x;
         };
-        let inner = arena.get(y).right;
-        let parent = arena.get(x).parent;
-        arena.get_mut(x).left = inner;
+        let node = arena.get(y);
+        let (inner, y_left, y_len) = (node.right, node.left, node.len());
+        // As in `rotate_left`, mirrored.
+        let x_figures = Self::combine(x_len, figures(arena, inner), figures(arena, x_right));
+        let y_figures = Self::combine(y_len, figures(arena, y_left), x_figures);
+        let node = arena.get_mut(x);
+        (node.left, node.parent) = (inner, Some(y));
+        (node.height, node.subtree_max) = x_figures;
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
-        arena.get_mut(y).parent = parent;
+        let node = arena.get_mut(y);
+        (node.right, node.parent) = (Some(x), parent);
+        (node.height, node.subtree_max) = y_figures;
         self.replace_child(arena, parent, x, Some(y));
-        arena.get_mut(y).right = Some(x);
-        arena.get_mut(x).parent = Some(y);
-        Self::update(arena, x);
-        Self::update(arena, y);
         y
     }
 }
