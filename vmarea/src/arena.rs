@@ -266,10 +266,9 @@ impl<S: ObjectSource> Arena<S> {
     fn slot(&self, id: NodeId) -> *mut Node {
         // An id is only made by `alloc`, for a slot it wrote, and slots are
         // never unwritten; this check makes that local to the arena.
-        assert!(
-            self.is_written(id),
-            "node id {id:?} not issued by this arena"
-        );
+        if !self.is_written(id) {
+            not_issued(id);
+        }
         let index = id.index();
         let chunk = self.chunk_ptr(index >> self.slot_bits);
         // SAFETY: the slot index is below `nodes_per_chunk` (checked
@@ -332,6 +331,14 @@ impl<S: ObjectSource> Arena<S> {
         self.chunks += 1;
         Ok(())
     }
+}
+
+/// The panic of a lookup with a foreign id, out of line so that the
+/// lookup's fast path keeps the id in a register.
+#[cold]
+#[inline(never)]
+fn not_issued(id: NodeId) -> ! {
+    panic!("node id {id:?} not issued by this arena")
 }
 
 fn id_of(index: usize) -> NodeId {
