@@ -1,12 +1,16 @@
-//! A callgrind driver for the 1-page alloc+free of the area bench's
-//! `live_*` workloads on `VmapAreas` alone: populate, then run
-//! `iters` iterations inside `measured`, so that callgrind can count that
-//! function only (instructions per op = its inclusive Ir / `iters`):
+//! A callgrind driver for the alloc+free loops of the area bench on
+//! `VmapAreas` alone: populate `live` 1-page areas as a `live_*` workload
+//! does, then run `iters` alloc+free of `pages` pages at `align` bytes
+//! (default 1 page at page alignment; `packed 0 N 5 32768` is
+//! `fix_align`, `fit_holes 1000 N` is `full_fit`, `packed 0 N` is
+//! `fix_size`) inside `measured`, so that callgrind
+//! can count that function only (instructions per op = its inclusive Ir /
+//! `iters`):
 //!
 //! ```sh
 //! cargo build --release -p kmm-vmarea --example area_ir
 //! valgrind --tool=callgrind --toggle-collect='*measured*' \
-//!     target/release/examples/area_ir fit_holes 100000 50000
+//!     target/release/examples/area_ir fit_holes 100000 50000 [PAGES [ALIGN]]
 //! callgrind_annotate --inclusive=yes callgrind.out.<pid>
 //! ```
 //!
@@ -52,11 +56,13 @@ impl Areas for Kmm {
     }
 }
 
+const USAGE: &str = "usage: area_ir packed|small_holes|fit_holes LIVE ITERS [PAGES [ALIGN]]";
+
 /// The counted loop.
 #[inline(never)]
-fn measured(areas: &mut Kmm, iters: usize) {
+fn measured(areas: &mut Kmm, iters: usize, size: usize, align: usize) {
     for _ in 0..iters {
-        let addr = areas.alloc(black_box(PAGE), PAGE);
+        let addr = areas.alloc(black_box(size), align);
         areas.free(addr);
     }
 }
@@ -67,18 +73,20 @@ fn main() {
         Some("packed") => Layout::Packed,
         Some("small_holes") => Layout::SmallHoles,
         Some("fit_holes") => Layout::FitHoles,
-        _ => panic!("usage: area_ir packed|small_holes|fit_holes LIVE ITERS"),
+        _ => panic!("{USAGE}"),
     };
-    let mut number = || -> usize {
-        args.next()
-            .and_then(|arg| arg.parse().ok())
-            .expect("usage: area_ir packed|small_holes|fit_holes LIVE ITERS")
+    let mut number = |default: Option<usize>| -> usize {
+        match args.next() {
+            Some(arg) => arg.parse().expect(USAGE),
+            None => default.expect(USAGE),
+        }
     };
-    let (live, iters) = (number(), number());
+    let (live, iters) = (number(None), number(None));
+    let (pages, align) = (number(Some(1)), number(Some(PAGE)));
     let source = BufferSource::pages(8192);
     let start = VirtAddr::new(VMALLOC_START);
     let end = VirtAddr::new(VMALLOC_START + VMALLOC_SIZE);
     let mut areas = Kmm(VmapAreas::new(source, start, end, CPUS).expect("a valid range"));
     populate(&mut areas, live, layout);
-    measured(&mut areas, iters);
+    measured(&mut areas, iters, pages * PAGE, align);
 }
