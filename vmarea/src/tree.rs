@@ -69,6 +69,26 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         self.insert_between(arena, id, below, above);
     }
 
+    /// Links a detached node in just before `next` in address order (its
+    /// range lies between `next` and `next`'s predecessor), descending
+    /// only within `next`'s left subtree.
+    pub(crate) fn insert_before<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        id: NodeId,
+        next: NodeId,
+    ) {
+        // The predecessor below `next`, if any, is the rightmost of its
+        // left subtree; one above it has its right slot taken.
+        let below = arena.get(next).left.map(|mut at| {
+            while let Some(right) = arena.get(at).right {
+                at = right;
+            }
+            at
+        });
+        self.insert_between(arena, id, below, Some(next));
+    }
+
     /// Links a detached node in between `below` and `above`, what
     /// [`Tree::neighbours`] just returned for its start, without a second
     /// descent: the descent ended at one of them with a free child slot
