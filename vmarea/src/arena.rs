@@ -105,11 +105,17 @@ pub(crate) struct Arena<S: ObjectSource> {
     directories: [Option<NonNull<NonNull<Node>>>; DIRECTORIES],
     slot_bits: u32,
     entry_bits: u32,
+    /// `(1 << slot_bits) - 1` and `(1 << entry_bits) - 1`, kept because
+    /// every lookup needs them.
+    slot_mask: usize,
+    entry_mask: usize,
     nodes_per_chunk: usize,
     /// Chunks installed; every slot of all but the last one is written.
     chunks: usize,
-    /// Slots of the last chunk written so far.
-    fresh: usize,
+    /// The index of the next slot to write (the last chunk's first index
+    /// plus its slots written so far): every lookup checks against it, so
+    /// it is kept whole rather than recomputed from `chunks`.
+    issued: usize,
     /// Recycled nodes, linked through `left`.
     free: Link,
     nr_free: usize,
@@ -142,9 +148,11 @@ impl<S: ObjectSource> Arena<S> {
             directories: [None; DIRECTORIES],
             slot_bits,
             entry_bits,
+            slot_mask: (1 << slot_bits) - 1,
+            entry_mask: (1 << entry_bits) - 1,
             nodes_per_chunk,
             chunks: 0,
-            fresh: 0,
+            issued: 0,
             free: None,
             nr_free: 0,
         })
@@ -164,16 +172,16 @@ impl<S: ObjectSource> Arena<S> {
             *self.get_mut(id) = node;
             return Ok(id);
         }
-        if self.chunks == 0 || self.fresh == self.nodes_per_chunk {
+        if self.chunks == 0 || self.fresh() == self.nodes_per_chunk {
             self.grow(gfp)?;
         }
-        let index = ((self.chunks - 1) << self.slot_bits) | self.fresh;
+        let index = self.issued;
         let ptr = self.chunk_ptr(self.chunks - 1).as_ptr();
-        // SAFETY: `fresh < nodes_per_chunk`, so the slot lies inside the
+        // SAFETY: `fresh() < nodes_per_chunk`, so the slot lies inside the
         // chunk (an object of at least `nodes_per_chunk` nodes, aligned for
         // them), which this arena holds exclusively; writing initialises it.
-        unsafe { ptr.add(self.fresh).write(node) };
-        self.fresh += 1;
+        unsafe { ptr.add(self.fresh()).write(node) };
+        self.issued += 1;
         Ok(id_of(index))
     }
 
@@ -236,19 +244,21 @@ impl<S: ObjectSource> Arena<S> {
     fn nr_written(&self) -> usize {
         match self.chunks {
             0 => 0,
-            chunks => (chunks - 1) * self.nodes_per_chunk + self.fresh,
+            chunks => (chunks - 1) * self.nodes_per_chunk + self.fresh(),
         }
     }
 
+    /// Slots of the last chunk written so far.
+    fn fresh(&self) -> usize {
+        self.issued - (self.chunks.saturating_sub(1) << self.slot_bits)
+    }
+
+    #[inline]
     fn is_written(&self, id: NodeId) -> bool {
         // Ids are `chunk << slot_bits | slot`: the written ones are those
         // below the next fresh slot's id whose slot lies in a chunk.
         let index = id.index();
-        let next_fresh = match self.chunks {
-            0 => 0,
-            chunks => ((chunks - 1) << self.slot_bits) + self.fresh,
-        };
-        index < next_fresh && index & ((1 << self.slot_bits) - 1) < self.nodes_per_chunk
+        index < self.issued && index & self.slot_mask < self.nodes_per_chunk
     }
 
     /// The slot of a written node.
@@ -256,31 +266,28 @@ impl<S: ObjectSource> Arena<S> {
     fn slot(&self, id: NodeId) -> *mut Node {
         // An id is only made by `alloc`, for a slot it wrote, and slots are
         // never unwritten; this check makes that local to the arena.
-        assert!(
-            self.is_written(id),
-            "node id {id:?} not issued by this arena"
-        );
+        if !self.is_written(id) {
+            not_issued(id);
+        }
         let index = id.index();
         let chunk = self.chunk_ptr(index >> self.slot_bits);
         // SAFETY: the slot index is below `nodes_per_chunk` (checked
         // above), so the pointer stays inside the chunk object.
-        unsafe { chunk.as_ptr().add(index & ((1 << self.slot_bits) - 1)) }
+        unsafe { chunk.as_ptr().add(index & self.slot_mask) }
     }
 
     /// The first node of installed chunk `chunk`.
     #[inline]
     fn chunk_ptr(&self, chunk: usize) -> NonNull<Node> {
-        let entries = self.directories[chunk >> self.entry_bits]
+        // Chunk numbers stay below `DIRECTORIES << entry_bits` (`Arena::new`
+        // sized the bits so), so the mask changes nothing but spares the
+        // bounds check on every lookup.
+        let entries = self.directories[(chunk >> self.entry_bits) & (DIRECTORIES - 1)]
             .expect("an installed chunk has its directory");
         // SAFETY: the chunk is installed, so `grow` wrote its entry into
         // this directory (an object holding at least `1 << entry_bits`
         // pointers) before counting it.
-        unsafe {
-            entries
-                .as_ptr()
-                .add(chunk & ((1 << self.entry_bits) - 1))
-                .read()
-        }
+        unsafe { entries.as_ptr().add(chunk & self.entry_mask).read() }
     }
 
     /// Installs one more chunk, and the directory it needs if it is the
@@ -317,13 +324,21 @@ impl<S: ObjectSource> Arena<S> {
         unsafe {
             entries
                 .as_ptr()
-                .add(chunk & ((1 << self.entry_bits) - 1))
+                .add(chunk & self.entry_mask)
                 .write(nodes.cast::<Node>())
         };
+        self.issued = chunk << self.slot_bits;
         self.chunks += 1;
-        self.fresh = 0;
         Ok(())
     }
+}
+
+/// The panic of a lookup with a foreign id, out of line so that the
+/// lookup's fast path keeps the id in a register.
+#[cold]
+#[inline(never)]
+fn not_issued(id: NodeId) -> ! {
+    panic!("node id {id:?} not issued by this arena")
 }
 
 fn id_of(index: usize) -> NodeId {

@@ -13,7 +13,8 @@
 //! end may be changed in place (a split or merge) as long as the order
 //! holds; [`Tree::refresh`] then restores the augmentation.
 //!
-//! Cost: `insert`, `remove`, `refresh`, `find_le` and `first` are
+//! Cost: `insert`, `remove`, `refresh`, `find_le`, `neighbours` and
+//! `first` are
 //! O(log n) (each stops climbing at the first subtree whose height and
 //! maximum come out unchanged); `next` is O(1) amortised over an
 //! in-order walk; `drain` is O(n).
@@ -64,35 +65,68 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
 
     /// Links a detached node in by its start.
     pub(crate) fn insert<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
-        let key = arena.get(id).start;
-        let mut parent = None;
-        let mut cursor = self.root;
-        let mut go_left = false;
-        while let Some(at) = cursor {
-            parent = Some(at);
-            go_left = key < arena.get(at).start;
-            cursor = if go_left {
-                arena.get(at).left
-            } else {
-                arena.get(at).right
-            };
-        }
-        {
-            let node = arena.get_mut(id);
-            node.left = None;
-            node.right = None;
-            node.parent = parent;
-            node.height = 1;
-        }
-        match parent {
-            None => self.root = Some(id),
-            Some(at) if go_left => arena.get_mut(at).left = Some(id),
-            Some(at) => arena.get_mut(at).right = Some(id),
-        }
+        let (below, above) = self.neighbours(arena, arena.get(id).start);
+        self.insert_between(arena, id, below, above);
+    }
+
+    /// Links a detached node in just before `next` in address order (its
+    /// range lies between `next` and `next`'s predecessor), descending
+    /// only within `next`'s left subtree.
+    pub(crate) fn insert_before<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        id: NodeId,
+        next: NodeId,
+    ) {
+        // The predecessor below `next`, if any, is the rightmost of its
+        // left subtree; one above it has its right slot taken.
+        let below = arena.get(next).left.map(|mut at| {
+            while let Some(right) = arena.get(at).right {
+                at = right;
+            }
+            at
+        });
+        self.insert_between(arena, id, below, Some(next));
+    }
+
+    /// Links a detached node in between `below` and `above`, what
+    /// [`Tree::neighbours`] just returned for its start, without a second
+    /// descent: the descent ended at one of them with a free child slot
+    /// on the node's side (`below`'s right when it has none, else the
+    /// leftmost of its right subtree, `above`, whose left is free).
+    pub(crate) fn insert_between<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        id: NodeId,
+        below: Link,
+        above: Link,
+    ) {
+        let parent = match (below, above) {
+            (Some(below), _) if arena.get(below).right.is_none() => {
+                arena.get_mut(below).right = Some(id);
+                Some(below)
+            }
+            (_, Some(above)) => {
+                debug_assert!(arena.get(above).left.is_none(), "not the neighbours");
+                arena.get_mut(above).left = Some(id);
+                Some(above)
+            }
+            _ => {
+                debug_assert!(self.root.is_none(), "not the neighbours");
+                self.root = Some(id);
+                None
+            }
+        };
+        let node = arena.get_mut(id);
+        node.left = None;
+        node.right = None;
+        node.parent = parent;
+        node.height = 1;
+        // A leaf's augmentation is its own length.
+        node.subtree_max = if AUGMENTED { node.len() } else { 0 };
         self.len += 1;
-        Self::update(arena, id);
-        if let Some(parent) = parent {
-            self.rebalance_from(arena, Some(parent));
+        if parent.is_some() {
+            self.rebalance_from(arena, parent);
         }
     }
 
@@ -207,6 +241,26 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         best
     }
 
+    /// The nodes either side of `key` in one descent: the one with the
+    /// greatest start at or below it and the one with the least start
+    /// above it (a free's neighbours, without a second walk for the
+    /// successor).
+    pub(crate) fn neighbours<S: ObjectSource>(&self, arena: &Arena<S>, key: usize) -> (Link, Link) {
+        let (mut below, mut above) = (None, None);
+        let mut cursor = self.root;
+        while let Some(at) = cursor {
+            let node = arena.get(at);
+            if node.start <= key {
+                below = Some(at);
+                cursor = node.right;
+            } else {
+                above = Some(at);
+                cursor = node.left;
+            }
+        }
+        (below, above)
+    }
+
     /// The lowest node.
     pub(crate) fn first<S: ObjectSource>(&self, arena: &Arena<S>) -> Link {
         let mut cursor = self.root?;
@@ -264,23 +318,15 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         }
     }
 
-    /// Recomputes one node's height and augmentation from its children.
-    fn update<S: ObjectSource>(arena: &mut Arena<S>, id: NodeId) {
-        let (left, right, len) = {
-            let node = arena.get(id);
-            (node.left, node.right, node.len())
-        };
-        let (left_height, left_max) = figures(arena, left);
-        let (right_height, right_max) = figures(arena, right);
-        let height = 1 + left_height.max(right_height);
+    /// A node's height and augmentation from its length and its
+    /// children's figures.
+    fn combine(len: usize, left: (u8, usize), right: (u8, usize)) -> (u8, usize) {
         let max = if AUGMENTED {
-            len.max(left_max).max(right_max)
+            len.max(left.1).max(right.1)
         } else {
             0
         };
-        let node = arena.get_mut(id);
-        node.height = height;
-        node.subtree_max = max;
+        (1 + left.0.max(right.0), max)
     }
 
     /// Walks from `from` towards the root, updating and rotating where a
@@ -289,33 +335,38 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
     /// nothing above depends on anything else below.
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
         let mut cursor = from;
+        // The child the walk came up from and its figures, just written:
+        // one of the two reads per level it spares.
+        let mut came_from: Option<(NodeId, (u8, usize))> = None;
         while let Some(at) = cursor {
-            let node = *arena.get(at);
-            let (left_height, left_max) = figures(arena, node.left);
-            let (right_height, right_max) = figures(arena, node.right);
-            let balance = i16::from(left_height) - i16::from(right_height);
-            let top = if (-1..=1).contains(&balance) {
-                let height = 1 + left_height.max(right_height);
-                let max = if AUGMENTED {
-                    node.len().max(left_max).max(right_max)
-                } else {
-                    0
-                };
-                if height == node.height && max == node.subtree_max {
+            let node = arena.get(at);
+            let (left, right, parent) = (node.left, node.right, node.parent);
+            let (old_height, old_max, len) = (node.height, node.subtree_max, node.len());
+            let known = |link: Link| match came_from {
+                Some((child, figures)) if link == Some(child) => figures,
+                _ => figures(arena, link),
+            };
+            let (left, right) = (known(left), known(right));
+            let balance = i16::from(left.0) - i16::from(right.0);
+            if (-1..=1).contains(&balance) {
+                let (height, max) = Self::combine(len, left, right);
+                if height == old_height && max == old_max {
                     return;
                 }
                 let updated = arena.get_mut(at);
                 updated.height = height;
                 updated.subtree_max = max;
-                at
+                came_from = Some((at, (height, max)));
+                cursor = parent;
             } else {
-                self.rotate_at(arena, at, balance)
-            };
-            let moved = arena.get(top);
-            if moved.height == node.height && moved.subtree_max == node.subtree_max {
-                return;
+                let top = self.rotate_at(arena, at, balance);
+                let moved = arena.get(top);
+                if moved.height == old_height && moved.subtree_max == old_max {
+                    return;
+                }
+                came_from = Some((top, (moved.height, moved.subtree_max)));
+                cursor = moved.parent;
             }
-            cursor = moved.parent;
         }
     }
 
@@ -327,17 +378,17 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         at: NodeId,
         balance: i16,
     ) -> NodeId {
-        let node = *arena.get(at);
+        let node = arena.get(at);
         match (node.left, node.right) {
             (Some(left), _) if balance > 0 => {
-                let l = *arena.get(left);
+                let l = arena.get(left);
                 if height(arena, l.left) < height(arena, l.right) {
                     self.rotate_left(arena, left);
                 }
                 self.rotate_right(arena, at)
             }
             (_, Some(right)) => {
-                let r = *arena.get(right);
+                let r = arena.get(right);
                 if height(arena, r.right) < height(arena, r.left) {
                     self.rotate_right(arena, right);
                 }
@@ -349,41 +400,52 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
 
     /// Rotates `x`'s right child up into its place; returns that child.
     fn rotate_left<S: ObjectSource>(&mut self, arena: &mut Arena<S>, x: NodeId) -> NodeId {
-        let Some(y) = arena.get(x).right else {
+        let node = arena.get(x);
+        let (Some(y), x_left, x_len, parent) = (node.right, node.left, node.len(), node.parent)
+        else {
             return x;
         };
-        let inner = arena.get(y).left;
-        let parent = arena.get(x).parent;
-        arena.get_mut(x).right = inner;
+        let node = arena.get(y);
+        let (inner, y_right, y_len) = (node.left, node.right, node.len());
+        // Both figures from the three subtrees that do not move, so no
+        // node is read back after the relinking.
+        let x_figures = Self::combine(x_len, figures(arena, x_left), figures(arena, inner));
+        let y_figures = Self::combine(y_len, x_figures, figures(arena, y_right));
+        let node = arena.get_mut(x);
+        (node.right, node.parent) = (inner, Some(y));
+        (node.height, node.subtree_max) = x_figures;
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
-        arena.get_mut(y).parent = parent;
+        let node = arena.get_mut(y);
+        (node.left, node.parent) = (Some(x), parent);
+        (node.height, node.subtree_max) = y_figures;
         self.replace_child(arena, parent, x, Some(y));
-        arena.get_mut(y).left = Some(x);
-        arena.get_mut(x).parent = Some(y);
-        Self::update(arena, x);
-        Self::update(arena, y);
         y
     }
 
     /// Rotates `x`'s left child up into its place; returns that child.
     fn rotate_right<S: ObjectSource>(&mut self, arena: &mut Arena<S>, x: NodeId) -> NodeId {
-        let Some(y) = arena.get(x).left else {
+        let node = arena.get(x);
+        let (Some(y), x_right, x_len, parent) = (node.left, node.right, node.len(), node.parent)
+        else {
             return x;
         };
-        let inner = arena.get(y).right;
-        let parent = arena.get(x).parent;
-        arena.get_mut(x).left = inner;
+        let node = arena.get(y);
+        let (inner, y_left, y_len) = (node.right, node.left, node.len());
+        // As in `rotate_left`, mirrored.
+        let x_figures = Self::combine(x_len, figures(arena, inner), figures(arena, x_right));
+        let y_figures = Self::combine(y_len, figures(arena, y_left), x_figures);
+        let node = arena.get_mut(x);
+        (node.left, node.parent) = (inner, Some(y));
+        (node.height, node.subtree_max) = x_figures;
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
-        arena.get_mut(y).parent = parent;
+        let node = arena.get_mut(y);
+        (node.right, node.parent) = (Some(x), parent);
+        (node.height, node.subtree_max) = y_figures;
         self.replace_child(arena, parent, x, Some(y));
-        arena.get_mut(y).right = Some(x);
-        arena.get_mut(x).parent = Some(y);
-        Self::update(arena, x);
-        Self::update(arena, y);
         y
     }
 }

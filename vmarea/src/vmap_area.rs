@@ -102,7 +102,10 @@ enum Fit {
     LeftEdge,
     /// The area ends the block: the block's end moves down.
     RightEdge,
-    /// Free space stays on both sides: a new node holds the upper part.
+    /// Free space stays on both sides: the block keeps the upper part and
+    /// a new node, linked in just before it, the lower (the lower part is
+    /// the alignment padding, usually small, and the block is often the
+    /// rightmost, so this needs no descent from the root).
     Middle,
 }
 
@@ -208,19 +211,20 @@ impl<S: ObjectSource> VmapAreas<S> {
             _ => self.arena.alloc(Node::new(addr, area_end, flags), gfp)?,
         };
         if fit == Fit::Middle {
-            let upper = match self
+            let lower = match self
                 .arena
-                .alloc(Node::new(area_end, free.end, VmFlags::empty()), gfp)
+                .alloc(Node::new(free.start, addr, VmFlags::empty()), gfp)
             {
-                Ok(upper) => upper,
+                Ok(lower) => lower,
                 Err(error) => {
                     self.arena.free(busy);
                     return Err(error);
                 }
             };
-            self.arena.get_mut(block).end = addr;
+            self.arena.get_mut(block).start = area_end;
             self.free_vmap_area_root.refresh(&mut self.arena, block);
-            self.free_vmap_area_root.insert(&mut self.arena, upper);
+            self.free_vmap_area_root
+                .insert_before(&mut self.arena, lower, block);
         }
         match fit {
             Fit::Full => {
@@ -507,14 +511,10 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
     id: NodeId,
 ) {
     let Node { start, end, .. } = *arena.get(id);
-    let below = free.find_le(arena, start);
-    let above = match below {
-        Some(below) => Tree::<AUGMENTED>::next(arena, below),
-        None => free.first(arena),
-    };
-    let below = below.filter(|&b| arena.get(b).end == start);
-    let above = above.filter(|&a| arena.get(a).start == end);
-    match (below, above) {
+    let (below, above) = free.neighbours(arena, start);
+    let touching_below = below.filter(|&b| arena.get(b).end == start);
+    let touching_above = above.filter(|&a| arena.get(a).start == end);
+    match (touching_below, touching_above) {
         (Some(below), Some(above)) => {
             let merged_end = arena.get(above).end;
             free.remove(arena, above);
@@ -537,7 +537,7 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
             let node = arena.get_mut(id);
             node.flags = VmFlags::empty();
             node.caller = None;
-            free.insert(arena, id);
+            free.insert_between(arena, id, below, above);
         }
     }
 }

@@ -1,0 +1,92 @@
+//! A callgrind driver for the alloc+free loops of the area bench on
+//! `VmapAreas` alone: populate `live` 1-page areas as a `live_*` workload
+//! does, then run `iters` alloc+free of `pages` pages at `align` bytes
+//! (default 1 page at page alignment; `packed 0 N 5 32768` is
+//! `fix_align`, `fit_holes 1000 N` is `full_fit`, `packed 0 N` is
+//! `fix_size`) inside `measured`, so that callgrind
+//! can count that function only (instructions per op = its inclusive Ir /
+//! `iters`):
+//!
+//! ```sh
+//! cargo build --release -p kmm-vmarea --example area_ir
+//! valgrind --tool=callgrind --toggle-collect='*measured*' \
+//!     target/release/examples/area_ir fit_holes 100000 50000 [PAGES [ALIGN]]
+//! callgrind_annotate --inclusive=yes callgrind.out.<pid>
+//! ```
+//!
+//! Layouts: `packed`, `small_holes`, `fit_holes` (the bench's `Layout`).
+
+// The bench helpers are shared whole; this driver uses only some of them.
+#[allow(dead_code)]
+#[path = "../benches/common/mod.rs"]
+mod common;
+
+use common::{populate, Areas, Layout, CPUS, PAGE, VMALLOC_START};
+use kmm_api::{VirtAddr, GFP_KERNEL};
+use kmm_vmarea::testing::BufferSource;
+use kmm_vmarea::{VmFlags, VmapAreas};
+use std::hint::black_box;
+
+/// The area bench's range: the x86-64 vmalloc size.
+const VMALLOC_SIZE: usize = 32 << 40;
+
+struct Kmm(VmapAreas<BufferSource>);
+
+impl Areas for Kmm {
+    const NAME: &'static str = "kmm";
+    fn alloc_area(&mut self, size: usize, align: usize, guard: bool) -> usize {
+        let flags = if guard {
+            VmFlags::ALLOC
+        } else {
+            VmFlags::MAP | VmFlags::NO_GUARD
+        };
+        let area = self.0.alloc(size, align, flags, GFP_KERNEL);
+        area.expect("32 TiB never runs out").start().as_usize()
+    }
+    fn free(&mut self, addr: usize) {
+        let freed = self.0.free(VirtAddr::new(addr)).expect("a live area");
+        if let Some(flush) = freed.flush {
+            flush.defer();
+        }
+    }
+    fn settle(&mut self) {
+        if let Some(flush) = self.0.purge() {
+            flush.defer();
+        }
+    }
+}
+
+const USAGE: &str = "usage: area_ir packed|small_holes|fit_holes LIVE ITERS [PAGES [ALIGN]]";
+
+/// The counted loop.
+#[inline(never)]
+fn measured(areas: &mut Kmm, iters: usize, size: usize, align: usize) {
+    for _ in 0..iters {
+        let addr = areas.alloc(black_box(size), align);
+        areas.free(addr);
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let layout = match args.next().as_deref() {
+        Some("packed") => Layout::Packed,
+        Some("small_holes") => Layout::SmallHoles,
+        Some("fit_holes") => Layout::FitHoles,
+        _ => panic!("{USAGE}"),
+    };
+    let mut number = |default: Option<usize>| -> usize {
+        match args.next() {
+            Some(arg) => arg.parse().expect(USAGE),
+            None => default.expect(USAGE),
+        }
+    };
+    let (live, iters) = (number(None), number(None));
+    let (pages, align) = (number(Some(1)), number(Some(PAGE)));
+    let source = BufferSource::pages(8192);
+    let start = VirtAddr::new(VMALLOC_START);
+    let end = VirtAddr::new(VMALLOC_START + VMALLOC_SIZE);
+    let mut areas = Kmm(VmapAreas::new(source, start, end, CPUS).expect("a valid range"));
+    populate(&mut areas, live, layout);
+    measured(&mut areas, iters, pages * PAGE, align);
+}
