@@ -171,17 +171,23 @@ impl HostCpus {
     /// Claims one on the thread's first call.
     #[inline]
     pub fn cpu_id(&self) -> usize {
-        CLAIMS.with(|claims| {
-            let entry = &claims.0[self.id as usize % REMEMBERED];
-            match entry.get() {
-                (id, cpu) if id == self.id => cpu,
-                _ => {
-                    let cpu = self.claim();
-                    entry.set((self.id, cpu));
-                    cpu
-                }
-            }
-        })
+        // The closure only reads the entry: a small one lets the
+        // thread-local access inline into every pin (a larger one, with
+        // the claim, left `LocalKey::with` an out-of-line call).
+        match CLAIMS.with(|claims| claims.0[self.id as usize % REMEMBERED].get()) {
+            (id, cpu) if id == self.id => cpu,
+            _ => self.claim_and_remember(),
+        }
+    }
+
+    /// A thread's first request (or one whose entry another value took):
+    /// claims a CPU and remembers it in the thread's table.
+    #[cold]
+    #[inline(never)]
+    fn claim_and_remember(&self) -> usize {
+        let cpu = self.claim();
+        CLAIMS.with(|claims| claims.0[self.id as usize % REMEMBERED].set((self.id, cpu)));
+        cpu
     }
 
     /// A new claim: the first free owned id, else the overflow CPU. A

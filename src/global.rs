@@ -107,13 +107,14 @@ mod hosted_global {
         }
 
         unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-            if self.is_ours(p) {
-                // SAFETY: `p` is in the manager's RAM, so kmalloc served it.
-                unsafe { self.slab.dealloc(p, layout) }
-            } else {
-                // SAFETY: `p` is not, so the host served it with `layout`.
+            let host = |p| {
+                // SAFETY: `p` lies outside the manager's RAM, so the host
+                // served it with `layout`.
                 unsafe { System.dealloc(p, layout) }
-            }
+            };
+            // SAFETY: our caller gives up `p`, served by kmalloc or, if it
+            // lies outside the manager's RAM, by the host.
+            unsafe { self.slab.dealloc_or(p, host) }
         }
 
         unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

@@ -398,8 +398,9 @@ impl<B: SlabBackend> Kmem<B> {
     ///
     /// # Safety
     ///
-    /// `p` is null, [`ZERO_SIZE_PTR`], or an allocation of this allocator
-    /// that the caller holds and gives up here.
+    /// `p` is null, [`ZERO_SIZE_PTR`], a pointer outside this allocator's
+    /// memory (refused before anything is read), or an allocation of this
+    /// allocator that the caller holds and gives up here.
     #[inline]
     pub(crate) unsafe fn kfree_trusted(&self, p: *const u8) -> Result<(), SlabError> {
         // SAFETY: forwarded from our caller.

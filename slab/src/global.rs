@@ -68,6 +68,37 @@ impl<B: 'static> KmallocGlobal<B> {
     }
 }
 
+impl<B: SlabBackend + 'static> KmallocGlobal<B> {
+    /// `dealloc` for an adaptor sharing the program with another
+    /// allocator (the hosted preset's `HostedGlobal`): frees `p` if it
+    /// lies in the allocator's memory, else hands it to `foreign`. The
+    /// free's own owner look-up tells the two apart, so a block of ours
+    /// costs one look-up, not a range check and then the free's.
+    ///
+    /// # Safety
+    ///
+    /// `p` is a live block the caller holds and gives up here: one this
+    /// adaptor returned, or one `foreign` may free (which lies outside
+    /// the allocator's memory).
+    #[inline]
+    pub unsafe fn dealloc_or(&self, p: *mut u8, foreign: impl FnOnce(*mut u8)) {
+        let Some(k) = (self.kmem)() else {
+            return foreign(p);
+        };
+        // SAFETY: our caller holds `p` and gives it up: a block we
+        // returned, or one outside our memory, which the free refuses
+        // before touching anything.
+        if unsafe { k.kfree_trusted(p) }.is_err() {
+            // A refusal cannot be reported from `dealloc` and must never
+            // panic (unwinding out of the global allocator is undefined
+            // behaviour): a block of ours refused stays allocated.
+            if k.backend().ptr_to_pfn(p).is_none() {
+                foreign(p);
+            }
+        }
+    }
+}
+
 // SAFETY: every pointer returned comes from `kmalloc_aligned`, is valid for
 // `layout.size()` bytes and aligned to `layout.align()` (or is null);
 // `dealloc` and `realloc` hand it back to the same allocator.
@@ -90,14 +121,11 @@ unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
         }
     }
 
+    #[inline]
     unsafe fn dealloc(&self, p: *mut u8, _layout: Layout) {
-        if let Some(k) = (self.kmem)() {
-            // SAFETY: our caller promises `p` is a live block we returned,
-            // given up here. A refusal cannot be reported from `dealloc`
-            // and must never panic (unwinding out of the global allocator
-            // is undefined behaviour): the block then stays allocated.
-            let _ = unsafe { k.kfree_trusted(p) };
-        }
+        // SAFETY: our caller promises `p` is a live block we returned,
+        // given up here; none is foreign.
+        unsafe { self.dealloc_or(p, |_| {}) }
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

@@ -72,14 +72,17 @@ pub(crate) fn kmalloc_index(size: usize) -> usize {
 
 /// The class an allocation of `size` bytes aligned to `align` needs: the
 /// size class, moved up to a power of two when 96 or 192 would not honour
-/// the alignment. `None` when only pages will do.
+/// the alignment. `None` when only pages will do. `align` is a power of
+/// two (a `Layout`'s), so the alignment test is a mask, not a division.
+#[inline]
 pub(crate) fn kmalloc_index_aligned(size: usize, align: usize) -> Option<usize> {
+    debug_assert!(align.is_power_of_two());
     let size = size.max(align).max(1);
     if size > KMALLOC_MAX_CACHE_SIZE || align > PAGE_SIZE {
         return None;
     }
     let class = kmalloc_index(size);
-    if KMALLOC_CLASSES[class] % align == 0 {
+    if KMALLOC_CLASSES[class] & (align - 1) == 0 {
         Some(class)
     } else {
         Some(kmalloc_index(size.next_power_of_two()))

@@ -605,40 +605,51 @@ impl<B: SlabBackend> Kmem<B> {
         let invalid = SlabError::InvalidPointer { addr: self.virt(p) };
         let pfn = self.backend.ptr_to_pfn(p).ok_or(invalid)?;
         let word = self.backend.owner(pfn).ok_or(invalid)?;
+        // The slab case first and alone: every other word is the cold
+        // path, so a slab free tests its tag once.
+        if word.tag() != Some(OwnerTag::Slab) {
+            return self.find_large(p, pfn, word);
+        }
+        let header: *const SlabHeader = self
+            .backend
+            .virt_to_ptr(VirtAddr::new(word.payload()))
+            .cast_const()
+            .cast();
+        // SAFETY: `Slab` words are written (under `set_owner`'s contract)
+        // only by `set_slab_owner`, naming a header that stays live until
+        // `discard` clears the word; the caller keeps the slab from being
+        // discarded meanwhile.
+        let slab = unsafe { SlabHeader::from_ptr(header) };
+        if slab.magic != self.header_magic(header) {
+            return Err(invalid);
+        }
+        // SAFETY: the magic says the header is one of ours, and a live
+        // slab's cache outlives it (destroy frees every slab before the
+        // descriptor).
+        let cache = unsafe { raw::as_ref(slab.owner) };
+        let offset = (p as usize)
+            .checked_sub(slab.s_mem as usize)
+            .ok_or(invalid)?;
+        if offset >= cache.geo.span {
+            return Err(invalid);
+        }
+        match cache.geo.index_of(offset) {
+            Ok(index) => Ok(Owned::Slab { cache, slab, index }),
+            Err(into) => Err(SlabError::NotObjectStart {
+                cache: cache.name,
+                addr: self.virt(p),
+                offset: into,
+            }),
+        }
+    }
+
+    /// [`Kmem::find`] for a frame whose owner word is not a slab's: the
+    /// head of a large kmalloc, or a pointer no allocation of ours owns.
+    #[cold]
+    #[inline(never)]
+    fn find_large(&self, p: *const u8, pfn: Pfn, word: OwnerWord) -> Result<Owned<'_>, SlabError> {
+        let invalid = SlabError::InvalidPointer { addr: self.virt(p) };
         match word.tag() {
-            Some(OwnerTag::Slab) => {
-                let header: *const SlabHeader = self
-                    .backend
-                    .virt_to_ptr(VirtAddr::new(word.payload()))
-                    .cast_const()
-                    .cast();
-                // SAFETY: `Slab` words are written (under `set_owner`'s
-                // contract) only by `set_slab_owner`, naming a header that
-                // stays live until `discard` clears the word; the caller
-                // keeps the slab from being discarded meanwhile.
-                let slab = unsafe { SlabHeader::from_ptr(header) };
-                if slab.magic != self.header_magic(header) {
-                    return Err(invalid);
-                }
-                // SAFETY: the magic says the header is one of ours, and a
-                // live slab's cache outlives it (destroy frees every slab
-                // before the descriptor).
-                let cache = unsafe { raw::as_ref(slab.owner) };
-                let offset = (p as usize)
-                    .checked_sub(slab.s_mem as usize)
-                    .ok_or(invalid)?;
-                if offset >= cache.geo.span {
-                    return Err(invalid);
-                }
-                match cache.geo.index_of(offset) {
-                    Ok(index) => Ok(Owned::Slab { cache, slab, index }),
-                    Err(into) => Err(SlabError::NotObjectStart {
-                        cache: cache.name,
-                        addr: self.virt(p),
-                        offset: into,
-                    }),
-                }
-            }
             Some(OwnerTag::LargeKmalloc) if self.virt(p).page_offset() == 0 => Ok(Owned::Large {
                 pfn,
                 order: Order::new((word.payload() >> 3) as u32).map_err(|_| invalid)?,
