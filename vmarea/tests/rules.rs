@@ -183,6 +183,52 @@ fn a_purged_range_between_two_areas_becomes_its_own_free_block() {
 }
 
 #[test]
+fn a_large_purge_rebuilds_free_space_merging_exactly_as_one_insert_per_range_would() {
+    // 100 areas of one page and its guard; the last 56 pages stay free.
+    let mut a = areas(256);
+    let starts: Vec<usize> = (0..100)
+        .map(|_| alloc(&mut a, 1, PAGE).unwrap().0)
+        .collect();
+    let mut live = [true; 100];
+    let mut free_and_purge = |a: &mut VmapAreas<BufferSource>, which: &[usize]| {
+        for &i in which {
+            let freed = a.free(va(starts[i])).unwrap();
+            assert_eq!(freed.flush, None, "under the lazy threshold");
+            live[i] = false;
+        }
+        a.purge().expect("areas were waiting").defer();
+        // Free space is exactly what no live area covers, one block per gap.
+        let mut expected: Vec<(usize, usize)> = Vec::new();
+        let mut gaps = (0..100)
+            .filter(|&i| !live[i])
+            .map(|i| (starts[i], starts[i] + 2 * PAGE))
+            .collect::<Vec<_>>();
+        gaps.push((BASE + 200 * PAGE, BASE + 256 * PAGE));
+        for (start, end) in gaps {
+            match expected.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => expected.push((start, end)),
+            }
+        }
+        assert_eq!(free_blocks(a), expected);
+        let nr_live = live.iter().filter(|&&l| l).count();
+        assert_eq!(
+            a.stats().nodes,
+            nr_live + expected.len(),
+            "merged nodes went back"
+        );
+        a.check().unwrap();
+    };
+    // A small batch (one insert per range) leaves some free blocks...
+    free_and_purge(&mut a, &[0, 1, 5, 99]);
+    // ...then a batch large against them is merged by a rebuild: ranges
+    // touching a block below, above, both, each other, or nothing.
+    let mut batch = vec![2, 4, 6, 98, 97];
+    batch.extend((10..50).step_by(2));
+    free_and_purge(&mut a, &batch);
+}
+
+#[test]
 fn alignment_passes_over_a_long_enough_block_whose_aligned_start_leaves_too_little() {
     let mut a = areas(32);
     let first = alloc(&mut a, 4, PAGE).unwrap(); // [BASE, BASE + 5 pages)
