@@ -385,7 +385,12 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         while let Some(at) = cursor {
             let node = arena.get(at);
             let (left, right, parent) = (node.left, node.right, node.parent);
-            let (old_height, old_max, len) = (node.height, node.subtree_max, node.len());
+            // A plain tree's augmentation is always zero: not read.
+            let (old_height, old_max, len) = if AUGMENTED {
+                (node.height, node.subtree_max, node.len())
+            } else {
+                (node.height, 0, 0)
+            };
             let known = |link: Link| match came_from {
                 Some((child, figures)) if link == Some(child) => figures,
                 _ => figures(arena, link),
@@ -399,13 +404,15 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 }
                 let updated = arena.get_mut(at);
                 updated.height = height;
-                updated.subtree_max = max;
+                if AUGMENTED {
+                    updated.subtree_max = max;
+                }
                 came_from = Some((at, (height, max)));
                 cursor = parent;
             } else {
                 let top = self.rotate_at(arena, at, balance);
                 let moved = arena.get(top);
-                if moved.height == old_height && moved.subtree_max == old_max {
+                if moved.height == old_height && (!AUGMENTED || moved.subtree_max == old_max) {
                     return;
                 }
                 came_from = Some((top, (moved.height, moved.subtree_max)));
