@@ -43,6 +43,24 @@ fn figures<S: ObjectSource>(arena: &Arena<S>, link: Link) -> (u8, usize) {
     })
 }
 
+/// The balance of a node whose subtrees have these figures (left height
+/// less right, -1 to 1 in a balanced node).
+fn balance_of(left: (u8, usize), right: (u8, usize)) -> i8 {
+    // Heights stay below 64 (ids are 31 bits), so the difference fits.
+    (i16::from(left.0) - i16::from(right.0)) as i8
+}
+
+/// The heights of the two subtrees of a balanced node of `height` and
+/// `balance`.
+fn child_heights(height: u8, balance: i8) -> (u8, u8) {
+    let taller = height - 1;
+    match balance {
+        1.. => (taller, taller - 1),
+        0 => (taller, taller),
+        _ => (taller - 1, taller),
+    }
+}
+
 /// Largest free block under a link (0 for an empty subtree).
 pub(crate) fn subtree_max<S: ObjectSource>(arena: &Arena<S>, link: Link) -> usize {
     link.map_or(0, |id| arena.get(id).subtree_max)
@@ -122,6 +140,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         node.right = None;
         node.parent = parent;
         node.height = 1;
+        node.balance = 0;
         // A leaf's augmentation is its own length.
         node.subtree_max = if AUGMENTED { node.len() } else { 0 };
         self.len += 1;
@@ -168,6 +187,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 let moved = arena.get_mut(successor);
                 moved.parent = node.parent;
                 moved.height = node.height;
+                moved.balance = node.balance;
                 moved.subtree_max = node.subtree_max;
                 self.replace_child(arena, node.parent, id, Some(successor));
                 (Some(fix_from), Some(successor))
@@ -178,6 +198,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         detached.right = None;
         detached.parent = None;
         detached.height = 1;
+        detached.balance = 0;
         self.len -= 1;
         self.rebalance_from(arena, fix_from);
         // The walk may have stopped below the successor, whose inherited
@@ -213,6 +234,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                     node.right = None;
                     node.parent = None;
                     node.height = 1;
+                    node.balance = 0;
                     take(arena, at);
                 }
             }
@@ -257,6 +279,9 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         let node = arena.get_mut(id);
         (node.left, node.right) = (left, right);
         (node.height, node.subtree_max) = figures;
+        if !AUGMENTED {
+            node.balance = balance_of(left_figures, right_figures);
+        }
         for child in [left, right].into_iter().flatten() {
             arena.get_mut(child).parent = Some(id);
         }
@@ -385,27 +410,49 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         while let Some(at) = cursor {
             let node = arena.get(at);
             let (left, right, parent) = (node.left, node.right, node.parent);
+            let (old_height, old_balance) = (node.height, node.balance);
             // A plain tree's augmentation is always zero: not read.
-            let (old_height, old_max, len) = if AUGMENTED {
-                (node.height, node.subtree_max, node.len())
+            let (old_max, len) = if AUGMENTED {
+                (node.subtree_max, node.len())
             } else {
-                (node.height, 0, 0)
+                (0, 0)
             };
-            let known = |link: Link| match came_from {
-                Some((child, figures)) if link == Some(child) => figures,
-                _ => figures(arena, link),
+            let (left, right) = match came_from {
+                // In a plain tree the other child has not changed since
+                // this node's figures were written, so its height follows
+                // from them: no read of it.
+                Some((child, figures)) if !AUGMENTED => {
+                    let (left_height, right_height) = child_heights(old_height, old_balance);
+                    if left == Some(child) {
+                        (figures, (right_height, 0))
+                    } else {
+                        ((left_height, 0), figures)
+                    }
+                }
+                _ => {
+                    let known = |link: Link| match came_from {
+                        Some((child, figures)) if link == Some(child) => figures,
+                        _ => figures(arena, link),
+                    };
+                    (known(left), known(right))
+                }
             };
-            let (left, right) = (known(left), known(right));
             let balance = i16::from(left.0) - i16::from(right.0);
             if (-1..=1).contains(&balance) {
                 let (height, max) = Self::combine(len, left, right);
+                let balance = balance_of(left, right);
                 if height == old_height && max == old_max {
+                    if !AUGMENTED && balance != old_balance {
+                        arena.get_mut(at).balance = balance;
+                    }
                     return;
                 }
                 let updated = arena.get_mut(at);
                 updated.height = height;
                 if AUGMENTED {
                     updated.subtree_max = max;
+                } else {
+                    updated.balance = balance;
                 }
                 came_from = Some((at, (height, max)));
                 cursor = parent;
@@ -460,17 +507,28 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         let (inner, y_right, y_len) = (node.left, node.right, node.len());
         // Both figures from the three subtrees that do not move, so no
         // node is read back after the relinking.
-        let x_figures = Self::combine(x_len, figures(arena, x_left), figures(arena, inner));
-        let y_figures = Self::combine(y_len, x_figures, figures(arena, y_right));
+        let (x_left, inner_figures, y_right) = (
+            figures(arena, x_left),
+            figures(arena, inner),
+            figures(arena, y_right),
+        );
+        let x_figures = Self::combine(x_len, x_left, inner_figures);
+        let y_figures = Self::combine(y_len, x_figures, y_right);
         let node = arena.get_mut(x);
         (node.right, node.parent) = (inner, Some(y));
         (node.height, node.subtree_max) = x_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(x_left, inner_figures);
+        }
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
         let node = arena.get_mut(y);
         (node.left, node.parent) = (Some(x), parent);
         (node.height, node.subtree_max) = y_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(x_figures, y_right);
+        }
         self.replace_child(arena, parent, x, Some(y));
         y
     }
@@ -485,17 +543,28 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         let node = arena.get(y);
         let (inner, y_left, y_len) = (node.right, node.left, node.len());
         // As in `rotate_left`, mirrored.
-        let x_figures = Self::combine(x_len, figures(arena, inner), figures(arena, x_right));
-        let y_figures = Self::combine(y_len, figures(arena, y_left), x_figures);
+        let (inner_figures, x_right, y_left) = (
+            figures(arena, inner),
+            figures(arena, x_right),
+            figures(arena, y_left),
+        );
+        let x_figures = Self::combine(x_len, inner_figures, x_right);
+        let y_figures = Self::combine(y_len, y_left, x_figures);
         let node = arena.get_mut(x);
         (node.left, node.parent) = (inner, Some(y));
         (node.height, node.subtree_max) = x_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(inner_figures, x_right);
+        }
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
         let node = arena.get_mut(y);
         (node.right, node.parent) = (Some(x), parent);
         (node.height, node.subtree_max) = y_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(y_left, x_figures);
+        }
         self.replace_child(arena, parent, x, Some(y));
         y
     }
