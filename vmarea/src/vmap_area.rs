@@ -351,7 +351,7 @@ impl<S: ObjectSource> VmapAreas<S> {
     fn free_node(&mut self, id: NodeId) -> Freed {
         let area = VmapArea::of(self.arena.get(id));
         self.vmap_area_root.remove(&mut self.arena, id);
-        merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id);
+        merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id, None);
         self.lazy.nr_pages += area.size() / PAGE_SIZE;
         self.lazy.nr_areas += 1;
         let flush = if self.lazy.nr_pages > self.lazy.max_pages {
@@ -378,8 +378,11 @@ impl<S: ObjectSource> VmapAreas<S> {
         if rebuild_pays(unpurged.len(), self.free_vmap_area_root.len()) {
             self.purge_rebuilding(unpurged);
         } else {
+            // The batch comes in address order: a range that falls in the
+            // same gap as the last one is linked without a descent.
+            let mut finger = None;
             unpurged.drain(&mut self.arena, |arena, id| {
-                merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id);
+                finger = merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id, finger);
             });
         }
         self.lazy.purged_areas += self.lazy.nr_areas;
@@ -542,13 +545,27 @@ impl<S: ObjectSource> VmapAreas<S> {
 /// Puts a detached node's range into `tree` (free space, or the unpurged
 /// ranges), merged with the ranges it touches (Linux
 /// `merge_or_add_vmap_area`). Never allocates.
+///
+/// A `finger` is what the last call returned for a range below this one:
+/// the node that holds that range and its successor in `tree`, adjacent
+/// in address order (rotations keep the order). When the range starts
+/// before that successor, they are its neighbours and no descent is
+/// needed. The returned finger is `None` when the successor is not known
+/// (after a merge upwards).
 fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
     free: &mut Tree<AUGMENTED>,
     arena: &mut Arena<S>,
     id: NodeId,
-) {
+    finger: Option<Finger>,
+) -> Option<Finger> {
     let Node { start, end, .. } = *arena.get(id);
-    let (below, above) = free.neighbours(arena, start);
+    let (below, above) = match finger {
+        Some((below, above)) if above.map_or(true, |above| start < arena.get(above).start) => {
+            debug_assert!(arena.get(below).start <= start, "a finger below the range");
+            (Some(below), above)
+        }
+        _ => free.neighbours(arena, start),
+    };
     let touching_below = below.filter(|&b| arena.get(b).end == start);
     let touching_above = above.filter(|&a| arena.get(a).start == end);
     match (touching_below, touching_above) {
@@ -559,22 +576,26 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
             arena.get_mut(below).end = merged_end;
             free.refresh(arena, below);
             arena.free(id);
+            None
         }
         (Some(below), None) => {
             arena.get_mut(below).end = end;
             free.refresh(arena, below);
             arena.free(id);
+            Some((below, above))
         }
         (None, Some(above)) => {
             arena.get_mut(above).start = start;
             free.refresh(arena, above);
             arena.free(id);
+            None
         }
         (None, None) => {
             let node = arena.get_mut(id);
             node.flags = VmFlags::empty();
             node.caller = None;
             free.insert_between(arena, id, below, above);
+            Some((id, above))
         }
     }
 }
@@ -626,6 +647,10 @@ impl Run {
         }
     }
 }
+
+/// A node of a tree and its successor there (see
+/// [`merge_or_add_vmap_area`]).
+type Finger = (NodeId, Option<NodeId>);
 
 /// The address in `block` where `need` bytes aligned to `align` start, if
 /// they fit.
