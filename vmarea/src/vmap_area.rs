@@ -125,6 +125,11 @@ pub struct VmapAreas<S: ObjectSource> {
     pub(crate) free_vmap_area_root: Tree<true>,
     pub(crate) vmap_area_root: Tree<false>,
     pub(crate) purge_vmap_area_root: Tree<false>,
+    /// The unpurged node that took the last free and its successor there
+    /// (see [`merge_or_add_vmap_area`]), so that frees in address order
+    /// need no descent; `None` after a purge or a merge upwards. Only
+    /// `free_node` and `purge` change the unpurged tree, and both keep it.
+    unpurged_finger: Option<Finger>,
     pub(crate) start: usize,
     pub(crate) end: usize,
     pub(crate) lazy: LazyPurge,
@@ -154,6 +159,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             free_vmap_area_root: Tree::new(),
             vmap_area_root: Tree::new(),
             purge_vmap_area_root: Tree::new(),
+            unpurged_finger: None,
             start: start.as_usize(),
             end: end.as_usize(),
             lazy,
@@ -351,7 +357,12 @@ impl<S: ObjectSource> VmapAreas<S> {
     fn free_node(&mut self, id: NodeId) -> Freed {
         let area = VmapArea::of(self.arena.get(id));
         self.vmap_area_root.remove(&mut self.arena, id);
-        merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id, None);
+        self.unpurged_finger = merge_or_add_vmap_area(
+            &mut self.purge_vmap_area_root,
+            &mut self.arena,
+            id,
+            self.unpurged_finger,
+        );
         self.lazy.nr_pages += area.size() / PAGE_SIZE;
         self.lazy.nr_areas += 1;
         let flush = if self.lazy.nr_pages > self.lazy.max_pages {
@@ -375,6 +386,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             VirtAddr::new(self.arena.get(last).end),
         );
         let mut unpurged = core::mem::take(&mut self.purge_vmap_area_root);
+        self.unpurged_finger = None;
         if rebuild_pays(unpurged.len(), self.free_vmap_area_root.len()) {
             self.purge_rebuilding(unpurged);
         } else {
@@ -546,12 +558,12 @@ impl<S: ObjectSource> VmapAreas<S> {
 /// ranges), merged with the ranges it touches (Linux
 /// `merge_or_add_vmap_area`). Never allocates.
 ///
-/// A `finger` is what the last call returned for a range below this one:
-/// the node that holds that range and its successor in `tree`, adjacent
-/// in address order (rotations keep the order). When the range starts
-/// before that successor, they are its neighbours and no descent is
-/// needed. The returned finger is `None` when the successor is not known
-/// (after a merge upwards).
+/// A `finger` is what the last call on `tree` returned, the tree unchanged
+/// since: the node that holds that call's range and its successor in
+/// `tree`, adjacent in address order (rotations keep the order). When the
+/// range starts between them, they are its neighbours and no descent is
+/// needed; otherwise it descends from the root. The returned finger is
+/// `None` when the successor is not known (after a merge upwards).
 fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
     free: &mut Tree<AUGMENTED>,
     arena: &mut Arena<S>,
@@ -560,8 +572,10 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
 ) -> Option<Finger> {
     let Node { start, end, .. } = *arena.get(id);
     let (below, above) = match finger {
-        Some((below, above)) if above.map_or(true, |above| start < arena.get(above).start) => {
-            debug_assert!(arena.get(below).start <= start, "a finger below the range");
+        Some((below, above))
+            if arena.get(below).start <= start
+                && above.map_or(true, |above| start < arena.get(above).start) =>
+        {
             (Some(below), above)
         }
         _ => free.neighbours(arena, start),

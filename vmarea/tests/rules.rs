@@ -229,6 +229,32 @@ fn a_large_purge_rebuilds_free_space_merging_exactly_as_one_insert_per_range_wou
 }
 
 #[test]
+fn frees_in_any_order_join_the_unpurged_ranges_they_touch() {
+    // Ten back-to-back areas of one page and its guard.
+    let mut a = areas(64);
+    let starts: Vec<usize> = (0..10).map(|_| alloc(&mut a, 1, PAGE).unwrap().0).collect();
+    // Ascending, then a gap filled (a merge both ways), then below the
+    // last one (a merge upwards), then ascending again.
+    for i in [0, 2, 1, 6, 5, 8, 9] {
+        let freed = a.free(va(starts[i])).unwrap();
+        assert_eq!(freed.flush, None, "under the lazy threshold");
+        a.check().unwrap();
+    }
+    let unpurged: Vec<(usize, usize)> = a
+        .unpurged_areas()
+        .map(|r| (r.start().as_usize(), r.end().as_usize()))
+        .collect();
+    assert_eq!(
+        unpurged,
+        [
+            (starts[0], starts[3]),
+            (starts[5], starts[7]),
+            (starts[8], starts[9] + 2 * PAGE)
+        ]
+    );
+}
+
+#[test]
 fn alignment_passes_over_a_long_enough_block_whose_aligned_start_leaves_too_little() {
     let mut a = areas(32);
     let first = alloc(&mut a, 4, PAGE).unwrap(); // [BASE, BASE + 5 pages)
