@@ -124,6 +124,10 @@ pub struct VmapAreas<S: ObjectSource> {
     pub(crate) arena: Arena<S>,
     pub(crate) free_vmap_area_root: Tree<true>,
     pub(crate) vmap_area_root: Tree<false>,
+    /// Where the busy tree last changed (see [`BusyFinger`]); `None` when
+    /// not known. Only `alloc` and `free_node` change the busy tree, and
+    /// both keep it.
+    busy_finger: Option<BusyFinger>,
     pub(crate) purge_vmap_area_root: Tree<false>,
     /// The unpurged node that took the last free and its successor there
     /// (see [`merge_or_add_vmap_area`]), so that frees in address order
@@ -158,6 +162,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             arena,
             free_vmap_area_root: Tree::new(),
             vmap_area_root: Tree::new(),
+            busy_finger: None,
             purge_vmap_area_root: Tree::new(),
             unpurged_finger: None,
             start: start.as_usize(),
@@ -250,7 +255,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             Fit::Middle => {}
         }
         self.arena.get_mut(busy).caller = Some(Location::caller());
-        self.vmap_area_root.insert(&mut self.arena, busy);
+        self.insert_busy(busy, addr);
         Ok(VmapArea::of(self.arena.get(busy)))
     }
 
@@ -356,6 +361,7 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// lazily freed, purging past the threshold.
     fn free_node(&mut self, id: NodeId) -> Freed {
         let area = VmapArea::of(self.arena.get(id));
+        self.busy_finger = self.busy_finger.and_then(|finger| finger.without(id));
         self.vmap_area_root.remove(&mut self.arena, id);
         self.unpurged_finger = merge_or_add_vmap_area(
             &mut self.purge_vmap_area_root,
@@ -523,6 +529,38 @@ impl<S: ObjectSource> VmapAreas<S> {
         }
     }
 
+    /// Links a new live area starting at `start` into the busy tree: in
+    /// the gap the finger names, or the one after it (allocations in
+    /// address order), without a descent from the root when it falls
+    /// there.
+    fn insert_busy(&mut self, id: NodeId, start: usize) {
+        let arena = &self.arena;
+        let fits = |below: Option<NodeId>, above: Option<NodeId>| {
+            below.map_or(true, |below| arena.get(below).start <= start)
+                && above.map_or(true, |above| start < arena.get(above).start)
+        };
+        let gap = self.busy_finger.and_then(|finger| {
+            let (below, above) = match finger.mid {
+                Some(mid) => (Some(mid), finger.above),
+                None => (finger.below, finger.above),
+            };
+            if fits(below, above) {
+                return Some((below, above));
+            }
+            let next = above.map(|above| (Some(above), Tree::<false>::next(arena, above)))?;
+            fits(next.0, next.1).then_some(next)
+        });
+        let (below, above) =
+            gap.unwrap_or_else(|| self.vmap_area_root.neighbours(&self.arena, start));
+        self.vmap_area_root
+            .insert_between(&mut self.arena, id, below, above);
+        self.busy_finger = Some(BusyFinger {
+            below,
+            mid: Some(id),
+            above,
+        });
+    }
+
     /// The live area that starts at `addr`, or why `addr` names none.
     fn busy_area_at(&self, addr: VirtAddr) -> Result<NodeId, VmareaError> {
         if !addr.is_aligned(PAGE_SIZE) {
@@ -532,7 +570,12 @@ impl<S: ObjectSource> VmapAreas<S> {
         if raw < self.start || raw >= self.end {
             return Err(VmareaError::OutOfRange { addr });
         }
-        if let Some(id) = self.vmap_area_root.find_le(&self.arena, raw) {
+        // The area allocated last, if still live, needs no descent.
+        let last = self
+            .busy_finger
+            .and_then(|finger| finger.mid)
+            .filter(|&mid| self.arena.get(mid).start == raw);
+        if let Some(id) = last.or_else(|| self.vmap_area_root.find_le(&self.arena, raw)) {
             let node = self.arena.get(id);
             if node.start == raw && node.flags.contains(VmFlags::FREEING) {
                 return Err(VmareaError::AlreadyFreed { addr });
@@ -658,6 +701,29 @@ impl Run {
                 self.tail = Some(id);
                 self.len += 1;
             }
+        }
+    }
+}
+
+/// Three nodes of the busy tree, consecutive in address order: the area
+/// allocated last (`mid`, `None` once freed) and the nodes either side of
+/// it (`None` past either end of the tree).
+#[derive(Clone, Copy, Debug)]
+struct BusyFinger {
+    below: Option<NodeId>,
+    mid: Option<NodeId>,
+    above: Option<NodeId>,
+}
+
+impl BusyFinger {
+    /// The finger once `id` leaves the busy tree, if still known.
+    fn without(self, id: NodeId) -> Option<Self> {
+        if self.mid == Some(id) {
+            Some(BusyFinger { mid: None, ..self })
+        } else if self.below == Some(id) || self.above == Some(id) {
+            None
+        } else {
+            Some(self)
         }
     }
 }

@@ -255,6 +255,32 @@ fn frees_in_any_order_join_the_unpurged_ranges_they_touch() {
 }
 
 #[test]
+fn the_area_allocated_last_is_found_freed_and_refused_a_second_free_like_any_other() {
+    let mut a = areas(64);
+    let low = alloc(&mut a, 1, PAGE).unwrap().0;
+    let high = alloc(&mut a, 1, PAGE).unwrap().0;
+    // Its neighbour goes first, then itself, then again.
+    assert_eq!(a.free(va(low)).unwrap().flush, None);
+    assert_eq!(
+        a.free(va(high + PAGE)),
+        Err(VmareaError::Interior {
+            addr: va(high + PAGE),
+            area: va(high)
+        })
+    );
+    assert_eq!(a.free(va(high)).unwrap().flush, None);
+    assert_eq!(
+        a.free(va(high)),
+        Err(VmareaError::AlreadyFreed { addr: va(high) })
+    );
+    // Allocations in address order after frees below them.
+    let again = alloc(&mut a, 1, PAGE).unwrap().0;
+    assert_eq!(again, high + 2 * PAGE, "freed ranges wait for the purge");
+    assert_eq!(a.free(va(again)).unwrap().flush, None);
+    a.check().unwrap();
+}
+
+#[test]
 fn alignment_passes_over_a_long_enough_block_whose_aligned_start_leaves_too_little() {
     let mut a = areas(32);
     let first = alloc(&mut a, 4, PAGE).unwrap(); // [BASE, BASE + 5 pages)
