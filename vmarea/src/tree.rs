@@ -142,10 +142,12 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         node.height = 1;
         node.balance = 0;
         // A leaf's augmentation is its own length.
-        node.subtree_max = if AUGMENTED { node.len() } else { 0 };
+        let max = if AUGMENTED { node.len() } else { 0 };
+        node.subtree_max = max;
         self.len += 1;
         if parent.is_some() {
-            self.rebalance_from(arena, parent);
+            // The parent's new child is the leaf: its figures are known.
+            self.rebalance_above(arena, parent, Some((id, (1, max))));
         }
     }
 
@@ -403,10 +405,20 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
     /// subtree whose height and `subtree_max` come out as they were:
     /// nothing above depends on anything else below.
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
-        let mut cursor = from;
+        self.rebalance_above(arena, from, None);
+    }
+
+    /// [`Tree::rebalance_from`], with the figures of a child of `from`
+    /// whose figures are already known.
+    fn rebalance_above<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        from: Link,
         // The child the walk came up from and its figures, just written:
         // one of the two reads per level it spares.
-        let mut came_from: Option<(NodeId, (u8, usize))> = None;
+        mut came_from: Option<(NodeId, (u8, usize))>,
+    ) {
+        let mut cursor = from;
         while let Some(at) = cursor {
             let node = arena.get(at);
             let (left, right, parent) = (node.left, node.right, node.parent);
