@@ -68,6 +68,11 @@ pub(crate) struct Node {
     pub(crate) parent: Link,
     pub(crate) flags: VmFlags,
     pub(crate) height: u8,
+    /// The left subtree's height less the right's (-1, 0 or 1), kept
+    /// with `height` in the plain trees so that a climb from one child
+    /// knows the other's height without reading it (the free tree reads
+    /// the other child anyway, for its `subtree_max`, and leaves this 0).
+    pub(crate) balance: i8,
     /// Where a live area was allocated (`/proc/vmallocinfo`'s caller).
     pub(crate) caller: Option<&'static core::panic::Location<'static>>,
 }
@@ -84,6 +89,7 @@ impl Node {
             parent: None,
             flags,
             height: 1,
+            balance: 0,
             caller: None,
         }
     }

@@ -50,7 +50,8 @@ pub enum Invariant {
         /// Start of the out-of-order node.
         at: VirtAddr,
     },
-    /// A stored height that is wrong, or subtrees differing by two or more.
+    /// A stored height (or, in a plain tree, balance) that is wrong, or
+    /// subtrees differing by two or more.
     Unbalanced {
         /// The tree.
         tree: TreeName,
@@ -249,7 +250,10 @@ impl<S: ObjectSource> VmapAreas<S> {
             }
             previous_end = node.end;
             let (left, right) = (height(arena, node.left), height(arena, node.right));
-            if node.height != 1 + left.max(right) || left.abs_diff(right) > 1 {
+            if node.height != 1 + left.max(right)
+                || left.abs_diff(right) > 1
+                || (!AUGMENTED && i16::from(node.balance) != i16::from(left) - i16::from(right))
+            {
                 return Err(Invariant::Unbalanced { tree: name, at });
             }
             if AUGMENTED {
@@ -522,6 +526,20 @@ mod tests {
         assert!(matches!(
             areas.check(),
             Err(Invariant::BrokenLink {
+                tree: TreeName::Busy,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_wrong_stored_balance_in_a_plain_tree_is_reported_unbalanced() {
+        let mut areas = populated();
+        let root = areas.vmap_area_root.root().unwrap();
+        areas.arena.get_mut(root).balance += 1;
+        assert!(matches!(
+            areas.check(),
+            Err(Invariant::Unbalanced {
                 tree: TreeName::Busy,
                 ..
             })

@@ -44,7 +44,7 @@
 //! | [`VmapAreas::alloc`], larger alignment | O(log n) when the lowest long-enough block also fits aligned; each lower block that is long enough but not once aligned adds O(log n): worst case O(n), on a free space of many such blocks |
 //! | [`VmapAreas::free`] | O(log n + log u) for u unpurged ranges |
 //! | [`VmapAreas::find_vmap_area`] | O(log n) |
-//! | [`VmapAreas::purge`] | O(u log n) for u unpurged ranges |
+//! | [`VmapAreas::purge`] | O(min(u log n, u + n)) for u unpurged ranges: one insert per range, or one rebuild of free space when the batch is large against it |
 //! | [`VmapAreas::stats`] | O(1) |
 //! | [`VmapAreas::check`] | O(n) |
 //!

@@ -43,6 +43,24 @@ fn figures<S: ObjectSource>(arena: &Arena<S>, link: Link) -> (u8, usize) {
     })
 }
 
+/// The balance of a node whose subtrees have these figures (left height
+/// less right, -1 to 1 in a balanced node).
+fn balance_of(left: (u8, usize), right: (u8, usize)) -> i8 {
+    // Heights stay below 64 (ids are 31 bits), so the difference fits.
+    (i16::from(left.0) - i16::from(right.0)) as i8
+}
+
+/// The heights of the two subtrees of a balanced node of `height` and
+/// `balance`.
+fn child_heights(height: u8, balance: i8) -> (u8, u8) {
+    let taller = height - 1;
+    match balance {
+        1.. => (taller, taller - 1),
+        0 => (taller, taller),
+        _ => (taller - 1, taller),
+    }
+}
+
 /// Largest free block under a link (0 for an empty subtree).
 pub(crate) fn subtree_max<S: ObjectSource>(arena: &Arena<S>, link: Link) -> usize {
     link.map_or(0, |id| arena.get(id).subtree_max)
@@ -122,11 +140,14 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         node.right = None;
         node.parent = parent;
         node.height = 1;
+        node.balance = 0;
         // A leaf's augmentation is its own length.
-        node.subtree_max = if AUGMENTED { node.len() } else { 0 };
+        let max = if AUGMENTED { node.len() } else { 0 };
+        node.subtree_max = max;
         self.len += 1;
         if parent.is_some() {
-            self.rebalance_from(arena, parent);
+            // The parent's new child is the leaf: its figures are known.
+            self.rebalance_above(arena, parent, Some((id, (1, max))));
         }
     }
 
@@ -168,6 +189,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                 let moved = arena.get_mut(successor);
                 moved.parent = node.parent;
                 moved.height = node.height;
+                moved.balance = node.balance;
                 moved.subtree_max = node.subtree_max;
                 self.replace_child(arena, node.parent, id, Some(successor));
                 (Some(fix_from), Some(successor))
@@ -178,6 +200,7 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         detached.right = None;
         detached.parent = None;
         detached.height = 1;
+        detached.balance = 0;
         self.len -= 1;
         self.rebalance_from(arena, fix_from);
         // The walk may have stopped below the successor, whose inherited
@@ -213,10 +236,58 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
                     node.right = None;
                     node.parent = None;
                     node.height = 1;
+                    node.balance = 0;
                     take(arena, at);
                 }
             }
         }
+    }
+
+    /// Fills an empty tree with `len` detached nodes linked in address
+    /// order through `right` from `head`, balanced by size (a node's two
+    /// subtrees differ by at most one node, so by at most one in height):
+    /// O(len), for a purge that rebuilds free space in one pass instead of
+    /// inserting its batch node by node. It recurses once per level, so
+    /// at most 31 frames deep (ids are 31 bits).
+    pub(crate) fn build<S: ObjectSource>(&mut self, arena: &mut Arena<S>, head: Link, len: usize) {
+        debug_assert!(self.root.is_none(), "build fills an empty tree");
+        let mut cursor = head;
+        let (root, _) = Self::build_subtree(arena, &mut cursor, len);
+        debug_assert!(cursor.is_none(), "the list holds more than len nodes");
+        if let Some(root) = root {
+            arena.get_mut(root).parent = None;
+        }
+        self.root = root;
+        self.len = len;
+    }
+
+    /// The subtree of the next `n` nodes of the list at `cursor`, which it
+    /// advances past them; its root's parent is left to the caller.
+    fn build_subtree<S: ObjectSource>(
+        arena: &mut Arena<S>,
+        cursor: &mut Link,
+        n: usize,
+    ) -> (Link, (u8, usize)) {
+        if n == 0 {
+            return (None, (0, 0));
+        }
+        let (left, left_figures) = Self::build_subtree(arena, cursor, n / 2);
+        let id = cursor.expect("the list holds len nodes");
+        let node = arena.get(id);
+        let len = node.len();
+        *cursor = node.right;
+        let (right, right_figures) = Self::build_subtree(arena, cursor, n - n / 2 - 1);
+        let figures = Self::combine(len, left_figures, right_figures);
+        let node = arena.get_mut(id);
+        (node.left, node.right) = (left, right);
+        (node.height, node.subtree_max) = figures;
+        if !AUGMENTED {
+            node.balance = balance_of(left_figures, right_figures);
+        }
+        for child in [left, right].into_iter().flatten() {
+            arena.get_mut(child).parent = Some(id);
+        }
+        (Some(id), figures)
     }
 
     /// Restores heights and `subtree_max` from `id` up to the root after
@@ -334,34 +405,73 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
     /// subtree whose height and `subtree_max` come out as they were:
     /// nothing above depends on anything else below.
     fn rebalance_from<S: ObjectSource>(&mut self, arena: &mut Arena<S>, from: Link) {
-        let mut cursor = from;
+        self.rebalance_above(arena, from, None);
+    }
+
+    /// [`Tree::rebalance_from`], with the figures of a child of `from`
+    /// whose figures are already known.
+    fn rebalance_above<S: ObjectSource>(
+        &mut self,
+        arena: &mut Arena<S>,
+        from: Link,
         // The child the walk came up from and its figures, just written:
         // one of the two reads per level it spares.
-        let mut came_from: Option<(NodeId, (u8, usize))> = None;
+        mut came_from: Option<(NodeId, (u8, usize))>,
+    ) {
+        let mut cursor = from;
         while let Some(at) = cursor {
             let node = arena.get(at);
             let (left, right, parent) = (node.left, node.right, node.parent);
-            let (old_height, old_max, len) = (node.height, node.subtree_max, node.len());
-            let known = |link: Link| match came_from {
-                Some((child, figures)) if link == Some(child) => figures,
-                _ => figures(arena, link),
+            let (old_height, old_balance) = (node.height, node.balance);
+            // A plain tree's augmentation is always zero: not read.
+            let (old_max, len) = if AUGMENTED {
+                (node.subtree_max, node.len())
+            } else {
+                (0, 0)
             };
-            let (left, right) = (known(left), known(right));
+            let (left, right) = match came_from {
+                // In a plain tree the other child has not changed since
+                // this node's figures were written, so its height follows
+                // from them: no read of it.
+                Some((child, figures)) if !AUGMENTED => {
+                    let (left_height, right_height) = child_heights(old_height, old_balance);
+                    if left == Some(child) {
+                        (figures, (right_height, 0))
+                    } else {
+                        ((left_height, 0), figures)
+                    }
+                }
+                _ => {
+                    let known = |link: Link| match came_from {
+                        Some((child, figures)) if link == Some(child) => figures,
+                        _ => figures(arena, link),
+                    };
+                    (known(left), known(right))
+                }
+            };
             let balance = i16::from(left.0) - i16::from(right.0);
             if (-1..=1).contains(&balance) {
                 let (height, max) = Self::combine(len, left, right);
+                let balance = balance_of(left, right);
                 if height == old_height && max == old_max {
+                    if !AUGMENTED && balance != old_balance {
+                        arena.get_mut(at).balance = balance;
+                    }
                     return;
                 }
                 let updated = arena.get_mut(at);
                 updated.height = height;
-                updated.subtree_max = max;
+                if AUGMENTED {
+                    updated.subtree_max = max;
+                } else {
+                    updated.balance = balance;
+                }
                 came_from = Some((at, (height, max)));
                 cursor = parent;
             } else {
                 let top = self.rotate_at(arena, at, balance);
                 let moved = arena.get(top);
-                if moved.height == old_height && moved.subtree_max == old_max {
+                if moved.height == old_height && (!AUGMENTED || moved.subtree_max == old_max) {
                     return;
                 }
                 came_from = Some((top, (moved.height, moved.subtree_max)));
@@ -409,17 +519,28 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         let (inner, y_right, y_len) = (node.left, node.right, node.len());
         // Both figures from the three subtrees that do not move, so no
         // node is read back after the relinking.
-        let x_figures = Self::combine(x_len, figures(arena, x_left), figures(arena, inner));
-        let y_figures = Self::combine(y_len, x_figures, figures(arena, y_right));
+        let (x_left, inner_figures, y_right) = (
+            figures(arena, x_left),
+            figures(arena, inner),
+            figures(arena, y_right),
+        );
+        let x_figures = Self::combine(x_len, x_left, inner_figures);
+        let y_figures = Self::combine(y_len, x_figures, y_right);
         let node = arena.get_mut(x);
         (node.right, node.parent) = (inner, Some(y));
         (node.height, node.subtree_max) = x_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(x_left, inner_figures);
+        }
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
         let node = arena.get_mut(y);
         (node.left, node.parent) = (Some(x), parent);
         (node.height, node.subtree_max) = y_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(x_figures, y_right);
+        }
         self.replace_child(arena, parent, x, Some(y));
         y
     }
@@ -434,17 +555,28 @@ impl<const AUGMENTED: bool> Tree<AUGMENTED> {
         let node = arena.get(y);
         let (inner, y_left, y_len) = (node.right, node.left, node.len());
         // As in `rotate_left`, mirrored.
-        let x_figures = Self::combine(x_len, figures(arena, inner), figures(arena, x_right));
-        let y_figures = Self::combine(y_len, figures(arena, y_left), x_figures);
+        let (inner_figures, x_right, y_left) = (
+            figures(arena, inner),
+            figures(arena, x_right),
+            figures(arena, y_left),
+        );
+        let x_figures = Self::combine(x_len, inner_figures, x_right);
+        let y_figures = Self::combine(y_len, y_left, x_figures);
         let node = arena.get_mut(x);
         (node.left, node.parent) = (inner, Some(y));
         (node.height, node.subtree_max) = x_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(inner_figures, x_right);
+        }
         if let Some(inner) = inner {
             arena.get_mut(inner).parent = Some(x);
         }
         let node = arena.get_mut(y);
         (node.right, node.parent) = (Some(x), parent);
         (node.height, node.subtree_max) = y_figures;
+        if !AUGMENTED {
+            node.balance = balance_of(y_left, x_figures);
+        }
         self.replace_child(arena, parent, x, Some(y));
         y
     }

@@ -124,7 +124,16 @@ pub struct VmapAreas<S: ObjectSource> {
     pub(crate) arena: Arena<S>,
     pub(crate) free_vmap_area_root: Tree<true>,
     pub(crate) vmap_area_root: Tree<false>,
+    /// Where the busy tree last changed (see [`BusyFinger`]); `None` when
+    /// not known. Only `alloc` and `free_node` change the busy tree, and
+    /// both keep it.
+    busy_finger: Option<BusyFinger>,
     pub(crate) purge_vmap_area_root: Tree<false>,
+    /// The unpurged node that took the last free and its successor there
+    /// (see [`merge_or_add_vmap_area`]), so that frees in address order
+    /// need no descent; `None` after a purge or a merge upwards. Only
+    /// `free_node` and `purge` change the unpurged tree, and both keep it.
+    unpurged_finger: Option<Finger>,
     pub(crate) start: usize,
     pub(crate) end: usize,
     pub(crate) lazy: LazyPurge,
@@ -153,7 +162,9 @@ impl<S: ObjectSource> VmapAreas<S> {
             arena,
             free_vmap_area_root: Tree::new(),
             vmap_area_root: Tree::new(),
+            busy_finger: None,
             purge_vmap_area_root: Tree::new(),
+            unpurged_finger: None,
             start: start.as_usize(),
             end: end.as_usize(),
             lazy,
@@ -244,7 +255,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             Fit::Middle => {}
         }
         self.arena.get_mut(busy).caller = Some(Location::caller());
-        self.vmap_area_root.insert(&mut self.arena, busy);
+        self.insert_busy(busy, addr);
         Ok(VmapArea::of(self.arena.get(busy)))
     }
 
@@ -350,8 +361,14 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// lazily freed, purging past the threshold.
     fn free_node(&mut self, id: NodeId) -> Freed {
         let area = VmapArea::of(self.arena.get(id));
+        self.busy_finger = self.busy_finger.and_then(|finger| finger.without(id));
         self.vmap_area_root.remove(&mut self.arena, id);
-        merge_or_add_vmap_area(&mut self.purge_vmap_area_root, &mut self.arena, id);
+        self.unpurged_finger = merge_or_add_vmap_area(
+            &mut self.purge_vmap_area_root,
+            &mut self.arena,
+            id,
+            self.unpurged_finger,
+        );
         self.lazy.nr_pages += area.size() / PAGE_SIZE;
         self.lazy.nr_areas += 1;
         let flush = if self.lazy.nr_pages > self.lazy.max_pages {
@@ -365,7 +382,8 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// Returns every unpurged range to free space, merging neighbours
     /// (Linux `__purge_vmap_area_lazy`), and hands back the one flush that
     /// covers the batch; `None` if nothing was waiting. O(u log n) for u
-    /// unpurged ranges.
+    /// unpurged ranges and n free blocks, or O(u + n) when that is less
+    /// (free space is then rebuilt in one pass).
     pub fn purge(&mut self) -> Option<TlbFlush> {
         let first = self.purge_vmap_area_root.first(&self.arena)?;
         let last = self.purge_vmap_area_root.last(&self.arena)?;
@@ -374,15 +392,55 @@ impl<S: ObjectSource> VmapAreas<S> {
             VirtAddr::new(self.arena.get(last).end),
         );
         let mut unpurged = core::mem::take(&mut self.purge_vmap_area_root);
-        unpurged.drain(&mut self.arena, |arena, id| {
-            merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id);
-        });
+        self.unpurged_finger = None;
+        if rebuild_pays(unpurged.len(), self.free_vmap_area_root.len()) {
+            self.purge_rebuilding(unpurged);
+        } else {
+            // The batch comes in address order: a range that falls in the
+            // same gap as the last one is linked without a descent.
+            let mut finger = None;
+            unpurged.drain(&mut self.arena, |arena, id| {
+                finger = merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id, finger);
+            });
+        }
         self.lazy.purged_areas += self.lazy.nr_areas;
         self.lazy.nr_areas = 0;
         self.lazy.nr_pages = 0;
         self.lazy.purges += 1;
         self.lazy.flush_tokens += 1;
         Some(flush)
+    }
+
+    /// The purge of a batch large against free space: both trees are
+    /// unrolled in address order and merged into one run, touching ranges
+    /// joined as `merge_or_add_vmap_area` joins them, and the free tree is
+    /// built again from the run. O(u + n) for u unpurged ranges and n free
+    /// blocks, against O(u log n) for one insert per range.
+    fn purge_rebuilding(&mut self, mut unpurged: Tree<false>) {
+        let mut batch = Run::default();
+        unpurged.drain(&mut self.arena, |arena, id| {
+            let node = arena.get_mut(id);
+            node.flags = VmFlags::empty();
+            node.caller = None;
+            batch.push(arena, id);
+        });
+        let mut pending = batch.head;
+        let mut merged = Run::default();
+        let mut free = core::mem::take(&mut self.free_vmap_area_root);
+        free.drain(&mut self.arena, |arena, block| {
+            let start = arena.get(block).start;
+            while let Some(id) = pending.filter(|&id| arena.get(id).start < start) {
+                pending = arena.get(id).right;
+                merged.push(arena, id);
+            }
+            merged.push(arena, block);
+        });
+        while let Some(id) = pending {
+            pending = self.arena.get(id).right;
+            merged.push(&mut self.arena, id);
+        }
+        self.free_vmap_area_root
+            .build(&mut self.arena, merged.head, merged.len);
     }
 
     /// The live area containing `addr`, guard page included (Linux
@@ -471,6 +529,38 @@ impl<S: ObjectSource> VmapAreas<S> {
         }
     }
 
+    /// Links a new live area starting at `start` into the busy tree: in
+    /// the gap the finger names, or the one after it (allocations in
+    /// address order), without a descent from the root when it falls
+    /// there.
+    fn insert_busy(&mut self, id: NodeId, start: usize) {
+        let arena = &self.arena;
+        let fits = |below: Option<NodeId>, above: Option<NodeId>| {
+            below.map_or(true, |below| arena.get(below).start <= start)
+                && above.map_or(true, |above| start < arena.get(above).start)
+        };
+        let gap = self.busy_finger.and_then(|finger| {
+            let (below, above) = match finger.mid {
+                Some(mid) => (Some(mid), finger.above),
+                None => (finger.below, finger.above),
+            };
+            if fits(below, above) {
+                return Some((below, above));
+            }
+            let next = above.map(|above| (Some(above), Tree::<false>::next(arena, above)))?;
+            fits(next.0, next.1).then_some(next)
+        });
+        let (below, above) =
+            gap.unwrap_or_else(|| self.vmap_area_root.neighbours(&self.arena, start));
+        self.vmap_area_root
+            .insert_between(&mut self.arena, id, below, above);
+        self.busy_finger = Some(BusyFinger {
+            below,
+            mid: Some(id),
+            above,
+        });
+    }
+
     /// The live area that starts at `addr`, or why `addr` names none.
     fn busy_area_at(&self, addr: VirtAddr) -> Result<NodeId, VmareaError> {
         if !addr.is_aligned(PAGE_SIZE) {
@@ -480,7 +570,12 @@ impl<S: ObjectSource> VmapAreas<S> {
         if raw < self.start || raw >= self.end {
             return Err(VmareaError::OutOfRange { addr });
         }
-        if let Some(id) = self.vmap_area_root.find_le(&self.arena, raw) {
+        // The area allocated last, if still live, needs no descent.
+        let last = self
+            .busy_finger
+            .and_then(|finger| finger.mid)
+            .filter(|&mid| self.arena.get(mid).start == raw);
+        if let Some(id) = last.or_else(|| self.vmap_area_root.find_le(&self.arena, raw)) {
             let node = self.arena.get(id);
             if node.start == raw && node.flags.contains(VmFlags::FREEING) {
                 return Err(VmareaError::AlreadyFreed { addr });
@@ -505,13 +600,29 @@ impl<S: ObjectSource> VmapAreas<S> {
 /// Puts a detached node's range into `tree` (free space, or the unpurged
 /// ranges), merged with the ranges it touches (Linux
 /// `merge_or_add_vmap_area`). Never allocates.
+///
+/// A `finger` is what the last call on `tree` returned, the tree unchanged
+/// since: the node that holds that call's range and its successor in
+/// `tree`, adjacent in address order (rotations keep the order). When the
+/// range starts between them, they are its neighbours and no descent is
+/// needed; otherwise it descends from the root. The returned finger is
+/// `None` when the successor is not known (after a merge upwards).
 fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
     free: &mut Tree<AUGMENTED>,
     arena: &mut Arena<S>,
     id: NodeId,
-) {
+    finger: Option<Finger>,
+) -> Option<Finger> {
     let Node { start, end, .. } = *arena.get(id);
-    let (below, above) = free.neighbours(arena, start);
+    let (below, above) = match finger {
+        Some((below, above))
+            if arena.get(below).start <= start
+                && above.map_or(true, |above| start < arena.get(above).start) =>
+        {
+            (Some(below), above)
+        }
+        _ => free.neighbours(arena, start),
+    };
     let touching_below = below.filter(|&b| arena.get(b).end == start);
     let touching_above = above.filter(|&a| arena.get(a).start == end);
     match (touching_below, touching_above) {
@@ -522,25 +633,104 @@ fn merge_or_add_vmap_area<S: ObjectSource, const AUGMENTED: bool>(
             arena.get_mut(below).end = merged_end;
             free.refresh(arena, below);
             arena.free(id);
+            None
         }
         (Some(below), None) => {
             arena.get_mut(below).end = end;
             free.refresh(arena, below);
             arena.free(id);
+            Some((below, above))
         }
         (None, Some(above)) => {
             arena.get_mut(above).start = start;
             free.refresh(arena, above);
             arena.free(id);
+            None
         }
         (None, None) => {
             let node = arena.get_mut(id);
             node.flags = VmFlags::empty();
             node.caller = None;
             free.insert_between(arena, id, below, above);
+            Some((id, above))
         }
     }
 }
+
+/// Whether a purge of `batch` unpurged ranges into `blocks` free blocks
+/// is cheaper as one rebuild, O(batch + blocks), than as one insert per
+/// range, O(batch log (batch + blocks)). Counted with callgrind on
+/// `examples/area_ir`, a node of the rebuild (both unrolls, the merge and
+/// the build) costs about as much as [`REBUILD_LEVELS_PER_NODE`] levels
+/// of an insert's descent and climb.
+fn rebuild_pays(batch: usize, blocks: usize) -> bool {
+    // The inserts descend a tree that grows to `batch + blocks` nodes.
+    let nodes = batch.saturating_add(blocks);
+    let levels = (usize::BITS - nodes.leading_zeros()) as usize;
+    nodes.saturating_mul(REBUILD_LEVELS_PER_NODE) < batch.saturating_mul(levels)
+}
+
+/// Insert levels one node of a rebuild costs as much as (see
+/// [`rebuild_pays`]).
+const REBUILD_LEVELS_PER_NODE: usize = 4;
+
+/// Ranges in address order, linked through `right`, a touching range
+/// joined to the one before it (its node given back to the arena).
+#[derive(Default)]
+struct Run {
+    head: Option<NodeId>,
+    tail: Option<NodeId>,
+    len: usize,
+}
+
+impl Run {
+    /// Appends a detached node (or joins it to the last range).
+    fn push<S: ObjectSource>(&mut self, arena: &mut Arena<S>, id: NodeId) {
+        let Node { start, end, .. } = *arena.get(id);
+        match self.tail {
+            Some(tail) if arena.get(tail).end == start => {
+                arena.get_mut(tail).end = end;
+                arena.free(id);
+            }
+            tail => {
+                match tail {
+                    Some(tail) => arena.get_mut(tail).right = Some(id),
+                    None => self.head = Some(id),
+                }
+                arena.get_mut(id).right = None;
+                self.tail = Some(id);
+                self.len += 1;
+            }
+        }
+    }
+}
+
+/// Three nodes of the busy tree, consecutive in address order: the area
+/// allocated last (`mid`, `None` once freed) and the nodes either side of
+/// it (`None` past either end of the tree).
+#[derive(Clone, Copy, Debug)]
+struct BusyFinger {
+    below: Option<NodeId>,
+    mid: Option<NodeId>,
+    above: Option<NodeId>,
+}
+
+impl BusyFinger {
+    /// The finger once `id` leaves the busy tree, if still known.
+    fn without(self, id: NodeId) -> Option<Self> {
+        if self.mid == Some(id) {
+            Some(BusyFinger { mid: None, ..self })
+        } else if self.below == Some(id) || self.above == Some(id) {
+            None
+        } else {
+            Some(self)
+        }
+    }
+}
+
+/// A node of a tree and its successor there (see
+/// [`merge_or_add_vmap_area`]).
+type Finger = (NodeId, Option<NodeId>);
 
 /// The address in `block` where `need` bytes aligned to `align` start, if
 /// they fit.

@@ -183,6 +183,104 @@ fn a_purged_range_between_two_areas_becomes_its_own_free_block() {
 }
 
 #[test]
+fn a_large_purge_rebuilds_free_space_merging_exactly_as_one_insert_per_range_would() {
+    // 100 areas of one page and its guard; the last 56 pages stay free.
+    let mut a = areas(256);
+    let starts: Vec<usize> = (0..100)
+        .map(|_| alloc(&mut a, 1, PAGE).unwrap().0)
+        .collect();
+    let mut live = [true; 100];
+    let mut free_and_purge = |a: &mut VmapAreas<BufferSource>, which: &[usize]| {
+        for &i in which {
+            let freed = a.free(va(starts[i])).unwrap();
+            assert_eq!(freed.flush, None, "under the lazy threshold");
+            live[i] = false;
+        }
+        a.purge().expect("areas were waiting").defer();
+        // Free space is exactly what no live area covers, one block per gap.
+        let mut expected: Vec<(usize, usize)> = Vec::new();
+        let mut gaps = (0..100)
+            .filter(|&i| !live[i])
+            .map(|i| (starts[i], starts[i] + 2 * PAGE))
+            .collect::<Vec<_>>();
+        gaps.push((BASE + 200 * PAGE, BASE + 256 * PAGE));
+        for (start, end) in gaps {
+            match expected.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => expected.push((start, end)),
+            }
+        }
+        assert_eq!(free_blocks(a), expected);
+        let nr_live = live.iter().filter(|&&l| l).count();
+        assert_eq!(
+            a.stats().nodes,
+            nr_live + expected.len(),
+            "merged nodes went back"
+        );
+        a.check().unwrap();
+    };
+    // A small batch (one insert per range) leaves some free blocks...
+    free_and_purge(&mut a, &[0, 1, 5, 99]);
+    // ...then a batch large against them is merged by a rebuild: ranges
+    // touching a block below, above, both, each other, or nothing.
+    let mut batch = vec![2, 4, 6, 98, 97];
+    batch.extend((10..50).step_by(2));
+    free_and_purge(&mut a, &batch);
+}
+
+#[test]
+fn frees_in_any_order_join_the_unpurged_ranges_they_touch() {
+    // Ten back-to-back areas of one page and its guard.
+    let mut a = areas(64);
+    let starts: Vec<usize> = (0..10).map(|_| alloc(&mut a, 1, PAGE).unwrap().0).collect();
+    // Ascending, then a gap filled (a merge both ways), then below the
+    // last one (a merge upwards), then ascending again.
+    for i in [0, 2, 1, 6, 5, 8, 9] {
+        let freed = a.free(va(starts[i])).unwrap();
+        assert_eq!(freed.flush, None, "under the lazy threshold");
+        a.check().unwrap();
+    }
+    let unpurged: Vec<(usize, usize)> = a
+        .unpurged_areas()
+        .map(|r| (r.start().as_usize(), r.end().as_usize()))
+        .collect();
+    assert_eq!(
+        unpurged,
+        [
+            (starts[0], starts[3]),
+            (starts[5], starts[7]),
+            (starts[8], starts[9] + 2 * PAGE)
+        ]
+    );
+}
+
+#[test]
+fn the_area_allocated_last_is_found_freed_and_refused_a_second_free_like_any_other() {
+    let mut a = areas(64);
+    let low = alloc(&mut a, 1, PAGE).unwrap().0;
+    let high = alloc(&mut a, 1, PAGE).unwrap().0;
+    // Its neighbour goes first, then itself, then again.
+    assert_eq!(a.free(va(low)).unwrap().flush, None);
+    assert_eq!(
+        a.free(va(high + PAGE)),
+        Err(VmareaError::Interior {
+            addr: va(high + PAGE),
+            area: va(high)
+        })
+    );
+    assert_eq!(a.free(va(high)).unwrap().flush, None);
+    assert_eq!(
+        a.free(va(high)),
+        Err(VmareaError::AlreadyFreed { addr: va(high) })
+    );
+    // Allocations in address order after frees below them.
+    let again = alloc(&mut a, 1, PAGE).unwrap().0;
+    assert_eq!(again, high + 2 * PAGE, "freed ranges wait for the purge");
+    assert_eq!(a.free(va(again)).unwrap().flush, None);
+    a.check().unwrap();
+}
+
+#[test]
 fn alignment_passes_over_a_long_enough_block_whose_aligned_start_leaves_too_little() {
     let mut a = areas(32);
     let first = alloc(&mut a, 4, PAGE).unwrap(); // [BASE, BASE + 5 pages)
