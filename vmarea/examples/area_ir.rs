@@ -15,23 +15,35 @@
 //! ```
 //!
 //! Layouts: `packed`, `small_holes`, `fit_holes` (the bench's `Layout`).
+//!
+//! The range is x86-64's vmalloc range, so the driver exists on 64-bit
+//! hosts only.
 
 // The bench helpers are shared whole; this driver uses only some of them.
+#[cfg(target_pointer_width = "64")]
 #[allow(dead_code)]
 #[path = "../benches/common/mod.rs"]
 mod common;
 
+#[cfg(target_pointer_width = "64")]
 use common::{populate, Areas, Layout, CPUS, PAGE, VMALLOC_START};
+#[cfg(target_pointer_width = "64")]
 use kmm_api::{VirtAddr, GFP_KERNEL};
+#[cfg(target_pointer_width = "64")]
 use kmm_vmarea::testing::BufferSource;
+#[cfg(target_pointer_width = "64")]
 use kmm_vmarea::{VmFlags, VmapAreas};
+#[cfg(target_pointer_width = "64")]
 use std::hint::black_box;
 
 /// The area bench's range: the x86-64 vmalloc size.
+#[cfg(target_pointer_width = "64")]
 const VMALLOC_SIZE: usize = 32 << 40;
 
+#[cfg(target_pointer_width = "64")]
 struct Kmm(VmapAreas<BufferSource>);
 
+#[cfg(target_pointer_width = "64")]
 impl Areas for Kmm {
     const NAME: &'static str = "kmm";
     fn alloc_area(&mut self, size: usize, align: usize, guard: bool) -> usize {
@@ -56,9 +68,11 @@ impl Areas for Kmm {
     }
 }
 
+#[cfg(target_pointer_width = "64")]
 const USAGE: &str = "usage: area_ir packed|small_holes|fit_holes LIVE ITERS [PAGES [ALIGN]]";
 
 /// The counted loop.
+#[cfg(target_pointer_width = "64")]
 #[inline(never)]
 fn measured(areas: &mut Kmm, iters: usize, size: usize, align: usize) {
     for _ in 0..iters {
@@ -67,6 +81,7 @@ fn measured(areas: &mut Kmm, iters: usize, size: usize, align: usize) {
     }
 }
 
+#[cfg(target_pointer_width = "64")]
 fn main() {
     let mut args = std::env::args().skip(1);
     let layout = match args.next().as_deref() {
@@ -89,4 +104,9 @@ fn main() {
     let mut areas = Kmm(VmapAreas::new(source, start, end, CPUS).expect("a valid range"));
     populate(&mut areas, live, layout);
     measured(&mut areas, iters, pages * PAGE, align);
+}
+
+#[cfg(not(target_pointer_width = "64"))]
+fn main() {
+    eprintln!("area_ir models x86-64's vmalloc range: run it on a 64-bit host");
 }
