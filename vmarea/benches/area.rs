@@ -18,50 +18,12 @@
 
 mod common;
 
-use common::{populate, Areas, FirstFitRanges, Layout, CPUS, PAGE, VMALLOC_START};
+#[path = "common/kmm_areas.rs"]
+mod kmm_areas;
+
+use common::{populate, Areas, FirstFitRanges, Layout, PAGE, VMALLOC_START};
 use criterion::{criterion_group, criterion_main, Criterion};
-use kmm_api::{VirtAddr, GFP_KERNEL};
-use kmm_vmarea::testing::BufferSource;
-use kmm_vmarea::{VmFlags, VmapAreas};
-
-/// The x86-64 vmalloc size.
-const VMALLOC_SIZE: usize = 32 << 40;
-
-struct Kmm(VmapAreas<BufferSource>);
-
-impl Kmm {
-    fn new() -> Self {
-        let source = BufferSource::pages(8192);
-        let start = VirtAddr::new(VMALLOC_START);
-        let end = VirtAddr::new(VMALLOC_START + VMALLOC_SIZE);
-        Kmm(VmapAreas::new(source, start, end, CPUS).expect("a valid range"))
-    }
-}
-
-impl Areas for Kmm {
-    const NAME: &'static str = "kmm";
-    fn alloc_area(&mut self, size: usize, align: usize, guard: bool) -> usize {
-        let flags = if guard {
-            VmFlags::ALLOC
-        } else {
-            VmFlags::MAP | VmFlags::NO_GUARD
-        };
-        let area = self.0.alloc(size, align, flags, GFP_KERNEL);
-        area.expect("32 TiB never runs out").start().as_usize()
-    }
-    fn free(&mut self, addr: usize) {
-        let freed = self.0.free(VirtAddr::new(addr)).expect("a live area");
-        // No page table here: the purge's flush is owed to nobody.
-        if let Some(flush) = freed.flush {
-            flush.defer();
-        }
-    }
-    fn settle(&mut self) {
-        if let Some(flush) = self.0.purge() {
-            flush.defer();
-        }
-    }
-}
+use kmm_areas::{Kmm, VMALLOC_SIZE};
 
 /// The peer: the first-fit ranges alone, each area with its guard page.
 struct FirstFit(FirstFitRanges);
@@ -83,7 +45,7 @@ fn report_metadata() {
     for (layout, how) in [("packed", Layout::Packed), ("fragmented", Layout::FitHoles)] {
         let mut areas = Kmm::new();
         populate(&mut areas, 15_000, how);
-        let stats = areas.0.stats();
+        let stats = areas.areas().stats();
         println!(
             "kmm metadata, 15,000 live areas {layout}: {} nodes, {} bytes from the source, {:.1} bytes per live area",
             stats.nodes,

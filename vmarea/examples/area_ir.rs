@@ -26,47 +26,16 @@
 mod common;
 
 #[cfg(target_pointer_width = "64")]
-use common::{populate, Areas, Layout, CPUS, PAGE, VMALLOC_START};
+#[allow(dead_code)]
+#[path = "../benches/common/kmm_areas.rs"]
+mod kmm_areas;
+
 #[cfg(target_pointer_width = "64")]
-use kmm_api::{VirtAddr, GFP_KERNEL};
+use common::{populate, Areas, Layout, PAGE};
 #[cfg(target_pointer_width = "64")]
-use kmm_vmarea::testing::BufferSource;
-#[cfg(target_pointer_width = "64")]
-use kmm_vmarea::{VmFlags, VmapAreas};
+use kmm_areas::Kmm;
 #[cfg(target_pointer_width = "64")]
 use std::hint::black_box;
-
-/// The area bench's range: the x86-64 vmalloc size.
-#[cfg(target_pointer_width = "64")]
-const VMALLOC_SIZE: usize = 32 << 40;
-
-#[cfg(target_pointer_width = "64")]
-struct Kmm(VmapAreas<BufferSource>);
-
-#[cfg(target_pointer_width = "64")]
-impl Areas for Kmm {
-    const NAME: &'static str = "kmm";
-    fn alloc_area(&mut self, size: usize, align: usize, guard: bool) -> usize {
-        let flags = if guard {
-            VmFlags::ALLOC
-        } else {
-            VmFlags::MAP | VmFlags::NO_GUARD
-        };
-        let area = self.0.alloc(size, align, flags, GFP_KERNEL);
-        area.expect("32 TiB never runs out").start().as_usize()
-    }
-    fn free(&mut self, addr: usize) {
-        let freed = self.0.free(VirtAddr::new(addr)).expect("a live area");
-        if let Some(flush) = freed.flush {
-            flush.defer();
-        }
-    }
-    fn settle(&mut self) {
-        if let Some(flush) = self.0.purge() {
-            flush.defer();
-        }
-    }
-}
 
 #[cfg(target_pointer_width = "64")]
 const USAGE: &str = "usage: area_ir packed|small_holes|fit_holes LIVE ITERS [PAGES [ALIGN]]";
@@ -98,10 +67,7 @@ fn main() {
     };
     let (live, iters) = (number(None), number(None));
     let (pages, align) = (number(Some(1)), number(Some(PAGE)));
-    let source = BufferSource::pages(8192);
-    let start = VirtAddr::new(VMALLOC_START);
-    let end = VirtAddr::new(VMALLOC_START + VMALLOC_SIZE);
-    let mut areas = Kmm(VmapAreas::new(source, start, end, CPUS).expect("a valid range"));
+    let mut areas = Kmm::new();
     populate(&mut areas, live, layout);
     measured(&mut areas, iters, pages * PAGE, align);
 }
