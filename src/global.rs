@@ -31,7 +31,7 @@ mod hosted_global {
     use super::GlobalKmalloc;
     use crate::hosted::Hosted;
     use core::alloc::{GlobalAlloc, Layout};
-    use kmm_api::DirectMap;
+    use kmm_api::{DirectMap, __GFP_NOWARN, GFP_NOWAIT};
     use kmm_slab::Kmem;
     use std::alloc::System;
 
@@ -45,6 +45,17 @@ mod hosted_global {
     /// the manager's RAM and handles) is freed to the host, and a request
     /// kmalloc refuses (beyond `KMALLOC_MAX_SIZE`, or the machine out of
     /// memory) falls back to the host instead of aborting.
+    ///
+    /// kmalloc is asked with `GFP_NOWAIT | __GFP_NOWARN`: the same
+    /// watermark as `GFP_KERNEL` before it reclaims, but no direct reclaim.
+    /// A request the manager cannot serve then fails at once and the host
+    /// serves it, as Linux's `kvmalloc` spares its kmalloc attempt the
+    /// reclaim retries when vmalloc can serve. With `GFP_KERNEL` every
+    /// such request near exhaustion ran a reclaim round (the shrinkers and
+    /// a drain of every CPU's page lists) for nothing (BENCHMARKS.md, "Near
+    /// exhaustion", has the cost). Nothing is left unreclaimed
+    /// for want of it: the slab layer gives empty slabs beyond its partial
+    /// minimum back as they empty, and the per-CPU lists are bounded.
     ///
     /// ```
     /// use kmm::{global::HostedGlobal, HostedMemoryManager, MemoryManager};
@@ -71,7 +82,7 @@ mod hosted_global {
         /// returns one.
         pub const fn new(kmem: fn() -> Option<&'static HostedKmem>) -> Self {
             HostedGlobal {
-                slab: GlobalKmalloc::new(kmem),
+                slab: GlobalKmalloc::new(kmem).with_gfp(GFP_NOWAIT.union(__GFP_NOWARN)),
                 kmem,
             }
         }
@@ -185,6 +196,45 @@ mod hosted_global {
                 GLOBAL.dealloc(early, small);
                 mm.kmem().check_invariants().unwrap();
             }
+        }
+
+        static SMALL: OnceLock<HostedMemoryManager> = OnceLock::new();
+        static SMALL_GLOBAL: HostedGlobal =
+            HostedGlobal::new(|| SMALL.get().map(MemoryManager::kmem));
+
+        /// Near exhaustion a request the manager cannot serve goes to the
+        /// host without a reclaim round: no `allocstall`, and the refusal
+        /// counted in `pgalloc_fail`.
+        #[test]
+        fn a_request_the_manager_cannot_serve_fails_over_without_reclaim() {
+            let mm = SMALL.get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap());
+            // Above KMALLOC_MAX_CACHE_SIZE: page blocks, few of them.
+            let block = Layout::from_size_align(64 << 10, 4096).unwrap();
+            let before = mm.vmstat();
+            let mut ours = Vec::new();
+            // SAFETY: non-zero sizes; every block freed with its layout.
+            let host = unsafe {
+                loop {
+                    let p = SMALL_GLOBAL.alloc(block);
+                    assert!(!p.is_null());
+                    if !SMALL_GLOBAL.is_ours(p) {
+                        break p;
+                    }
+                    ours.push(p);
+                }
+            };
+            let after = mm.vmstat();
+            assert!(ours.len() > 10, "the manager served first");
+            assert_eq!(after.allocstall_total(), before.allocstall_total());
+            assert!(after.pgalloc_fail > before.pgalloc_fail);
+            // SAFETY: each block was served with `block` and is freed once.
+            unsafe {
+                SMALL_GLOBAL.dealloc(host, block);
+                for p in ours {
+                    SMALL_GLOBAL.dealloc(p, block);
+                }
+            }
+            mm.kmem().check_invariants().unwrap();
         }
     }
 }
