@@ -306,8 +306,11 @@ impl<P: PreemptControl + 'static, D: DirectMap + Clone + 'static, M: Mmu + 'stat
         // more; its bytes are ours (above) and not yet initialised.
         unsafe { zones_at.write(zones) };
         let seed = base.as_u64() ^ (region as u64).rotate_left(17);
+        // The fine classes: the manager offers kmalloc as Rust's global
+        // allocator (`GlobalKmalloc`, `HostedGlobal`).
         let kmem_config = kmem_config.unwrap_or(KmemConfig {
             seed,
+            fine_classes: true,
             ..KmemConfig::default()
         });
         // SAFETY: the zones were written just above at an address that stays

@@ -315,6 +315,27 @@ impl<B: SlabBackend> Kmem<B> {
         }
     }
 
+    /// [`Kmem::kmalloc_aligned`] from the fine classes where they serve
+    /// the request (configured by [`crate::KmemConfig::fine_classes`],
+    /// above 256 bytes and up to `KMALLOC_MAX_CACHE_SIZE`, the class's
+    /// objects aligned enough, no `GFP_DMA` or `__GFP_HIGHMEM`): what
+    /// [`crate::KmallocGlobal`] allocates with. Freed by `kfree` like any
+    /// kmalloc object.
+    #[track_caller]
+    pub fn kmalloc_fine(
+        &self,
+        size: usize,
+        align: usize,
+        gfp: GfpFlags,
+    ) -> Result<NonNull<u8>, SlabError> {
+        match self.fine_cache(size, align) {
+            Some(c) if !gfp.intersects(GfpFlags::DMA | GfpFlags::HIGHMEM) => {
+                self.cache_alloc(c, gfp, size, Location::caller())
+            }
+            _ => self.kmalloc_aligned(size, align, gfp),
+        }
+    }
+
     /// `kmalloc` with `__GFP_ZERO`.
     #[track_caller]
     pub fn kzalloc(&self, size: usize, gfp: GfpFlags) -> Result<NonNull<u8>, SlabError> {

@@ -1,18 +1,17 @@
-//! A `GlobalAlloc` over any [`Kmem`]: kmalloc classes up to
-//! `KMALLOC_MAX_CACHE_SIZE`, whole pages above, alignment up to a page
-//! honoured by moving to a class whose natural alignment suffices.
-//! `alloc_zeroed` is kzalloc, `realloc` is krealloc where the class keeps
-//! the alignment. Holds no state of its own beyond how to reach the
+//! A `GlobalAlloc` over any [`Kmem`]: kmalloc classes up to 256 bytes,
+//! the fine classes above where configured ([`crate::KmemConfig::fine_classes`]),
+//! kmalloc's up to `KMALLOC_MAX_CACHE_SIZE` otherwise, whole pages above;
+//! alignment up to a page honoured by moving to a class whose natural
+//! alignment suffices. `alloc_zeroed` is kzalloc; `realloc` keeps a block
+//! that holds the new size and is less than twice it, else moves it to a
+//! new one. Holds no state of its own beyond how to reach the
 //! allocator; must never panic (failures are null pointers). `dealloc`
 //! takes the trusted free: its caller promises a live pointer, so the
 //! object's state is stored rather than compared and swapped.
 
-use crate::{
-    kmalloc::{kmalloc_index, kmalloc_index_aligned, KMALLOC_MAX_CACHE_SIZE},
-    kmem::{Kmem, SlabBackend},
-};
+use crate::kmem::{Kmem, SlabBackend};
 use core::{alloc::GlobalAlloc, alloc::Layout, ptr};
-use kmm_api::{GfpFlags, GFP_KERNEL, PAGE_SIZE};
+use kmm_api::{GfpFlags, GFP_KERNEL};
 
 /// A `#[global_allocator]` over the kmalloc family of a [`Kmem`] reached
 /// through `kmem`, which returns `None` until the allocator is built (and
@@ -106,7 +105,7 @@ unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         match (self.kmem)() {
             Some(k) => k
-                .kmalloc_aligned(layout.size(), layout.align(), self.gfp)
+                .kmalloc_fine(layout.size(), layout.align(), self.gfp)
                 .map_or(ptr::null_mut(), |p| p.as_ptr()),
             None => ptr::null_mut(),
         }
@@ -115,7 +114,7 @@ unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         match (self.kmem)() {
             Some(k) => k
-                .kmalloc_aligned(layout.size(), layout.align(), self.gfp | GfpFlags::ZERO)
+                .kmalloc_fine(layout.size(), layout.align(), self.gfp | GfpFlags::ZERO)
                 .map_or(ptr::null_mut(), |p| p.as_ptr()),
             None => ptr::null_mut(),
         }
@@ -132,17 +131,17 @@ unsafe impl<B: SlabBackend + 'static> GlobalAlloc for KmallocGlobal<B> {
         let Some(k) = (self.kmem)() else {
             return ptr::null_mut();
         };
-        // krealloc picks a class by size alone: use it when that class (or
-        // the page path) already gives the alignment.
-        let keeps_align = layout.align() <= PAGE_SIZE
-            && (new_size > KMALLOC_MAX_CACHE_SIZE
-                || kmalloc_index_aligned(new_size, layout.align())
-                    == Some(kmalloc_index(new_size.max(1))));
-        if keeps_align {
-            // SAFETY: our caller promises `p` is a live block we returned
-            // with `layout`, which it gives up on success.
-            return unsafe { k.krealloc(p, new_size, self.gfp) }
-                .map_or(ptr::null_mut(), |q| q.as_ptr());
+        // In place while the block holds the new size and is less than
+        // twice it (a smaller class, or fewer pages, would do beyond):
+        // then krealloc keeps it (and moves a debug cache's red zone).
+        // SAFETY: our caller promises `p` is a live block we returned,
+        // given up only if krealloc moves it (it does not: it fits).
+        if let Ok(usable) = unsafe { k.ksize(p) } {
+            if new_size <= usable && new_size > usable / 2 {
+                // SAFETY: as above.
+                return unsafe { k.krealloc(p, new_size, self.gfp) }
+                    .map_or(ptr::null_mut(), |q| q.as_ptr());
+            }
         }
         let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
             return ptr::null_mut();

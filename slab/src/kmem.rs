@@ -28,10 +28,14 @@ use crate::{
     cache::{Ctor, KmemCache},
     cpu::CpuArray,
     error::SlabError,
+    fine::{fine_index, fine_size, is_kmalloc_class, FINE_MIN, FINE_NAMES, NR_FINE},
     flags::SlabFlags,
     freelist::FreePtr,
     geometry::Geometry,
-    kmalloc::{DMA_KMALLOC_NAMES, KMALLOC_CLASSES, KMALLOC_NAMES, NR_KMALLOC},
+    kmalloc::{
+        kmalloc_index, DMA_KMALLOC_NAMES, KMALLOC_CLASSES, KMALLOC_MAX_CACHE_SIZE, KMALLOC_NAMES,
+        NR_KMALLOC,
+    },
     node::LockedNode,
     raw,
     slab::SlabHeader,
@@ -69,6 +73,12 @@ pub struct KmemConfig {
     pub slub_debug: SlabFlags,
     /// Entropy for the per-cache free-pointer secrets.
     pub seed: u64,
+    /// Also make the fifteen caches between kmalloc's powers of two above
+    /// 256 bytes (`kmalloc-fine-320` … `kmalloc-fine-7168`) that
+    /// [`crate::KmallocGlobal`] serves from, so a Rust program's objects
+    /// are rounded up by at most a fifth rather than up to half. Off by
+    /// default: kmalloc itself keeps Linux's classes.
+    pub fine_classes: bool,
 }
 
 /// A handle on a cache made by [`Kmem::kmem_cache_create`]. It names its
@@ -122,6 +132,9 @@ pub struct Kmem<B> {
     generations: [AtomicU32; MAX_CACHES],
     used: SpinLock<u64>,
     kmalloc: [NonNull<KmemCache>; 2 * NR_KMALLOC],
+    /// The caches of the fine classes (kmalloc's own at the powers of
+    /// two), if `KmemConfig::fine_classes` asked for them.
+    fine: Option<[NonNull<KmemCache>; NR_FINE]>,
     /// Frees of the allocator's own memory that were refused (by the page
     /// source, which lost track of a block we held, or by our own checks):
     /// nothing can be undone then, so they are counted, never panicked on.
@@ -169,10 +182,12 @@ impl<B: SlabBackend> Kmem<B> {
             generations: core::array::from_fn(|_| AtomicU32::new(0)),
             used: SpinLock::new(0),
             kmalloc: [NonNull::dangling(); 2 * NR_KMALLOC],
+            fine: None,
             internal_errors: AtomicUsize::new(0),
             large_kmalloc_pages: AtomicUsize::new(0),
         };
-        if let Err(e) = kmem.create_kmalloc_caches() {
+        let made = kmem.create_kmalloc_caches();
+        if let Err(e) = made.and_then(|()| kmem.create_fine_caches()) {
             // Nothing was handed out yet: give every descriptor back.
             for slot in &kmem.table {
                 let c = slot.swap(ptr::null_mut(), Acquire);
@@ -216,6 +231,45 @@ impl<B: SlabBackend> Kmem<B> {
                 NonNull::from(self.cache_at(dma).ok_or(SlabError::NoSuchCache)?);
         }
         Ok(())
+    }
+
+    /// Makes the fine classes' own caches if the configuration asks (see
+    /// [`crate::fine`]); after the kmalloc caches, whose powers of two it
+    /// shares.
+    fn create_fine_caches(&mut self) -> Result<(), SlabError> {
+        if !self.config.fine_classes {
+            return Ok(());
+        }
+        let mut fine = [NonNull::dangling(); NR_FINE];
+        for (i, cache) in fine.iter_mut().enumerate() {
+            let size = fine_size(i);
+            *cache = if is_kmalloc_class(i) {
+                self.kmalloc[kmalloc_index(size)]
+            } else {
+                let align = size & size.wrapping_neg();
+                let index =
+                    self.create(FINE_NAMES[i], size, align, SlabFlags::empty(), None, true)?;
+                NonNull::from(self.cache_at(index).ok_or(SlabError::NoSuchCache)?)
+            };
+        }
+        self.fine = Some(fine);
+        Ok(())
+    }
+
+    /// The fine class's cache for a request of `size` bytes aligned to
+    /// `align`: `None` where kmalloc's classes serve (up to 256 bytes,
+    /// above `KMALLOC_MAX_CACHE_SIZE`, no fine classes configured, or an
+    /// alignment the class's objects do not have).
+    #[inline]
+    pub(crate) fn fine_cache(&self, size: usize, align: usize) -> Option<&KmemCache> {
+        if size <= FINE_MIN || size > KMALLOC_MAX_CACHE_SIZE || !align.is_power_of_two() {
+            return None;
+        }
+        let fine = self.fine.as_ref()?;
+        let i = fine_index(size);
+        // SAFETY: the fine caches, kmalloc's included, are made in `new`
+        // and never destroyed.
+        (fine_size(i) & (align - 1) == 0).then(|| unsafe { fine[i].as_ref() })
     }
 
     /// The page source.

@@ -138,6 +138,7 @@ fn test_kmalloc_redzone_access_kmalloc_18_written_at_bytes_18_and_19_counts_2() 
     let cfg = KmemConfig {
         slub_debug: SLAB_RED_ZONE,
         seed: 7,
+        fine_classes: false,
     };
     let k = SoleUser::new(&m, cfg);
     let p = k.kmalloc(18, GFP_KERNEL).unwrap();

@@ -88,6 +88,7 @@ mod cache;
 mod cpu;
 mod debug;
 mod error;
+mod fine;
 mod flags;
 mod freelist;
 mod geometry;

@@ -950,6 +950,7 @@ fn sizes_near_usize_max_are_refused_with_bad_geometry_and_change_nothing() {
             KmemConfig {
                 slub_debug,
                 seed: 3,
+                fine_classes: false,
             },
         );
         let before = m.frames_in_use();
@@ -1285,6 +1286,7 @@ fn racing_double_frees_on_a_debug_cache_let_exactly_one_win() {
     let config = KmemConfig {
         slub_debug: SLAB_POISON,
         seed: 11,
+        fine_classes: false,
     };
     let k = Kmem::new(&m, config).unwrap();
     let start = Instant::now();
@@ -1594,4 +1596,41 @@ fn freeing_everything_returns_every_surplus_empty_slab_without_a_shrink() {
         after.cached_objs
     );
     k.check_invariants().unwrap();
+}
+
+#[test]
+fn kmalloc_fine_takes_kmallocs_class_without_the_fine_caches() {
+    let m = HostMachine::new(if cfg!(miri) { 160 } else { 1024 }, 1);
+    let coarse = Kmem::new(&m, KmemConfig::default()).unwrap();
+    let fine = Kmem::new(
+        &m,
+        KmemConfig {
+            fine_classes: true,
+            ..KmemConfig::default()
+        },
+    )
+    .unwrap();
+    for (k, usable) in [(&coarse, 1024), (&fine, 640)] {
+        let p = k.kmalloc_fine(632, 8, GFP_KERNEL).unwrap();
+        // SAFETY: this test holds `p` and gives it up.
+        unsafe {
+            assert_eq!(k.ksize(p.as_ptr()).unwrap(), usable);
+            k.kfree(p.as_ptr()).unwrap();
+        }
+        // GFP_DMA has no fine classes: kmalloc's DMA class serves.
+        let d = k.kmalloc_fine(632, 8, GFP_KERNEL | GFP_DMA).unwrap();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(k.ksize(d.as_ptr()).unwrap(), 1024);
+            k.kfree(d.as_ptr()).unwrap();
+        }
+    }
+    let fine_lines = |k: &Kmem<&HostMachine>| {
+        SlabInfo(k)
+            .to_string()
+            .lines()
+            .filter(|l| l.starts_with("kmalloc-fine-"))
+            .count()
+    };
+    assert_eq!((fine_lines(&coarse), fine_lines(&fine)), (0, 15));
 }

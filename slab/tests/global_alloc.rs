@@ -83,7 +83,11 @@ fn boot() -> &'static HostMachine {
             if cfg!(miri) { 1024 } else { 4096 },
             4,
         )));
-        let k = Box::leak(Box::new(Kmem::new(m, KmemConfig::default()).unwrap()));
+        let config = KmemConfig {
+            fine_classes: true,
+            ..KmemConfig::default()
+        };
+        let k = Box::leak(Box::new(Kmem::new(m, config).unwrap()));
         MACHINE.store(std::ptr::from_ref(m).cast_mut(), Ordering::Release);
         KMEM.store(k, Ordering::Release);
     });
@@ -157,6 +161,67 @@ fn alloc_zeroed_is_zero_and_large_requests_take_pages() {
     // SAFETY: this thread holds `p` (no other thread ever sees it) and
     // gives it up.
     unsafe { kmem().unwrap().kfree(p.as_ptr()) }.unwrap();
+}
+
+#[test]
+fn requests_above_256_bytes_take_the_smallest_fine_class_that_holds_them() {
+    boot();
+    let k = kmem().unwrap();
+    // (size, align, usable): a fine class, kmalloc's power of two, or, where
+    // the fine class's objects are not aligned enough, kmalloc's class.
+    let cases = [
+        (200, 8, 256),
+        (257, 8, 320),
+        (632, 8, 640),
+        (641, 16, 768),
+        (1000, 8, 1024),
+        (5000, 8, 5120),
+        (8192, 8, 8192),
+        (320, 128, 512),
+        (640, 256, 1024),
+    ];
+    for (size, align, usable) in cases {
+        let l = Layout::from_size_align(size, align).unwrap();
+        // SAFETY: non-zero size; `ksize` is given `p` while this thread
+        // holds it; freed once with its layout.
+        unsafe {
+            let p = GLOBAL.alloc(l);
+            assert_eq!(p as usize % align, 0);
+            assert_eq!(
+                k.ksize(p).unwrap(),
+                usable,
+                "{size} bytes aligned to {align}"
+            );
+            GLOBAL.dealloc(p, l);
+        }
+    }
+}
+
+#[test]
+fn realloc_keeps_a_block_less_than_twice_the_new_size_and_moves_the_rest() {
+    boot();
+    let k = kmem().unwrap();
+    let l = Layout::from_size_align(600, 8).unwrap();
+    // SAFETY: non-zero sizes; each block is resized or freed once with the
+    // layout it has, and `ksize` is given blocks this thread holds.
+    unsafe {
+        let p = GLOBAL.alloc(l);
+        p.write_bytes(7, 600);
+        let same = GLOBAL.realloc(p, l, 640);
+        assert_eq!(same, p, "600 -> 640 fits kmalloc-fine-640");
+        let shrunk = GLOBAL.realloc(same, Layout::from_size_align(640, 8).unwrap(), 100);
+        assert_ne!(shrunk, same, "640 -> 100 moves to a class of its size");
+        assert_eq!(k.ksize(shrunk).unwrap(), 128);
+        assert!(std::slice::from_raw_parts(shrunk, 100)
+            .iter()
+            .all(|&b| b == 7));
+        let grown = GLOBAL.realloc(shrunk, Layout::from_size_align(100, 8).unwrap(), 3000);
+        assert_eq!(k.ksize(grown).unwrap(), 3072);
+        assert!(std::slice::from_raw_parts(grown, 100)
+            .iter()
+            .all(|&b| b == 7));
+        GLOBAL.dealloc(grown, Layout::from_size_align(3000, 8).unwrap());
+    }
 }
 
 #[test]

@@ -175,6 +175,7 @@ fn build(slub_debug: SlabFlags) -> Arc<Kmem<LoomMachine>> {
     let config = KmemConfig {
         slub_debug,
         seed: 1,
+        fine_classes: false,
     };
     Arc::new(Kmem::new(machine, config).unwrap())
 }
