@@ -320,7 +320,7 @@ impl<'a> Zone<'a> {
                     // the lists: a free always leaves fewer than `high`.
                     let excess = lists.count + 1 - high;
                     let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch));
+                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch), order);
                     self.sync_free(&buddy);
                 }
                 Ok(())
@@ -463,7 +463,7 @@ impl<'a> Zone<'a> {
             return;
         }
         let mut buddy = self.buddy.lock();
-        lists.drain(&mut buddy, self.pages, usize::MAX);
+        lists.drain(&mut buddy, self.pages, usize::MAX, Order::ZERO);
         self.sync_free(&buddy);
     }
 
