@@ -160,10 +160,10 @@ impl PcpLists {
         Some(idx as usize)
     }
 
-    /// Puts a block of `order` whose head is `idx` on its list.
+    /// Puts a block of `order` whose head is `idx`, with descriptor
+    /// `page`, on its list.
     #[inline]
-    pub(crate) fn push(&mut self, idx: usize, order: usize, pages: &[Page]) {
-        let page = &pages[idx];
+    pub(crate) fn push(&mut self, idx: usize, page: &Page, order: usize) {
         page.set_pcp(true);
         page.set_pcp_next(self.head[order]);
         self.head[order] = idx as u32;
@@ -185,7 +185,8 @@ impl PcpLists {
         let mut moved = 0;
         while moved < blocks {
             let Ok(pfn) = buddy.alloc(order) else { break };
-            self.push(pfn.as_usize() - base, order.as_usize(), pages);
+            let idx = pfn.as_usize() - base;
+            self.push(idx, &pages[idx], order.as_usize());
             moved += 1;
         }
         moved
