@@ -148,16 +148,17 @@ impl PcpLists {
         blocks: [0; NR_PCP_ORDERS],
     };
 
-    /// Takes the most recently freed block of `order` (cache-hot first).
+    /// Takes the most recently freed block of `order` (cache-hot first):
+    /// its index and its head's descriptor.
     #[inline]
-    pub(crate) fn pop(&mut self, order: usize, pages: &[Page]) -> Option<usize> {
+    pub(crate) fn pop<'p>(&mut self, order: usize, pages: &'p [Page]) -> Option<(usize, &'p Page)> {
         let idx = self.head[order];
         let page = pages.get(idx as usize)?;
         self.head[order] = page.pcp_next();
         self.blocks[order] -= 1;
         self.count -= 1 << order;
         page.set_pcp(false);
-        Some(idx as usize)
+        Some((idx as usize, page))
     }
 
     /// Puts a block of `order` whose head is `idx`, with descriptor
@@ -214,7 +215,7 @@ impl PcpLists {
         let mut moved = 0;
         for order in (first..NR_PCP_ORDERS).chain(0..first) {
             while moved < nr_pages {
-                let Some(idx) = self.pop(order, pages) else {
+                let Some((idx, _)) = self.pop(order, pages) else {
                     break;
                 };
                 // A listed block is Allocated(order) to the buddy (checked

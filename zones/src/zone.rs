@@ -229,8 +229,8 @@ impl<'a> Zone<'a> {
         let idx = match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lists.lock();
-                let idx = self.rmqueue_pcplist(&mut lists, order)?;
-                self.pages[idx].set_held();
+                let (idx, page) = self.rmqueue_pcplist(&mut lists, order)?;
+                page.set_held();
                 pcp.listed.pgalloc.add(order.pages(), &lists);
                 idx
             }
@@ -247,17 +247,22 @@ impl<'a> Zone<'a> {
             }
         };
         // Tail owner words are the caller's alone now: no lock needed. A
-        // new holder starts with no layer's claim on any of its frames.
-        for tail in &self.pages[idx + 1..idx + order.pages()] {
-            tail.set_owner_word(kmm_api::OwnerWord::NONE);
+        // new holder starts with no layer's claim on any of its frames. An
+        // order-0 block has no tails, and skips the slice's bounds checks.
+        if order != Order::ZERO {
+            for tail in &self.pages[idx + 1..idx + order.pages()] {
+                tail.set_owner_word(kmm_api::OwnerWord::NONE);
+            }
         }
         Some(self.start_pfn.add(idx))
     }
 
+    /// Linux `rmqueue_pcplist`: a block of `order` from `lists`, refilled
+    /// with a batch from the buddy when empty; its index and head.
     #[inline]
-    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<usize> {
-        if let Some(idx) = lists.pop(order.as_usize(), self.pages) {
-            return Some(idx);
+    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<(usize, &Page)> {
+        if let Some(block) = lists.pop(order.as_usize(), self.pages) {
+            return Some(block);
         }
         let mut buddy = self.buddy.lock();
         lists.refill(
