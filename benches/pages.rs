@@ -26,18 +26,14 @@
 #[path = "common/pages.rs"]
 mod common;
 
-use buddy_system_allocator::{
-    FrameAllocator as BsaFrameAllocator, LockedFrameAllocator as BsaLockedFrameAllocator,
-};
-use common::{f1_pair, order, seeded, Churn, ChurnRun, Kmm, Pages, FRAMES};
+use buddy_system_allocator::LockedFrameAllocator as BsaLockedFrameAllocator;
+use common::{bsa, f1_pair, order, seeded, Churn, ChurnRun, Kmm, Pages, FRAMES};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kmm_api::{Pfn, MAX_PAGE_ORDER};
 use kmm_buddy::{Buddy, BuddyFrame};
 use rand::seq::SliceRandom;
 
-/// The peer at its default of 32 lists: with 11 (kmm's and Linux's orders
-/// 0..=10) it loses memory when two free buddies of its top order meet.
-type Bsa = BsaFrameAllocator<32>;
+/// The peer behind its lock, with the unlocked one's 32 lists.
 type BsaLocked = BsaLockedFrameAllocator<32>;
 
 struct KmmBuddy(Buddy<&'static mut [BuddyFrame]>);
@@ -49,16 +45,6 @@ impl Pages for KmmBuddy {
     }
     fn free(&mut self, frame: usize, o: u32) {
         self.0.free(Pfn::new(frame), order(o)).expect("valid free");
-    }
-}
-
-impl Pages for Bsa {
-    const NAME: &'static str = "buddy_system_allocator";
-    fn alloc(&mut self, o: u32) -> Option<usize> {
-        BsaFrameAllocator::alloc(self, 1 << o)
-    }
-    fn free(&mut self, frame: usize, o: u32) {
-        self.dealloc(frame, 1 << o);
     }
 }
 
@@ -80,12 +66,6 @@ fn kmm_buddy() -> KmmBuddy {
         .release_range(Pfn::new(0), Pfn::new(FRAMES))
         .expect("release");
     KmmBuddy(buddy)
-}
-
-fn bsa() -> Bsa {
-    let mut alloc = Bsa::new();
-    alloc.add_frame(0, FRAMES);
-    alloc
 }
 
 fn bsa_locked() -> BsaLocked {

@@ -1,8 +1,9 @@
-//! The page workloads F1 and F2 and kmm's contender in them, shared by the
-//! bench (`benches/pages.rs`) and the callgrind driver
-//! (`examples/pages_ir.rs`), so the instructions the driver counts are
-//! those of the loops the bench times.
+//! The page workloads F1 and F2, kmm's contender in them and the
+//! unlocked peer, shared by the bench (`benches/pages.rs`) and the
+//! callgrind driver (`examples/pages_ir.rs`), so the instructions the
+//! driver counts are those of the loops the bench times.
 
+use buddy_system_allocator::FrameAllocator as BsaFrameAllocator;
 use kmm::HostedMemoryManager;
 use kmm_api::{Order, Pages as KmmPages, Pfn, GFP_KERNEL, GFP_NOWAIT, PAGE_SHIFT};
 use rand::rngs::SmallRng;
@@ -64,6 +65,27 @@ impl Pages for Kmm {
         let pages = unsafe { KmmPages::from_raw(Pfn::new(frame), order(o), zones.allocator_id()) };
         zones.__free_pages(pages).expect("valid free");
     }
+}
+
+/// The peer at its default of 32 lists: with 11 (kmm's and Linux's orders
+/// 0..=10) it loses memory when two free buddies of its top order meet.
+pub type Bsa = BsaFrameAllocator<32>;
+
+impl Pages for Bsa {
+    const NAME: &'static str = "buddy_system_allocator";
+    fn alloc(&mut self, o: u32) -> Option<usize> {
+        BsaFrameAllocator::alloc(self, 1 << o)
+    }
+    fn free(&mut self, frame: usize, o: u32) {
+        self.dealloc(frame, 1 << o);
+    }
+}
+
+/// The peer over the same frames as kmm's machine.
+pub fn bsa() -> Bsa {
+    let mut alloc = Bsa::new();
+    alloc.add_frame(0, FRAMES);
+    alloc
 }
 
 pub fn seeded() -> SmallRng {
