@@ -40,6 +40,7 @@
 
 use crate::ZoneType;
 use kmm_api::sync::{AtomicU32, AtomicU64, Ordering::Relaxed};
+use kmm_api::Order;
 use kmm_buddy::{FrameMeta, FrameTag, Links};
 
 /// Bits of `flags` holding the buddy's tag byte.
@@ -131,6 +132,16 @@ impl Page {
     #[inline]
     pub(crate) fn was_freed(&self) -> bool {
         self.flags.load(Relaxed) & PG_FREED != 0
+    }
+
+    /// Whether the frame heads an allocated block of `order` that no layer
+    /// claims (tag `Allocated(order)`, `PG_owned` clear), read with one
+    /// load: every check of a free but the refcount, which
+    /// [`Page::try_release`] takes.
+    #[inline]
+    pub(crate) fn is_unclaimed_block(&self, order: Order) -> bool {
+        let block = FrameTag::Allocated(order).encode() as u32;
+        self.flags.load(Relaxed) & (TAG_MASK | PG_OWNED) == block
     }
 
     /// Whether a caller holds this frame as the head of a block.
@@ -288,7 +299,6 @@ impl FrameMeta for ZoneMeta<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kmm_api::Order;
 
     #[test]
     fn page_descriptor_is_at_most_16_bytes() {
@@ -322,6 +332,22 @@ mod tests {
         page.set_owner_word(kmm_api::OwnerWord::NONE);
         assert!(!page.is_owned());
         assert_eq!(page.tag(), FrameTag::Reserved, "the tag byte is untouched");
+    }
+
+    #[test]
+    fn an_unclaimed_block_has_the_freed_order_and_no_owner() {
+        let page = Page::new(ZoneType::Normal);
+        let order = Order::new(2).unwrap();
+        page.set_tag(FrameTag::Allocated(order));
+        page.set_held();
+        page.set_pcp(true);
+        assert!(page.is_unclaimed_block(order), "other flags do not matter");
+        assert!(!page.is_unclaimed_block(Order::ZERO));
+        page.set_owner_word(kmm_api::OwnerWord::new(kmm_api::OwnerTag::PageTable, 0).unwrap());
+        assert!(!page.is_unclaimed_block(order));
+        page.set_owner_word(kmm_api::OwnerWord::NONE);
+        page.set_tag(FrameTag::Free(order));
+        assert!(!page.is_unclaimed_block(order));
     }
 
     #[test]

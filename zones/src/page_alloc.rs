@@ -184,7 +184,12 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
 
     /// Walks the zonelist from `highest` down and takes a block from the
     /// first zone that passes the watermark check.
-    #[inline]
+    ///
+    /// Always inlined, so the fast path's constant flags (`WMARK_LOW`
+    /// alone) fold the mark's choice and the reserve arithmetic of
+    /// [`watermark_ok`] away; out of line, every call paid for the slow
+    /// path's cases and the loop state they keep alive.
+    #[inline(always)]
     fn get_page_from_freelist(
         &self,
         order: Order,

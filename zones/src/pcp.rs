@@ -148,22 +148,23 @@ impl PcpLists {
         blocks: [0; NR_PCP_ORDERS],
     };
 
-    /// Takes the most recently freed block of `order` (cache-hot first).
+    /// Takes the most recently freed block of `order` (cache-hot first):
+    /// its index and its head's descriptor.
     #[inline]
-    pub(crate) fn pop(&mut self, order: usize, pages: &[Page]) -> Option<usize> {
+    pub(crate) fn pop<'p>(&mut self, order: usize, pages: &'p [Page]) -> Option<(usize, &'p Page)> {
         let idx = self.head[order];
         let page = pages.get(idx as usize)?;
         self.head[order] = page.pcp_next();
         self.blocks[order] -= 1;
         self.count -= 1 << order;
         page.set_pcp(false);
-        Some(idx as usize)
+        Some((idx as usize, page))
     }
 
-    /// Puts a block of `order` whose head is `idx` on its list.
+    /// Puts a block of `order` whose head is `idx`, with descriptor
+    /// `page`, on its list.
     #[inline]
-    pub(crate) fn push(&mut self, idx: usize, order: usize, pages: &[Page]) {
-        let page = &pages[idx];
+    pub(crate) fn push(&mut self, idx: usize, page: &Page, order: usize) {
         page.set_pcp(true);
         page.set_pcp_next(self.head[order]);
         self.head[order] = idx as u32;
@@ -185,31 +186,41 @@ impl PcpLists {
         let mut moved = 0;
         while moved < blocks {
             let Ok(pfn) = buddy.alloc(order) else { break };
-            self.push(pfn.as_usize() - base, order.as_usize(), pages);
+            let idx = pfn.as_usize() - base;
+            self.push(idx, &pages[idx], order.as_usize());
             moved += 1;
         }
         moved
     }
 
     /// Linux `free_pcppages_bulk`: returns at least `nr_pages` pages (or all
-    /// there are) to the buddy, under the zone lock the caller holds, taking
-    /// from the lowest order first. Returns the pages moved.
+    /// there are) to the buddy, under the zone lock the caller holds.
+    /// Returns the pages moved.
+    ///
+    /// The list of order `first` goes first (the order whose free filled
+    /// the lists: Linux's "requested pindex"), then the others in turn,
+    /// each emptied while pages are still owed. The list that grew is the
+    /// one with blocks to spare; taking the lowest order first instead
+    /// would hand back the blocks the next allocation of that order then
+    /// refills, a batch each way on every few frees of a mixed workload.
     pub(crate) fn drain(
         &mut self,
         buddy: &mut Buddy<ZoneMeta<'_>>,
         pages: &[Page],
         nr_pages: usize,
+        first: Order,
     ) -> usize {
         let base = buddy.base();
+        let first = first.as_usize();
         let mut moved = 0;
-        for (order, &block_order) in PCP_ORDER.iter().enumerate() {
+        for order in (first..NR_PCP_ORDERS).chain(0..first) {
             while moved < nr_pages {
-                let Some(idx) = self.pop(order, pages) else {
+                let Some((idx, _)) = self.pop(order, pages) else {
                     break;
                 };
                 // A listed block is Allocated(order) to the buddy (checked
                 // by `check`), so this free cannot be refused.
-                let freed = buddy.free(base.add(idx), block_order);
+                let freed = buddy.free(base.add(idx), PCP_ORDER[order]);
                 debug_assert!(freed.is_ok(), "pcp block refused by its buddy: {freed:?}");
                 moved += 1 << order;
             }
@@ -325,5 +336,29 @@ mod tests {
         assert_eq!(sizing.refill_blocks(Order::new(3).unwrap()), 7);
         let tiny = PcpSizing { batch: 1, high: 6 };
         assert_eq!(tiny.refill_blocks(Order::new(2).unwrap()), 2);
+    }
+
+    #[test]
+    fn a_drain_takes_the_freed_order_first_then_the_others_in_turn() {
+        let pages: std::vec::Vec<Page> = (0..64).map(|_| Page::new(ZoneType::Normal)).collect();
+        let meta = ZoneMeta { pages: &pages };
+        let mut buddy = Buddy::new(meta, Pfn::new(0), pages.len(), PCP_ORDER[3]).unwrap();
+        buddy.release_range(Pfn::new(0), Pfn::new(64)).unwrap();
+        let mut lists = PcpLists::EMPTY;
+        for (order, blocks) in [(0, 4), (1, 2), (2, 2)] {
+            assert_eq!(
+                lists.refill(&mut buddy, &pages, PCP_ORDER[order], blocks),
+                blocks
+            );
+        }
+        // A free of order 1 filled the lists: its list goes first.
+        assert_eq!(lists.drain(&mut buddy, &pages, 4, PCP_ORDER[1]), 4);
+        assert_eq!(lists.blocks, [4, 0, 2, 0]);
+        // Then the orders above it, then round to the lowest.
+        assert_eq!(lists.drain(&mut buddy, &pages, 10, PCP_ORDER[1]), 10);
+        assert_eq!(lists.blocks, [2, 0, 0, 0]);
+        let listed = lists.check(ZoneType::Normal, 0, &pages, Pfn::new(0));
+        assert_eq!(listed, Ok(2));
+        assert_eq!(buddy.free_pages(), 62);
     }
 }

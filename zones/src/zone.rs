@@ -229,8 +229,8 @@ impl<'a> Zone<'a> {
         let idx = match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lists.lock();
-                let idx = self.rmqueue_pcplist(&mut lists, order)?;
-                self.pages[idx].set_held();
+                let (idx, page) = self.rmqueue_pcplist(&mut lists, order)?;
+                page.set_held();
                 pcp.listed.pgalloc.add(order.pages(), &lists);
                 idx
             }
@@ -247,17 +247,22 @@ impl<'a> Zone<'a> {
             }
         };
         // Tail owner words are the caller's alone now: no lock needed. A
-        // new holder starts with no layer's claim on any of its frames.
-        for tail in &self.pages[idx + 1..idx + order.pages()] {
-            tail.set_owner_word(kmm_api::OwnerWord::NONE);
+        // new holder starts with no layer's claim on any of its frames. An
+        // order-0 block has no tails, and skips the slice's bounds checks.
+        if order != Order::ZERO {
+            for tail in &self.pages[idx + 1..idx + order.pages()] {
+                tail.set_owner_word(kmm_api::OwnerWord::NONE);
+            }
         }
         Some(self.start_pfn.add(idx))
     }
 
+    /// Linux `rmqueue_pcplist`: a block of `order` from `lists`, refilled
+    /// with a batch from the buddy when empty; its index and head.
     #[inline]
-    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<usize> {
-        if let Some(idx) = lists.pop(order.as_usize(), self.pages) {
-            return Some(idx);
+    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<(usize, &Page)> {
+        if let Some(block) = lists.pop(order.as_usize(), self.pages) {
+            return Some(block);
         }
         let mut buddy = self.buddy.lock();
         lists.refill(
@@ -297,12 +302,15 @@ impl<'a> Zone<'a> {
         if !pfn.is_aligned_to_order(order.as_u32()) {
             return Err(Error::Misaligned { pfn, order });
         }
+        // Bounds-checked once, before the lock: its acquire would make the
+        // compiler load the slice again for every later index.
+        let page = &self.pages[idx];
         let _irq = IrqGuard::new(platform);
         let cpu = self.this_cpu(platform);
         match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lists.lock();
-                match self.release(idx, order) {
+                match self.release(page, idx, order) {
                     Ok(()) => {}
                     Err(Some(err)) => return Err(err),
                     Err(None) => {
@@ -310,7 +318,7 @@ impl<'a> Zone<'a> {
                         return Err(self.bad_free(idx, platform));
                     }
                 }
-                lists.push(idx, order.as_usize(), self.pages);
+                lists.push(idx, page, order.as_usize());
                 pcp.listed.pgfree.add(order.pages(), &lists);
                 // Tuning may lower `high` at any time: the drain below
                 // still leaves fewer than whichever value it read.
@@ -320,14 +328,14 @@ impl<'a> Zone<'a> {
                     // the lists: a free always leaves fewer than `high`.
                     let excess = lists.count + 1 - high;
                     let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch));
+                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch), order);
                     self.sync_free(&buddy);
                 }
                 Ok(())
             }
             _ => {
                 let mut buddy = self.buddy.lock();
-                match self.release(idx, order) {
+                match self.release(page, idx, order) {
                     Ok(()) => {}
                     Err(Some(err)) => return Err(err),
                     Err(None) => return Err(self.classify_bad_free(idx, &buddy)),
@@ -335,7 +343,7 @@ impl<'a> Zone<'a> {
                 let freed = buddy.free(pfn, order);
                 self.sync_free(&buddy);
                 match (&freed, cpu) {
-                    (Err(_), _) => self.pages[idx].set_refcount(1),
+                    (Err(_), _) => page.set_refcount(1),
                     (Ok(()), Some(pcp)) => pcp.direct.pgfree.add(order.pages(), &buddy),
                     (Ok(()), None) => {}
                 }
@@ -344,17 +352,30 @@ impl<'a> Zone<'a> {
         }
     }
 
-    /// Takes the block at `idx` back from its caller (refcount 1 → 0) if it
-    /// is held with this order and no layer claims it (`PG_owned`). The refcount is taken back by
-    /// compare-and-swap, so two frees of one block racing on two CPUs (under
-    /// two different pcp locks) cannot both succeed: the loser is refused as
-    /// a double free and the block reaches exactly one list.
+    /// Takes the block at `idx` (descriptor `page`) back from its caller
+    /// (refcount 1 → 0) if it is held with this order and no layer claims
+    /// it (`PG_owned`). The refcount is taken back by compare-and-swap, so
+    /// two frees of one block racing on two CPUs (under two different pcp
+    /// locks) cannot both succeed: the loser is refused as a double free
+    /// and the block reaches exactly one list.
     ///
     /// `Err(None)`: the block is not held; the caller names the error with
     /// [`Zone::bad_free`] (which needs the zone lock).
     #[inline]
-    fn release(&self, idx: usize, order: Order) -> Result<(), Option<Error>> {
-        let page = &self.pages[idx];
+    fn release(&self, page: &Page, idx: usize, order: Order) -> Result<(), Option<Error>> {
+        // A valid free passes with one load of `flags` and the swap; if
+        // either fails nothing has changed, and the checks are made again
+        // one by one to say why.
+        if page.is_unclaimed_block(order) && page.try_release() {
+            return Ok(());
+        }
+        self.refused_release(page, idx, order)
+    }
+
+    /// [`Zone::release`] one check at a time, in the order that names the
+    /// error: not held, claimed by a layer, then the tag.
+    #[cold]
+    fn refused_release(&self, page: &Page, idx: usize, order: Order) -> Result<(), Option<Error>> {
         if !page.is_held() {
             return Err(None);
         }
@@ -463,7 +484,7 @@ impl<'a> Zone<'a> {
             return;
         }
         let mut buddy = self.buddy.lock();
-        lists.drain(&mut buddy, self.pages, usize::MAX);
+        lists.drain(&mut buddy, self.pages, usize::MAX, Order::ZERO);
         self.sync_free(&buddy);
     }
 
