@@ -891,7 +891,7 @@ fn a_pooled_area_whose_start_lacks_the_alignment_is_refused_and_the_tree_serves(
 }
 
 #[test]
-fn every_purge_gives_the_highest_quarter_of_each_pool_back_to_free_space() {
+fn every_purge_gives_the_lowest_quarter_of_each_pool_back_to_free_space() {
     let mut a = areas(256);
     let starts = one_page_areas(&mut a, 16);
     for &start in starts.iter().step_by(2) {
@@ -903,20 +903,20 @@ fn every_purge_gives_the_highest_quarter_of_each_pool_back_to_free_space() {
         8,
         "the first purge pools its batch whole"
     );
-    // Nothing waits, but the pools decay: 8 >> 2 = 2 areas, the highest.
+    // Nothing waits, but the pools decay: 8 >> 2 = 2 areas, the lowest.
     assert_eq!(a.purge(), None);
     let want: Vec<_> = starts
         .iter()
         .step_by(2)
-        .take(6)
+        .skip(2)
         .map(|&s| (s, s + 2 * PAGE))
         .collect();
     assert_eq!(pooled(&a), want);
     assert_eq!(
         free_blocks(&a),
         [
-            (starts[12], starts[12] + 2 * PAGE),
-            (starts[14], starts[14] + 2 * PAGE),
+            (BASE, BASE + 2 * PAGE),
+            (starts[2], starts[2] + 2 * PAGE),
             (BASE + 32 * PAGE, BASE + 256 * PAGE)
         ]
     );

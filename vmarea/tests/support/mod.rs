@@ -8,7 +8,7 @@
 //! interval of exactly its size (guard included) if its start has the
 //! alignment asked, else the lowest fit, the first free interval, in
 //! address order, where the aligned start plus the size ends inside it. A
-//! purge first turns the highest quarter of each size's pooled intervals
+//! purge first turns the lowest quarter of each size's pooled intervals
 //! (all of them for a full decay) free, then each unpurged interval pooled
 //! if it has at most `MAX_VA_SIZE_PAGES` pages (free for a full decay),
 //! free otherwise. Every
@@ -205,7 +205,7 @@ impl Model {
             } else {
                 of_size.len() >> 2
             };
-            for &i in &of_size[of_size.len() - n_decay..] {
+            for &i in &of_size[..n_decay] {
                 self.intervals[i].2 = State::Free;
             }
         }
