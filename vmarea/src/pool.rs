@@ -25,6 +25,19 @@
 //! - [`VmapPools::stage`] then [`VmapPools::settle`] pool a purge's batch
 //!   (Linux `node_pool_add_va`): a range of more pages goes to free space.
 //!
+//! # Where this differs from Linux
+//!
+//! Linux keeps a set of pools per vmap node (a group of CPUs) and serves
+//! from them only requests over the whole vmalloc range, sending areas
+//! of narrower requests back to free space at the purge. Here there is
+//! one node, and every request is over the allocator's whole range (it
+//! has no narrower form), so every request may be served from the pools.
+//! Linux 6.9 also stopped merging touching ranges in its lazy tree, so
+//! that each freed area is pooled whole; the unpurged tree here still
+//! merges them (fewer nodes, one merged range per run of frees), so a
+//! pooled area may be several freed areas joined, pooled by their total
+//! size.
+//!
 //! # Cost
 //!
 //! `node_alloc` O(1); a purge's `stage` O(1) per range and its `settle`
