@@ -211,13 +211,10 @@ impl<S: ObjectSource> VmapAreas<S> {
         gfp: GfpFlags,
     ) -> Result<VmapArea, VmareaError> {
         let need = self.reserved_size(size, align, flags)?;
-        if let Some(id) = self.pool.node_alloc(&mut self.arena, need, align) {
-            let node = self.arena.get_mut(id);
-            node.flags = flags;
-            node.caller = Some(Location::caller());
-            let addr = node.start;
-            self.insert_busy(id, addr);
-            return Ok(VmapArea::of(self.arena.get(id)));
+        if self.pool.nr_areas != 0 {
+            if let Some(area) = self.node_alloc(need, align, flags) {
+                return Ok(area);
+            }
         }
         let Some((block, addr)) = self.find_vmap_lowest_match(need, align) else {
             return Err(VmareaError::NoSpace {
@@ -276,6 +273,19 @@ impl<S: ObjectSource> VmapAreas<S> {
         self.arena.get_mut(busy).caller = Some(Location::caller());
         self.insert_busy(busy, addr);
         Ok(VmapArea::of(self.arena.get(busy)))
+    }
+
+    /// The lowest pooled area of exactly `need` bytes, if aligned to
+    /// `align`, made live (Linux `node_alloc`).
+    #[track_caller]
+    fn node_alloc(&mut self, need: usize, align: usize, flags: VmFlags) -> Option<VmapArea> {
+        let id = self.pool.node_alloc(&mut self.arena, need, align)?;
+        let node = self.arena.get_mut(id);
+        node.flags = flags;
+        node.caller = Some(Location::caller());
+        let addr = node.start;
+        self.insert_busy(id, addr);
+        Some(VmapArea::of(self.arena.get(id)))
     }
 
     /// [`VmapAreas::alloc`], and if no block fits while lazily freed or
