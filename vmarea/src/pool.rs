@@ -43,8 +43,8 @@
 //! `node_alloc` O(1); a purge's `stage` O(1) per range and its `settle`
 //! O(p + b) for the p areas already pooled in the sizes the batch of b
 //! touches (O(b) when the batch lies below them); `decay` O(d) for the d
-//! areas it decays, plus one look at each of the 256 pools. Memory: 12 bytes a size, 3 KiB
-//! in all, inside the allocator.
+//! areas it decays, plus one look at each of the 256 pools. Memory: 12
+//! bytes a size, 3 KiB in all, inside the allocator.
 //!
 //! # Never
 //!
