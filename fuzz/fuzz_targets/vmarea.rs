@@ -94,6 +94,8 @@ fn op(kind: u8, a: u64, b: u64) -> Op {
         8 => Op::Free {
             offset: (a as usize % (8192 * PAGE_SIZE)) & PAGE_MASK,
         },
+        // A full decay of the pools one purge in four.
+        _ if a % 4 == 0 => Op::ReclaimAndPurge,
         _ => Op::Purge,
     }
 }

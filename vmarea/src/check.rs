@@ -1,5 +1,5 @@
-//! The invariant checker: walks the three trees and the arena and reports
-//! the first broken invariant as an [`Invariant`] value.
+//! The invariant checker: walks the three trees, the pools and the arena
+//! and reports the first broken invariant as an [`Invariant`] value.
 //!
 //! It only reads, bounds every walk by the nodes in use, and runs in
 //! O(n) with no allocation. Meant for tests, fuzzing and debug builds, not
@@ -20,6 +20,8 @@ pub enum TreeName {
     Busy,
     /// `purge_vmap_area_root`: freed ranges awaiting their purge.
     Unpurged,
+    /// The pools of purged areas (`vmap_pool`: lists, not a tree).
+    Pooled,
 }
 
 /// The first broken invariant [`VmapAreas::check`] found.
@@ -67,6 +69,15 @@ pub enum Invariant {
         /// The largest block under it.
         computed: usize,
     },
+    /// A pooled area whose size is not its pool's.
+    WrongPoolSize {
+        /// Its start.
+        at: VirtAddr,
+        /// Its pages.
+        pages: usize,
+        /// The pages of its pool's areas.
+        pool_pages: usize,
+    },
     /// A live area too small to hold a page and its guard page.
     NoRoomForGuard {
         /// Its start.
@@ -75,7 +86,8 @@ pub enum Invariant {
     /// A counter that disagrees with what the walk found.
     CountMismatch {
         /// Which: `"free tree"`, `"busy tree"`, `"unpurged tree"`,
-        /// `"nodes"`, `"node free list"` or `"lazy pages"`.
+        /// `"pool length"`, `"pooled areas"`, `"pooled pages"`, `"nodes"`,
+        /// `"node free list"` or `"lazy pages"`.
         counter: &'static str,
         /// The recorded value.
         recorded: usize,
@@ -134,6 +146,14 @@ impl fmt::Display for Invariant {
                 f,
                 "free tree: subtree_max_size at {at} is {recorded:#x}, not {computed:#x}"
             ),
+            Invariant::WrongPoolSize {
+                at,
+                pages,
+                pool_pages,
+            } => write!(
+                f,
+                "the pooled area at {at} has {pages} pages, in the pool of {pool_pages}"
+            ),
             Invariant::NoRoomForGuard { at } => {
                 write!(f, "the area at {at} cannot hold a page and its guard")
             }
@@ -161,16 +181,20 @@ impl fmt::Display for Invariant {
 
 impl<S: ObjectSource> VmapAreas<S> {
     /// Verifies every invariant: each tree ordered, balanced, linked both
-    /// ways and (the free tree) with correct `subtree_max_size`; the trees
-    /// tiling the range exactly, with no two free blocks adjacent; every
-    /// counter. O(n).
+    /// ways and (the free tree) with correct `subtree_max_size`; each pool
+    /// in address order, its areas of its size and in no tree; the trees
+    /// and the pools tiling the range exactly, with no two free blocks
+    /// adjacent; every counter. O(n) for n nodes, plus
+    /// O([`crate::MAX_VA_SIZE_PAGES`]) per pooled area.
     pub fn check(&self) -> Result<(), Invariant> {
         self.check_tree(&self.free_vmap_area_root, TreeName::Free)?;
         self.check_tree(&self.vmap_area_root, TreeName::Busy)?;
         let lazy_bytes = self.check_tree(&self.purge_vmap_area_root, TreeName::Unpurged)?;
+        self.check_pools()?;
         let counted = self.free_vmap_area_root.len()
             + self.vmap_area_root.len()
-            + self.purge_vmap_area_root.len();
+            + self.purge_vmap_area_root.len()
+            + self.pool.nr_areas;
         count("nodes", self.arena.nr_live(), counted)?;
         match self.arena.free_list_len() {
             Some(len) => count("node free list", self.arena.nr_free(), len)?,
@@ -279,13 +303,75 @@ impl<S: ObjectSource> VmapAreas<S> {
             TreeName::Free => "free tree",
             TreeName::Busy => "busy tree",
             TreeName::Unpurged => "unpurged tree",
+            TreeName::Pooled => "pools",
         };
         count(counter, tree.len(), visited)?;
         Ok(covered)
     }
 
-    /// Walks the three trees together: each range must start where the
-    /// one before ended, from the range's start to its end.
+    /// Walks every pool: each area in the range, of its pool's size,
+    /// detached from the trees, above the one before it; the lengths and
+    /// totals as recorded.
+    fn check_pools(&self) -> Result<(), Invariant> {
+        let arena = &self.arena;
+        let mut budget = arena.nr_live();
+        let (mut areas, mut pages) = (0, 0);
+        for (index, pool) in self.pool.pool.iter().enumerate() {
+            let mut len = 0;
+            let mut previous_end = self.start;
+            let mut cursor = pool.head;
+            while let Some(id) = cursor {
+                let node = arena.get(id);
+                let at = VirtAddr::new(node.start);
+                budget = budget.checked_sub(1).ok_or(Invariant::BrokenLink {
+                    tree: TreeName::Pooled,
+                    at,
+                })?;
+                if node.left.is_some() || node.parent.is_some() {
+                    return Err(Invariant::BrokenLink {
+                        tree: TreeName::Pooled,
+                        at,
+                    });
+                }
+                if node.start >= node.end
+                    || node.start % PAGE_SIZE != 0
+                    || node.end % PAGE_SIZE != 0
+                    || node.start < self.start
+                    || node.end > self.end
+                {
+                    return Err(Invariant::BadRange {
+                        tree: TreeName::Pooled,
+                        start: at,
+                        end: VirtAddr::new(node.end),
+                    });
+                }
+                if node.len() != (index + 1) * PAGE_SIZE {
+                    return Err(Invariant::WrongPoolSize {
+                        at,
+                        pages: node.len() / PAGE_SIZE,
+                        pool_pages: index + 1,
+                    });
+                }
+                if node.start < previous_end {
+                    return Err(Invariant::Unordered {
+                        tree: TreeName::Pooled,
+                        at,
+                    });
+                }
+                previous_end = node.end;
+                len += 1;
+                cursor = node.right;
+            }
+            count("pool length", pool.len as usize, len)?;
+            areas += len;
+            pages += len * (index + 1);
+        }
+        count("pooled areas", self.pool.nr_areas, areas)?;
+        count("pooled pages", self.pool.nr_pages, pages)
+    }
+
+    /// Walks the three trees and the pools together: each range must start
+    /// where the one before ended, from the range's start to its end.
     fn check_tiling(&self) -> Result<(), Invariant> {
         let arena = &self.arena;
         let mut cursors = [
@@ -293,6 +379,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             self.vmap_area_root.first(arena),
             self.purge_vmap_area_root.first(arena),
         ];
+        let mut pools = self.pool.pool.map(|pool| pool.head);
         let mut at = self.start;
         let mut previous = None;
         loop {
@@ -302,8 +389,20 @@ impl<S: ObjectSource> VmapAreas<S> {
                     .map(|id| (tree, id))
             });
             let Some((tree, id)) = next else {
+                // A range in no tree must be the lowest area of a pool.
+                let pooled = pools
+                    .iter_mut()
+                    .find(|cursor| cursor.is_some_and(|id| arena.get(id).start == at));
+                if let Some(cursor) = pooled {
+                    let id = cursor.expect("found by its start");
+                    previous = Some(TreeName::Pooled);
+                    at = arena.get(id).end;
+                    *cursor = arena.get(id).right;
+                    continue;
+                }
                 let lowest = cursors
                     .iter()
+                    .chain(pools.iter())
                     .flatten()
                     .map(|&id| arena.get(id).start)
                     .min();
@@ -431,7 +530,7 @@ mod tests {
                 .as_usize();
         }
         let _ = areas.free(VirtAddr::new(starts[1])).unwrap();
-        areas.purge().unwrap().defer();
+        areas.reclaim_and_purge().unwrap().defer();
         let _ = areas.free(VirtAddr::new(starts[3])).unwrap();
         areas.check().unwrap();
         areas
@@ -555,6 +654,68 @@ mod tests {
             areas.check(),
             Err(Invariant::Unbalanced {
                 tree: TreeName::Busy,
+                ..
+            })
+        ));
+    }
+
+    /// `populated`, with the free area at `BASE + 2 pages` pooled.
+    fn with_a_pooled_area() -> (VmapAreas<BufferSource>, NodeId) {
+        let mut areas = populated();
+        let id = areas
+            .arena
+            .alloc(
+                Node::new(
+                    BASE + 64 * PAGE_SIZE,
+                    BASE + 66 * PAGE_SIZE,
+                    VmFlags::empty(),
+                ),
+                GFP_KERNEL,
+            )
+            .unwrap();
+        // Grow the range by two pages, held in the 2-page pool.
+        areas.end += 2 * PAGE_SIZE;
+        let pool = &mut areas.pool;
+        assert!(pool.stage(&mut areas.arena, id));
+        pool.settle(&mut areas.arena);
+        areas.check().unwrap();
+        (areas, id)
+    }
+
+    #[test]
+    fn a_pooled_area_of_another_size_is_reported() {
+        let (mut areas, id) = with_a_pooled_area();
+        areas.arena.get_mut(id).end += PAGE_SIZE;
+        areas.end += PAGE_SIZE;
+        let at = VirtAddr::new(BASE + 64 * PAGE_SIZE);
+        assert_eq!(
+            areas.check(),
+            Err(Invariant::WrongPoolSize {
+                at,
+                pages: 3,
+                pool_pages: 2
+            })
+        );
+    }
+
+    #[test]
+    fn a_pooled_area_overlapping_a_tree_is_reported() {
+        let (mut areas, id) = with_a_pooled_area();
+        // Shift it down by a page, over the top free block.
+        let node = areas.arena.get_mut(id);
+        node.start -= PAGE_SIZE;
+        node.end -= PAGE_SIZE;
+        assert!(matches!(areas.check(), Err(Invariant::Overlap { .. })));
+    }
+
+    #[test]
+    fn a_wrong_pool_length_is_reported() {
+        let (mut areas, _) = with_a_pooled_area();
+        areas.pool.pool[1].len += 1;
+        assert!(matches!(
+            areas.check(),
+            Err(Invariant::CountMismatch {
+                counter: "pool length",
                 ..
             })
         ));

@@ -9,7 +9,14 @@
 //! (`free_vmap_area_root`, each node carrying `subtree_max_size`, the
 //! largest free block beneath it), live areas (`vmap_area_root`) and
 //! freed ranges awaiting their purge (`purge_vmap_area_root`, adjacent
-//! ones merged as Linux keeps them); the lazy
+//! ones merged as Linux kept them before 6.9); the pools of purged areas
+//! (Linux 6.9's `vmap_pool`: after a purge, a range of up to
+//! [`MAX_VA_SIZE_PAGES`] pages, guard included, waits in the pool of its
+//! size for the next allocation of exactly that size, which takes the
+//! lowest one if it has the alignment asked, instead of going back to the
+//! free tree; every purge gives a quarter of each pool back to free space,
+//! and an allocation that found no space gets all of it back before its
+//! retry); the lazy
 //! count of freed pages, and the purge figures. Its nodes, 48 bytes each
 //! ([`VMAP_AREA_NODE_BYTES`]), live in an arena of chunks taken from an
 //! [`kmm_api::ObjectSource`] (the slab's `vmap_area_cachep` in a composed
@@ -22,10 +29,14 @@
 //!
 //! # Invariants
 //!
-//! - Free, live and unpurged ranges are page aligned, never overlap, and
-//!   together cover the range exactly; no two free blocks touch, nor two
-//!   unpurged ranges (a range is merged with its neighbours as it enters
-//!   either tree).
+//! - Free, live, unpurged and pooled ranges are page aligned, never
+//!   overlap, and together cover the range exactly; no two free blocks
+//!   touch, nor two unpurged ranges (a range is merged with its neighbours
+//!   as it enters either tree); a pooled range is in no tree, has its
+//!   pool's size and went through a purge's flush. Pooled ranges count as
+//!   neither free blocks nor `largest_free` (the free tree's, what Linux
+//!   reported as `VmallocChunk`): only an allocation of their exact size
+//!   reuses them.
 //! - Each tree is ordered by address and AVL balanced; every free node's
 //!   `subtree_max_size` is the largest block in its subtree.
 //! - A live area ends with one guard page unless [`VmFlags::NO_GUARD`]; the
@@ -40,11 +51,12 @@
 //!
 //! | operation | cost |
 //! |---|---|
+//! | [`VmapAreas::alloc`], from a pool | O(1) plus the busy tree's insert, O(log n) |
 //! | [`VmapAreas::alloc`], page alignment | O(log n) |
 //! | [`VmapAreas::alloc`], larger alignment | O(log n) when the lowest long-enough block also fits aligned; each lower block that is long enough but not once aligned adds O(log n): worst case O(n), on a free space of many such blocks |
 //! | [`VmapAreas::free`] | O(log n + log u) for u unpurged ranges |
 //! | [`VmapAreas::find_vmap_area`] | O(log n) |
-//! | [`VmapAreas::purge`] | O(min(u log n, u + n)) for u unpurged ranges: one insert per range, or one rebuild of free space when the batch is large against it |
+//! | [`VmapAreas::purge`] | O(min(u log n, u + n) + p log n) for u unpurged ranges and p pooled areas: one insert per range, or one rebuild of free space when the batch is large against it; one insert per decayed area (a quarter of the pools) |
 //! | [`VmapAreas::stats`] | O(1) |
 //! | [`VmapAreas::check`] | O(n) |
 //!
@@ -101,6 +113,7 @@ mod locked;
 #[cfg(loom)]
 #[allow(unsafe_code)] // the loom build's link cells
 mod loom_link;
+mod pool;
 mod purge;
 mod stats;
 #[cfg(any(test, feature = "testing"))]
@@ -119,6 +132,7 @@ pub use error::VmareaError;
 pub use flags::VmFlags;
 pub use info::VmallocInfo;
 pub use locked::SharedVmapAreas;
+pub use pool::MAX_VA_SIZE_PAGES;
 pub use purge::{lazy_max_pages, LAZY_BYTES_PER_CPU_BIT, LAZY_RANGE_DIVISOR};
 pub use stats::VmapStats;
 pub use vmalloc::{Vmalloc, VmallocStats, NUMA_NO_NODE};

@@ -12,6 +12,11 @@ pub struct VmapStats {
     pub nr_free_blocks: usize,
     /// Freed ranges awaiting their purge (adjacent ones merged).
     pub nr_unpurged: usize,
+    /// Purged areas waiting in the pools for an allocation of exactly
+    /// their size (not counted in `nr_free_blocks` nor `largest_free`).
+    pub nr_pooled: usize,
+    /// Pages of the pooled areas, guard pages included.
+    pub pooled_pages: usize,
     /// Areas freed since the last purge.
     pub lazy_areas: u64,
     /// The largest free block, in bytes (the free tree's root
@@ -27,7 +32,8 @@ pub struct VmapStats {
     pub flush_tokens: u64,
     /// Areas returned to free space by purges.
     pub purged_areas: u64,
-    /// Nodes in use (one per area, free block and unpurged range).
+    /// Nodes in use (one per area, free block, unpurged range and pooled
+    /// area).
     pub nodes: usize,
     /// Bytes taken from the object source (node chunks and directories).
     pub metadata_bytes: usize,
@@ -40,6 +46,8 @@ impl<S: ObjectSource> VmapAreas<S> {
             nr_areas: self.vmap_area_root.len(),
             nr_free_blocks: self.free_vmap_area_root.len(),
             nr_unpurged: self.purge_vmap_area_root.len(),
+            nr_pooled: self.pool.nr_areas,
+            pooled_pages: self.pool.nr_pages,
             lazy_areas: self.lazy.nr_areas,
             largest_free: self
                 .free_vmap_area_root

@@ -11,13 +11,17 @@
 //!
 //! # States of a range
 //!
-//! free → (alloc) → busy → (free) → unpurged → (purge) → free. An unpurged
-//! range may still have stale TLB entries on some CPU, so it is reused only
-//! after a purge, whose one [`TlbFlush`] covers the whole batch.
+//! free → (alloc) → busy → (free) → unpurged → (purge) → free, or, for a
+//! range of up to [`crate::MAX_VA_SIZE_PAGES`] pages, (purge) → pooled
+//! (see [`crate`]) → (alloc of exactly its size) → busy, or
+//! (decay) → free. An unpurged range may still have stale TLB entries on
+//! some CPU, so it is reused only after a purge, whose one [`TlbFlush`]
+//! covers the whole batch.
 
 use crate::arena::{Arena, Node, NodeId};
 use crate::error::VmareaError;
 use crate::flags::VmFlags;
+use crate::pool::{Decay, VmapPools};
 use crate::purge::LazyPurge;
 use crate::tree::{subtree_max, Tree};
 use core::panic::Location;
@@ -134,6 +138,9 @@ pub struct VmapAreas<S: ObjectSource> {
     /// need no descent; `None` after a purge or a merge upwards. Only
     /// `free_node` and `purge` change the unpurged tree, and both keep it.
     unpurged_finger: Option<Finger>,
+    /// Purged areas of up to [`crate::MAX_VA_SIZE_PAGES`] pages, by size,
+    /// waiting for an allocation of exactly their size.
+    pub(crate) pool: VmapPools,
     pub(crate) start: usize,
     pub(crate) end: usize,
     pub(crate) lazy: LazyPurge,
@@ -165,6 +172,7 @@ impl<S: ObjectSource> VmapAreas<S> {
             busy_finger: None,
             purge_vmap_area_root: Tree::new(),
             unpurged_finger: None,
+            pool: VmapPools::new(),
             start: start.as_usize(),
             end: end.as_usize(),
             lazy,
@@ -183,12 +191,15 @@ impl<S: ObjectSource> VmapAreas<S> {
         self.arena.source()
     }
 
-    /// Reserves `size` bytes (rounded up to pages) at the lowest address
-    /// aligned to `align`, plus a trailing guard page unless
-    /// [`VmFlags::NO_GUARD`] (Linux `alloc_vmap_area`). Nodes come from the
-    /// object source with `gfp`. Lazily freed ranges are not reused: on
-    /// [`VmareaError::NoSpace`] the caller may [`VmapAreas::purge`] and
-    /// retry, which [`VmapAreas::alloc_purging`] does.
+    /// Reserves `size` bytes (rounded up to pages), plus a trailing guard
+    /// page unless [`VmFlags::NO_GUARD`], at an address aligned to `align`
+    /// (Linux `alloc_vmap_area`): the lowest pooled area of exactly that
+    /// size if its start is so aligned (Linux `node_alloc`), else the
+    /// lowest fit in free space. Nodes come from the object source with
+    /// `gfp`. Lazily freed ranges are not reused: on
+    /// [`VmareaError::NoSpace`] the caller may
+    /// [`VmapAreas::reclaim_and_purge`] and retry, which
+    /// [`VmapAreas::alloc_purging`] does.
     ///
     /// O(log n) when `align` is a page; see [`crate`] for larger ones.
     #[track_caller]
@@ -200,6 +211,11 @@ impl<S: ObjectSource> VmapAreas<S> {
         gfp: GfpFlags,
     ) -> Result<VmapArea, VmareaError> {
         let need = self.reserved_size(size, align, flags)?;
+        if self.pool.nr_areas != 0 {
+            if let Some(area) = self.node_alloc(need, align, flags) {
+                return Ok(area);
+            }
+        }
         let Some((block, addr)) = self.find_vmap_lowest_match(need, align) else {
             return Err(VmareaError::NoSpace {
                 size: need,
@@ -259,9 +275,23 @@ impl<S: ObjectSource> VmapAreas<S> {
         Ok(VmapArea::of(self.arena.get(busy)))
     }
 
-    /// [`VmapAreas::alloc`], and if no block fits while lazily freed areas
-    /// wait, one purge (flushed on `tlb` before any range is reused) and
-    /// one retry, as Linux's `alloc_vmap_area` does.
+    /// The lowest pooled area of exactly `need` bytes, if aligned to
+    /// `align`, made live (Linux `node_alloc`).
+    #[track_caller]
+    fn node_alloc(&mut self, need: usize, align: usize, flags: VmFlags) -> Option<VmapArea> {
+        let id = self.pool.node_alloc(&mut self.arena, need, align)?;
+        let node = self.arena.get_mut(id);
+        node.flags = flags;
+        node.caller = Some(Location::caller());
+        let addr = node.start;
+        self.insert_busy(id, addr);
+        Some(VmapArea::of(self.arena.get(id)))
+    }
+
+    /// [`VmapAreas::alloc`], and if no block fits while lazily freed or
+    /// pooled areas wait, one [`VmapAreas::reclaim_and_purge`] (flushed
+    /// on `tlb` before any range is reused) and one retry, as Linux's
+    /// `alloc_vmap_area` does: no space is ever lost to the pools.
     #[track_caller]
     pub fn alloc_purging(
         &mut self,
@@ -272,8 +302,10 @@ impl<S: ObjectSource> VmapAreas<S> {
         tlb: &(impl KernelPageTable + ?Sized),
     ) -> Result<VmapArea, VmareaError> {
         match self.alloc(size, align, flags, gfp) {
-            Err(VmareaError::NoSpace { lazy_pages, .. }) if lazy_pages > 0 => {
-                if let Some(flush) = self.purge() {
+            Err(VmareaError::NoSpace { lazy_pages, .. })
+                if lazy_pages > 0 || self.pool.nr_areas > 0 =>
+            {
+                if let Some(flush) = self.reclaim_and_purge() {
                     flush.flush(tlb);
                 }
                 self.alloc(size, align, flags, gfp)
@@ -379,12 +411,37 @@ impl<S: ObjectSource> VmapAreas<S> {
         Freed { area, flush }
     }
 
-    /// Returns every unpurged range to free space, merging neighbours
-    /// (Linux `__purge_vmap_area_lazy`), and hands back the one flush that
-    /// covers the batch; `None` if nothing was waiting. O(u log n) for u
-    /// unpurged ranges and n free blocks, or O(u + n) when that is less
-    /// (free space is then rebuilt in one pass).
+    /// Decays the pools by a quarter (see [`crate`]), then ends the
+    /// wait of every unpurged range (Linux `__purge_vmap_area_lazy`): one
+    /// of up to [`crate::MAX_VA_SIZE_PAGES`] pages goes to its size's
+    /// pool, a larger one back to free space, merged with its neighbours;
+    /// hands back the one flush that covers the batch, `None` if nothing
+    /// was waiting (the decay runs anyway, as Linux's does). O((u + p/4)
+    /// log n + p) for u unpurged ranges, n free blocks and p pooled
+    /// areas, or O(u + n) for the ranges when that is less (free space is
+    /// then rebuilt in one pass).
     pub fn purge(&mut self) -> Option<TlbFlush> {
+        self.purge_vmap_areas(Decay::Quarter)
+    }
+
+    /// [`VmapAreas::purge`] with a full decay: every pooled area and every
+    /// unpurged range goes back to free space (Linux
+    /// `reclaim_and_purge_vmap_areas`, what an allocation that found no
+    /// space runs before its one retry).
+    pub fn reclaim_and_purge(&mut self) -> Option<TlbFlush> {
+        self.purge_vmap_areas(Decay::Full)
+    }
+
+    fn purge_vmap_areas(&mut self, decay: Decay) -> Option<TlbFlush> {
+        // Decay first, as Linux does, so that the batch pooled below
+        // waits at least one purge before any of it decays. A pool's
+        // areas come in address order: a range in the same gap of free
+        // space as the last one is linked without a descent.
+        let mut finger = None;
+        let free = &mut self.free_vmap_area_root;
+        self.pool.decay(&mut self.arena, decay, |arena, id| {
+            finger = merge_or_add_vmap_area(free, arena, id, finger);
+        });
         let first = self.purge_vmap_area_root.first(&self.arena)?;
         let last = self.purge_vmap_area_root.last(&self.arena)?;
         let flush = TlbFlush::new(
@@ -393,15 +450,29 @@ impl<S: ObjectSource> VmapAreas<S> {
         );
         let mut unpurged = core::mem::take(&mut self.purge_vmap_area_root);
         self.unpurged_finger = None;
-        if rebuild_pays(unpurged.len(), self.free_vmap_area_root.len()) {
-            self.purge_rebuilding(unpurged);
+        let mut batch = Run::default();
+        let pool = &mut self.pool;
+        unpurged.drain(&mut self.arena, |arena, id| {
+            if decay == Decay::Full || !pool.stage(arena, id) {
+                batch.push(arena, id);
+            }
+        });
+        self.pool.settle(&mut self.arena);
+        if rebuild_pays(batch.len, self.free_vmap_area_root.len()) {
+            self.purge_rebuilding(batch);
         } else {
-            // The batch comes in address order: a range that falls in the
-            // same gap as the last one is linked without a descent.
+            // The batch comes in address order, as the pools' areas did.
             let mut finger = None;
-            unpurged.drain(&mut self.arena, |arena, id| {
-                finger = merge_or_add_vmap_area(&mut self.free_vmap_area_root, arena, id, finger);
-            });
+            let mut next = batch.head;
+            while let Some(id) = next {
+                next = self.arena.get(id).right;
+                finger = merge_or_add_vmap_area(
+                    &mut self.free_vmap_area_root,
+                    &mut self.arena,
+                    id,
+                    finger,
+                );
+            }
         }
         self.lazy.purged_areas += self.lazy.nr_areas;
         self.lazy.nr_areas = 0;
@@ -411,19 +482,13 @@ impl<S: ObjectSource> VmapAreas<S> {
         Some(flush)
     }
 
-    /// The purge of a batch large against free space: both trees are
-    /// unrolled in address order and merged into one run, touching ranges
-    /// joined as `merge_or_add_vmap_area` joins them, and the free tree is
-    /// built again from the run. O(u + n) for u unpurged ranges and n free
-    /// blocks, against O(u log n) for one insert per range.
-    fn purge_rebuilding(&mut self, mut unpurged: Tree<false>) {
-        let mut batch = Run::default();
-        unpurged.drain(&mut self.arena, |arena, id| {
-            let node = arena.get_mut(id);
-            node.flags = VmFlags::empty();
-            node.caller = None;
-            batch.push(arena, id);
-        });
+    /// The purge of a batch large against free space: free space is
+    /// unrolled in address order and merged with the batch (a run in
+    /// address order) into one run, touching ranges joined as
+    /// `merge_or_add_vmap_area` joins them, and the free tree is built
+    /// again from the run. O(u + n) for u ranges and n free blocks,
+    /// against O(u log n) for one insert per range.
+    fn purge_rebuilding(&mut self, batch: Run) {
         let mut pending = batch.head;
         let mut merged = Run::default();
         let mut free = core::mem::take(&mut self.free_vmap_area_root);
@@ -465,6 +530,18 @@ impl<S: ObjectSource> VmapAreas<S> {
     /// Free blocks in address order (as ranges with no flags).
     pub fn free_blocks(&self) -> Ranges<'_, S> {
         Ranges::new(&self.arena, self.free_vmap_area_root.first(&self.arena))
+    }
+
+    /// Pooled areas (purged, waiting for an allocation of exactly their
+    /// size) without flags, by size from the smallest, each size in
+    /// address order. They are free space that only an allocation of
+    /// their size reuses: [`VmapAreas::free_blocks`] and the stats'
+    /// `largest_free` leave them out.
+    pub fn pooled_areas(&self) -> impl Iterator<Item = VmapArea> + '_ {
+        self.pool.pool.iter().flat_map(move |pool| {
+            core::iter::successors(pool.head, move |&id| self.arena.get(id).right)
+                .map(move |id| VmapArea::of(self.arena.get(id)))
+        })
     }
 
     /// Bytes reserved for `size` at `align`: pages plus the guard page.

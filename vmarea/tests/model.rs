@@ -1,9 +1,11 @@
 //! Model-based test: random sequences of allocations (sizes, alignments,
 //! with and without guard, starved of nodes), frees (live, interior,
-//! arbitrary addresses, twice) and purges run on the allocator and on a
-//! sorted-interval reference (`support`): every result must match (the
-//! same address for every allocation: the lowest fit), and the checker and
-//! every range are compared after every step.
+//! arbitrary addresses, twice), purges and full decays of the pools run on
+//! the allocator and on a sorted-interval reference (`support`): every
+//! result must match (the same address for every allocation: the lowest
+//! pooled area of exactly its size if aligned, else the lowest fit), and
+//! the checker and every range, pooled ones included, are compared after
+//! every step.
 
 mod support;
 
@@ -51,6 +53,7 @@ fn op() -> impl Strategy<Value = Op> {
         ]
         .prop_map(|offset| Op::Free { offset }),
         1 => Just(Op::Purge),
+        1 => Just(Op::ReclaimAndPurge),
     ]
 }
 

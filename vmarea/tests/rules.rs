@@ -43,11 +43,12 @@ fn free_blocks(a: &VmapAreas<BufferSource>) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// Frees an area and purges, so its range is back in free space.
+/// Frees an area and purges with a full decay, so its range is back in
+/// free space rather than in a pool.
 fn release(a: &mut VmapAreas<BufferSource>, addr: usize) {
     let freed = a.free(va(addr)).unwrap();
     assert_eq!(freed.flush, None);
-    a.purge().expect("the area was waiting").defer();
+    a.reclaim_and_purge().expect("the area was waiting").defer();
 }
 
 #[test]
@@ -196,7 +197,7 @@ fn a_large_purge_rebuilds_free_space_merging_exactly_as_one_insert_per_range_wou
             assert_eq!(freed.flush, None, "under the lazy threshold");
             live[i] = false;
         }
-        a.purge().expect("areas were waiting").defer();
+        a.reclaim_and_purge().expect("areas were waiting").defer();
         // Free space is exactly what no live area covers, one block per gap.
         let mut expected: Vec<(usize, usize)> = Vec::new();
         let mut gaps = (0..100)
@@ -596,7 +597,9 @@ fn a_purge_runs_when_the_lazy_pages_exceed_lazy_max_pages_not_when_they_reach_it
         ),
         (0, 0, 1, 1, 9)
     );
-    assert_eq!(free_blocks(&a), [(BASE, BASE + 64 * PAGE)]);
+    // The batch, one range of 18 pages, waits in its pool.
+    assert_eq!(free_blocks(&a), [(BASE + 18 * PAGE, BASE + 64 * PAGE)]);
+    assert_eq!((stats.nr_pooled, stats.pooled_pages), (1, 18));
     a.check().unwrap();
 }
 
@@ -828,7 +831,173 @@ fn thousands_of_areas_keep_every_tree_balanced_and_merged() {
     for addr in live {
         let _ = a.free(addr).unwrap();
     }
-    a.purge().unwrap().defer();
+    a.reclaim_and_purge().unwrap().defer();
     a.check().unwrap();
     assert_eq!(free_blocks(&a), [(BASE, BASE + (1 << 30))]);
+}
+
+// The pools of purged areas (Linux 6.9's `vmap_pool`).
+
+fn pooled(a: &VmapAreas<BufferSource>) -> Vec<(usize, usize)> {
+    let mut pooled: Vec<_> = a
+        .pooled_areas()
+        .map(|p| (p.start().as_usize(), p.end().as_usize()))
+        .collect();
+    pooled.sort();
+    pooled
+}
+
+/// `n` one-page areas back to back from `BASE`, two pages each.
+fn one_page_areas(a: &mut VmapAreas<BufferSource>, n: usize) -> Vec<usize> {
+    (0..n).map(|_| alloc(a, 1, PAGE).unwrap().0).collect()
+}
+
+#[test]
+fn a_purged_small_area_waits_in_its_pool_and_an_alloc_of_exactly_its_size_takes_it() {
+    let mut a = areas(64);
+    let starts = one_page_areas(&mut a, 3);
+    let _ = a.free(va(starts[1])).unwrap();
+    a.purge().unwrap().defer();
+    assert_eq!(pooled(&a), [(BASE + 2 * PAGE, BASE + 4 * PAGE)]);
+    assert_eq!(free_blocks(&a), [(BASE + 6 * PAGE, BASE + 64 * PAGE)]);
+    let stats = a.stats();
+    assert_eq!((stats.nr_pooled, stats.pooled_pages), (1, 2));
+    assert_eq!(
+        stats.largest_free,
+        58 * PAGE,
+        "pooled pages are not free blocks"
+    );
+    a.check().unwrap();
+    // Another size leaves the pool alone; its own size takes the area.
+    assert_eq!(alloc(&mut a, 2, PAGE).unwrap().0, BASE + 6 * PAGE);
+    assert_eq!(alloc(&mut a, 1, PAGE).unwrap().0, BASE + 2 * PAGE);
+    assert_eq!(a.stats().nr_pooled, 0);
+    a.check().unwrap();
+}
+
+#[test]
+fn a_pooled_area_whose_start_lacks_the_alignment_is_refused_and_the_tree_serves() {
+    let mut a = areas(64);
+    let starts = one_page_areas(&mut a, 3);
+    let _ = a.free(va(starts[1])).unwrap();
+    a.purge().unwrap().defer();
+    let before = pooled(&a);
+    // BASE + 2 pages is not 4-page aligned: the lowest aligned fit is.
+    assert_eq!(alloc(&mut a, 1, 4 * PAGE).unwrap().0, BASE + 8 * PAGE);
+    assert_eq!(pooled(&a), before, "the pool is unchanged");
+    // At 2-page alignment the pooled area fits.
+    assert_eq!(alloc(&mut a, 1, 2 * PAGE).unwrap().0, BASE + 2 * PAGE);
+    a.check().unwrap();
+}
+
+#[test]
+fn every_purge_gives_the_lowest_quarter_of_each_pool_back_to_free_space() {
+    let mut a = areas(256);
+    let starts = one_page_areas(&mut a, 16);
+    for &start in starts.iter().step_by(2) {
+        let _ = a.free(va(start)).unwrap();
+    }
+    a.purge().unwrap().defer();
+    assert_eq!(
+        a.stats().nr_pooled,
+        8,
+        "the first purge pools its batch whole"
+    );
+    // Nothing waits, but the pools decay: 8 >> 2 = 2 areas, the lowest.
+    assert_eq!(a.purge(), None);
+    let want: Vec<_> = starts
+        .iter()
+        .step_by(2)
+        .skip(2)
+        .map(|&s| (s, s + 2 * PAGE))
+        .collect();
+    assert_eq!(pooled(&a), want);
+    assert_eq!(
+        free_blocks(&a),
+        [
+            (BASE, BASE + 2 * PAGE),
+            (starts[2], starts[2] + 2 * PAGE),
+            (BASE + 32 * PAGE, BASE + 256 * PAGE)
+        ]
+    );
+    // A pool of fewer than four areas keeps them all.
+    for _ in 0..3 {
+        assert_eq!(a.purge(), None);
+    }
+    assert_eq!(a.stats().nr_pooled, 3, "6 → 5 → 4 → 3");
+    assert_eq!(a.purge(), None);
+    assert_eq!(a.stats().nr_pooled, 3);
+    a.check().unwrap();
+}
+
+#[test]
+fn an_alloc_that_finds_no_space_decays_the_pools_fully_before_its_one_retry() {
+    // 16 pages: eight one-page areas fill them; lazy_max_pages is 4.
+    let mut a = areas(16);
+    let tlb = RecordingTlb::default();
+    let starts = one_page_areas(&mut a, 8);
+    for &start in &starts[..2] {
+        let _ = a.free(va(start)).unwrap();
+        a.purge().unwrap().defer();
+    }
+    assert_eq!(
+        pooled(&a),
+        [(BASE, BASE + 2 * PAGE), (BASE + 2 * PAGE, BASE + 4 * PAGE)]
+    );
+    // Three pages and a guard: no pool and no free block holds them.
+    let before = snapshot(&a);
+    assert!(matches!(
+        alloc(&mut a, 3, PAGE),
+        Err(VmareaError::NoSpace { .. })
+    ));
+    assert_eq!(snapshot(&a), before, "a failed alloc changes nothing");
+    let area = a
+        .alloc_purging(3 * PAGE, PAGE, VmFlags::ALLOC, GFP_KERNEL, &tlb)
+        .unwrap();
+    assert_eq!(area.start(), va(BASE), "the two pooled areas merged back");
+    assert_eq!(a.stats().nr_pooled, 0);
+    a.check().unwrap();
+}
+
+#[test]
+fn a_full_decay_sends_the_purged_batch_to_free_space_too() {
+    let mut a = areas(64);
+    let starts = one_page_areas(&mut a, 3);
+    let _ = a.free(va(starts[1])).unwrap();
+    a.reclaim_and_purge().unwrap().defer();
+    assert_eq!(a.stats().nr_pooled, 0);
+    assert_eq!(
+        free_blocks(&a),
+        [
+            (BASE + 2 * PAGE, BASE + 4 * PAGE),
+            (BASE + 6 * PAGE, BASE + 64 * PAGE)
+        ]
+    );
+}
+
+#[test]
+fn a_purged_range_larger_than_max_va_size_pages_goes_back_to_free_space() {
+    let mut a = areas(2048);
+    let big = alloc(&mut a, kmm_vmarea::MAX_VA_SIZE_PAGES, PAGE).unwrap();
+    let _guard = alloc(&mut a, 1, PAGE).unwrap();
+    let _ = a.free(va(big.0)).unwrap();
+    a.purge().unwrap().defer();
+    assert_eq!(a.stats().nr_pooled, 0, "257 pages with the guard");
+    assert_eq!(free_blocks(&a)[0], (big.0, big.1));
+}
+
+#[test]
+fn a_pooled_range_is_free_to_lookups_and_frees() {
+    let mut a = areas(64);
+    let starts = one_page_areas(&mut a, 3);
+    let _ = a.free(va(starts[1])).unwrap();
+    a.purge().unwrap().defer();
+    assert_eq!(a.find_vmap_area(va(starts[1])), None);
+    assert_eq!(
+        a.free(va(starts[1])),
+        Err(VmareaError::NotAllocated {
+            addr: va(starts[1])
+        })
+    );
+    a.check().unwrap();
 }

@@ -3,9 +3,15 @@
 //! `tests/model.rs` (proptest) and the `vmarea` fuzz target, which includes
 //! this file.
 //!
-//! The model is a sorted list of intervals, each free, busy or unpurged,
-//! searched linearly: the lowest fit is the first free interval, in address
-//! order, where the aligned start plus the size ends inside it. Every
+//! The model is a sorted list of intervals, each free, busy, unpurged or
+//! pooled, searched linearly: an allocation takes the lowest pooled
+//! interval of exactly its size (guard included) if its start has the
+//! alignment asked, else the lowest fit, the first free interval, in
+//! address order, where the aligned start plus the size ends inside it. A
+//! purge first turns the lowest quarter of each size's pooled intervals
+//! (all of them for a full decay) free, then each unpurged interval pooled
+//! if it has at most `MAX_VA_SIZE_PAGES` pages (free for a full decay),
+//! free otherwise. Every
 //! result the allocator returns, success or error, is predicted from that
 //! alone, except a node-source failure, after which the allocator must be
 //! exactly as it was.
@@ -14,7 +20,9 @@
 
 use kmm_api::{TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SIZE};
 use kmm_vmarea::testing::{BufferSource, RecordingTlb};
-use kmm_vmarea::{lazy_max_pages, VmFlags, VmapArea, VmapAreas, VmapStats, VmareaError};
+use kmm_vmarea::{
+    lazy_max_pages, VmFlags, VmapArea, VmapAreas, VmapStats, VmareaError, MAX_VA_SIZE_PAGES,
+};
 
 /// What an interval of the model holds.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,6 +31,8 @@ pub enum State {
     Busy(VmFlags),
     /// Freed, awaiting the purge; adjacent unpurged intervals merge.
     Unpurged,
+    /// Purged, in the pool of its size; never merged.
+    Pooled,
 }
 
 /// The reference: intervals tiling `[start, end)` in address order, with
@@ -60,6 +70,16 @@ impl Model {
         align: usize,
         flags: VmFlags,
     ) -> Result<Span, VmareaError> {
+        let need = self.reserved(size, align, flags)?;
+        let pooled = self
+            .intervals
+            .iter()
+            .position(|&(start, end, state)| state == State::Pooled && end - start == need);
+        if let Some(index) = pooled.filter(|&i| self.intervals[i].0 % align == 0) {
+            let start = self.intervals[index].0;
+            self.intervals[index].2 = State::Busy(flags);
+            return Ok(self.area(start).expect("just taken"));
+        }
         let (index, addr, need) = self.place(size, align, flags)?;
         let (start, end, _) = self.intervals[index];
         let mut pieces = Vec::new();
@@ -81,23 +101,7 @@ impl Model {
         align: usize,
         flags: VmFlags,
     ) -> Result<(usize, usize, usize), VmareaError> {
-        if size == 0 {
-            return Err(VmareaError::ZeroSize);
-        }
-        if !align.is_power_of_two() || align < PAGE_SIZE {
-            return Err(VmareaError::BadAlignment { align });
-        }
-        let guard = if flags.contains(VmFlags::NO_GUARD) {
-            0
-        } else {
-            PAGE_SIZE
-        };
-        let need = size
-            .checked_add(PAGE_SIZE - 1)
-            .map(|s| s / PAGE_SIZE * PAGE_SIZE)
-            .and_then(|s| s.checked_add(guard))
-            .filter(|&need| need <= self.end - self.start)
-            .ok_or(VmareaError::SizeTooLarge { size })?;
+        let need = self.reserved(size, align, flags)?;
         for (index, &(start, end, state)) in self.intervals.iter().enumerate() {
             if state != State::Free {
                 continue;
@@ -114,6 +118,27 @@ impl Model {
             align,
             lazy_pages: self.lazy_pages,
         })
+    }
+
+    /// The bytes an allocation reserves (guard included), or why it is
+    /// refused before any search.
+    fn reserved(&self, size: usize, align: usize, flags: VmFlags) -> Result<usize, VmareaError> {
+        if size == 0 {
+            return Err(VmareaError::ZeroSize);
+        }
+        if !align.is_power_of_two() || align < PAGE_SIZE {
+            return Err(VmareaError::BadAlignment { align });
+        }
+        let guard = if flags.contains(VmFlags::NO_GUARD) {
+            0
+        } else {
+            PAGE_SIZE
+        };
+        size.checked_add(PAGE_SIZE - 1)
+            .map(|s| s / PAGE_SIZE * PAGE_SIZE)
+            .and_then(|s| s.checked_add(guard))
+            .filter(|&need| need <= self.end - self.start)
+            .ok_or(VmareaError::SizeTooLarge { size })
     }
 
     /// The live area starting at `addr`.
@@ -151,28 +176,51 @@ impl Model {
                 })
             }
             State::Unpurged => return Err(VmareaError::AlreadyFreed { addr: va }),
-            State::Free => return Err(VmareaError::NotAllocated { addr: va }),
+            State::Free | State::Pooled => return Err(VmareaError::NotAllocated { addr: va }),
         };
         self.intervals[index].2 = State::Unpurged;
         self.intervals = merged(&self.intervals, State::Unpurged);
         self.lazy_pages += (end - start) / PAGE_SIZE;
         self.lazy_areas += 1;
         let flush = if self.lazy_pages > self.lazy_max {
-            self.purge()
+            self.purge(false)
         } else {
             None
         };
         Ok((area(start, end, flags), flush))
     }
 
-    /// What `purge` must return, applied to the model.
-    pub fn purge(&mut self) -> Option<TlbFlush> {
+    /// What `purge` (`full`: `reclaim_and_purge`) must return, applied to
+    /// the model.
+    pub fn purge(&mut self, full: bool) -> Option<TlbFlush> {
+        for pages in 1..=MAX_VA_SIZE_PAGES {
+            let of_size: Vec<usize> = (0..self.intervals.len())
+                .filter(|&i| {
+                    let (start, end, state) = self.intervals[i];
+                    state == State::Pooled && end - start == pages * PAGE_SIZE
+                })
+                .collect();
+            let n_decay = if full {
+                of_size.len()
+            } else {
+                of_size.len() >> 2
+            };
+            for &i in &of_size[..n_decay] {
+                self.intervals[i].2 = State::Free;
+            }
+        }
+        self.intervals = merged(&self.intervals, State::Free);
         let unpurged = || self.intervals.iter().filter(|i| i.2 == State::Unpurged);
         let low = unpurged().map(|i| i.0).min()?;
         let high = unpurged().map(|i| i.1).max()?;
         for interval in &mut self.intervals {
             if interval.2 == State::Unpurged {
-                interval.2 = State::Free;
+                let poolable = interval.1 - interval.0 <= MAX_VA_SIZE_PAGES * PAGE_SIZE;
+                interval.2 = if poolable && !full {
+                    State::Pooled
+                } else {
+                    State::Free
+                };
             }
         }
         self.intervals = merged(&self.intervals, State::Free);
@@ -223,6 +271,10 @@ pub fn unpurged(state: State) -> Option<VmFlags> {
     (state == State::Unpurged).then_some(VmFlags::empty())
 }
 
+pub fn pooled(state: State) -> Option<VmFlags> {
+    (state == State::Pooled).then_some(VmFlags::empty())
+}
+
 pub fn free_state(state: State) -> Option<VmFlags> {
     (state == State::Free).then_some(VmFlags::empty())
 }
@@ -247,6 +299,7 @@ pub struct Snapshot {
     pub areas: Vec<Span>,
     pub unpurged: Vec<Span>,
     pub free: Vec<Span>,
+    pub pooled: Vec<Span>,
     pub stats: VmapStats,
 }
 
@@ -257,6 +310,7 @@ pub fn snapshot<S: kmm_api::ObjectSource>(areas: &VmapAreas<S>) -> Snapshot {
         areas: areas.areas().map(span).collect(),
         unpurged: areas.unpurged_areas().map(span).collect(),
         free: areas.free_blocks().map(span).collect(),
+        pooled: areas.pooled_areas().map(span).collect(),
         stats,
     }
 }
@@ -280,6 +334,8 @@ pub enum Op {
     Free { offset: usize },
     /// Purge now.
     Purge,
+    /// Purge now with a full decay of the pools.
+    ReclaimAndPurge,
 }
 
 /// The allocator and its model side by side.
@@ -375,8 +431,13 @@ impl Harness {
             Op::Free { offset } => self.free(self.model.start.wrapping_add(offset)),
             Op::Purge => {
                 let got = self.areas.purge();
-                let want = self.model.purge();
+                let want = self.model.purge(false);
                 assert_eq!(got, want, "purge");
+            }
+            Op::ReclaimAndPurge => {
+                let got = self.areas.reclaim_and_purge();
+                let want = self.model.purge(true);
+                assert_eq!(got, want, "reclaim_and_purge");
             }
         }
         self.steps += 1;
@@ -442,8 +503,15 @@ impl Harness {
             self.areas.free_blocks().map(span).collect::<Vec<_>>(),
             self.model.ranges(free_state)
         );
+        let mut pool = self.areas.pooled_areas().map(span).collect::<Vec<_>>();
+        pool.sort_by_key(|s| s.0);
+        let want_pool = self.model.ranges(pooled);
+        assert_eq!(pool, want_pool, "pooled areas");
         let stats = self.areas.stats();
         assert_eq!(stats.nr_areas, self.model.ranges(busy).len());
+        assert_eq!(stats.nr_pooled, want_pool.len(), "pooled areas");
+        let pages = want_pool.iter().map(|s| (s.1 - s.0) / PAGE_SIZE).sum();
+        assert_eq!(stats.pooled_pages, pages, "pooled pages");
         let largest = self
             .model
             .ranges(free_state)
@@ -454,13 +522,13 @@ impl Harness {
         assert_eq!(stats.largest_free, largest, "largest free block");
     }
 
-    /// Frees every live area, purges, and requires the whole range free
-    /// again as one block.
+    /// Frees every live area, purges with a full decay, and requires the
+    /// whole range free again as one block.
     pub fn finish(&mut self) {
         for addr in self.model.live_starts() {
             self.free(addr);
         }
-        self.apply(Op::Purge);
+        self.apply(Op::ReclaimAndPurge);
         self.full_checks();
         assert_eq!(
             self.areas.free_blocks().map(span).collect::<Vec<_>>(),
