@@ -264,11 +264,19 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     }
 
     /// Linux `drain_all_pages`: empties every CPU's per-CPU lists of every
-    /// zone into the buddies. O(pages listed).
+    /// zone into the buddies. A CPU whose lists held nothing at their last
+    /// unlock is skipped without taking its lock, as Linux skips the CPUs
+    /// without `pcp->count`: a failing allocation drains after every
+    /// reclaim round, and near exhaustion the lists are mostly empty, so
+    /// it would otherwise lock every CPU's lists, hot on their owners, for
+    /// nothing. Pages listed during the call may stay listed. O(pages
+    /// listed).
     pub fn drain_all_pages(&self) {
         for zone in self.zones.iter().flatten() {
-            for cpu in 0..zone.pcp.len() {
-                zone.drain_pcp(cpu, &self.platform);
+            for (cpu, pcp) in zone.pcp.iter().enumerate() {
+                if pcp.nr_listed() != 0 {
+                    zone.drain_pcp(cpu, &self.platform);
+                }
             }
         }
     }

@@ -27,7 +27,8 @@ use crate::check::Invariant;
 use crate::page::{Page, ZoneMeta, NIL};
 use crate::vmstat::ZoneEvents;
 use crate::ZoneType;
-use kmm_api::sync::SpinLock;
+use core::ops::{Deref, DerefMut};
+use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock, SpinLockGuard};
 use kmm_api::{Order, Pfn, PAGE_ALLOC_COSTLY_ORDER, PAGE_SIZE};
 use kmm_buddy::{Buddy, FrameTag};
 
@@ -106,7 +107,12 @@ impl PcpSizing {
 /// One CPU's lists for one zone, and the `/proc/vmstat` page events this
 /// CPU counted for the zone.
 pub struct PerCpuPages {
-    pub(crate) lists: SpinLock<PcpLists>,
+    /// Taken through [`PerCpuPages::lock`], whose guard publishes the count.
+    lists: SpinLock<PcpLists>,
+    /// Pages on `lists` as of their last unlock, readable without the lock
+    /// (Linux reads `pcp->count` racily in `__drain_all_pages` to skip the
+    /// CPUs with nothing listed). Written only by the lock's holder.
+    nr_listed: AtomicUsize,
     /// Blocks of the per-CPU orders, allocated from or freed to `lists`:
     /// written only under the `lists` lock.
     pub(crate) listed: ZoneEvents,
@@ -120,9 +126,57 @@ impl PerCpuPages {
     pub fn new() -> Self {
         Self {
             lists: SpinLock::new(PcpLists::EMPTY),
+            nr_listed: AtomicUsize::new(0),
             listed: ZoneEvents::new(),
             direct: ZoneEvents::new(),
         }
+    }
+}
+
+impl PerCpuPages {
+    /// Locks the lists; the unlock publishes their page count.
+    #[inline]
+    pub(crate) fn lock(&self) -> PcpGuard<'_> {
+        PcpGuard {
+            lists: self.lists.lock(),
+            nr_listed: &self.nr_listed,
+        }
+    }
+
+    /// Pages listed as of the last unlock; takes no lock, so it may be
+    /// stale by the time the caller acts on it.
+    #[inline]
+    pub(crate) fn nr_listed(&self) -> usize {
+        self.nr_listed.load(Relaxed)
+    }
+}
+
+/// The locked lists of one CPU; dropping it publishes their page count
+/// and then unlocks.
+pub(crate) struct PcpGuard<'a> {
+    lists: SpinLockGuard<'a, PcpLists>,
+    nr_listed: &'a AtomicUsize,
+}
+
+impl Deref for PcpGuard<'_> {
+    type Target = PcpLists;
+    #[inline]
+    fn deref(&self) -> &PcpLists {
+        &self.lists
+    }
+}
+
+impl DerefMut for PcpGuard<'_> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut PcpLists {
+        &mut self.lists
+    }
+}
+
+impl Drop for PcpGuard<'_> {
+    #[inline]
+    fn drop(&mut self) {
+        self.nr_listed.store(self.lists.count, Relaxed);
     }
 }
 
@@ -336,6 +390,49 @@ mod tests {
         assert_eq!(sizing.refill_blocks(Order::new(3).unwrap()), 7);
         let tiny = PcpSizing { batch: 1, high: 6 };
         assert_eq!(tiny.refill_blocks(Order::new(2).unwrap()), 2);
+    }
+
+    #[test]
+    fn the_unlock_publishes_the_count_that_drain_all_pages_reads_without_the_lock() {
+        extern crate std;
+        use crate::testing::{set_cpu, TestMachine};
+        use kmm_api::GFP_KERNEL;
+        use std::{sync::mpsc, thread, time::Duration};
+
+        let mut machine = TestMachine::i386_scaled_smp(1 << 15, 2);
+        let zones = machine.boot().unwrap();
+        let normal = zones.zones[ZoneType::Normal.index()].as_ref().unwrap();
+        set_cpu(0);
+        let page = zones.alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+        let listed = normal.pcp[0].nr_listed();
+        assert!(listed > 0, "the refill's batch, less the page taken");
+        zones.__free_pages(page).unwrap();
+        assert_eq!(normal.pcp[0].nr_listed(), listed + 1);
+        assert_eq!(normal.pcp[1].nr_listed(), 0);
+        let free = zones.nr_free_pages();
+        thread::scope(|s| {
+            // CPU 1's lists, empty, locked as by a holder that never lets
+            // go while the drain runs: the drain must not wait for them.
+            let held = normal.pcp[1].lock();
+            let (done, finished) = mpsc::channel();
+            let zones = &zones;
+            s.spawn(move || {
+                zones.drain_all_pages();
+                done.send(()).unwrap();
+            });
+            let drained = finished.recv_timeout(Duration::from_secs(10));
+            drop(held);
+            assert!(
+                drained.is_ok(),
+                "drain_all_pages waited for an empty CPU's lock"
+            );
+        });
+        assert_eq!(
+            zones.nr_free_pages(),
+            free + listed + 1,
+            "CPU 0's lists drained"
+        );
+        assert_eq!(normal.pcp[0].nr_listed(), 0);
     }
 
     #[test]

@@ -228,7 +228,7 @@ impl<'a> Zone<'a> {
         let cpu = self.this_cpu(platform);
         let idx = match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                let mut lists = pcp.lists.lock();
+                let mut lists = pcp.lock();
                 let (idx, page) = self.rmqueue_pcplist(&mut lists, order)?;
                 page.set_held();
                 pcp.listed.pgalloc.add(order.pages(), &lists);
@@ -309,7 +309,7 @@ impl<'a> Zone<'a> {
         let cpu = self.this_cpu(platform);
         match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                let mut lists = pcp.lists.lock();
+                let mut lists = pcp.lock();
                 match self.release(page, idx, order) {
                     Ok(()) => {}
                     Err(Some(err)) => return Err(err),
@@ -479,7 +479,7 @@ impl<'a> Zone<'a> {
     pub(crate) fn drain_pcp<P: Platform>(&self, cpu: usize, platform: &P) {
         let Some(pcp) = self.pcp.get(cpu) else { return };
         let _irq = IrqGuard::new(platform);
-        let mut lists = pcp.lists.lock();
+        let mut lists = pcp.lock();
         if lists.count == 0 {
             return;
         }
@@ -500,7 +500,7 @@ impl<'a> Zone<'a> {
     fn check_from_cpu(&self, cpu: usize, listed: usize) -> Result<(), Invariant> {
         match self.pcp.get(cpu) {
             Some(pcp) => {
-                let lists = pcp.lists.lock();
+                let lists = pcp.lock();
                 let here = lists.check(self.zone_type, cpu, self.pages, self.start_pfn)?;
                 self.check_from_cpu(cpu + 1, listed + here)
             }
