@@ -6,7 +6,7 @@
 //!   the pkmap range and the fixmap slots, with the TLB modelled as the
 //!   simulated machine models it: an unmapped page stays reachable (and
 //!   blocks a new map with [`Error::StaleTlb`]) until a flush covers it.
-//!   Counts maps, unmaps, flush calls and pages flushed, per CPU.
+//!   Counts maps, flush calls and pages flushed, per CPU.
 //! - [`TestDirectMap`]: lowmem frames at `PAGE_OFFSET + phys`; every
 //!   machine address reaches host memory through it: a direct-map address
 //!   by arithmetic, a window address by walking the test page table (stale
@@ -64,7 +64,6 @@ pub const COUNTER_CPUS: usize = 8;
 #[repr(align(64))]
 struct CpuCounters {
     maps: AtomicUsize,
-    unmaps: AtomicUsize,
     flushes: AtomicUsize,
     flushed_pages: AtomicUsize,
 }
@@ -76,7 +75,6 @@ impl TestPageTable {
             ptes: (0..pages).map(|_| AtomicUsize::new(0)).collect(),
             counters: core::array::from_fn(|_| CpuCounters {
                 maps: AtomicUsize::new(0),
-                unmaps: AtomicUsize::new(0),
                 flushes: AtomicUsize::new(0),
                 flushed_pages: AtomicUsize::new(0),
             }),
@@ -124,10 +122,6 @@ impl TestPageTable {
     pub fn maps(&self) -> usize {
         self.sum(|c| &c.maps)
     }
-    /// Successful unmaps so far.
-    pub fn unmaps(&self) -> usize {
-        self.sum(|c| &c.unmaps)
-    }
     /// `flush_tlb_range` calls so far.
     pub fn flushes(&self) -> usize {
         self.sum(|c| &c.flushes)
@@ -174,7 +168,6 @@ unsafe impl KernelPageTable for TestPageTable {
             return Err(Error::NotMapped { addr });
         }
         pte.store(word & !PRESENT | STALE, Ordering::Relaxed);
-        Self::add(&self.mine().unmaps, 1);
         let end = VirtAddr::new(addr.as_usize() + PAGE_SIZE);
         Ok((Pfn::new(word >> 2), TlbFlush::new(addr, end)))
     }
@@ -283,11 +276,14 @@ unsafe impl DirectMap for TestDirectMap {
         (pfn < self.lowmem).then(|| Pfn::new(pfn))
     }
     fn virt_to_ptr(&self, addr: VirtAddr) -> *mut u8 {
-        let pfn = match self.virt_to_pfn(addr) {
-            Some(pfn) => pfn,
-            None => match self.table().reach(addr) {
-                Some(pfn) if pfn.as_usize() < self.ram.frames => pfn,
-                _ => return core::ptr::null_mut(),
+        // The window first: the kmap paths ask about it, lowmem callers
+        // have the direct map.
+        let pfn = match self.table().reach(addr) {
+            Some(pfn) if pfn.as_usize() < self.ram.frames => pfn,
+            Some(_) => return core::ptr::null_mut(),
+            None => match self.virt_to_pfn(addr) {
+                Some(pfn) => pfn,
+                None => return core::ptr::null_mut(),
             },
         };
         self.ram
