@@ -1,6 +1,7 @@
 //! The loops behind the instruction counts in BENCHMARKS.md's kmap
 //! section: `n` rounds of one operation of `benches/kmap.rs` on the same
-//! uniprocessor test machine, for `valgrind --tool=callgrind`. Running
+//! uniprocessor test machine, for `valgrind --tool=callgrind` (kmap_local
+//! unmapped by an explicit `kunmap_local`, as the bench does). Running
 //! it at two `n` and dividing the difference in instructions by the
 //! difference in `n` cancels the setup.
 //!
@@ -35,7 +36,9 @@ fn main() {
             }
         }),
         "local" => (0..n).for_each(|_| {
-            black_box(hm.kmap_local_page(black_box(&mut page), 0).unwrap().addr());
+            let l = hm.kmap_local_page(black_box(&mut page), 0).unwrap();
+            black_box(l.addr());
+            assert!(hm.kunmap_local(l).is_ok());
         }),
         _ => panic!("unknown operation {op}"),
     }
