@@ -83,6 +83,7 @@ impl Machine {
                 SlabFlags::empty()
             },
             seed: 1,
+            fine_classes: false,
         };
         let k = Kmem::new(m, config).unwrap();
         let kmalloc = kmalloc_classes()
