@@ -80,6 +80,52 @@ impl<T> SpinLock<T> {
     }
 }
 
+/// Counters kept beside a [`SpinLock`] that mirror its data for readers
+/// who take no lock (a slab node's counts, a CPU's page-list length).
+pub trait Publish<T> {
+    /// Stores the mirrored figures of `locked`; called with the lock held.
+    fn publish(&self, locked: &T);
+}
+
+/// A held [`SpinLock`] that publishes its data's figures just before the
+/// lock is released, so they change only under the lock and relaxed
+/// stores suffice.
+pub struct PublishGuard<'a, T, P: Publish<T>> {
+    guard: SpinLockGuard<'a, T>,
+    published: &'a P,
+}
+
+impl<'a, T, P: Publish<T>> PublishGuard<'a, T, P> {
+    /// Wraps `guard`, whose unlock will publish through `published`.
+    #[inline]
+    pub fn new(guard: SpinLockGuard<'a, T>, published: &'a P) -> Self {
+        Self { guard, published }
+    }
+}
+
+impl<T, P: Publish<T>> core::ops::Deref for PublishGuard<'_, T, P> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T, P: Publish<T>> core::ops::DerefMut for PublishGuard<'_, T, P> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+impl<T, P: Publish<T>> Drop for PublishGuard<'_, T, P> {
+    /// Runs before the lock is released (fields drop after `drop`).
+    #[inline]
+    fn drop(&mut self) {
+        self.published.publish(&self.guard);
+    }
+}
+
 impl<T: Default> Default for SpinLock<T> {
     fn default() -> Self {
         Self::new(T::default())

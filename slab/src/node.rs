@@ -14,10 +14,9 @@
 //! inside it is the same cache's `last_report` lock (a leaf).
 
 use crate::slab::{SlabHeader, SlabList};
-use core::ops::{Deref, DerefMut};
 use core::ptr;
 use core::sync::atomic::Ordering::Relaxed;
-use kmm_api::sync::{AtomicUsize, SpinLock, SpinLockGuard};
+use kmm_api::sync::{AtomicUsize, Publish, PublishGuard, SpinLock};
 
 /// Empty slabs a node keeps for reuse before returning them to the page
 /// allocator (Linux `MIN_PARTIAL`).
@@ -43,10 +42,7 @@ impl LockedNode {
     /// Locks the node.
     #[inline]
     pub fn lock(&self) -> NodeGuard<'_> {
-        NodeGuard {
-            node: self.lists.lock(),
-            published: self,
-        }
+        PublishGuard::new(self.lists.lock(), self)
     }
 
     /// All slabs of the cache as of the last unlock; takes no lock.
@@ -61,30 +57,12 @@ impl LockedNode {
 }
 
 /// A locked node; its unlock publishes the counts.
-pub(crate) struct NodeGuard<'n> {
-    node: SpinLockGuard<'n, Node>,
-    published: &'n LockedNode,
-}
+pub(crate) type NodeGuard<'n> = PublishGuard<'n, Node, LockedNode>;
 
-impl Deref for NodeGuard<'_> {
-    type Target = Node;
-    fn deref(&self) -> &Node {
-        &self.node
-    }
-}
-
-impl DerefMut for NodeGuard<'_> {
-    fn deref_mut(&mut self) -> &mut Node {
-        &mut self.node
-    }
-}
-
-impl Drop for NodeGuard<'_> {
-    /// Runs before the lock is released (fields drop after `drop`), so the
-    /// counts only ever change under the lock and plain stores suffice.
-    fn drop(&mut self) {
-        self.published.nr_slabs.store(self.node.nr_slabs, Relaxed);
-        self.published.nr_empty.store(self.node.nr_empty, Relaxed);
+impl Publish<Node> for LockedNode {
+    fn publish(&self, node: &Node) {
+        self.nr_slabs.store(node.nr_slabs, Relaxed);
+        self.nr_empty.store(node.nr_empty, Relaxed);
     }
 }
 

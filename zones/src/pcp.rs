@@ -27,8 +27,7 @@ use crate::check::Invariant;
 use crate::page::{Page, ZoneMeta, NIL};
 use crate::vmstat::ZoneEvents;
 use crate::ZoneType;
-use core::ops::{Deref, DerefMut};
-use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock, SpinLockGuard};
+use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, Publish, PublishGuard, SpinLock};
 use kmm_api::{Order, Pfn, PAGE_ALLOC_COSTLY_ORDER, PAGE_SIZE};
 use kmm_buddy::{Buddy, FrameTag};
 
@@ -137,10 +136,7 @@ impl PerCpuPages {
     /// Locks the lists; the unlock publishes their page count.
     #[inline]
     pub(crate) fn lock(&self) -> PcpGuard<'_> {
-        PcpGuard {
-            lists: self.lists.lock(),
-            nr_listed: &self.nr_listed,
-        }
+        PublishGuard::new(self.lists.lock(), &self.nr_listed)
     }
 
     /// Pages listed as of the last unlock; takes no lock, so it may be
@@ -151,32 +147,13 @@ impl PerCpuPages {
     }
 }
 
-/// The locked lists of one CPU; dropping it publishes their page count
-/// and then unlocks.
-pub(crate) struct PcpGuard<'a> {
-    lists: SpinLockGuard<'a, PcpLists>,
-    nr_listed: &'a AtomicUsize,
-}
+/// The locked lists of one CPU; the unlock publishes their page count.
+pub(crate) type PcpGuard<'a> = PublishGuard<'a, PcpLists, AtomicUsize>;
 
-impl Deref for PcpGuard<'_> {
-    type Target = PcpLists;
+impl Publish<PcpLists> for AtomicUsize {
     #[inline]
-    fn deref(&self) -> &PcpLists {
-        &self.lists
-    }
-}
-
-impl DerefMut for PcpGuard<'_> {
-    #[inline]
-    fn deref_mut(&mut self) -> &mut PcpLists {
-        &mut self.lists
-    }
-}
-
-impl Drop for PcpGuard<'_> {
-    #[inline]
-    fn drop(&mut self) {
-        self.nr_listed.store(self.lists.count, Relaxed);
+    fn publish(&self, lists: &PcpLists) {
+        self.store(lists.count, Relaxed);
     }
 }
 
