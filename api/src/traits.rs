@@ -5,7 +5,9 @@
 //! locking, so callers never hold a lock on an allocator's behalf.
 
 use crate::sync::AtomicU32;
-use crate::{AllocatorId, Error, GfpFlags, Order, OwnerWord, PageProt, Pages, Pfn, VirtAddr};
+use crate::{
+    AllocatorId, Error, GfpFlags, Order, OwnerWord, PageProt, Pages, Pfn, VirtAddr, PAGE_SIZE,
+};
 use core::ptr::NonNull;
 
 /// Allocates and frees blocks of `2^order` physically contiguous frames
@@ -185,6 +187,17 @@ pub unsafe trait KernelPageTable: Sync {
 
     /// Invalidates cached translations for `[start, end)` on every CPU.
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr);
+
+    /// Invalidates the calling CPU's cached translation of the page at
+    /// `addr` (Linux `flush_tlb_one_kernel`, one `invlpg`), for a page no
+    /// other CPU reaches, such as its own kmap_local slots: there a flush
+    /// of every CPU (an IPI to each on SMP) would be wasted. The default
+    /// flushes the page on every CPU.
+    #[inline]
+    fn flush_tlb_one_kernel(&self, addr: VirtAddr) {
+        let end = VirtAddr::new(addr.as_usize().saturating_add(PAGE_SIZE));
+        self.flush_tlb_range(addr, end);
+    }
 }
 
 /// A TLB range still to be flushed after an unmap: a forgotten flush is a
@@ -215,6 +228,17 @@ impl TlbFlush {
     /// Flushes the range now.
     pub fn flush(self, table: &(impl KernelPageTable + ?Sized)) {
         table.flush_tlb_range(self.start, self.end);
+    }
+    /// Flushes the range on the calling CPU only, for a range no other CPU
+    /// reaches (see [`KernelPageTable::flush_tlb_one_kernel`]): one local
+    /// invalidation for a single page, else the whole range on every CPU.
+    #[inline]
+    pub fn flush_local(self, table: &(impl KernelPageTable + ?Sized)) {
+        if self.end.as_usize().wrapping_sub(self.start.as_usize()) <= PAGE_SIZE {
+            table.flush_tlb_one_kernel(self.start);
+        } else {
+            self.flush(table);
+        }
     }
     /// Defers the flush: the caller takes responsibility (lazy purging
     /// batches many unmaps into one flush).
@@ -470,6 +494,10 @@ unsafe impl<T: KernelPageTable + ?Sized> KernelPageTable for &T {
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
         (**self).flush_tlb_range(start, end)
     }
+    #[inline]
+    fn flush_tlb_one_kernel(&self, addr: VirtAddr) {
+        (**self).flush_tlb_one_kernel(addr)
+    }
 }
 
 // SAFETY: forwards both methods to `T`, which upholds the contract itself.
@@ -522,5 +550,50 @@ impl<T: Platform + ?Sized> Platform for &T {
     unsafe fn zero_frame(&self, pfn: Pfn) -> Result<(), Error> {
         // SAFETY: our caller's contract is `T`'s.
         unsafe { (**self).zero_frame(pfn) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    /// Records the flushes asked of it; maps nothing.
+    #[derive(Default)]
+    struct FlushLog {
+        one: AtomicUsize,
+        ranges: AtomicUsize,
+    }
+
+    // SAFETY: it maps nothing, so no address it reports is dereferenced.
+    #[allow(unsafe_code)]
+    unsafe impl KernelPageTable for FlushLog {
+        unsafe fn map(&self, addr: VirtAddr, _: Pfn, _: PageProt) -> Result<(), Error> {
+            Err(Error::BadVirtAddr { addr })
+        }
+        unsafe fn unmap(&self, addr: VirtAddr) -> Result<(Pfn, TlbFlush), Error> {
+            Err(Error::NotMapped { addr })
+        }
+        fn translate(&self, _: VirtAddr) -> Option<(Pfn, PageProt)> {
+            None
+        }
+        fn flush_tlb_range(&self, _: VirtAddr, _: VirtAddr) {
+            self.ranges.fetch_add(1, Relaxed);
+        }
+        fn flush_tlb_one_kernel(&self, _: VirtAddr) {
+            self.one.fetch_add(1, Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_local_flush_of_one_page_invalidates_it_on_this_cpu_and_a_longer_range_everywhere() {
+        let log = FlushLog::default();
+        let page = VirtAddr::new(0xffc0_0000);
+        let end = VirtAddr::new(0xffc0_0000 + PAGE_SIZE);
+        TlbFlush::new(page, end).flush_local(&log);
+        assert_eq!((log.one.load(Relaxed), log.ranges.load(Relaxed)), (1, 0));
+        let two = VirtAddr::new(0xffc0_0000 + 2 * PAGE_SIZE);
+        TlbFlush::new(page, two).flush_local(&log);
+        assert_eq!((log.one.load(Relaxed), log.ranges.load(Relaxed)), (1, 1));
     }
 }

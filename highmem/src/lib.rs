@@ -82,6 +82,7 @@ pub use pkmap::{PkmapStats, SlotState, LAST_PKMAP_MAX, PA_HASH_SIZE};
 use kmm_api::{
     AllocatorId, DirectMap, KernelPageTable, Pages, Pfn, PreemptControl, VirtAddr, PAGE_SIZE,
 };
+use mapping::LocalPin;
 use pkmap::{Blocking, Pkmap};
 
 /// Where a [`Highmem`] maps, and whose frames it accepts.
@@ -428,7 +429,7 @@ impl<'a, T: KernelPageTable, P: PreemptControl, D: DirectMap> Highmem<'a, T, P, 
             return Ok(addr);
         }
         // SAFETY: forwarded from our caller.
-        unsafe { self.local_push(pfn) }.map(|(_, _, addr)| addr)
+        unsafe { self.local_push(pfn) }.map(|(_, addr)| addr)
     }
 
     /// Linux `kunmap_local(addr)`: unmaps the most recent kmap_local of
@@ -469,12 +470,13 @@ impl<'a, T: KernelPageTable, P: PreemptControl, D: DirectMap> Highmem<'a, T, P, 
     ///
     /// The caller holds `pfn` while it is mapped.
     #[inline]
-    unsafe fn local_push(&self, pfn: Pfn) -> Result<(usize, usize, VirtAddr), HighmemError> {
+    unsafe fn local_push(&self, pfn: Pfn) -> Result<(LocalPin<'_>, VirtAddr), HighmemError> {
         let cpu = self.platform.get_cpu();
+        let stack = &self.local[cpu];
         // SAFETY: CPU `cpu` is pinned by us (the stack is ours alone), the
         // caller holds `pfn`, the addresses are this table's (`new`).
-        match unsafe { self.local[cpu].push(cpu, &self.table, pfn) } {
-            Ok((slot, addr)) => Ok((cpu, slot, addr)),
+        match unsafe { stack.push(cpu, &self.table, pfn) } {
+            Ok((slot, addr)) => Ok((LocalPin { stack, cpu, slot }, addr)),
             Err(e) => {
                 self.platform.put_cpu(cpu);
                 Err(e)

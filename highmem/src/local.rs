@@ -227,8 +227,9 @@ impl LocalStack {
         Ok(true)
     }
 
-    /// Unmaps entry `slot` and flushes its page at once (Linux flushes
-    /// the one page in `kunmap_local`), so the next push may map there.
+    /// Unmaps entry `slot` and flushes its page at once, on this CPU only
+    /// (Linux `kunmap_local`'s `flush_tlb_one_kernel`: no other CPU
+    /// reaches this CPU's slots), so the next push may map there.
     ///
     /// # Safety
     ///
@@ -237,7 +238,7 @@ impl LocalStack {
     unsafe fn unmap_entry<T: KernelPageTable>(&self, table: &T, slot: usize) {
         // SAFETY: forwarded from our caller.
         if let Ok((_, flush)) = unsafe { table.unmap(self.addr(slot)) } {
-            flush.flush(table);
+            flush.flush_local(table);
         }
     }
 

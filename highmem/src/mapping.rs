@@ -43,7 +43,7 @@
 //! ```
 
 use crate::pkmap::Blocking;
-use crate::{Highmem, HighmemError};
+use crate::{Highmem, HighmemError, LocalStack};
 use core::marker::PhantomData;
 use core::mem::ManuallyDrop;
 use core::ops::{Deref, DerefMut};
@@ -74,8 +74,18 @@ struct LocalInner<'h, T: KernelPageTable, P: PreemptControl, D: DirectMap> {
     hm: &'h Highmem<'h, T, P, D>,
     addr: VirtAddr,
     bytes: NonNull<PageBytes>,
-    /// The pinned CPU and stack entry; `None` for lowmem.
-    pin: Option<(usize, usize)>,
+    /// The pinned CPU's stack entry; `None` for lowmem.
+    pin: Option<LocalPin<'h>>,
+}
+
+/// Where a highmem kmap_local lives: the stack of the CPU the guard holds
+/// pinned (kept as a reference, so the unmap does not index the stacks
+/// again), that CPU's id, and the entry.
+#[derive(Clone, Copy)]
+pub(crate) struct LocalPin<'h> {
+    pub(crate) stack: &'h LocalStack,
+    pub(crate) cpu: usize,
+    pub(crate) slot: usize,
 }
 
 impl<T: KernelPageTable, P: PreemptControl, D: DirectMap> LocalInner<'_, T, P, D> {
@@ -83,11 +93,11 @@ impl<T: KernelPageTable, P: PreemptControl, D: DirectMap> LocalInner<'_, T, P, D
     /// stack (`defer` false) or releases it to be popped later (`defer`).
     fn unmap(self, defer: bool) -> Result<(), (HighmemError, Self)> {
         let this = ManuallyDrop::new(self);
-        if let Some((cpu, slot)) = this.pin {
+        if let Some(pin) = this.pin {
             // SAFETY: our CPU is pinned (by this guard's get_cpu), the
             // entry is this guard's, and its bytes are no longer borrowed.
-            match unsafe { this.hm.local[cpu].pop(&this.hm.table, slot, defer) } {
-                Ok(_) => this.hm.platform.put_cpu(cpu),
+            match unsafe { pin.stack.pop(&this.hm.table, pin.slot, defer) } {
+                Ok(_) => this.hm.platform.put_cpu(pin.cpu),
                 Err(e) => return Err((e, ManuallyDrop::into_inner(this))),
             }
         }
@@ -97,11 +107,11 @@ impl<T: KernelPageTable, P: PreemptControl, D: DirectMap> LocalInner<'_, T, P, D
 
 impl<T: KernelPageTable, P: PreemptControl, D: DirectMap> Drop for LocalInner<'_, T, P, D> {
     fn drop(&mut self) {
-        if let Some((cpu, slot)) = self.pin {
+        if let Some(pin) = self.pin {
             // SAFETY: as in `unmap`; with `defer` an entry below the top
             // is released, never unmapped under the entries above it.
-            let _ = unsafe { self.hm.local[cpu].pop(&self.hm.table, slot, true) };
-            self.hm.platform.put_cpu(cpu);
+            let _ = unsafe { pin.stack.pop(&self.hm.table, pin.slot, true) };
+            self.hm.platform.put_cpu(pin.cpu);
         }
     }
 }
@@ -286,8 +296,8 @@ impl<'a, T: KernelPageTable, P: PreemptControl, D: DirectMap> Highmem<'a, T, P, 
             None => {
                 // SAFETY: the caller's handle proves it holds the frame,
                 // borrowed by the guard, whose drop is the one unmap.
-                let (cpu, slot, addr) = unsafe { self.local_push(pfn)? };
-                (addr, Some((cpu, slot)))
+                let (pin, addr) = unsafe { self.local_push(pfn)? };
+                (addr, Some(pin))
             }
         };
         let Some(bytes) = self.bytes_at(addr) else {
