@@ -129,7 +129,11 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// [`Error::DoubleFree`] (already free, in the buddy or on a per-CPU
     /// list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
-    #[inline]
+    ///
+    /// Always inlined, as [`Zone::free`] is: the caller of a valid free
+    /// then runs the per-CPU list's fast path with no call, and tests the
+    /// result in a register.
+    #[inline(always)]
     pub(crate) fn free_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
         self.zone_and_index(pfn)
             .and_then(|(zone, idx)| zone.free(idx, order, self.config.max_order, &self.platform))

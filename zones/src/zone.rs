@@ -280,11 +280,16 @@ impl<'a> Zone<'a> {
     /// the block on this CPU's list (draining a batch at `high`) or, above
     /// the per-CPU orders, back into the buddy.
     ///
+    /// Always inlined, with the list's fast path: every free runs it, and
+    /// out of line its result went back through memory and its callers
+    /// kept the slow cases' registers alive. The rare cases (a refused
+    /// free, a drain, an order above the lists) are calls.
+    ///
     /// Errors, with nothing changed: [`Error::OrderTooLarge`],
     /// [`Error::Misaligned`], [`Error::DoubleFree`] (free in the buddy, or
     /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn free<P: Platform>(
         &self,
         idx: usize,
@@ -306,50 +311,81 @@ impl<'a> Zone<'a> {
         // compiler load the slice again for every later index.
         let page = &self.pages[idx];
         let _irq = IrqGuard::new(platform);
-        let cpu = self.this_cpu(platform);
-        match cpu {
+        match self.this_cpu(platform) {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                let mut lists = pcp.lock();
-                match self.release(page, idx, order) {
-                    Ok(()) => {}
-                    Err(Some(err)) => return Err(err),
-                    Err(None) => {
-                        drop(lists);
-                        return Err(self.bad_free(idx, platform));
-                    }
-                }
-                lists.push(idx, page, order.as_usize());
-                pcp.listed.pgfree.add(order.pages(), &lists);
-                // Tuning may lower `high` at any time: the drain below
-                // still leaves fewer than whichever value it read.
-                let high = self.pcp_high.load(Relaxed);
-                if lists.count >= high {
-                    // A batch, or more if a higher-order refill overfilled
-                    // the lists: a free always leaves fewer than `high`.
-                    let excess = lists.count + 1 - high;
-                    let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch), order);
-                    self.sync_free(&buddy);
-                }
-                Ok(())
+                self.free_pcp(pcp, page, idx, order, platform)
             }
-            _ => {
-                let mut buddy = self.buddy.lock();
-                match self.release(page, idx, order) {
-                    Ok(()) => {}
-                    Err(Some(err)) => return Err(err),
-                    Err(None) => return Err(self.classify_bad_free(idx, &buddy)),
-                }
-                let freed = buddy.free(pfn, order);
-                self.sync_free(&buddy);
-                match (&freed, cpu) {
-                    (Err(_), _) => page.set_refcount(1),
-                    (Ok(()), Some(pcp)) => pcp.direct.pgfree.add(order.pages(), &buddy),
-                    (Ok(()), None) => {}
-                }
-                freed
+            cpu => self.free_to_buddy(cpu, page, idx, order),
+        }
+    }
+
+    /// Linux `free_unref_page_commit`: takes the block back from its
+    /// caller and lists it on `pcp`, draining at `high`.
+    #[inline(always)]
+    fn free_pcp<P: Platform>(
+        &self,
+        pcp: &PerCpuPages,
+        page: &Page,
+        idx: usize,
+        order: Order,
+        platform: &P,
+    ) -> Result<(), Error> {
+        let mut lists = pcp.lock();
+        match self.release(page, idx, order) {
+            Ok(()) => {}
+            Err(Some(err)) => return Err(err),
+            Err(None) => {
+                drop(lists);
+                return Err(self.bad_free(idx, platform));
             }
         }
+        lists.push(idx, page, order.as_usize());
+        pcp.listed.pgfree.add(order.pages(), &lists);
+        // Tuning may lower `high` at any time: the drain still leaves
+        // fewer than whichever value it read.
+        let high = self.pcp_high.load(Relaxed);
+        if lists.count >= high {
+            self.drain_above_high(&mut lists, high, order);
+        }
+        Ok(())
+    }
+
+    /// The drain of a free that left `high` pages or more on `lists`: a
+    /// batch, or more if a higher-order refill overfilled the lists, so a
+    /// free always leaves fewer than `high`. Out of line: one free in
+    /// hundreds drains.
+    #[inline(never)]
+    fn drain_above_high(&self, lists: &mut PcpLists, high: usize, order: Order) {
+        let excess = lists.count + 1 - high;
+        let mut buddy = self.buddy.lock();
+        lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch), order);
+        self.sync_free(&buddy);
+    }
+
+    /// A free above the per-CPU orders (or on a CPU without lists): the
+    /// block goes straight back into the buddy under the zone lock.
+    #[inline(never)]
+    fn free_to_buddy(
+        &self,
+        cpu: Option<&PerCpuPages>,
+        page: &Page,
+        idx: usize,
+        order: Order,
+    ) -> Result<(), Error> {
+        let mut buddy = self.buddy.lock();
+        match self.release(page, idx, order) {
+            Ok(()) => {}
+            Err(Some(err)) => return Err(err),
+            Err(None) => return Err(self.classify_bad_free(idx, &buddy)),
+        }
+        let freed = buddy.free(self.start_pfn.add(idx), order);
+        self.sync_free(&buddy);
+        match (&freed, cpu) {
+            (Err(_), _) => page.set_refcount(1),
+            (Ok(()), Some(pcp)) => pcp.direct.pgfree.add(order.pages(), &buddy),
+            (Ok(()), None) => {}
+        }
+        freed
     }
 
     /// Takes the block at `idx` (descriptor `page`) back from its caller
@@ -361,7 +397,10 @@ impl<'a> Zone<'a> {
     ///
     /// `Err(None)`: the block is not held; the caller names the error with
     /// [`Zone::bad_free`] (which needs the zone lock).
-    #[inline]
+    ///
+    /// Always inlined: inside the inlined [`Zone::free`], the compiler left
+    /// this one load and swap as a call.
+    #[inline(always)]
     fn release(&self, page: &Page, idx: usize, order: Order) -> Result<(), Option<Error>> {
         // A valid free passes with one load of `flags` and the swap; if
         // either fails nothing has changed, and the checks are made again
