@@ -77,15 +77,16 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// `__GFP_NOFAIL` without `__GFP_DIRECT_RECLAIM`), [`Error::NoMemory`];
     /// an error from [`Platform::zero_frame`] for a highmem frame that
     /// could not be zeroed (the block is then freed again).
-    #[inline]
+    ///
+    /// Always inlined down to the per-CPU list's pop (with
+    /// `get_page_from_freelist` and `Zone::rmqueue`): out of line, each
+    /// level was a call with its own frame, and its result went back
+    /// through memory. The slow path, the refill and the zeroing are calls.
+    #[inline(always)]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         let pfn = self.alloc_block(gfp, order)?;
         if gfp.contains(GfpFlags::ZERO) {
-            if let Err(err) = self.zero_block(pfn, order) {
-                // Just allocated and still held by us: this free succeeds.
-                let _ = self.free_block(pfn, order);
-                return Err(err);
-            }
+            self.zero_new_block(pfn, order)?;
         }
         // SAFETY: the block was just handed out by this allocator and this
         // is its only handle.
@@ -148,8 +149,9 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         self.bad_frees.load(Relaxed)
     }
 
-    /// Linux `__alloc_pages` without the zeroing.
-    #[inline]
+    /// Linux `__alloc_pages` without the zeroing (always inlined: see
+    /// [`Zones::alloc_pages`]).
+    #[inline(always)]
     fn alloc_block(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
         if order > self.config.max_order {
             return Err(Error::OrderTooLarge {
@@ -297,6 +299,16 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             .ok_or(Error::PfnOutOfRange { pfn })?;
         let idx = zone.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
         Ok((zone, idx))
+    }
+
+    /// `__GFP_ZERO` for the block just allocated at `pfn`; should the
+    /// platform fail to zero a frame, the block is freed again.
+    #[inline(never)]
+    fn zero_new_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        self.zero_block(pfn, order).inspect_err(|_| {
+            // Just allocated and still held by us: this free succeeds.
+            let _ = self.free_block(pfn, order);
+        })
     }
 
     /// `__GFP_ZERO`: through the direct map where the frame has an

@@ -218,7 +218,11 @@ impl<'a> Zone<'a> {
     /// Linux `rmqueue`: takes a block of `order` for a caller, from this
     /// CPU's list (refilled by a batch if empty) or, above the per-CPU
     /// orders, straight from the buddy. The watermark check is the caller's.
-    #[inline]
+    ///
+    /// Always inlined, with the list's pop: every allocation runs it, and
+    /// out of line it was a call with its own frame per zone tried. The
+    /// refill and the orders above the lists are calls.
+    #[inline(always)]
     pub(crate) fn rmqueue<P: Platform>(&self, order: Order, platform: &P) -> Option<Pfn> {
         let _irq = IrqGuard::new(platform);
         // The head becomes held under the lock the block leaves through, so
@@ -229,22 +233,15 @@ impl<'a> Zone<'a> {
         let idx = match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lock();
-                let (idx, page) = self.rmqueue_pcplist(&mut lists, order)?;
+                let (idx, page) = match lists.pop(order.as_usize(), self.pages) {
+                    Some(block) => block,
+                    None => self.rmqueue_refill(&mut lists, order)?,
+                };
                 page.set_held();
                 pcp.listed.pgalloc.add(order.pages(), &lists);
                 idx
             }
-            _ => {
-                let mut buddy = self.buddy.lock();
-                let pfn = buddy.alloc(order).ok()?;
-                self.sync_free(&buddy);
-                let idx = pfn.as_usize() - self.start_pfn.as_usize();
-                self.pages[idx].set_held();
-                if let Some(pcp) = cpu {
-                    pcp.direct.pgalloc.add(order.pages(), &buddy);
-                }
-                idx
-            }
+            _ => self.rmqueue_buddy(cpu, order)?,
         };
         // Tail owner words are the caller's alone now: no lock needed. A
         // new holder starts with no layer's claim on any of its frames. An
@@ -257,13 +254,11 @@ impl<'a> Zone<'a> {
         Some(self.start_pfn.add(idx))
     }
 
-    /// Linux `rmqueue_pcplist`: a block of `order` from `lists`, refilled
-    /// with a batch from the buddy when empty; its index and head.
-    #[inline]
-    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<(usize, &Page)> {
-        if let Some(block) = lists.pop(order.as_usize(), self.pages) {
-            return Some(block);
-        }
+    /// Linux `rmqueue_bulk` for an empty list: a batch of `order` from the
+    /// buddy onto `lists`, and one block of it for the caller: its index
+    /// and head. Out of line: one allocation in hundreds refills.
+    #[inline(never)]
+    fn rmqueue_refill(&self, lists: &mut PcpLists, order: Order) -> Option<(usize, &Page)> {
         let mut buddy = self.buddy.lock();
         lists.refill(
             &mut buddy,
@@ -274,6 +269,22 @@ impl<'a> Zone<'a> {
         self.sync_free(&buddy);
         drop(buddy);
         lists.pop(order.as_usize(), self.pages)
+    }
+
+    /// An allocation above the per-CPU orders (or on a CPU without lists):
+    /// a block straight from the buddy under the zone lock, held before
+    /// the lock drops. Its index.
+    #[inline(never)]
+    fn rmqueue_buddy(&self, cpu: Option<&PerCpuPages>, order: Order) -> Option<usize> {
+        let mut buddy = self.buddy.lock();
+        let pfn = buddy.alloc(order).ok()?;
+        self.sync_free(&buddy);
+        let idx = pfn.as_usize() - self.start_pfn.as_usize();
+        self.pages[idx].set_held();
+        if let Some(pcp) = cpu {
+            pcp.direct.pgalloc.add(order.pages(), &buddy);
+        }
+        Some(idx)
     }
 
     /// Linux `__free_pages` for a pfn of this zone: validates, then puts
