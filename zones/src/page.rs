@@ -173,17 +173,20 @@ impl Page {
         self.flags.store(flags, Relaxed);
     }
 
-    /// Hands the block to a caller (refcount 0 → 1) with no layer's claim
-    /// (owner word `NONE`, `PG_owned` clear: a flag a careless layer left
-    /// on a tail it did not clear is dropped here, after the checker could
-    /// see it on the free frame).
+    /// Hands the block to a caller (refcount 0 → 1), off any per-CPU list
+    /// (`PG_pcp` clear), with no layer's claim (owner word `NONE`,
+    /// `PG_owned` clear: a flag a careless layer left on a tail it did not
+    /// clear is dropped here, after the checker could see it on the free
+    /// frame).
     #[inline]
     pub(crate) fn set_held(&self) {
         self.word
             .store(kmm_api::OwnerWord::NONE.to_bits() as u64, Relaxed);
-        // One store clears both: no claim, and not freed since handed out.
+        // One store clears all three: off the list, no claim, and not
+        // freed since handed out.
         let flags = self.flags.load(Relaxed);
-        self.flags.store(flags & !(PG_OWNED | PG_FREED), Relaxed);
+        self.flags
+            .store(flags & !(PG_PCP | PG_OWNED | PG_FREED), Relaxed);
         self.refcount.store(1, Relaxed);
     }
 
