@@ -115,6 +115,15 @@ impl ZoneMarks {
     }
 }
 
+/// Gives the tails of `block` (all its frames but the head) owner word
+/// `NONE`.
+#[inline(always)]
+fn clear_tails(block: &[Page]) {
+    for tail in &block[1..] {
+        tail.set_owner_word(kmm_api::OwnerWord::NONE);
+    }
+}
+
 /// What a zone is built from at boot.
 pub(crate) struct ZoneInit<'a> {
     pub(crate) zone_type: ZoneType,
@@ -243,15 +252,35 @@ impl<'a> Zone<'a> {
             }
             _ => self.rmqueue_buddy(cpu, order)?,
         };
-        // Tail owner words are the caller's alone now: no lock needed. A
-        // new holder starts with no layer's claim on any of its frames. An
-        // order-0 block has no tails, and skips the slice's bounds checks.
-        if order != Order::ZERO {
-            for tail in &self.pages[idx + 1..idx + order.pages()] {
-                tail.set_owner_word(kmm_api::OwnerWord::NONE);
-            }
-        }
+        self.clear_tail_owners(idx, order);
         Some(self.start_pfn.add(idx))
+    }
+
+    /// A new holder starts with no layer's claim on any of its frames: the
+    /// tails of the block of `order` at `idx` get owner word `NONE`. They
+    /// are the caller's alone by now: no lock is needed.
+    ///
+    /// Each order of the lists slices the block at a constant size, so
+    /// the compiler writes its tails straight, with one bounds check and
+    /// no loop (a loop over a variable count cost 35 instructions at
+    /// orders 1 to 3). An order-0 block has no tails.
+    #[inline(always)]
+    fn clear_tail_owners(&self, idx: usize, order: Order) {
+        match order.as_u32() {
+            0 => {}
+            1 => clear_tails(self.block::<2>(idx)),
+            2 => clear_tails(self.block::<4>(idx)),
+            3 => clear_tails(self.block::<8>(idx)),
+            _ => clear_tails(&self.pages[idx..idx + order.pages()]),
+        }
+    }
+
+    /// The descriptors of the `N`-page block at `idx`.
+    #[inline(always)]
+    fn block<const N: usize>(&self, idx: usize) -> &[Page; N] {
+        self.pages[idx..]
+            .first_chunk()
+            .expect("a block of the buddy lies inside its zone")
     }
 
     /// Linux `rmqueue_bulk` for an empty list: a batch of `order` from the
