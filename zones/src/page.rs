@@ -191,20 +191,23 @@ impl Page {
     }
 
     /// Takes the block back from its caller: refcount 1 → 0 atomically, so
-    /// of two frees racing on two CPUs exactly one succeeds, and the winner
-    /// marks the frame `PG_freed`. `false` if nobody held it.
+    /// of two frees racing on two CPUs exactly one succeeds. `false` if
+    /// nobody held it. The winner then records where the block went with
+    /// [`Page::set_freed`].
     #[inline]
     pub(crate) fn try_release(&self) -> bool {
-        let won = self
-            .refcount
+        self.refcount
             .compare_exchange(1, 0, Relaxed, Relaxed)
-            .is_ok();
-        if won {
-            // The winner alone owns the frame now (its domain: module
-            // documentation), so a load and a store suffice.
-            self.set_flag(PG_FREED, true);
-        }
-        won
+            .is_ok()
+    }
+
+    /// Marks the head of a block a free took back (`PG_freed`), and
+    /// `PG_pcp` too if it went onto a per-CPU list: one store for both.
+    /// The free's winner alone owns the frame (its domain: module
+    /// documentation), so a load and a store suffice.
+    #[inline]
+    pub(crate) fn set_freed(&self, listed: bool) {
+        self.set_flag(if listed { PG_FREED | PG_PCP } else { PG_FREED }, true);
     }
 
     /// Sets the refcount: 0 when the block leaves its caller, 1 for each

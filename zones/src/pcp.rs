@@ -194,11 +194,11 @@ impl PcpLists {
     }
 
     /// Puts a block of `order` whose head is `idx`, with descriptor
-    /// `page`, on its list. Always inlined: it is most of a free, and the
-    /// compiler otherwise left it a call there.
+    /// `page`, on its list; the caller has flagged the head `PG_pcp` (a
+    /// free with the store that marks it freed). Always inlined: it is
+    /// most of a free, and the compiler otherwise left it a call there.
     #[inline(always)]
     pub(crate) fn push(&mut self, idx: usize, page: &Page, order: usize) {
-        page.set_pcp(true);
         page.set_pcp_next(self.head[order]);
         self.head[order] = idx as u32;
         self.blocks[order] += 1;
@@ -220,6 +220,7 @@ impl PcpLists {
         while moved < blocks {
             let Ok(pfn) = buddy.alloc(order) else { break };
             let idx = pfn.as_usize() - base;
+            pages[idx].set_pcp(true);
             self.push(idx, &pages[idx], order.as_usize());
             moved += 1;
         }

@@ -379,6 +379,7 @@ impl<'a> Zone<'a> {
                 return Err(self.bad_free(idx, platform));
             }
         }
+        page.set_freed(true);
         lists.push(idx, page, order.as_usize());
         pcp.listed.pgfree.add(order.pages(), &lists);
         // Tuning may lower `high` at any time: the drain still leaves
@@ -422,8 +423,12 @@ impl<'a> Zone<'a> {
         self.sync_free(&buddy);
         match (&freed, cpu) {
             (Err(_), _) => page.set_refcount(1),
-            (Ok(()), Some(pcp)) => pcp.direct.pgfree.add(order.pages(), &buddy),
-            (Ok(()), None) => {}
+            (Ok(()), cpu) => {
+                page.set_freed(false);
+                if let Some(pcp) = cpu {
+                    pcp.direct.pgfree.add(order.pages(), &buddy);
+                }
+            }
         }
         freed
     }
@@ -433,7 +438,8 @@ impl<'a> Zone<'a> {
     /// it (`PG_owned`). The refcount is taken back by compare-and-swap, so
     /// two frees of one block racing on two CPUs (under two different pcp
     /// locks) cannot both succeed: the loser is refused as a double free
-    /// and the block reaches exactly one list.
+    /// and the block reaches exactly one list. The winner marks the head
+    /// with [`Page::set_freed`] where the block goes.
     ///
     /// `Err(None)`: the block is not held; the caller names the error with
     /// [`Zone::bad_free`] (which needs the zone lock).
