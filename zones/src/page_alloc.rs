@@ -194,7 +194,10 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// Always inlined, so the fast path's constant flags (`WMARK_LOW`
     /// alone) fold the mark's choice and the reserve arithmetic of
     /// [`watermark_ok`] away; out of line, every call paid for the slow
-    /// path's cases and the loop state they keep alive.
+    /// path's cases and the loop state they keep alive. Only the preferred
+    /// zone (the first present one, Linux's `ac->preferred_zoneref`) is
+    /// tried inline; the zones below it, which serve a request only when
+    /// it is short of pages, are a call.
     #[inline(always)]
     fn get_page_from_freelist(
         &self,
@@ -203,17 +206,47 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         flags: AllocFlags,
     ) -> Option<Pfn> {
         let reserve_idx = highest.index();
-        for zone in self.zones[..=reserve_idx].iter().rev().flatten() {
-            let mark = zone.marks.get(flags.level());
-            let reserve = zone.marks.lowmem_reserve(reserve_idx);
-            if !watermark_ok(zone.free_pages(), order, mark, reserve, flags) {
-                continue;
-            }
-            if let Some(pfn) = zone.rmqueue(order, &self.platform) {
-                return Some(pfn);
-            }
+        let (preferred, zone) = self.zones[..=reserve_idx]
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, zone)| Some((index, zone.as_ref()?)))?;
+        self.zone_alloc(zone, order, reserve_idx, flags)
+            .or_else(|| self.fallback_alloc(preferred, order, reserve_idx, flags))
+    }
+
+    /// The zonelist's zones below the one of index `preferred`, in turn.
+    #[inline(never)]
+    fn fallback_alloc(
+        &self,
+        preferred: usize,
+        order: Order,
+        reserve_idx: usize,
+        flags: AllocFlags,
+    ) -> Option<Pfn> {
+        self.zones[..preferred]
+            .iter()
+            .rev()
+            .flatten()
+            .find_map(|zone| self.zone_alloc(zone, order, reserve_idx, flags))
+    }
+
+    /// A block of `zone`, if it passes the watermark check for a request
+    /// whose highest zone has index `reserve_idx`.
+    #[inline(always)]
+    fn zone_alloc(
+        &self,
+        zone: &Zone<'a>,
+        order: Order,
+        reserve_idx: usize,
+        flags: AllocFlags,
+    ) -> Option<Pfn> {
+        let mark = zone.marks.get(flags.level());
+        let reserve = zone.marks.lowmem_reserve(reserve_idx);
+        if !watermark_ok(zone.free_pages(), order, mark, reserve, flags) {
+            return None;
         }
-        None
+        zone.rmqueue(order, &self.platform)
     }
 
     /// Linux `__alloc_pages_slowpath`, without kswapd, compaction or the
