@@ -211,8 +211,10 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             .enumerate()
             .rev()
             .find_map(|(index, zone)| Some((index, zone.as_ref()?)))?;
-        self.zone_alloc(zone, order, reserve_idx, flags)
-            .or_else(|| self.fallback_alloc(preferred, order, reserve_idx, flags))
+        if let Some(pfn) = self.zone_alloc(zone, order, reserve_idx, flags) {
+            return Some(pfn);
+        }
+        self.fallback_alloc(preferred, order, reserve_idx, flags)
     }
 
     /// The zonelist's zones below the one of index `preferred`, in turn.
