@@ -206,31 +206,28 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         flags: AllocFlags,
     ) -> Option<Pfn> {
         let reserve_idx = highest.index();
-        let (preferred, zone) = self.zones[..=reserve_idx]
-            .iter()
-            .enumerate()
-            .rev()
-            .find_map(|(index, zone)| Some((index, zone.as_ref()?)))?;
-        if let Some(pfn) = self.zone_alloc(zone, order, reserve_idx, flags) {
+        let preferred = self.zonelist(reserve_idx).next()?;
+        if let Some(pfn) = self.zone_alloc(preferred, order, reserve_idx, flags) {
             return Some(pfn);
         }
-        self.fallback_alloc(preferred, order, reserve_idx, flags)
+        self.fallback_alloc(order, reserve_idx, flags)
     }
 
-    /// The zonelist's zones below the one of index `preferred`, in turn.
+    /// The zonelist's zones after the preferred one, in turn. (It finds
+    /// them again rather than take the preferred one's place: the fast
+    /// path then keeps no state alive for this call.)
     #[inline(never)]
-    fn fallback_alloc(
-        &self,
-        preferred: usize,
-        order: Order,
-        reserve_idx: usize,
-        flags: AllocFlags,
-    ) -> Option<Pfn> {
-        self.zones[..preferred]
-            .iter()
-            .rev()
-            .flatten()
+    fn fallback_alloc(&self, order: Order, reserve_idx: usize, flags: AllocFlags) -> Option<Pfn> {
+        self.zonelist(reserve_idx)
+            .skip(1)
             .find_map(|zone| self.zone_alloc(zone, order, reserve_idx, flags))
+    }
+
+    /// The present zones a request whose highest zone has index
+    /// `reserve_idx` may use, highest first.
+    #[inline(always)]
+    fn zonelist(&self, reserve_idx: usize) -> impl Iterator<Item = &Zone<'a>> {
+        self.zones[..=reserve_idx].iter().rev().flatten()
     }
 
     /// A block of `zone`, if it passes the watermark check for a request
