@@ -131,11 +131,23 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
     ///
-    /// Always inlined, as [`Zone::free`] is: the caller of a valid free
-    /// then runs the per-CPU list's fast path with no call, and tests the
-    /// result in a register.
+    /// Always inlined, with [`Zone::try_free_listed`]: the caller of a
+    /// valid free of the lists' orders runs their fast path with no call.
+    /// Every other free is [`Zones::free_block_checked`].
     #[inline(always)]
     pub(crate) fn free_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        if let Ok((zone, idx)) = self.zone_and_index(pfn) {
+            if zone.try_free_listed(idx, order, self.config.max_order, &self.platform) {
+                return Ok(());
+            }
+        }
+        self.free_block_checked(pfn, order)
+    }
+
+    /// [`Zones::free_block`] with every check made in turn, naming the
+    /// error of a refused free (and counting it).
+    #[inline(never)]
+    fn free_block_checked(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
         self.zone_and_index(pfn)
             .and_then(|(zone, idx)| zone.free(idx, order, self.config.max_order, &self.platform))
             .inspect_err(|_| {

@@ -316,20 +316,54 @@ impl<'a> Zone<'a> {
         Some(idx)
     }
 
+    /// The common free, which has no error to carry: a valid block of the
+    /// lists' orders, listed on this CPU's list (draining a batch at
+    /// `high`). `false`, with nothing changed, for anything else: the
+    /// caller then takes [`Zone::free`], which makes the same checks one
+    /// by one and names the error (a refused free is checked twice).
+    ///
+    /// Always inlined into the caller: a valid free is then no call and
+    /// passes no `Result` through memory, as one through [`Zone::free`]
+    /// did (its error is 24 bytes). The drain is a call.
+    #[inline(always)]
+    pub(crate) fn try_free_listed<P: Platform>(
+        &self,
+        idx: usize,
+        order: Order,
+        max_order: Order,
+        platform: &P,
+    ) -> bool {
+        if order > max_order
+            || order.as_usize() >= NR_PCP_ORDERS
+            || !self.start_pfn.add(idx).is_aligned_to_order(order.as_u32())
+        {
+            return false;
+        }
+        // Bounds-checked once, before the lock: its acquire would make the
+        // compiler load the slice again for every later index.
+        let page = &self.pages[idx];
+        let _irq = IrqGuard::new(platform);
+        let Some(pcp) = self.this_cpu(platform) else {
+            return false;
+        };
+        let mut lists = pcp.lock();
+        if self.release(page, idx, order).is_err() {
+            return false;
+        }
+        self.list_freed(pcp, &mut lists, page, idx, order);
+        true
+    }
+
     /// Linux `__free_pages` for a pfn of this zone: validates, then puts
     /// the block on this CPU's list (draining a batch at `high`) or, above
-    /// the per-CPU orders, back into the buddy.
-    ///
-    /// Always inlined, with the list's fast path: every free runs it, and
-    /// out of line its result went back through memory and its callers
-    /// kept the slow cases' registers alive. The rare cases (a refused
-    /// free, a drain, an order above the lists) are calls.
+    /// the per-CPU orders, back into the buddy. The path of every free
+    /// [`Zone::try_free_listed`] declines: out of line.
     ///
     /// Errors, with nothing changed: [`Error::OrderTooLarge`],
     /// [`Error::Misaligned`], [`Error::DoubleFree`] (free in the buddy, or
     /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
-    #[inline(always)]
+    #[inline(never)]
     pub(crate) fn free<P: Platform>(
         &self,
         idx: usize,
@@ -347,8 +381,6 @@ impl<'a> Zone<'a> {
         if !pfn.is_aligned_to_order(order.as_u32()) {
             return Err(Error::Misaligned { pfn, order });
         }
-        // Bounds-checked once, before the lock: its acquire would make the
-        // compiler load the slice again for every later index.
         let page = &self.pages[idx];
         let _irq = IrqGuard::new(platform);
         match self.this_cpu(platform) {
@@ -361,7 +393,6 @@ impl<'a> Zone<'a> {
 
     /// Linux `free_unref_page_commit`: takes the block back from its
     /// caller and lists it on `pcp`, draining at `high`.
-    #[inline(always)]
     fn free_pcp<P: Platform>(
         &self,
         pcp: &PerCpuPages,
@@ -379,16 +410,31 @@ impl<'a> Zone<'a> {
                 return Err(self.bad_free(idx, platform));
             }
         }
+        self.list_freed(pcp, &mut lists, page, idx, order);
+        Ok(())
+    }
+
+    /// Lists the block at `idx` (descriptor `page`) that a free just took
+    /// back from its caller on `pcp`, whose `lists` the caller holds, and
+    /// drains a batch if they reached `high`.
+    #[inline(always)]
+    fn list_freed(
+        &self,
+        pcp: &PerCpuPages,
+        lists: &mut PcpLists,
+        page: &Page,
+        idx: usize,
+        order: Order,
+    ) {
         page.set_freed(true);
         lists.push(idx, page, order.as_usize());
-        pcp.listed.pgfree.add(order.pages(), &lists);
+        pcp.listed.pgfree.add(order.pages(), lists);
         // Tuning may lower `high` at any time: the drain still leaves
         // fewer than whichever value it read.
         let high = self.pcp_high.load(Relaxed);
         if lists.count >= high {
-            self.drain_above_high(&mut lists, high, order);
+            self.drain_above_high(lists, high, order);
         }
-        Ok(())
     }
 
     /// The drain of a free that left `high` pages or more on `lists`: a
@@ -444,8 +490,8 @@ impl<'a> Zone<'a> {
     /// `Err(None)`: the block is not held; the caller names the error with
     /// [`Zone::bad_free`] (which needs the zone lock).
     ///
-    /// Always inlined: inside the inlined [`Zone::free`], the compiler left
-    /// this one load and swap as a call.
+    /// Always inlined: inside the inlined [`Zone::try_free_listed`], the
+    /// compiler left this one load and swap as a call.
     #[inline(always)]
     fn release(&self, page: &Page, idx: usize, order: Order) -> Result<(), Option<Error>> {
         // A valid free passes with one load of `flags` and the swap; if
