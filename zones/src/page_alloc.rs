@@ -209,7 +209,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// path's cases and the loop state they keep alive. Only the preferred
     /// zone (the first present one, Linux's `ac->preferred_zoneref`) is
     /// tried inline; the zones below it, which serve a request only when
-    /// it is short of pages, are a call.
+    /// the preferred one is short of pages, are a call.
     #[inline(always)]
     fn get_page_from_freelist(
         &self,
