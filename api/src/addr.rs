@@ -141,9 +141,12 @@ impl Pfn {
     pub const fn checked_offset_from(self, base: Pfn) -> Option<usize> {
         self.0.checked_sub(base.0)
     }
-    /// Whether the frame number is a multiple of `2^order`.
+    /// Whether the frame number is a multiple of `2^order` (never for an
+    /// order of `usize::BITS` or more).
     pub const fn is_aligned_to_order(self, order: u32) -> bool {
-        order < usize::BITS && self.0 & ((1usize << order) - 1) == 0
+        // The top bit caps the count of trailing zeros at BITS - 1, which
+        // refuses the orders no shift could mask, with no branch of their own.
+        (self.0 | 1 << (usize::BITS - 1)).trailing_zeros() >= order
     }
 }
 
@@ -204,5 +207,8 @@ mod tests {
         assert!(Pfn::new(8).is_aligned_to_order(3));
         assert!(!Pfn::new(12).is_aligned_to_order(3));
         assert!(!Pfn::new(0).is_aligned_to_order(usize::BITS));
+        assert!(Pfn::new(0).is_aligned_to_order(usize::BITS - 1));
+        assert!(Pfn::new(1 << (usize::BITS - 1)).is_aligned_to_order(usize::BITS - 1));
+        assert!(!Pfn::new(1 << (usize::BITS - 2)).is_aligned_to_order(usize::BITS - 1));
     }
 }

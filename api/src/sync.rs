@@ -48,10 +48,17 @@ impl<T> SpinLock<T> {
     }
 
     /// Spins until the lock is free, then holds it.
+    ///
+    /// One compare-and-swap first, whose success falls straight through:
+    /// the spin loop alone laid a second jump on every uncontended
+    /// acquisition (F1 of the page bench: 198 -> 195 instructions per pair).
     #[inline]
     pub fn lock(&self) -> SpinLockGuard<'_, T> {
         #[cfg(not(loom))]
-        return self.inner.lock();
+        return match self.inner.try_lock() {
+            Some(guard) => guard,
+            None => self.inner.lock(),
+        };
         #[cfg(loom)]
         return self
             .inner

@@ -173,35 +173,41 @@ impl Page {
         self.flags.store(flags, Relaxed);
     }
 
-    /// Hands the block to a caller (refcount 0 → 1) with no layer's claim
-    /// (owner word `NONE`, `PG_owned` clear: a flag a careless layer left
-    /// on a tail it did not clear is dropped here, after the checker could
-    /// see it on the free frame).
+    /// Hands the block to a caller (refcount 0 → 1), off any per-CPU list
+    /// (`PG_pcp` clear), with no layer's claim (owner word `NONE`,
+    /// `PG_owned` clear: a flag a careless layer left on a tail it did not
+    /// clear is dropped here, after the checker could see it on the free
+    /// frame).
     #[inline]
     pub(crate) fn set_held(&self) {
         self.word
             .store(kmm_api::OwnerWord::NONE.to_bits() as u64, Relaxed);
-        // One store clears both: no claim, and not freed since handed out.
+        // One store clears all three: off the list, no claim, and not
+        // freed since handed out.
         let flags = self.flags.load(Relaxed);
-        self.flags.store(flags & !(PG_OWNED | PG_FREED), Relaxed);
+        self.flags
+            .store(flags & !(PG_PCP | PG_OWNED | PG_FREED), Relaxed);
         self.refcount.store(1, Relaxed);
     }
 
     /// Takes the block back from its caller: refcount 1 → 0 atomically, so
-    /// of two frees racing on two CPUs exactly one succeeds, and the winner
-    /// marks the frame `PG_freed`. `false` if nobody held it.
+    /// of two frees racing on two CPUs exactly one succeeds. `false` if
+    /// nobody held it. The winner then records where the block went with
+    /// [`Page::set_freed`].
     #[inline]
     pub(crate) fn try_release(&self) -> bool {
-        let won = self
-            .refcount
+        self.refcount
             .compare_exchange(1, 0, Relaxed, Relaxed)
-            .is_ok();
-        if won {
-            // The winner alone owns the frame now (its domain: module
-            // documentation), so a load and a store suffice.
-            self.set_flag(PG_FREED, true);
-        }
-        won
+            .is_ok()
+    }
+
+    /// Marks the head of a block a free took back (`PG_freed`), and
+    /// `PG_pcp` too if it went onto a per-CPU list: one store for both.
+    /// The free's winner alone owns the frame (its domain: module
+    /// documentation), so a load and a store suffice.
+    #[inline]
+    pub(crate) fn set_freed(&self, listed: bool) {
+        self.set_flag(if listed { PG_FREED | PG_PCP } else { PG_FREED }, true);
     }
 
     /// Sets the refcount: 0 when the block leaves its caller, 1 for each

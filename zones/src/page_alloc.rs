@@ -77,15 +77,16 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// `__GFP_NOFAIL` without `__GFP_DIRECT_RECLAIM`), [`Error::NoMemory`];
     /// an error from [`Platform::zero_frame`] for a highmem frame that
     /// could not be zeroed (the block is then freed again).
-    #[inline]
+    ///
+    /// Always inlined down to the per-CPU list's pop (with
+    /// `get_page_from_freelist` and `Zone::rmqueue`): out of line, each
+    /// level was a call with its own frame, and its result went back
+    /// through memory. The slow path, the refill and the zeroing are calls.
+    #[inline(always)]
     pub fn alloc_pages(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         let pfn = self.alloc_block(gfp, order)?;
         if gfp.contains(GfpFlags::ZERO) {
-            if let Err(err) = self.zero_block(pfn, order) {
-                // Just allocated and still held by us: this free succeeds.
-                let _ = self.free_block(pfn, order);
-                return Err(err);
-            }
+            self.zero_new_block(pfn, order)?;
         }
         // SAFETY: the block was just handed out by this allocator and this
         // is its only handle.
@@ -129,8 +130,24 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// [`Error::DoubleFree`] (already free, in the buddy or on a per-CPU
     /// list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
-    #[inline]
+    ///
+    /// Always inlined, with [`Zone::try_free_listed`]: the caller of a
+    /// valid free of the lists' orders runs their fast path with no call.
+    /// Every other free is [`Zones::free_block_checked`].
+    #[inline(always)]
     pub(crate) fn free_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        if let Ok((zone, idx)) = self.zone_and_index(pfn) {
+            if zone.try_free_listed(idx, order, self.config.max_order, &self.platform) {
+                return Ok(());
+            }
+        }
+        self.free_block_checked(pfn, order)
+    }
+
+    /// [`Zones::free_block`] with every check made in turn, naming the
+    /// error of a refused free (and counting it).
+    #[inline(never)]
+    fn free_block_checked(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
         self.zone_and_index(pfn)
             .and_then(|(zone, idx)| zone.free(idx, order, self.config.max_order, &self.platform))
             .inspect_err(|_| {
@@ -144,8 +161,9 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         self.bad_frees.load(Relaxed)
     }
 
-    /// Linux `__alloc_pages` without the zeroing.
-    #[inline]
+    /// Linux `__alloc_pages` without the zeroing (always inlined: see
+    /// [`Zones::alloc_pages`]).
+    #[inline(always)]
     fn alloc_block(&self, gfp: GfpFlags, order: Order) -> Result<Pfn, Error> {
         if order > self.config.max_order {
             return Err(Error::OrderTooLarge {
@@ -188,7 +206,10 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     /// Always inlined, so the fast path's constant flags (`WMARK_LOW`
     /// alone) fold the mark's choice and the reserve arithmetic of
     /// [`watermark_ok`] away; out of line, every call paid for the slow
-    /// path's cases and the loop state they keep alive.
+    /// path's cases and the loop state they keep alive. Only the preferred
+    /// zone (the first present one, Linux's `ac->preferred_zoneref`) is
+    /// tried inline; the zones below it, which serve a request only when
+    /// the preferred one is short of pages, are a call.
     #[inline(always)]
     fn get_page_from_freelist(
         &self,
@@ -197,17 +218,46 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
         flags: AllocFlags,
     ) -> Option<Pfn> {
         let reserve_idx = highest.index();
-        for zone in self.zones[..=reserve_idx].iter().rev().flatten() {
-            let mark = zone.marks.get(flags.level());
-            let reserve = zone.marks.lowmem_reserve(reserve_idx);
-            if !watermark_ok(zone.free_pages(), order, mark, reserve, flags) {
-                continue;
-            }
-            if let Some(pfn) = zone.rmqueue(order, &self.platform) {
-                return Some(pfn);
-            }
+        let preferred = self.zonelist(reserve_idx).next()?;
+        if let Some(pfn) = self.zone_alloc(preferred, order, reserve_idx, flags) {
+            return Some(pfn);
         }
-        None
+        self.fallback_alloc(order, reserve_idx, flags)
+    }
+
+    /// The zonelist's zones after the preferred one, in turn. (It finds
+    /// them again rather than take the preferred one's place: the fast
+    /// path then keeps no state alive for this call.)
+    #[inline(never)]
+    fn fallback_alloc(&self, order: Order, reserve_idx: usize, flags: AllocFlags) -> Option<Pfn> {
+        self.zonelist(reserve_idx)
+            .skip(1)
+            .find_map(|zone| self.zone_alloc(zone, order, reserve_idx, flags))
+    }
+
+    /// The present zones a request whose highest zone has index
+    /// `reserve_idx` may use, highest first.
+    #[inline(always)]
+    fn zonelist(&self, reserve_idx: usize) -> impl Iterator<Item = &Zone<'a>> {
+        self.zones[..=reserve_idx].iter().rev().flatten()
+    }
+
+    /// A block of `zone`, if it passes the watermark check for a request
+    /// whose highest zone has index `reserve_idx`.
+    #[inline(always)]
+    fn zone_alloc(
+        &self,
+        zone: &Zone<'a>,
+        order: Order,
+        reserve_idx: usize,
+        flags: AllocFlags,
+    ) -> Option<Pfn> {
+        let mark = zone.marks.get(flags.level());
+        let reserve = zone.marks.lowmem_reserve(reserve_idx);
+        if !watermark_ok(zone.free_pages(), order, mark, reserve, flags) {
+            return None;
+        }
+        zone.rmqueue(order, &self.platform)
     }
 
     /// Linux `__alloc_pages_slowpath`, without kswapd, compaction or the
@@ -293,6 +343,16 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
             .ok_or(Error::PfnOutOfRange { pfn })?;
         let idx = zone.index(pfn).ok_or(Error::PfnOutOfRange { pfn })?;
         Ok((zone, idx))
+    }
+
+    /// `__GFP_ZERO` for the block just allocated at `pfn`; should the
+    /// platform fail to zero a frame, the block is freed again.
+    #[inline(never)]
+    fn zero_new_block(&self, pfn: Pfn, order: Order) -> Result<(), Error> {
+        self.zero_block(pfn, order).inspect_err(|_| {
+            // Just allocated and still held by us: this free succeeds.
+            let _ = self.free_block(pfn, order);
+        })
     }
 
     /// `__GFP_ZERO`: through the direct map where the frame has an

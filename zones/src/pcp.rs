@@ -180,7 +180,9 @@ impl PcpLists {
     };
 
     /// Takes the most recently freed block of `order` (cache-hot first):
-    /// its index and its head's descriptor.
+    /// its index and its head's descriptor, still flagged `PG_pcp`. The
+    /// caller clears the flag under the lock, with the store that gives the
+    /// block its next state (`Page::set_held`, or before the buddy's free).
     #[inline]
     pub(crate) fn pop<'p>(&mut self, order: usize, pages: &'p [Page]) -> Option<(usize, &'p Page)> {
         let idx = self.head[order];
@@ -188,15 +190,15 @@ impl PcpLists {
         self.head[order] = page.pcp_next();
         self.blocks[order] -= 1;
         self.count -= 1 << order;
-        page.set_pcp(false);
         Some((idx as usize, page))
     }
 
     /// Puts a block of `order` whose head is `idx`, with descriptor
-    /// `page`, on its list.
-    #[inline]
+    /// `page`, on its list; the caller has flagged the head `PG_pcp` (a
+    /// free with the store that marks it freed). Always inlined: it is
+    /// most of a free, and the compiler otherwise left it a call there.
+    #[inline(always)]
     pub(crate) fn push(&mut self, idx: usize, page: &Page, order: usize) {
-        page.set_pcp(true);
         page.set_pcp_next(self.head[order]);
         self.head[order] = idx as u32;
         self.blocks[order] += 1;
@@ -218,6 +220,7 @@ impl PcpLists {
         while moved < blocks {
             let Ok(pfn) = buddy.alloc(order) else { break };
             let idx = pfn.as_usize() - base;
+            pages[idx].set_pcp(true);
             self.push(idx, &pages[idx], order.as_usize());
             moved += 1;
         }
@@ -246,9 +249,10 @@ impl PcpLists {
         let mut moved = 0;
         for order in (first..NR_PCP_ORDERS).chain(0..first) {
             while moved < nr_pages {
-                let Some((idx, _)) = self.pop(order, pages) else {
+                let Some((idx, page)) = self.pop(order, pages) else {
                     break;
                 };
+                page.set_pcp(false);
                 // A listed block is Allocated(order) to the buddy (checked
                 // by `check`), so this free cannot be refused.
                 let freed = buddy.free(base.add(idx), PCP_ORDER[order]);

@@ -321,12 +321,14 @@ pub fn watermark_ok(
             min -= min / 4;
         }
     }
-    match free_pages.checked_sub(order.pages() - 1) {
-        Some(usable) => usable > min.saturating_add(lowmem_reserve),
-        // Fewer free pages than the block needs: Linux's signed count goes
-        // negative and fails the comparison.
-        None => false,
-    }
+    // `free_pages - (2^order - 1) > min + lowmem_reserve`, with the block's
+    // extra pages moved to the right: a zone with fewer free pages than
+    // the block needs fails as Linux's signed count, gone negative, does,
+    // and a sum past `usize::MAX` fails every zone.
+    free_pages
+        > min
+            .saturating_add(lowmem_reserve)
+            .saturating_add(order.pages() - 1)
 }
 
 /// Managed pages of the zones the kernel can address directly.

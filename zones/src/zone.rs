@@ -115,6 +115,15 @@ impl ZoneMarks {
     }
 }
 
+/// Gives the tails of `block` (all its frames but the head) owner word
+/// `NONE`.
+#[inline(always)]
+fn clear_tails(block: &[Page]) {
+    for tail in &block[1..] {
+        tail.set_owner_word(kmm_api::OwnerWord::NONE);
+    }
+}
+
 /// What a zone is built from at boot.
 pub(crate) struct ZoneInit<'a> {
     pub(crate) zone_type: ZoneType,
@@ -218,7 +227,11 @@ impl<'a> Zone<'a> {
     /// Linux `rmqueue`: takes a block of `order` for a caller, from this
     /// CPU's list (refilled by a batch if empty) or, above the per-CPU
     /// orders, straight from the buddy. The watermark check is the caller's.
-    #[inline]
+    ///
+    /// Always inlined, with the list's pop: every allocation runs it, and
+    /// out of line it was a call with its own frame per zone tried. The
+    /// refill and the orders above the lists are calls.
+    #[inline(always)]
     pub(crate) fn rmqueue<P: Platform>(&self, order: Order, platform: &P) -> Option<Pfn> {
         let _irq = IrqGuard::new(platform);
         // The head becomes held under the lock the block leaves through, so
@@ -229,41 +242,52 @@ impl<'a> Zone<'a> {
         let idx = match cpu {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
                 let mut lists = pcp.lock();
-                let (idx, page) = self.rmqueue_pcplist(&mut lists, order)?;
+                let (idx, page) = match lists.pop(order.as_usize(), self.pages) {
+                    Some(block) => block,
+                    None => self.rmqueue_refill(&mut lists, order)?,
+                };
                 page.set_held();
                 pcp.listed.pgalloc.add(order.pages(), &lists);
                 idx
             }
-            _ => {
-                let mut buddy = self.buddy.lock();
-                let pfn = buddy.alloc(order).ok()?;
-                self.sync_free(&buddy);
-                let idx = pfn.as_usize() - self.start_pfn.as_usize();
-                self.pages[idx].set_held();
-                if let Some(pcp) = cpu {
-                    pcp.direct.pgalloc.add(order.pages(), &buddy);
-                }
-                idx
-            }
+            _ => self.rmqueue_buddy(cpu, order)?,
         };
-        // Tail owner words are the caller's alone now: no lock needed. A
-        // new holder starts with no layer's claim on any of its frames. An
-        // order-0 block has no tails, and skips the slice's bounds checks.
-        if order != Order::ZERO {
-            for tail in &self.pages[idx + 1..idx + order.pages()] {
-                tail.set_owner_word(kmm_api::OwnerWord::NONE);
-            }
-        }
+        self.clear_tail_owners(idx, order);
         Some(self.start_pfn.add(idx))
     }
 
-    /// Linux `rmqueue_pcplist`: a block of `order` from `lists`, refilled
-    /// with a batch from the buddy when empty; its index and head.
-    #[inline]
-    fn rmqueue_pcplist(&self, lists: &mut PcpLists, order: Order) -> Option<(usize, &Page)> {
-        if let Some(block) = lists.pop(order.as_usize(), self.pages) {
-            return Some(block);
+    /// A new holder starts with no layer's claim on any of its frames: the
+    /// tails of the block of `order` at `idx` get owner word `NONE`. They
+    /// are the caller's alone by now: no lock is needed.
+    ///
+    /// Each order of the lists slices the block at a constant size, so
+    /// the compiler writes its tails straight, with one bounds check and
+    /// no loop (a loop over a variable count cost 35 instructions at
+    /// orders 1 to 3). An order-0 block has no tails.
+    #[inline(always)]
+    fn clear_tail_owners(&self, idx: usize, order: Order) {
+        match order.as_u32() {
+            0 => {}
+            1 => clear_tails(self.block::<2>(idx)),
+            2 => clear_tails(self.block::<4>(idx)),
+            3 => clear_tails(self.block::<8>(idx)),
+            _ => clear_tails(&self.pages[idx..idx + order.pages()]),
         }
+    }
+
+    /// The descriptors of the `N`-page block at `idx`.
+    #[inline(always)]
+    fn block<const N: usize>(&self, idx: usize) -> &[Page; N] {
+        self.pages[idx..]
+            .first_chunk()
+            .expect("a block of the buddy lies inside its zone")
+    }
+
+    /// Linux `rmqueue_bulk` for an empty list: a batch of `order` from the
+    /// buddy onto `lists`, and one block of it for the caller: its index
+    /// and head. Out of line: one allocation in hundreds refills.
+    #[inline(never)]
+    fn rmqueue_refill(&self, lists: &mut PcpLists, order: Order) -> Option<(usize, &Page)> {
         let mut buddy = self.buddy.lock();
         lists.refill(
             &mut buddy,
@@ -276,15 +300,70 @@ impl<'a> Zone<'a> {
         lists.pop(order.as_usize(), self.pages)
     }
 
+    /// An allocation above the per-CPU orders (or on a CPU without lists):
+    /// a block straight from the buddy under the zone lock, held before
+    /// the lock drops. Its index.
+    #[inline(never)]
+    fn rmqueue_buddy(&self, cpu: Option<&PerCpuPages>, order: Order) -> Option<usize> {
+        let mut buddy = self.buddy.lock();
+        let pfn = buddy.alloc(order).ok()?;
+        self.sync_free(&buddy);
+        let idx = pfn.as_usize() - self.start_pfn.as_usize();
+        self.pages[idx].set_held();
+        if let Some(pcp) = cpu {
+            pcp.direct.pgalloc.add(order.pages(), &buddy);
+        }
+        Some(idx)
+    }
+
+    /// The common free, which has no error to carry: a valid block of the
+    /// lists' orders, listed on this CPU's list (draining a batch at
+    /// `high`). `false`, with nothing changed, for anything else: the
+    /// caller then takes [`Zone::free`], which makes the same checks one
+    /// by one and names the error (a refused free is checked twice).
+    ///
+    /// Always inlined into the caller: a valid free is then no call and
+    /// passes no `Result` through memory, as one through [`Zone::free`]
+    /// did (its error is 24 bytes). The drain is a call.
+    #[inline(always)]
+    pub(crate) fn try_free_listed<P: Platform>(
+        &self,
+        idx: usize,
+        order: Order,
+        max_order: Order,
+        platform: &P,
+    ) -> bool {
+        if order > max_order
+            || order.as_usize() >= NR_PCP_ORDERS
+            || !self.start_pfn.add(idx).is_aligned_to_order(order.as_u32())
+        {
+            return false;
+        }
+        // Bounds-checked once, before the lock: its acquire would make the
+        // compiler load the slice again for every later index.
+        let page = &self.pages[idx];
+        let _irq = IrqGuard::new(platform);
+        let Some(pcp) = self.this_cpu(platform) else {
+            return false;
+        };
+        let mut lists = pcp.lock();
+        if self.release(page, idx, order).is_err() {
+            return false;
+        }
+        self.list_freed(pcp, &mut lists, page, idx, order);
+        true
+    }
+
     /// Linux `__free_pages` for a pfn of this zone: validates, then puts
     /// the block on this CPU's list (draining a batch at `high`) or, above
-    /// the per-CPU orders, back into the buddy.
+    /// the per-CPU orders, back into the buddy. The path of every free
+    /// [`Zone::try_free_listed`] declines: out of line.
     ///
     /// Errors, with nothing changed: [`Error::OrderTooLarge`],
     /// [`Error::Misaligned`], [`Error::DoubleFree`] (free in the buddy, or
     /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
-    #[inline]
+    #[inline(never)]
     pub(crate) fn free<P: Platform>(
         &self,
         idx: usize,
@@ -302,54 +381,102 @@ impl<'a> Zone<'a> {
         if !pfn.is_aligned_to_order(order.as_u32()) {
             return Err(Error::Misaligned { pfn, order });
         }
-        // Bounds-checked once, before the lock: its acquire would make the
-        // compiler load the slice again for every later index.
         let page = &self.pages[idx];
         let _irq = IrqGuard::new(platform);
-        let cpu = self.this_cpu(platform);
-        match cpu {
+        match self.this_cpu(platform) {
             Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                let mut lists = pcp.lock();
-                match self.release(page, idx, order) {
-                    Ok(()) => {}
-                    Err(Some(err)) => return Err(err),
-                    Err(None) => {
-                        drop(lists);
-                        return Err(self.bad_free(idx, platform));
-                    }
-                }
-                lists.push(idx, page, order.as_usize());
-                pcp.listed.pgfree.add(order.pages(), &lists);
-                // Tuning may lower `high` at any time: the drain below
-                // still leaves fewer than whichever value it read.
-                let high = self.pcp_high.load(Relaxed);
-                if lists.count >= high {
-                    // A batch, or more if a higher-order refill overfilled
-                    // the lists: a free always leaves fewer than `high`.
-                    let excess = lists.count + 1 - high;
-                    let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch), order);
-                    self.sync_free(&buddy);
-                }
-                Ok(())
+                self.free_pcp(pcp, page, idx, order, platform)
             }
-            _ => {
-                let mut buddy = self.buddy.lock();
-                match self.release(page, idx, order) {
-                    Ok(()) => {}
-                    Err(Some(err)) => return Err(err),
-                    Err(None) => return Err(self.classify_bad_free(idx, &buddy)),
-                }
-                let freed = buddy.free(pfn, order);
-                self.sync_free(&buddy);
-                match (&freed, cpu) {
-                    (Err(_), _) => page.set_refcount(1),
-                    (Ok(()), Some(pcp)) => pcp.direct.pgfree.add(order.pages(), &buddy),
-                    (Ok(()), None) => {}
-                }
-                freed
+            cpu => self.free_to_buddy(cpu, page, idx, order),
+        }
+    }
+
+    /// Linux `free_unref_page_commit`: takes the block back from its
+    /// caller and lists it on `pcp`, draining at `high`.
+    fn free_pcp<P: Platform>(
+        &self,
+        pcp: &PerCpuPages,
+        page: &Page,
+        idx: usize,
+        order: Order,
+        platform: &P,
+    ) -> Result<(), Error> {
+        let mut lists = pcp.lock();
+        match self.release(page, idx, order) {
+            Ok(()) => {}
+            Err(Some(err)) => return Err(err),
+            Err(None) => {
+                drop(lists);
+                return Err(self.bad_free(idx, platform));
             }
         }
+        self.list_freed(pcp, &mut lists, page, idx, order);
+        Ok(())
+    }
+
+    /// Lists the block at `idx` (descriptor `page`) that a free just took
+    /// back from its caller on `pcp`, whose `lists` the caller holds, and
+    /// drains a batch if they reached `high`.
+    #[inline(always)]
+    fn list_freed(
+        &self,
+        pcp: &PerCpuPages,
+        lists: &mut PcpLists,
+        page: &Page,
+        idx: usize,
+        order: Order,
+    ) {
+        page.set_freed(true);
+        lists.push(idx, page, order.as_usize());
+        pcp.listed.pgfree.add(order.pages(), lists);
+        // Tuning may lower `high` at any time: the drain still leaves
+        // fewer than whichever value it read.
+        let high = self.pcp_high.load(Relaxed);
+        if lists.count >= high {
+            self.drain_above_high(lists, high, order);
+        }
+    }
+
+    /// The drain of a free that left `high` pages or more on `lists`: a
+    /// batch, or more if a higher-order refill overfilled the lists, so a
+    /// free always leaves fewer than `high`. Out of line: one free in
+    /// hundreds drains.
+    #[inline(never)]
+    fn drain_above_high(&self, lists: &mut PcpLists, high: usize, order: Order) {
+        let excess = lists.count + 1 - high;
+        let mut buddy = self.buddy.lock();
+        lists.drain(&mut buddy, self.pages, excess.max(self.pcp_batch), order);
+        self.sync_free(&buddy);
+    }
+
+    /// A free above the per-CPU orders (or on a CPU without lists): the
+    /// block goes straight back into the buddy under the zone lock.
+    #[inline(never)]
+    fn free_to_buddy(
+        &self,
+        cpu: Option<&PerCpuPages>,
+        page: &Page,
+        idx: usize,
+        order: Order,
+    ) -> Result<(), Error> {
+        let mut buddy = self.buddy.lock();
+        match self.release(page, idx, order) {
+            Ok(()) => {}
+            Err(Some(err)) => return Err(err),
+            Err(None) => return Err(self.classify_bad_free(idx, &buddy)),
+        }
+        let freed = buddy.free(self.start_pfn.add(idx), order);
+        self.sync_free(&buddy);
+        match (&freed, cpu) {
+            (Err(_), _) => page.set_refcount(1),
+            (Ok(()), cpu) => {
+                page.set_freed(false);
+                if let Some(pcp) = cpu {
+                    pcp.direct.pgfree.add(order.pages(), &buddy);
+                }
+            }
+        }
+        freed
     }
 
     /// Takes the block at `idx` (descriptor `page`) back from its caller
@@ -357,11 +484,15 @@ impl<'a> Zone<'a> {
     /// it (`PG_owned`). The refcount is taken back by compare-and-swap, so
     /// two frees of one block racing on two CPUs (under two different pcp
     /// locks) cannot both succeed: the loser is refused as a double free
-    /// and the block reaches exactly one list.
+    /// and the block reaches exactly one list. The winner marks the head
+    /// with [`Page::set_freed`] where the block goes.
     ///
     /// `Err(None)`: the block is not held; the caller names the error with
     /// [`Zone::bad_free`] (which needs the zone lock).
-    #[inline]
+    ///
+    /// Always inlined: inside the inlined [`Zone::try_free_listed`], the
+    /// compiler left this one load and swap as a call.
+    #[inline(always)]
     fn release(&self, page: &Page, idx: usize, order: Order) -> Result<(), Option<Error>> {
         // A valid free passes with one load of `flags` and the swap; if
         // either fails nothing has changed, and the checks are made again

@@ -173,6 +173,18 @@ fn higher_orders_discount_all_but_the_first_page_of_the_block() {
 }
 
 #[test]
+fn a_zone_short_of_the_block_or_of_a_saturated_mark_always_fails() {
+    let f = AllocFlags::WMARK_MIN;
+    // Fewer free pages than the block: Linux's signed count goes negative.
+    assert!(!watermark_ok(6, order(3), 0, 0, f));
+    assert!(watermark_ok(8, order(3), 0, 0, f));
+    // Mark, reserve and block past usize::MAX: no zone passes.
+    assert!(!watermark_ok(usize::MAX, order(3), usize::MAX - 4, 0, f));
+    assert!(!watermark_ok(usize::MAX, Order::ZERO, usize::MAX, 1, f));
+    assert!(watermark_ok(usize::MAX, order(3), usize::MAX - 8, 0, f));
+}
+
+#[test]
 fn atomic_passes_just_under_min_where_kernel_fails() {
     let (kernel, atomic) = (
         gfp_to_alloc_flags(GFP_KERNEL),
