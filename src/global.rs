@@ -6,7 +6,8 @@
 //! through kzalloc, `realloc` through krealloc, alignment up to a page.
 //! `GlobalKmalloc` holds no state beyond how to reach the manager;
 //! `HostedGlobal` keeps per-thread magazines of small objects in front of
-//! kmalloc ([`thread_cache`]). Never panics (failures are null pointers).
+//! kmalloc (the `thread_cache` module). Never panics (failures are null
+//! pointers).
 //!
 //! A kernel needs three lines (its own platform and direct-map types, and
 //! a `Once` from the `spin` crate), then boots the manager into `MM`:
@@ -127,6 +128,9 @@ mod hosted_global {
     // SAFETY: each block is served by one of two allocators and returned
     // to the same one, told apart by address (the manager's RAM is a host
     // allocation the host never hands out twice); both honour `layout`.
+    // kmalloc's blocks of the magazine classes pass through the calling
+    // thread's magazines, which hold each only while no caller does, and
+    // satisfy every layout of their class (see `thread_cache`).
     unsafe impl GlobalAlloc for HostedGlobal {
         #[inline]
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
@@ -195,10 +199,10 @@ mod hosted_global {
             let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
                 return core::ptr::null_mut();
             };
-            let class = class_of(layout);
-            if class.is_some() || class_of(new_layout).is_some() {
+            let (class, new_class) = (class_of(layout), class_of(new_layout));
+            if class.is_some() || new_class.is_some() {
                 // The magazines' rule: a block stays only within its class.
-                if class == class_of(new_layout) {
+                if class == new_class {
                     return p;
                 }
                 // SAFETY: a non-zero size (the caller's contract).

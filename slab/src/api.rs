@@ -328,11 +328,51 @@ impl<B: SlabBackend> Kmem<B> {
         align: usize,
         gfp: GfpFlags,
     ) -> Result<NonNull<u8>, SlabError> {
+        match self.fine_or_kmalloc_cache(size, align, gfp) {
+            Some(c) => self.cache_alloc(c, gfp, size.max(1), Location::caller()),
+            // Whole pages, or the refusal.
+            None => self.kmalloc_aligned(size, align, gfp),
+        }
+    }
+
+    /// The cache [`Kmem::kmalloc_fine`] serves `size` bytes aligned to
+    /// `align` from with `gfp` (`kmalloc_slab` with the fine classes and
+    /// alignment); `None` where it takes whole pages or refuses.
+    pub fn kmalloc_fine_slab(&self, size: usize, align: usize, gfp: GfpFlags) -> Option<CacheId> {
+        self.fine_or_kmalloc_cache(size, align, gfp)
+            .map(|c| self.id_of(c.index))
+    }
+
+    /// [`Kmem::kmalloc_fine_slab`]'s cache itself.
+    #[inline]
+    fn fine_or_kmalloc_cache(
+        &self,
+        size: usize,
+        align: usize,
+        gfp: GfpFlags,
+    ) -> Option<&crate::cache::KmemCache> {
+        if gfp.contains(GfpFlags::HIGHMEM) {
+            return None;
+        }
+        let dma = gfp.contains(GfpFlags::DMA);
         match self.fine_cache(size, align) {
-            Some(c) if !gfp.intersects(GfpFlags::DMA | GfpFlags::HIGHMEM) => {
-                self.cache_alloc(c, gfp, size, Location::caller())
-            }
-            _ => self.kmalloc_aligned(size, align, gfp),
+            Some(c) if !dma => Some(c),
+            _ if !align.is_power_of_two() || align > kmm_api::PAGE_SIZE => None,
+            _ => kmalloc_index_aligned(size, align).map(|class| self.kmalloc_cache(class, dma)),
+        }
+    }
+
+    /// Fills `out` with objects of cache `id` (Linux
+    /// `kmem_cache_alloc_bulk`), pinning the CPU once per run of its
+    /// per-CPU array rather than once per object; the number filled,
+    /// fewer than `out.len()` only when the cache cannot grow (or `id`
+    /// names no cache). Each object is freed like one from
+    /// [`Kmem::kmem_cache_alloc`].
+    #[track_caller]
+    pub fn kmem_cache_alloc_bulk(&self, id: CacheId, gfp: GfpFlags, out: &mut [*mut u8]) -> usize {
+        match self.cache(id) {
+            Ok(c) => self.cache_alloc_bulk(c, gfp, out, Location::caller()),
+            Err(_) => 0,
         }
     }
 

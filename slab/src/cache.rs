@@ -251,6 +251,42 @@ impl<B: SlabBackend> Kmem<B> {
         self.cache_alloc_slow(c, gfp, requested, site)
     }
 
+    /// Fills `out` with objects of `c` (Linux `kmem_cache_alloc_bulk`):
+    /// each run of the CPU's array is popped under one pin, with the slow
+    /// path (which refills the array, or grows the cache) between runs.
+    /// The number filled, short of `out.len()` only when `c` cannot grow.
+    pub(crate) fn cache_alloc_bulk(
+        &self,
+        c: &KmemCache,
+        gfp: GfpFlags,
+        out: &mut [*mut u8],
+        site: &'static Location<'static>,
+    ) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            if !c.debug && !gfp.contains(GfpFlags::ZERO) {
+                let guard = CpuGuard::new(self.backend());
+                let array = c.cpu_array(&guard);
+                while let Some(slot) = out.get_mut(n) {
+                    let Some(entry) = array.pop(&guard) else {
+                        break;
+                    };
+                    *slot = Self::hand_out(entry).as_ptr();
+                    n += 1;
+                }
+            }
+            let Some(slot) = out.get_mut(n) else {
+                break;
+            };
+            match self.cache_alloc_slow(c, gfp, c.geo.object_size, site) {
+                Ok(p) => *slot = p.as_ptr(),
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Marks a cached entry allocated and returns its object.
     #[inline(always)]
     fn hand_out(entry: Entry) -> NonNull<u8> {

@@ -11,7 +11,8 @@
 //! request (kmalloc may allocate through the global allocator while a
 //! refill or flush calls it) touch a magazine: while the thread is inside
 //! kmalloc for its magazines it is *busy*, and its requests go straight to
-//! kmalloc.
+//! kmalloc. Like glibc's malloc it is not async-signal-safe: a signal
+//! handler that allocates could interrupt a pop or push of its own thread.
 //!
 //! **Classes.** A layout with `max(size, align)` up to [`CACHED_MAX`] takes
 //! the smallest class of [`CLASS_SIZE`] that holds it and whose natural
@@ -102,7 +103,7 @@ pub(super) fn class_of(layout: Layout) -> Option<usize> {
 
 /// What the magazines of every thread hold, as published at each thread's
 /// last refill or flush (a thread's pops and pushes since then move its
-/// share by less than [`CAPACITY`] objects per class).
+/// share by less than a magazine's 32 objects per class).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadCacheStats {
     /// Objects held.
@@ -146,10 +147,16 @@ std::thread_local! {
     static CACHE: ThreadCache = const { ThreadCache::new() };
 }
 
+/// The size and alignment kmalloc is asked for objects of `class`: the
+/// class size at its natural alignment.
+fn request(class: usize) -> (usize, usize) {
+    let size = CLASS_SIZE[class];
+    (size, 1 << size.trailing_zeros())
+}
+
 /// An object for `class` straight from kmalloc, null if it has none.
 fn direct_alloc(kmem: &HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
-    let size = CLASS_SIZE[class];
-    let align = 1 << size.trailing_zeros();
+    let (size, align) = request(class);
     kmem.kmalloc_fine(size, align, gfp)
         .map_or(ptr::null_mut(), |p| p.as_ptr())
 }
@@ -268,21 +275,21 @@ impl ThreadCache {
     #[inline(never)]
     fn refill(&self, kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
         self.busy.set(true);
-        let first = direct_alloc(kmem, class, gfp);
+        let (size, align) = request(class);
+        let mut batch = [ptr::null_mut(); BATCH + 1];
+        // One bulk request: the CPU pinned once per run of kmalloc's own
+        // per-CPU array, not once per object.
+        let got = kmem.kmalloc_fine_slab(size, align, gfp).map_or(0, |cache| {
+            kmem.kmem_cache_alloc_bulk(cache, gfp, &mut batch)
+        });
         let mag = &self.mags[class];
-        if !first.is_null() {
-            for slot in &mag.slots[..BATCH] {
-                let p = direct_alloc(kmem, class, gfp);
-                if p.is_null() {
-                    break;
-                }
-                slot.set(p);
-                mag.len.set(mag.len.get() + 1);
-            }
+        for (slot, &p) in mag.slots.iter().zip(&batch[1..got.max(1)]) {
+            slot.set(p);
         }
+        mag.len.set(got.saturating_sub(1));
         self.publish();
         self.busy.set(false);
-        first
+        batch[0]
     }
 
     /// A full magazine's flush: its `BATCH` oldest objects go back to
