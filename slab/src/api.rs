@@ -454,6 +454,20 @@ impl<B: SlabBackend> Kmem<B> {
         unsafe { self.free_ptr(p, FreeCheck::Checked, Location::caller()) }
     }
 
+    /// Frees every pointer of `ptrs` as [`Kmem::kfree`] would (Linux
+    /// `kfree_bulk`), pinning the CPU once per run of frees its per-CPU
+    /// arrays absorb rather than once per object; the number refused
+    /// (each refusal counted and reported as `kfree`'s).
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of [`Kmem::kfree`], for each pointer.
+    #[track_caller]
+    pub unsafe fn kfree_bulk(&self, ptrs: &[*mut u8]) -> usize {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.free_bulk(ptrs, Location::caller()) }
+    }
+
     /// `kfree` for a caller that vouches for `p` (`GlobalAlloc::dealloc`):
     /// the object's state is stored, not compared and swapped.
     ///
@@ -474,7 +488,7 @@ impl<B: SlabBackend> Kmem<B> {
     ///
     /// As for [`Kmem::kfree`].
     #[inline(always)]
-    unsafe fn free_ptr(
+    pub(crate) unsafe fn free_ptr(
         &self,
         p: *const u8,
         check: FreeCheck,

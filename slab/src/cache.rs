@@ -29,7 +29,7 @@ use crate::{
     flags::SlabFlags,
     freelist::FreePtr,
     geometry::Geometry,
-    kmem::{Kmem, SlabBackend},
+    kmem::{Kmem, Owned, SlabBackend},
     node::{LockedNode, Node, MIN_PARTIAL},
     slab::{ObjState, SlabHeader},
 };
@@ -383,6 +383,69 @@ impl<B: SlabBackend> Kmem<B> {
             Err(entry) => {
                 self.cache_free_flush(c, entry);
                 Ok(())
+            }
+        }
+    }
+
+    /// Frees `ptrs` as the checked `kfree` would, one at a time, with the
+    /// CPU pinned once per run of frees its arrays absorb (Linux
+    /// `kfree_bulk`). An object that needs more (an array to flush, a
+    /// debug cache, a large kmalloc, a refusal) ends the run and takes the
+    /// ordinary path with nothing pinned. The number refused.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of [`Kmem::kfree`], for each pointer.
+    pub(crate) unsafe fn free_bulk(
+        &self,
+        ptrs: &[*mut u8],
+        site: &'static Location<'static>,
+    ) -> usize {
+        /// What ended a run.
+        enum Spill<'a> {
+            /// An object its cache's array had no room for, already marked
+            /// freed.
+            Full(&'a KmemCache, Entry),
+            /// A pointer for the ordinary free.
+            Ptr(*mut u8),
+        }
+        let (mut rest, mut refused) = (ptrs, 0);
+        loop {
+            let spill = {
+                let guard = CpuGuard::new(self.backend());
+                loop {
+                    let Some((&p, tail)) = rest.split_first() else {
+                        break None;
+                    };
+                    rest = tail;
+                    // SAFETY: forwarded from our caller.
+                    let Ok(Owned::Slab { cache, slab, index }) = (unsafe { self.find(p) }) else {
+                        break Some(Spill::Ptr(p));
+                    };
+                    let state = &slab.states()[index];
+                    if cache.debug || (FREE_CHECKS && !SlabHeader::try_free(state)) {
+                        break Some(Spill::Ptr(p));
+                    }
+                    let entry = Entry {
+                        obj: slab.object(index, cache.geo.stride),
+                        state,
+                        slab,
+                    };
+                    if let Err(entry) = cache.cpu_array(&guard).push(&guard, entry, cache.limit) {
+                        break Some(Spill::Full(cache, entry));
+                    }
+                }
+            };
+            match spill {
+                None => return refused,
+                Some(Spill::Full(cache, entry)) => self.cache_free_flush(cache, entry),
+                Some(Spill::Ptr(p)) => {
+                    // SAFETY: forwarded from our caller; the run left `p`
+                    // as it was.
+                    if unsafe { self.free_ptr(p, FreeCheck::Checked, site) }.is_err() {
+                        refused += 1;
+                    }
+                }
             }
         }
     }

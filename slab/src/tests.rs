@@ -302,6 +302,35 @@ fn a_bulk_allocation_fills_across_array_refills_and_new_slabs_with_distinct_obje
 }
 
 #[test]
+fn a_bulk_free_frees_like_kfree_and_refuses_what_kfree_refuses() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    // More objects than a CPU's array holds, of two caches, and a large
+    // kmalloc.
+    let mut ptrs: Vec<*mut u8> = (0..150)
+        .map(|i| {
+            k.kmalloc(if i % 2 == 0 { 64 } else { 200 }, GFP_KERNEL)
+                .unwrap()
+                .as_ptr()
+        })
+        .collect();
+    ptrs.push(k.kmalloc(3 * PAGE_SIZE, GFP_KERNEL).unwrap().as_ptr());
+    let twice = ptrs[3];
+    ptrs.push(twice);
+    let mut foreign = 0u64;
+    ptrs.push(ptr::addr_of_mut!(foreign).cast());
+    // SAFETY: the `SoleUser` contract: this thread holds every object
+    // above and gives each up once; `twice` (then freed) and `foreign`
+    // are pointers nobody holds, which must be refused.
+    let refused = unsafe { k.kfree_bulk(&ptrs) };
+    assert_eq!(refused, 2, "the double free and the foreign pointer");
+    for id in kmalloc_caches(&k) {
+        assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+    }
+    k.check_invariants().unwrap();
+}
+
+#[test]
 fn kmalloc_fine_slab_names_the_cache_kmalloc_fine_serves_from() {
     let m = HostMachine::new(frames(), 1);
     let k = SoleUser::new(
