@@ -379,7 +379,7 @@ mod tests {
     use crate::global::HostedGlobal;
     use crate::{HostedMemoryManager, MemoryManager};
     use core::alloc::GlobalAlloc;
-    use std::sync::OnceLock;
+    use std::sync::{atomic::AtomicPtr, OnceLock};
 
     /// What this thread's magazines hold now.
     fn held_here() -> ThreadCacheStats {
@@ -553,14 +553,16 @@ mod tests {
         let mm = MM.get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap());
         let before = kmalloc_in_use(mm);
         let l = layout(100, 8);
+        // An `AtomicPtr` carries the block between threads (a raw pointer
+        // is not `Send`).
         let alloc = || {
             // SAFETY: a non-zero size; the block is freed on the next
             // thread.
-            unsafe { GLOBAL.alloc(l) as usize }
+            AtomicPtr::new(unsafe { GLOBAL.alloc(l) })
         };
-        let p = on_new_thread(alloc);
+        let block = on_new_thread(alloc);
         on_new_thread(|| {
-            let p = p as *mut u8;
+            let p = block.into_inner();
             // SAFETY: the block the first thread allocated and left to
             // us; freed once with its layout.
             unsafe {
