@@ -64,9 +64,9 @@ const CLASS_SIZE: [usize; 16] = [
     8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
 ];
 
-/// Objects per magazine: Linux's per-CPU slab arrays hold 120 small
-/// objects and 54 up to a page; a thread's magazine is one of many per
-/// CPU, so fewer.
+/// Objects per magazine: the slab's per-CPU arrays beneath hold 64 small
+/// objects (54 from 512 bytes up); a thread's magazine is one of many a
+/// CPU may run, so half that.
 const CAPACITY: usize = 32;
 
 /// Objects a refill takes and a flush at capacity returns.
@@ -105,7 +105,9 @@ pub(super) fn class_of(layout: Layout) -> Option<usize> {
 
 /// What the magazines of every thread hold, as published at each thread's
 /// last refill or flush (a thread's pops and pushes since then move its
-/// share by less than a magazine's 32 objects per class).
+/// share by less than a magazine's 32 objects per class). kmalloc's own
+/// statistics (`/proc/slabinfo`'s active objects) count these objects as
+/// allocated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadCacheStats {
     /// Objects held.
