@@ -91,6 +91,12 @@ struct Owned(RefCell<Vec<(States, usize)>>);
 
 impl Drop for Owned {
     fn drop(&mut self) {
+        // Forget the claims first: a destructor that runs after this one
+        // (registered before the thread's first claim) and pins a CPU must
+        // not find a freed id remembered and use it beside its next owner;
+        // its request claims afresh, and a claim with `OWNED` gone takes
+        // the overflow CPU. `CLAIMS` has no destructor, so it outlives us.
+        let _ = CLAIMS.try_with(|claims| claims.0.iter().for_each(|entry| entry.set((0, 0))));
         for (states, cpu) in self.0.get_mut().drain(..) {
             // Release: the thread's last per-CPU writes happen before the
             // next holder's acquire of this id.
@@ -467,6 +473,35 @@ mod tests {
         // thread's), so each re-claim moves on to the next free id.
         assert_eq!(seen, [0, 0, 1, 1, 2, 2], "each forgotten claim moves on");
         assert!(all.iter().all(|c| c.cpu_id() < c.nr_cpus()));
+    }
+
+    /// A thread-local destructor that pins a CPU after the thread's owned
+    /// ids were freed (its key registered before the thread's first claim,
+    /// so it runs after the destructor that frees them) must not run as
+    /// the freed id, which a live thread may already own.
+    #[test]
+    fn a_destructor_after_the_threads_ids_are_freed_takes_the_overflow_cpu() {
+        type Late = (Arc<HostCpus>, std::sync::mpsc::Sender<usize>);
+        struct AtExit(RefCell<Option<Late>>);
+        impl Drop for AtExit {
+            fn drop(&mut self) {
+                if let Some((cpus, tx)) = self.0.borrow_mut().take() {
+                    let _ = tx.send(cpus.cpu_id());
+                }
+            }
+        }
+        std::thread_local! {
+            static AT_EXIT: AtExit = const { AtExit(RefCell::new(None)) };
+        }
+        let cpus = Arc::new(HostCpus::new(1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = cpus.clone();
+        let owned = on_new_thread(move || {
+            AT_EXIT.with(|late| *late.0.borrow_mut() = Some((c.clone(), tx)));
+            c.cpu_id()
+        });
+        assert_eq!(owned, 0);
+        assert_eq!(rx.recv().unwrap(), cpus.overflow_cpu());
     }
 
     #[test]

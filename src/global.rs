@@ -4,8 +4,10 @@
 //! cannot (before it is booted, and requests kmalloc refuses) from the
 //! host's allocator. Classes up to 8 KiB, whole pages above, `alloc_zeroed`
 //! through kzalloc, `realloc` through krealloc, alignment up to a page.
-//! Holds no state beyond how to reach the manager; never panics (failures
-//! are null pointers).
+//! `GlobalKmalloc` holds no state beyond how to reach the manager;
+//! `HostedGlobal` keeps per-thread magazines of small objects in front of
+//! kmalloc (the `thread_cache` module). Never panics (failures are null
+//! pointers).
 //!
 //! A kernel needs three lines (its own platform and direct-map types, and
 //! a `Once` from the `spin` crate), then boots the manager into `MM`:
@@ -25,17 +27,26 @@ pub type GlobalKmalloc<P, D> = KmallocGlobal<SlabPages<P, D>>;
 
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 pub use hosted_global::HostedGlobal;
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
+pub use thread_cache::ThreadCacheStats;
+
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
+mod thread_cache;
 
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 mod hosted_global {
+    use super::thread_cache::{self, class_of, ThreadCacheStats};
     use super::GlobalKmalloc;
     use crate::hosted::Hosted;
     use core::alloc::{GlobalAlloc, Layout};
-    use kmm_api::{DirectMap, __GFP_NOWARN, GFP_NOWAIT};
+    use kmm_api::{DirectMap, GfpFlags, __GFP_NOWARN, GFP_NOWAIT};
     use kmm_slab::Kmem;
     use std::alloc::System;
 
-    type HostedKmem = Kmem<crate::SlabPages<Hosted, Hosted>>;
+    pub(super) type HostedKmem = Kmem<crate::SlabPages<Hosted, Hosted>>;
+
+    /// What kmalloc is asked with (see [`HostedGlobal`]).
+    const GFP: GfpFlags = GFP_NOWAIT.union(__GFP_NOWARN);
 
     /// The global allocator of a process running on a hosted manager.
     ///
@@ -56,6 +67,15 @@ mod hosted_global {
     /// exhaustion", has the cost). Nothing is left unreclaimed
     /// for want of it: the slab layer gives empty slabs beyond its partial
     /// minimum back as they empty, and the per-CPU lists are bounded.
+    ///
+    /// Requests up to 1 KiB (size and alignment) go through the calling
+    /// thread's magazines (the `thread_cache` module): a pop or push with
+    /// no CPU pin and no owner look-up, kmalloc reached in batches. What
+    /// the magazines hold is bounded (32 objects a class, at most 181 KiB
+    /// a thread), returned at the thread's exit or by
+    /// [`HostedGlobal::flush_thread_cache`], and counted by
+    /// [`HostedGlobal::thread_cache_stats`]. `realloc` keeps a block of
+    /// those sizes in place only while the new layout has the same class.
     ///
     /// ```
     /// use kmm::{global::HostedGlobal, HostedMemoryManager, MemoryManager};
@@ -82,13 +102,25 @@ mod hosted_global {
         /// returns one.
         pub const fn new(kmem: fn() -> Option<&'static HostedKmem>) -> Self {
             HostedGlobal {
-                slab: GlobalKmalloc::new(kmem).with_gfp(GFP_NOWAIT.union(__GFP_NOWARN)),
+                slab: GlobalKmalloc::new(kmem).with_gfp(GFP),
                 kmem,
             }
         }
 
+        /// Returns every object the calling thread's magazines hold to
+        /// kmalloc (as its exit would); the number returned.
+        pub fn flush_thread_cache() -> usize {
+            thread_cache::flush()
+        }
+
+        /// What every thread's magazines hold, as of each thread's last
+        /// refill or flush.
+        pub fn thread_cache_stats() -> ThreadCacheStats {
+            thread_cache::stats()
+        }
+
         /// Whether `p` lies in the manager's RAM (and so is kmalloc's).
-        fn is_ours(&self, p: *const u8) -> bool {
+        pub(super) fn is_ours(&self, p: *const u8) -> bool {
             (self.kmem)().is_some_and(|k| k.backend().ptr_to_pfn(p).is_some())
         }
     }
@@ -96,10 +128,17 @@ mod hosted_global {
     // SAFETY: each block is served by one of two allocators and returned
     // to the same one, told apart by address (the manager's RAM is a host
     // allocation the host never hands out twice); both honour `layout`.
+    // kmalloc's blocks of the magazine classes pass through the calling
+    // thread's magazines, which hold each only while no caller does, and
+    // satisfy every layout of their class (see `thread_cache`).
     unsafe impl GlobalAlloc for HostedGlobal {
+        #[inline]
         unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-            // SAFETY: forwarded from our caller.
-            let p = unsafe { self.slab.alloc(layout) };
+            let p = match ((self.kmem)(), class_of(layout)) {
+                (Some(kmem), Some(class)) => thread_cache::alloc(kmem, class, GFP),
+                // SAFETY: forwarded from our caller.
+                _ => unsafe { self.slab.alloc(layout) },
+            };
             if p.is_null() {
                 // SAFETY: as above.
                 return unsafe { System.alloc(layout) };
@@ -108,6 +147,15 @@ mod hosted_global {
         }
 
         unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if class_of(layout).is_some() {
+                // SAFETY: forwarded from our caller.
+                let p = unsafe { self.alloc(layout) };
+                if !p.is_null() {
+                    // SAFETY: `p` is a fresh block of `layout.size()` bytes.
+                    unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
+                }
+                return p;
+            }
             // SAFETY: forwarded from our caller.
             let p = unsafe { self.slab.alloc_zeroed(layout) };
             if p.is_null() {
@@ -117,12 +165,27 @@ mod hosted_global {
             p
         }
 
+        #[inline]
         unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
             let host = |p| {
                 // SAFETY: `p` lies outside the manager's RAM, so the host
                 // served it with `layout`.
                 unsafe { System.dealloc(p, layout) }
             };
+            if let (Some(kmem), Some(class)) = ((self.kmem)(), class_of(layout)) {
+                if kmem.backend().ptr_to_pfn(p).is_some() {
+                    let direct = |p| {
+                        // SAFETY: kmalloc served `p`, which our caller
+                        // gives up.
+                        unsafe { self.slab.dealloc(p, layout) }
+                    };
+                    // SAFETY: our caller gives up `p`, in the manager's
+                    // RAM and so served by kmalloc for a layout of `class`
+                    // (or kept by `realloc` only within it).
+                    return unsafe { thread_cache::free(kmem, class, p, direct) };
+                }
+                return host(p);
+            }
             // SAFETY: our caller gives up `p`, served by kmalloc or, if it
             // lies outside the manager's RAM, by the host.
             unsafe { self.slab.dealloc_or(p, host) }
@@ -133,15 +196,33 @@ mod hosted_global {
                 // SAFETY: the host served `p` with `layout`; it keeps it.
                 return unsafe { System.realloc(p, layout, new_size) };
             }
+            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
+                return core::ptr::null_mut();
+            };
+            let (class, new_class) = (class_of(layout), class_of(new_layout));
+            if class.is_some() || new_class.is_some() {
+                // The magazines' rule: a block stays only within its class.
+                if class == new_class {
+                    return p;
+                }
+                // SAFETY: a non-zero size (the caller's contract).
+                let q = unsafe { self.alloc(new_layout) };
+                if !q.is_null() {
+                    // SAFETY: `p` holds `layout.size()` bytes, `q` at least
+                    // `new_size`; distinct blocks, and `p` is ours to free.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                        self.dealloc(p, layout);
+                    }
+                }
+                return q;
+            }
             // SAFETY: kmalloc served `p` with `layout`.
             let q = unsafe { self.slab.realloc(p, layout, new_size) };
             if !q.is_null() {
                 return q;
             }
             // kmalloc refused the new size: move the block to the host.
-            let Ok(new_layout) = Layout::from_size_align(new_size, layout.align()) else {
-                return core::ptr::null_mut();
-            };
             // SAFETY: a non-zero size (the caller's contract).
             let q = unsafe { System.alloc(new_layout) };
             if !q.is_null() {

@@ -1,9 +1,13 @@
 //! The hosted manager as this test binary's `#[global_allocator]`: `alloc`
-//! collections run on kmalloc, and their buffers lie in the manager's RAM.
+//! collections run on kmalloc, and their buffers lie in the manager's RAM;
+//! and a model test of the allocator itself, its per-thread magazines
+//! included.
 
 use kmm::global::HostedGlobal;
 use kmm::{HostedMemoryManager, MemoryManager};
 use kmm_api::{DirectMap, PAGE_SIZE};
+use proptest::prelude::*;
+use std::alloc::{GlobalAlloc, Layout};
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -102,4 +106,145 @@ fn threads_allocate_and_free_each_others_blocks() {
     }
     drop(all); // freed on this thread: remote frees
     mm().kmem().check_invariants().unwrap();
+}
+
+/// A thread's first allocation refills its magazine, and the refill's
+/// kmalloc claims the thread a CPU and records the claim, which allocates
+/// through this very allocator: the nested request goes straight to
+/// kmalloc, and both are served.
+#[test]
+fn a_threads_first_refill_survives_the_allocation_its_cpu_claim_makes() {
+    mm();
+    let (first, then) = std::thread::spawn(|| {
+        let first = Box::new(7u64);
+        let then: Vec<u64> = (0..100).collect();
+        (*first, then.iter().sum::<u64>())
+    })
+    .join()
+    .unwrap();
+    assert_eq!((first, then), (7, 4950));
+    mm().kmem().check_invariants().unwrap();
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        size: usize,
+        align_log2: u32,
+        zeroed: bool,
+    },
+    Free {
+        pick: usize,
+    },
+    Realloc {
+        pick: usize,
+        size: usize,
+    },
+    Flush,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    // Mostly the magazines' sizes, some beyond them and up to pages.
+    let size = prop_oneof![8 => 1..=1100usize, 1 => 1100..=9000usize];
+    prop_oneof![
+        6 => (size.clone(), 0..=8u32, any::<bool>())
+            .prop_map(|(size, align_log2, zeroed)| Op::Alloc { size, align_log2, zeroed }),
+        4 => any::<usize>().prop_map(|pick| Op::Free { pick }),
+        3 => (any::<usize>(), size).prop_map(|(pick, size)| Op::Realloc { pick, size }),
+        1 => Just(Op::Flush),
+    ]
+}
+
+/// A live block of the model: its address, layout and the byte it holds.
+struct Block {
+    p: *mut u8,
+    layout: Layout,
+    fill: u8,
+}
+
+/// Every live block still holds its byte, and no two overlap.
+fn check(live: &[Block]) -> Result<(), TestCaseError> {
+    for b in live {
+        // SAFETY: a live block of `b.layout.size()` bytes, held by the test.
+        let bytes = unsafe { std::slice::from_raw_parts(b.p, b.layout.size()) };
+        prop_assert!(
+            bytes.iter().all(|&x| x == b.fill),
+            "block at {:p} changed",
+            b.p
+        );
+        prop_assert_eq!(b.p as usize % b.layout.align(), 0);
+    }
+    let mut spans: Vec<(usize, usize)> = live
+        .iter()
+        .map(|b| (b.p as usize, b.p as usize + b.layout.size()))
+        .collect();
+    spans.sort_unstable();
+    for w in spans.windows(2) {
+        prop_assert!(w[0].1 <= w[1].0, "{:x?} overlaps {:x?}", w[0], w[1]);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random alloc / dealloc / realloc / flush sequences through the
+    /// allocator: after every step each live block holds what was written
+    /// into it, at its alignment, and no two live blocks overlap.
+    #[test]
+    fn blocks_keep_their_contents_and_never_overlap(ops in proptest::collection::vec(op(), 1..200)) {
+        mm();
+        let mut live: Vec<Block> = Vec::new();
+        for (step, op) in ops.into_iter().enumerate() {
+            let fill = step as u8 | 1;
+            match op {
+                Op::Alloc { size, align_log2, zeroed } => {
+                    let layout = Layout::from_size_align(size, 1 << align_log2).unwrap();
+                    // SAFETY: a non-zero size; the block is freed once,
+                    // with its layout, below.
+                    let p = unsafe {
+                        if zeroed { GLOBAL.alloc_zeroed(layout) } else { GLOBAL.alloc(layout) }
+                    };
+                    prop_assert!(!p.is_null());
+                    // SAFETY: a fresh block of `size` bytes.
+                    unsafe {
+                        if zeroed {
+                            prop_assert!(std::slice::from_raw_parts(p, size).iter().all(|&x| x == 0));
+                        }
+                        p.write_bytes(fill, size);
+                    }
+                    live.push(Block { p, layout, fill });
+                }
+                Op::Free { pick } if !live.is_empty() => {
+                    let b = live.swap_remove(pick % live.len());
+                    // SAFETY: a live block, freed once with its layout.
+                    unsafe { GLOBAL.dealloc(b.p, b.layout) };
+                }
+                Op::Realloc { pick, size } if !live.is_empty() => {
+                    let i = pick % live.len();
+                    let b = &mut live[i];
+                    // SAFETY: a live block with its layout; a non-zero size.
+                    let q = unsafe { GLOBAL.realloc(b.p, b.layout, size) };
+                    prop_assert!(!q.is_null());
+                    let kept = b.layout.size().min(size);
+                    // SAFETY: `q` holds `size` bytes, the first `kept` of
+                    // them copied from the old block.
+                    unsafe {
+                        prop_assert!(std::slice::from_raw_parts(q, kept).iter().all(|&x| x == b.fill));
+                        q.write_bytes(fill, size);
+                    }
+                    *b = Block { p: q, layout: Layout::from_size_align(size, b.layout.align()).unwrap(), fill };
+                }
+                Op::Flush => {
+                    HostedGlobal::flush_thread_cache();
+                }
+                Op::Free { .. } | Op::Realloc { .. } => {}
+            }
+            check(&live)?;
+        }
+        for b in live {
+            // SAFETY: a live block, freed once with its layout.
+            unsafe { GLOBAL.dealloc(b.p, b.layout) };
+        }
+    }
 }

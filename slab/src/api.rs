@@ -328,11 +328,51 @@ impl<B: SlabBackend> Kmem<B> {
         align: usize,
         gfp: GfpFlags,
     ) -> Result<NonNull<u8>, SlabError> {
+        match self.fine_or_kmalloc_cache(size, align, gfp) {
+            Some(c) => self.cache_alloc(c, gfp, size.max(1), Location::caller()),
+            // Whole pages, or the refusal.
+            None => self.kmalloc_aligned(size, align, gfp),
+        }
+    }
+
+    /// The cache [`Kmem::kmalloc_fine`] serves `size` bytes aligned to
+    /// `align` from with `gfp` (`kmalloc_slab` with the fine classes and
+    /// alignment); `None` where it takes whole pages or refuses.
+    pub fn kmalloc_fine_slab(&self, size: usize, align: usize, gfp: GfpFlags) -> Option<CacheId> {
+        self.fine_or_kmalloc_cache(size, align, gfp)
+            .map(|c| self.id_of(c.index))
+    }
+
+    /// [`Kmem::kmalloc_fine_slab`]'s cache itself.
+    #[inline]
+    fn fine_or_kmalloc_cache(
+        &self,
+        size: usize,
+        align: usize,
+        gfp: GfpFlags,
+    ) -> Option<&crate::cache::KmemCache> {
+        if gfp.contains(GfpFlags::HIGHMEM) {
+            return None;
+        }
+        let dma = gfp.contains(GfpFlags::DMA);
         match self.fine_cache(size, align) {
-            Some(c) if !gfp.intersects(GfpFlags::DMA | GfpFlags::HIGHMEM) => {
-                self.cache_alloc(c, gfp, size, Location::caller())
-            }
-            _ => self.kmalloc_aligned(size, align, gfp),
+            Some(c) if !dma => Some(c),
+            _ if !align.is_power_of_two() || align > kmm_api::PAGE_SIZE => None,
+            _ => kmalloc_index_aligned(size, align).map(|class| self.kmalloc_cache(class, dma)),
+        }
+    }
+
+    /// Fills `out` with objects of cache `id` (Linux
+    /// `kmem_cache_alloc_bulk`), pinning the CPU once per run of its
+    /// per-CPU array rather than once per object; the number filled,
+    /// fewer than `out.len()` only when the cache cannot grow (or `id`
+    /// names no cache). Each object is freed like one from
+    /// [`Kmem::kmem_cache_alloc`].
+    #[track_caller]
+    pub fn kmem_cache_alloc_bulk(&self, id: CacheId, gfp: GfpFlags, out: &mut [*mut u8]) -> usize {
+        match self.cache(id) {
+            Ok(c) => self.cache_alloc_bulk(c, gfp, out, Location::caller()),
+            Err(_) => 0,
         }
     }
 
@@ -414,6 +454,20 @@ impl<B: SlabBackend> Kmem<B> {
         unsafe { self.free_ptr(p, FreeCheck::Checked, Location::caller()) }
     }
 
+    /// Frees every pointer of `ptrs` as [`Kmem::kfree`] would (Linux
+    /// `kfree_bulk`), pinning the CPU once per run of frees its per-CPU
+    /// arrays absorb rather than once per object; the number refused
+    /// (each refusal counted and reported as `kfree`'s).
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of [`Kmem::kfree`], for each pointer.
+    #[track_caller]
+    pub unsafe fn kfree_bulk(&self, ptrs: &[*mut u8]) -> usize {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.free_bulk(ptrs, Location::caller()) }
+    }
+
     /// `kfree` for a caller that vouches for `p` (`GlobalAlloc::dealloc`):
     /// the object's state is stored, not compared and swapped.
     ///
@@ -434,7 +488,7 @@ impl<B: SlabBackend> Kmem<B> {
     ///
     /// As for [`Kmem::kfree`].
     #[inline(always)]
-    unsafe fn free_ptr(
+    pub(crate) unsafe fn free_ptr(
         &self,
         p: *const u8,
         check: FreeCheck,

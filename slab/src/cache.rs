@@ -29,7 +29,7 @@ use crate::{
     flags::SlabFlags,
     freelist::FreePtr,
     geometry::Geometry,
-    kmem::{Kmem, SlabBackend},
+    kmem::{Kmem, Owned, SlabBackend},
     node::{LockedNode, Node, MIN_PARTIAL},
     slab::{ObjState, SlabHeader},
 };
@@ -251,6 +251,42 @@ impl<B: SlabBackend> Kmem<B> {
         self.cache_alloc_slow(c, gfp, requested, site)
     }
 
+    /// Fills `out` with objects of `c` (Linux `kmem_cache_alloc_bulk`):
+    /// each run of the CPU's array is popped under one pin, with the slow
+    /// path (which refills the array, or grows the cache) between runs.
+    /// The number filled, short of `out.len()` only when `c` cannot grow.
+    pub(crate) fn cache_alloc_bulk(
+        &self,
+        c: &KmemCache,
+        gfp: GfpFlags,
+        out: &mut [*mut u8],
+        site: &'static Location<'static>,
+    ) -> usize {
+        let mut n = 0;
+        while n < out.len() {
+            if !c.debug && !gfp.contains(GfpFlags::ZERO) {
+                let guard = CpuGuard::new(self.backend());
+                let array = c.cpu_array(&guard);
+                while let Some(slot) = out.get_mut(n) {
+                    let Some(entry) = array.pop(&guard) else {
+                        break;
+                    };
+                    *slot = Self::hand_out(entry).as_ptr();
+                    n += 1;
+                }
+            }
+            let Some(slot) = out.get_mut(n) else {
+                break;
+            };
+            match self.cache_alloc_slow(c, gfp, c.geo.object_size, site) {
+                Ok(p) => *slot = p.as_ptr(),
+                Err(_) => break,
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Marks a cached entry allocated and returns its object.
     #[inline(always)]
     fn hand_out(entry: Entry) -> NonNull<u8> {
@@ -347,6 +383,69 @@ impl<B: SlabBackend> Kmem<B> {
             Err(entry) => {
                 self.cache_free_flush(c, entry);
                 Ok(())
+            }
+        }
+    }
+
+    /// Frees `ptrs` as the checked `kfree` would, one at a time, with the
+    /// CPU pinned once per run of frees its arrays absorb (Linux
+    /// `kfree_bulk`). An object that needs more (an array to flush, a
+    /// debug cache, a large kmalloc, a refusal) ends the run and takes the
+    /// ordinary path with nothing pinned. The number refused.
+    ///
+    /// # Safety
+    ///
+    /// The pointer contract of [`Kmem::kfree`], for each pointer.
+    pub(crate) unsafe fn free_bulk(
+        &self,
+        ptrs: &[*mut u8],
+        site: &'static Location<'static>,
+    ) -> usize {
+        /// What ended a run.
+        enum Spill<'a> {
+            /// An object its cache's array had no room for, already marked
+            /// freed.
+            Full(&'a KmemCache, Entry),
+            /// A pointer for the ordinary free.
+            Ptr(*mut u8),
+        }
+        let (mut rest, mut refused) = (ptrs, 0);
+        loop {
+            let spill = {
+                let guard = CpuGuard::new(self.backend());
+                loop {
+                    let Some((&p, tail)) = rest.split_first() else {
+                        break None;
+                    };
+                    rest = tail;
+                    // SAFETY: forwarded from our caller.
+                    let Ok(Owned::Slab { cache, slab, index }) = (unsafe { self.find(p) }) else {
+                        break Some(Spill::Ptr(p));
+                    };
+                    let state = &slab.states()[index];
+                    if cache.debug || (FREE_CHECKS && !SlabHeader::try_free(state)) {
+                        break Some(Spill::Ptr(p));
+                    }
+                    let entry = Entry {
+                        obj: slab.object(index, cache.geo.stride),
+                        state,
+                        slab,
+                    };
+                    if let Err(entry) = cache.cpu_array(&guard).push(&guard, entry, cache.limit) {
+                        break Some(Spill::Full(cache, entry));
+                    }
+                }
+            };
+            match spill {
+                None => return refused,
+                Some(Spill::Full(cache, entry)) => self.cache_free_flush(cache, entry),
+                Some(Spill::Ptr(p)) => {
+                    // SAFETY: forwarded from our caller; the run left `p`
+                    // as it was.
+                    if unsafe { self.free_ptr(p, FreeCheck::Checked, site) }.is_err() {
+                        refused += 1;
+                    }
+                }
             }
         }
     }

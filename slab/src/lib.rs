@@ -25,8 +25,10 @@
 //! read-modify-write, the compare-and-swap of the object's state byte that
 //! makes two racing frees of one object refuse one of them; the trusted
 //! free of [`KmallocGlobal`] (whose caller promises a live pointer) needs
-//! none. Every `batch` operations a refill or flush takes the cache's node
-//! lock once. A new slab costs one page allocation and O(objects) to link.
+//! none. The bulk forms (`kmem_cache_alloc_bulk`, `kfree_bulk`) cost the
+//! same per object but pin the CPU once per run of its array rather than
+//! once per object. Every `batch` operations a refill or flush takes the
+//! cache's node lock once. A new slab costs one page allocation and O(objects) to link.
 //! Large kmallocs cost one page allocation plus one owner-word store per
 //! page. Debug caches do every operation under the node lock, plus
 //! O(object size) byte checks. [`Kmem::flush_all`] runs one drain per CPU
@@ -43,7 +45,7 @@
 //! `kfree(p)`, `p` may be handed out again, and a second `kfree(p)` would
 //! then free the new holder's object, which no check can tell from a
 //! legitimate free. So every call that takes an object pointer (`kfree`,
-//! `kmem_cache_free`, `krealloc`, `ksize`, `kmem_cache_of`,
+//! `kfree_bulk`, `kmem_cache_free`, `krealloc`, `ksize`, `kmem_cache_of`,
 //! `kmem_obj_track`) is an `unsafe fn` with this contract: **`p` must not
 //! name an allocation someone other than the caller holds and goes on
 //! using, and if `p` names memory nobody holds, no other thread may

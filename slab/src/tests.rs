@@ -283,6 +283,78 @@ fn every_class_honours_its_natural_alignment() {
 }
 
 #[test]
+fn a_bulk_allocation_fills_across_array_refills_and_new_slabs_with_distinct_objects() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let id = k.kmalloc_slab(64, GFP_KERNEL).unwrap();
+    let mut out = [ptr::null_mut(); 200];
+    assert_eq!(k.kmem_cache_alloc_bulk(id, GFP_KERNEL, &mut out), out.len());
+    let mut sorted = out.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), out.len(), "no object twice");
+    assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, out.len());
+    for p in out {
+        assert_eq!(class_of(&k, NonNull::new(p).unwrap()), "kmalloc-64");
+        k.kfree(p).unwrap();
+    }
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn a_bulk_free_frees_like_kfree_and_refuses_what_kfree_refuses() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    // More objects than a CPU's array holds, of two caches, and a large
+    // kmalloc.
+    let mut ptrs: Vec<*mut u8> = (0..150)
+        .map(|i| {
+            k.kmalloc(if i % 2 == 0 { 64 } else { 200 }, GFP_KERNEL)
+                .unwrap()
+                .as_ptr()
+        })
+        .collect();
+    ptrs.push(k.kmalloc(3 * PAGE_SIZE, GFP_KERNEL).unwrap().as_ptr());
+    let twice = ptrs[3];
+    ptrs.push(twice);
+    let mut foreign = 0u64;
+    ptrs.push(ptr::addr_of_mut!(foreign).cast());
+    // SAFETY: the `SoleUser` contract: this thread holds every object
+    // above and gives each up once; `twice` (then freed) and `foreign`
+    // are pointers nobody holds, which must be refused.
+    let refused = unsafe { k.kfree_bulk(&ptrs) };
+    assert_eq!(refused, 2, "the double free and the foreign pointer");
+    for id in kmalloc_caches(&k) {
+        assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+    }
+    k.check_invariants().unwrap();
+}
+
+#[test]
+fn kmalloc_fine_slab_names_the_cache_kmalloc_fine_serves_from() {
+    let m = HostMachine::new(frames(), 1);
+    let k = SoleUser::new(
+        &m,
+        KmemConfig {
+            fine_classes: true,
+            ..KmemConfig::default()
+        },
+    );
+    for (size, align) in [(8, 1), (80, 64), (300, 8), (300, 128), (5000, 8), (8, 4096)] {
+        let p = k.kmalloc_fine(size, align, GFP_KERNEL).unwrap();
+        let id = k.kmalloc_fine_slab(size, align, GFP_KERNEL).unwrap();
+        assert_eq!(
+            k.kmem_cache_info(id).unwrap().name,
+            class_of(&k, p),
+            "{size}, {align}"
+        );
+        k.kfree(p.as_ptr()).unwrap();
+    }
+    assert_eq!(k.kmalloc_fine_slab(9000, 8, GFP_KERNEL), None, "pages");
+    assert_eq!(k.kmalloc_fine_slab(64, 8, GFP_HIGHUSER), None, "refused");
+}
+
+#[test]
 fn kcalloc_overflow_is_an_error_and_allocates_nothing() {
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
