@@ -47,7 +47,7 @@ impl FreePtr {
         if head.is_null() {
             return Ok(None);
         }
-        let head_index = (head as usize - slab.s_mem as usize) / geo.stride;
+        let head_index = geo.by_stride.divide(head as usize - slab.s_mem as usize);
         // SAFETY: `head` is a free object of this live slab (checked when
         // it was linked), so its link word is readable.
         let stored = unsafe { raw::read_word(head.wrapping_add(self.offset)) };
@@ -90,7 +90,7 @@ impl FreePtr {
         let mut at = slab.freelist_head();
         let mut seen = 0;
         while !at.is_null() && seen <= slab.objects {
-            let index = (at as usize - slab.s_mem as usize) / geo.stride;
+            let index = geo.by_stride.divide(at as usize - slab.s_mem as usize);
             // SAFETY: `at` was checked to be a free object of this slab
             // before it was followed (the head is set only by push/pop).
             let stored = unsafe { raw::read_word(at.wrapping_add(self.offset)) };

@@ -46,8 +46,8 @@ pub(crate) struct Geometry {
     pub stride: usize,
     /// Alignment of every object start.
     pub align: usize,
-    /// `log2(stride)` when the stride is a power of two (divide by shifting).
-    pub stride_shift: Option<u32>,
+    /// Divides an offset by the stride with a multiply and a shift.
+    pub by_stride: Reciprocal,
     /// The slab's order.
     pub order: Order,
     /// Objects per slab.
@@ -123,7 +123,7 @@ impl Geometry {
             orig_offset,
             stride,
             align,
-            stride_shift: stride.is_power_of_two().then(|| stride.trailing_zeros()),
+            by_stride: Reciprocal::new(stride),
             order,
             objects,
             span: objects * stride,
@@ -139,17 +139,17 @@ impl Geometry {
     }
 
     /// The index of the object at `offset` from the first object, or the
-    /// distance past an object's start when `offset` is not on a boundary.
+    /// distance past an object's start when `offset` is not on a boundary
+    /// (or, at or past the span, the offset itself).
     #[inline(always)]
     pub fn index_of(&self, offset: usize) -> Result<usize, usize> {
-        let (index, into) = match self.stride_shift {
-            Some(shift) => (offset >> shift, offset & (self.stride - 1)),
-            None => (offset / self.stride, offset % self.stride),
-        };
-        if into == 0 && offset < self.span {
-            Ok(index)
-        } else {
-            Err(into)
+        if offset >= self.span {
+            return Err(offset);
+        }
+        let index = self.by_stride.divide(offset);
+        match offset - index * self.stride {
+            0 => Ok(index),
+            into => Err(into),
         }
     }
 
@@ -157,6 +157,48 @@ impl Geometry {
     pub fn leftover(&self) -> usize {
         let header = if self.off_slab { 0 } else { self.s_mem_offset };
         self.order.bytes() - header - self.objects * self.stride
+    }
+}
+
+/// Division by a fixed divisor as a multiply and a shift (Linux
+/// `reciprocal_divide`, which `obj_to_index` uses for the same reason): an
+/// object's index is computed on every free, and a hardware divide costs
+/// tens of cycles where the multiply costs three.
+///
+/// Exact for every dividend below `2^DIVIDEND_BITS` (Granlund and
+/// Montgomery, 1994, theorem 4.2): with `l = ceil(log2 d)` and
+/// `m = ceil(2^(N + l) / d)`, `m * d - 2^(N + l) < d <= 2^l`, which is the
+/// theorem's condition for `floor(n * m / 2^(N + l)) == floor(n / d)`.
+/// Slab offsets are below `2^(PAGE_SHIFT + MAX_SLAB_ORDER)`, far inside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reciprocal {
+    mul: u64,
+    shift: u32,
+}
+
+const _: () = assert!((PAGE_SIZE << MAX_SLAB_ORDER) <= 1 << Reciprocal::DIVIDEND_BITS);
+
+impl Reciprocal {
+    /// Dividends must be below `2^DIVIDEND_BITS`; `N + l <= 24 + 40`
+    /// keeps `m` within 25 bits and `n * m` within 49.
+    pub const DIVIDEND_BITS: u32 = 24;
+
+    /// The reciprocal of `divisor` (non-zero, below `2^40`).
+    pub fn new(divisor: usize) -> Self {
+        let d = divisor as u64;
+        let l = d.next_power_of_two().trailing_zeros();
+        let shift = Self::DIVIDEND_BITS + l;
+        Self {
+            mul: (1u64 << shift).div_ceil(d),
+            shift,
+        }
+    }
+
+    /// `n / divisor`, for `n` below `2^DIVIDEND_BITS`.
+    #[inline(always)]
+    pub fn divide(&self, n: usize) -> usize {
+        debug_assert!((n as u64) < 1 << Self::DIVIDEND_BITS);
+        ((n as u64 * self.mul) >> self.shift) as usize
     }
 }
 
@@ -284,6 +326,33 @@ mod tests {
         assert_eq!(g.index_of(96 * 3), Ok(3));
         assert_eq!(g.index_of(96 * 3 + 5), Err(5));
         assert!(g.index_of(96 * g.objects).is_err());
+    }
+
+    #[test]
+    fn index_of_refuses_offsets_at_or_past_the_span() {
+        let g = plain(320, 8);
+        assert_eq!(g.index_of(g.span - 320), Ok(g.objects - 1));
+        assert_eq!(g.index_of(g.span), Err(g.span));
+        assert_eq!(g.index_of(usize::MAX), Err(usize::MAX));
+    }
+
+    /// The reciprocal is the hardware division for every stride a cache can
+    /// have and every offset within the largest slab.
+    #[test]
+    fn reciprocal_division_is_exact_for_every_slab_offset() {
+        let max_span = PAGE_SIZE << MAX_SLAB_ORDER;
+        // A step of 7 is coprime to every multiple of a word, so each
+        // stride's residues all occur.
+        let (strides, step) = if cfg!(miri) { (64, 997) } else { (1024, 7) };
+        for stride in (1..=strides).map(|k| k * WORD).chain([3, 5, 4095]) {
+            let r = Reciprocal::new(stride);
+            for n in (0..max_span).step_by(step).chain([max_span - 1]) {
+                assert_eq!(r.divide(n), n / stride, "{n} / {stride}");
+            }
+        }
+        let r = Reciprocal::new(12345);
+        let top = (1 << Reciprocal::DIVIDEND_BITS) - 1;
+        assert_eq!(r.divide(top), top / 12345);
     }
 
     #[test]
