@@ -330,6 +330,72 @@ fn a_bulk_free_frees_like_kfree_and_refuses_what_kfree_refuses() {
     k.check_invariants().unwrap();
 }
 
+/// A bulk request takes what the CPU's array holds first, then goes
+/// straight to the slabs: it leaves the array empty rather than refilling
+/// it for objects it hands on at once.
+#[test]
+fn a_bulk_allocation_empties_the_array_first_and_does_not_refill_it() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let id = k.kmalloc_slab(64, GFP_KERNEL).unwrap();
+    let warm: Vec<*mut u8> = (0..8)
+        .map(|_| k.kmalloc(64, GFP_KERNEL).unwrap().as_ptr())
+        .collect();
+    for &p in &warm {
+        k.kfree(p).unwrap();
+    }
+    let cached = k.kmem_cache_stats(id).unwrap().cached_objs;
+    assert!(cached >= warm.len(), "the frees went to the array");
+    let mut out = [ptr::null_mut(); 100];
+    assert_eq!(k.kmem_cache_alloc_bulk(id, GFP_KERNEL, &mut out), out.len());
+    let stats = k.kmem_cache_stats(id).unwrap();
+    assert_eq!(stats.cached_objs, 0, "taken first, and not refilled");
+    assert_eq!(stats.active_objs, out.len());
+    assert!(
+        warm.iter().all(|p| out.contains(p)),
+        "the hot objects first"
+    );
+    k.check_invariants().unwrap();
+    for p in out {
+        k.kfree(p).unwrap();
+    }
+    k.check_invariants().unwrap();
+}
+
+/// A bulk free that finds the CPU's array full frees straight to the
+/// slabs, leaving the array's objects where they are, and a refusal in
+/// the middle of such a run is refused alone.
+#[test]
+fn a_bulk_free_past_a_full_array_frees_to_the_slabs_and_refuses_alone() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    let id = k.kmalloc_slab(64, GFP_KERNEL).unwrap();
+    let limit = k.cache(id).unwrap().limit;
+    let objs: Vec<*mut u8> = (0..limit + 40)
+        .map(|_| k.kmalloc(64, GFP_KERNEL).unwrap().as_ptr())
+        .collect();
+    k.drain_local();
+    let (fill, rest) = objs.split_at(limit);
+    for &p in fill {
+        k.kfree(p).unwrap();
+    }
+    assert_eq!(k.kmem_cache_stats(id).unwrap().cached_objs, limit);
+    let mut ptrs = rest.to_vec();
+    ptrs.insert(10, fill[0]);
+    ptrs.insert(20, rest[0]);
+    let mut foreign = 0u64;
+    ptrs.insert(30, ptr::addr_of_mut!(foreign).cast());
+    // SAFETY: the `SoleUser` contract: this thread holds each of `rest`
+    // and gives it up once; `fill[0]`, `rest[0]` (a second time) and
+    // `foreign` are pointers nobody holds, which must be refused.
+    let refused = unsafe { k.kfree_bulk(&ptrs) };
+    assert_eq!(refused, 3, "two double frees and the foreign pointer");
+    let stats = k.kmem_cache_stats(id).unwrap();
+    assert_eq!(stats.cached_objs, limit, "the array kept its objects");
+    assert_eq!(stats.active_objs, 0);
+    k.check_invariants().unwrap();
+}
+
 #[test]
 fn kmalloc_fine_slab_names_the_cache_kmalloc_fine_serves_from() {
     let m = HostMachine::new(frames(), 1);

@@ -3,8 +3,10 @@
 //! node lock, a thread migrating between CPUs), the checked free's state
 //! transition (two CPUs freeing one object: exactly one wins, on the fast
 //! path and on the debug path, and for a large kmalloc, whose head's owner
-//! word is claimed by compare-and-swap), a remote free racing a flush, and
-//! a flush racing a drain of the same CPU from another CPU (`flush_all`).
+//! word is claimed by compare-and-swap), a remote free racing a flush, a
+//! flush racing a drain of the same CPU from another CPU (`flush_all`),
+//! and a bulk free past a full array (straight to the slabs) racing a
+//! `kfree` of one of its objects and another CPU's bulk free.
 //!
 //! Every shared word the slab layer touches is a loom object here: the
 //! slab headers' atomics and the cache locks come from `kmm_api::sync`,
@@ -385,6 +387,81 @@ fn racing_double_frees(slub_debug: SlabFlags) -> usize {
     explored
 }
 
+/// A bulk free that finds its CPU's array full frees straight to the
+/// slabs under the node lock, with the same state-byte compare-and-swap as
+/// `kfree`: racing a `kfree` of one of its objects on another CPU, exactly
+/// one of the two frees wins, while a third CPU's bulk free runs into the
+/// same slabs under the same lock. Nothing allocates during the race (an
+/// allocation could hand a freed contested object out again, and a later
+/// free of it would rightly succeed).
+#[test]
+fn a_bulk_free_past_a_full_array_races_kfree_and_another_bulk_free() {
+    // How often each free won: [the kfree, the bulk free].
+    let wins: std::sync::Arc<[StdAtomicUsize; 2]> =
+        std::sync::Arc::new(std::array::from_fn(|_| StdAtomicUsize::new(0)));
+    let seen = wins.clone();
+    let explored = explore(move || {
+        let k = build(SlabFlags::empty());
+        let id = big_cache(&k);
+        let objs = alloc_n(&k, id, 23);
+        let (contested, keep) = two_and_a_keeper(&objs);
+        let rest: Vec<usize> = objs
+            .iter()
+            .copied()
+            .filter(|p| !contested.contains(p) && *p != keep)
+            .collect();
+        // CPU 0's and CPU 2's arrays exactly full.
+        k.drain_local();
+        // SAFETY: we hold these objects and give them up.
+        unsafe {
+            free_on(&k, id, 0, &rest[..8]);
+            free_on(&k, id, 2, &rest[8..16]);
+        }
+        let bulk_free = |cpu: usize, ptrs: Vec<usize>| {
+            let k = k.clone();
+            thread::spawn(move || {
+                on_cpu(cpu);
+                let ptrs: Vec<*mut u8> = ptrs.into_iter().map(|p| p as *mut u8).collect();
+                // SAFETY: this thread gives these objects up; the other
+                // free of `contested[1]` is a racing double free.
+                unsafe { k.kfree_bulk(&ptrs) }
+            })
+        };
+        let contending = bulk_free(0, contested.to_vec());
+        let beside = bulk_free(2, rest[16..19].to_vec());
+        on_cpu(1);
+        // SAFETY: as above.
+        let single = unsafe { kfree(&k, contested[1]) };
+        let refused = contending.join().unwrap();
+        assert_eq!(beside.join().unwrap(), 0);
+        let winner = match single {
+            Ok(()) => 0,
+            Err(SlabError::DoubleFree { .. }) => 1,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert_eq!(refused, 1 - winner, "exactly one free of the object wins");
+        seen[winner].fetch_add(1, StdOrdering::Relaxed);
+        k.check_invariants().unwrap();
+        // SAFETY: we hold `keep` and the objects never freed.
+        unsafe {
+            free_on(&k, id, 1, &rest[19..]);
+            free_on(&k, id, 1, &[keep]);
+        }
+        k.check_invariants().unwrap();
+        assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+    });
+    let won = wins.each_ref().map(|w| w.load(StdOrdering::Relaxed));
+    assert!(
+        won.iter().all(|&w| w > 0),
+        "the race went both ways: {won:?}"
+    );
+    assert_explored(
+        "bulk free past a full array vs kfree vs bulk free",
+        explored,
+        1000,
+    );
+}
+
 #[test]
 fn racing_frees_of_one_object_let_exactly_one_win_even_mid_flush() {
     let explored = racing_double_frees(SlabFlags::empty());
@@ -477,10 +554,10 @@ fn racing_frees_of_one_large_kmalloc_let_exactly_one_win() {
             .unwrap()
             .as_ptr() as usize;
         let k2 = k.clone();
-        // SAFETY: racing double frees: both threads give `p` up, and
-        // nobody allocates during the race.
         let other = thread::spawn(move || {
             on_cpu(1);
+            // SAFETY: racing double frees: both threads give `p` up, and
+            // nobody allocates during the race.
             unsafe { kfree(&k2, p) }
         });
         // SAFETY: as above.
