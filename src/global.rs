@@ -123,17 +123,16 @@ mod hosted_global {
         pub(super) fn is_ours(&self, p: *const u8) -> bool {
             (self.kmem)().is_some_and(|k| k.backend().ptr_to_pfn(p).is_some())
         }
-    }
 
-    // SAFETY: each block is served by one of two allocators and returned
-    // to the same one, told apart by address (the manager's RAM is a host
-    // allocation the host never hands out twice); both honour `layout`.
-    // kmalloc's blocks of the magazine classes pass through the calling
-    // thread's magazines, which hold each only while no caller does, and
-    // satisfy every layout of their class (see `thread_cache`).
-    unsafe impl GlobalAlloc for HostedGlobal {
-        #[inline]
-        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        /// `alloc` when the calling thread's magazine cannot serve: its
+        /// refill, kmalloc, or the host.
+        ///
+        /// # Safety
+        ///
+        /// As for [`GlobalAlloc::alloc`].
+        #[cold]
+        #[inline(never)]
+        unsafe fn alloc_slow(&self, layout: Layout) -> *mut u8 {
             let p = match ((self.kmem)(), class_of(layout)) {
                 (Some(kmem), Some(class)) => thread_cache::alloc(kmem, class, GFP),
                 // SAFETY: forwarded from our caller.
@@ -146,27 +145,15 @@ mod hosted_global {
             p
         }
 
-        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-            if class_of(layout).is_some() {
-                // SAFETY: forwarded from our caller.
-                let p = unsafe { self.alloc(layout) };
-                if !p.is_null() {
-                    // SAFETY: `p` is a fresh block of `layout.size()` bytes.
-                    unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
-                }
-                return p;
-            }
-            // SAFETY: forwarded from our caller.
-            let p = unsafe { self.slab.alloc_zeroed(layout) };
-            if p.is_null() {
-                // SAFETY: as above.
-                return unsafe { System.alloc_zeroed(layout) };
-            }
-            p
-        }
-
-        #[inline]
-        unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        /// `dealloc` when the calling thread's magazine cannot take `p`:
+        /// its flush, kmalloc, or the host.
+        ///
+        /// # Safety
+        ///
+        /// As for [`GlobalAlloc::dealloc`].
+        #[cold]
+        #[inline(never)]
+        unsafe fn dealloc_slow(&self, p: *mut u8, layout: Layout) {
             let host = |p| {
                 // SAFETY: `p` lies outside the manager's RAM, so the host
                 // served it with `layout`.
@@ -189,6 +176,65 @@ mod hosted_global {
             // SAFETY: our caller gives up `p`, served by kmalloc or, if it
             // lies outside the manager's RAM, by the host.
             unsafe { self.slab.dealloc_or(p, host) }
+        }
+    }
+
+    // SAFETY: each block is served by one of two allocators and returned
+    // to the same one, told apart by address (the manager's RAM is a host
+    // allocation the host never hands out twice); both honour `layout`.
+    // kmalloc's blocks of the magazine classes pass through the calling
+    // thread's magazines, which hold each only while no caller does, and
+    // satisfy every layout of their class (see `thread_cache`).
+    unsafe impl GlobalAlloc for HostedGlobal {
+        /// The magazine's pop inline, with no call on the way; the rest
+        /// out of line.
+        #[inline]
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            if let (Some(kmem), Some(class)) = ((self.kmem)(), class_of(layout)) {
+                if let Some(p) = thread_cache::pop(kmem, class) {
+                    return p;
+                }
+            }
+            // SAFETY: forwarded from our caller.
+            unsafe { self.alloc_slow(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            if class_of(layout).is_some() {
+                // SAFETY: forwarded from our caller.
+                let p = unsafe { self.alloc(layout) };
+                if !p.is_null() {
+                    // SAFETY: `p` is a fresh block of `layout.size()` bytes.
+                    unsafe { core::ptr::write_bytes(p, 0, layout.size()) };
+                }
+                return p;
+            }
+            // SAFETY: forwarded from our caller.
+            let p = unsafe { self.slab.alloc_zeroed(layout) };
+            if p.is_null() {
+                // SAFETY: as above.
+                return unsafe { System.alloc_zeroed(layout) };
+            }
+            p
+        }
+
+        /// The magazine's push inline, with no call on the way; the rest
+        /// out of line.
+        #[inline]
+        unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+            if let (Some(kmem), Some(class)) = ((self.kmem)(), class_of(layout)) {
+                if kmem.backend().ptr_to_pfn(p).is_some()
+                    // SAFETY: our caller gives up `p`, which lies in the
+                    // manager's RAM and so was served by kmalloc for a
+                    // layout of `class` (or kept by `realloc` only within
+                    // it).
+                    && unsafe { thread_cache::push(kmem, class, p) }
+                {
+                    return;
+                }
+            }
+            // SAFETY: forwarded from our caller.
+            unsafe { self.dealloc_slow(p, layout) }
         }
 
         unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {

@@ -30,7 +30,13 @@
 //! block leaves.
 //!
 //! **Costs.** Pop and push: a thread-local access, the class table, a few
-//! loads and stores. An empty magazine takes [`BATCH`] objects from
+//! loads and stores, inlined into `GlobalAlloc::alloc` and `dealloc` with
+//! no call on the way ([`pop`], [`push`]): everything else (binding,
+//! refills, flushes, the direct path) is out of line in [`alloc`] and
+//! [`free`]. The magazines' thread-local has no destructor of its own, so
+//! reaching it is a plain thread-local load with no registration check;
+//! a second thread-local, [`ExitFlush`], registered when the magazines are
+//! bound, flushes them at the thread's exit. An empty magazine takes [`BATCH`] objects from
 //! kmalloc, and one for the caller, in one `kmem_cache_alloc_bulk`; a push
 //! onto a full one first frees its `BATCH` oldest in one `kfree_bulk`
 //! (checked, as `kfree`). Each pins the CPU once per run of kmalloc's own
@@ -94,10 +100,11 @@ pub(super) fn class_of(layout: Layout) -> Option<usize> {
     if size > CACHED_MAX {
         return None;
     }
-    let mut class = usize::from(CLASS_OF[(size - 1) / 8]);
-    // Past 96, 192, 320, … a power-of-two class at least `size` (so at
-    // least `align`) comes before CACHED_MAX runs out.
-    while CLASS_SIZE[class] & (layout.align() - 1) != 0 {
+    let mut class = usize::from(*CLASS_OF.get((size - 1) / 8)?);
+    // Every class is a multiple of 8. Past 96, 192, 320, … a power-of-two
+    // class at least `size` (so at least `align`) comes before CACHED_MAX
+    // runs out, so `?` never gives up here.
+    while CLASS_SIZE.get(class)? & (layout.align() - 1) != 0 {
         class += 1;
     }
     Some(class)
@@ -142,13 +149,30 @@ struct ThreadCache {
     owner: Cell<Option<&'static HostedKmem>>,
     /// Inside kmalloc for a refill or flush: the magazines are off limits.
     busy: Cell<bool>,
+    /// The manager the fast paths may serve now: `owner` while bound and
+    /// not busy, else null (see [`ThreadCache::reopen`]). One comparison
+    /// then stands for the three tests.
+    open: Cell<*const HostedKmem>,
     /// This thread's share of the process totals.
     published: Cell<ThreadCacheStats>,
     mags: [Magazine; CLASS_SIZE.len()],
 }
 
+/// The thread's exit: its magazines go back to kmalloc and are unbound.
+/// Requests made from then on (later destructors) cannot bind them again
+/// (`EXIT` is gone, see [`ThreadCache::serves`]) and go straight to
+/// kmalloc.
+struct ExitFlush;
+
+impl Drop for ExitFlush {
+    fn drop(&mut self) {
+        flush();
+    }
+}
+
 std::thread_local! {
     static CACHE: ThreadCache = const { ThreadCache::new() };
+    static EXIT: ExitFlush = const { ExitFlush };
 }
 
 /// The size and alignment kmalloc is asked for objects of `class`: the
@@ -165,43 +189,85 @@ fn direct_alloc(kmem: &HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
         .map_or(ptr::null_mut(), |p| p.as_ptr())
 }
 
-/// A block of `class` for the caller (from the calling thread's magazine,
-/// else from kmalloc), null if kmalloc has none.
-#[inline]
-pub(super) fn alloc(kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
-    CACHE
-        .try_with(|cache| cache.alloc(kmem, class, gfp))
-        .unwrap_or_else(|_| direct_alloc(kmem, class, gfp))
+/// The fast path of an allocation: a block of `class` off the calling
+/// thread's magazine, if it is open to `kmem` and not empty. Never calls
+/// out; `None` sends the caller to [`alloc`].
+#[inline(always)]
+pub(super) fn pop(kmem: &'static HostedKmem, class: usize) -> Option<*mut u8> {
+    CACHE.with(|cache| {
+        if !ptr::eq(cache.open.get(), kmem) {
+            return None;
+        }
+        let mag = cache.mags.get(class)?;
+        let len = mag.len.get().checked_sub(1)?;
+        let p = mag.slots.get(len)?.get();
+        mag.len.set(len);
+        Some(p)
+    })
 }
 
-/// Takes back `p`, a block of `kmem` held under a layout of `class`:
-/// onto the calling thread's magazine, or, where the magazines cannot
-/// take it (busy, serving another manager, or destroyed), to `direct`.
+/// The fast path of a free: `p` onto the calling thread's magazine, if it
+/// is open to `kmem` and not full. Never calls out; `false` (nothing done)
+/// sends the caller to [`free`].
+///
+/// # Safety
+///
+/// As for [`free`].
+#[inline(always)]
+pub(super) unsafe fn push(kmem: &'static HostedKmem, class: usize, p: *mut u8) -> bool {
+    CACHE.with(|cache| {
+        if !ptr::eq(cache.open.get(), kmem) {
+            return false;
+        }
+        let Some(mag) = cache.mags.get(class) else {
+            return false;
+        };
+        let len = mag.len.get();
+        let Some(slot) = mag.slots.get(len) else {
+            return false;
+        };
+        slot.set(p);
+        mag.len.set(len + 1);
+        true
+    })
+}
+
+/// A block of `class` for the caller when [`pop`] could not serve: the
+/// magazine bound to `kmem` and refilled, else straight from kmalloc;
+/// null if kmalloc has none.
+#[cold]
+#[inline(never)]
+pub(super) fn alloc(kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
+    CACHE.with(|cache| cache.alloc(kmem, class, gfp))
+}
+
+/// Takes back `p`, a block of `kmem` held under a layout of `class`, when
+/// [`push`] could not: onto the calling thread's magazine (flushing half
+/// of it first when full), or, where the magazines cannot take it (busy,
+/// serving another manager, or past the thread's exit flush), to `direct`.
 ///
 /// # Safety
 ///
 /// The caller holds `p`, a block of `kmem` with at least
 /// `CLASS_SIZE[class]` bytes at the class's natural alignment (see the
 /// module documentation), and gives it up here.
-#[inline]
+#[cold]
+#[inline(never)]
 pub(super) unsafe fn free(
     kmem: &'static HostedKmem,
     class: usize,
     p: *mut u8,
     direct: impl FnOnce(*mut u8),
 ) {
-    match CACHE.try_with(|cache| cache.free(kmem, class, p)) {
-        Ok(true) => {}
-        _ => direct(p),
+    if !CACHE.with(|cache| cache.free(kmem, class, p)) {
+        direct(p);
     }
 }
 
 /// Returns every object of the calling thread's magazines to kmalloc and
 /// unbinds them; the number returned.
 pub(super) fn flush() -> usize {
-    CACHE
-        .try_with(|cache| if cache.busy.get() { 0 } else { cache.flush() })
-        .unwrap_or(0)
+    CACHE.with(|cache| if cache.busy.get() { 0 } else { cache.flush() })
 }
 
 impl Magazine {
@@ -218,6 +284,7 @@ impl ThreadCache {
         ThreadCache {
             owner: Cell::new(None),
             busy: Cell::new(false),
+            open: Cell::new(ptr::null()),
             published: Cell::new(ThreadCacheStats {
                 objects: 0,
                 bytes: 0,
@@ -227,22 +294,39 @@ impl ThreadCache {
     }
 
     /// Whether the magazines may serve `kmem` now, binding them to it if
-    /// they serve nobody.
-    #[inline]
+    /// they serve nobody. Binding registers the exit flush; a thread
+    /// already past it (its destructors running) is not bound.
     fn serves(&self, kmem: &'static HostedKmem) -> bool {
         if self.busy.get() {
             return false;
         }
         match self.owner.get() {
             Some(owner) => ptr::eq(owner, kmem),
-            None => {
+            None if EXIT.try_with(|_| ()).is_ok() => {
                 self.owner.set(Some(kmem));
+                self.reopen();
                 true
             }
+            None => false,
         }
     }
 
-    #[inline]
+    /// Enters or leaves kmalloc for the magazines (see the module
+    /// documentation): while busy they are closed to every request.
+    fn set_busy(&self, busy: bool) {
+        self.busy.set(busy);
+        self.reopen();
+    }
+
+    /// Recomputes `open` from `owner` and `busy`.
+    fn reopen(&self) {
+        let open = match self.owner.get() {
+            Some(owner) if !self.busy.get() => ptr::from_ref(owner),
+            _ => ptr::null(),
+        };
+        self.open.set(open);
+    }
+
     fn alloc(&self, kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
         if !self.serves(kmem) {
             return direct_alloc(kmem, class, gfp);
@@ -258,7 +342,6 @@ impl ThreadCache {
     }
 
     /// Whether the magazine took `p`.
-    #[inline]
     fn free(&self, kmem: &'static HostedKmem, class: usize, p: *mut u8) -> bool {
         if !self.serves(kmem) {
             return false;
@@ -278,7 +361,7 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn refill(&self, kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
-        self.busy.set(true);
+        self.set_busy(true);
         let (size, align) = request(class);
         let mut batch = [ptr::null_mut(); BATCH + 1];
         // One bulk request: the CPU pinned once per run of kmalloc's own
@@ -292,7 +375,7 @@ impl ThreadCache {
         }
         mag.len.set(got.saturating_sub(1));
         self.publish();
-        self.busy.set(false);
+        self.set_busy(false);
         batch[0]
     }
 
@@ -301,7 +384,7 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn flush_batch(&self, kmem: &HostedKmem, class: usize) -> usize {
-        self.busy.set(true);
+        self.set_busy(true);
         let slots = &self.mags[class].slots;
         give_back(kmem, &slots[..BATCH]);
         for i in BATCH..CAPACITY {
@@ -309,7 +392,7 @@ impl ThreadCache {
         }
         self.mags[class].len.set(CAPACITY - BATCH);
         self.publish();
-        self.busy.set(false);
+        self.set_busy(false);
         CAPACITY - BATCH
     }
 
@@ -318,7 +401,7 @@ impl ThreadCache {
         let Some(owner) = self.owner.get() else {
             return 0;
         };
-        self.busy.set(true);
+        self.set_busy(true);
         let mut flushed = 0;
         for mag in &self.mags {
             give_back(owner, &mag.slots[..mag.len.get()]);
@@ -326,7 +409,7 @@ impl ThreadCache {
         }
         self.publish();
         self.owner.set(None);
-        self.busy.set(false);
+        self.set_busy(false);
         flushed
     }
 
@@ -364,15 +447,6 @@ fn give_back(kmem: &HostedKmem, slots: &[Cell<*mut u8>]) {
     // object allocated, as `HostedGlobal::dealloc` does; it cannot be
     // reported from here, and kfree counts it.
     unsafe { kmem.kfree_bulk(&objs[..slots.len()]) };
-}
-
-impl Drop for ThreadCache {
-    /// The thread's exit: its magazines go back to kmalloc. Requests made
-    /// from here on (later destructors) find the cache destroyed and go
-    /// straight to kmalloc.
-    fn drop(&mut self) {
-        self.flush();
-    }
 }
 
 #[cfg(test)]
@@ -549,6 +623,50 @@ mod tests {
         mm.kmem().check_invariants().unwrap();
     }
 
+    /// A thread-local destructor that runs after the exit flush (one
+    /// first touched before the magazines were bound: destructors run in
+    /// the reverse order of registration) finds them unbound, and cannot
+    /// bind them again: its requests
+    /// go straight to kmalloc, and nothing is stranded in a dead thread's
+    /// magazines.
+    #[test]
+    fn a_destructor_after_the_exit_flush_goes_straight_to_kmalloc() {
+        manager!(MM, GLOBAL);
+        struct Late;
+        impl Drop for Late {
+            fn drop(&mut self) {
+                let l = layout(64, 8);
+                // SAFETY: a non-zero size; the block freed once with its
+                // layout.
+                unsafe {
+                    let p = GLOBAL.alloc(l);
+                    assert!(GLOBAL.is_ours(p));
+                    GLOBAL.dealloc(p, l);
+                }
+                let unbound = CACHE.with(|c| c.owner.get().is_none() && c.open.get().is_null());
+                LATE_SAW_UNBOUND.store(unbound, Relaxed);
+            }
+        }
+        std::thread_local!(static LATE: Late = const { Late });
+        static LATE_SAW_UNBOUND: std::sync::atomic::AtomicBool =
+            std::sync::atomic::AtomicBool::new(false);
+        let mm = MM.get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap());
+        let before = kmalloc_in_use(mm);
+        on_new_thread(|| {
+            LATE.with(|_| ());
+            let l = layout(64, 8);
+            // SAFETY: as above.
+            unsafe {
+                let p = GLOBAL.alloc(l);
+                GLOBAL.dealloc(p, l);
+            }
+            assert!(held_here().objects > 0);
+        });
+        assert!(LATE_SAW_UNBOUND.load(Relaxed), "the flush ran first");
+        assert_eq!(kmalloc_in_use(mm), before, "nothing stranded");
+        mm.kmem().check_invariants().unwrap();
+    }
+
     #[test]
     fn a_block_freed_on_another_thread_serves_that_threads_next_request() {
         manager!(MM, GLOBAL);
@@ -648,7 +766,7 @@ mod tests {
                 GLOBAL.dealloc(p, l);
                 let held = held_here();
                 // As inside a refill's kmalloc.
-                CACHE.with(|c| c.busy.set(true));
+                CACHE.with(|c| c.set_busy(true));
                 let in_use = kmalloc_in_use(mm);
                 let q = GLOBAL.alloc(l);
                 assert_ne!(q, p, "the magazine is off limits");
@@ -657,7 +775,7 @@ mod tests {
                 assert_eq!(kmalloc_in_use(mm), in_use);
                 assert_eq!(HostedGlobal::flush_thread_cache(), 0);
                 assert_eq!(held_here(), held);
-                CACHE.with(|c| c.busy.set(false));
+                CACHE.with(|c| c.set_busy(false));
             }
         });
         mm.kmem().check_invariants().unwrap();
