@@ -1,5 +1,6 @@
-//! O1 (one 64-byte alloc + free pair) and O2 (100,000 64-byte allocations,
-//! then their frees in a shuffled order) as plain loops, for counting
+//! O1 (one 64-byte alloc + free pair), O2 (100,000 64-byte allocations,
+//! then their frees in a shuffled order) and O5 (2M objects allocated on
+//! one thread and freed on another) as plain loops, for counting
 //! instructions, and simulated cache misses, per operation with callgrind
 //! (deterministic, unlike timings on a shared machine). Runs `N` pairs or
 //! rounds of one contender on a worker thread (not the thread that booted
@@ -105,11 +106,38 @@ fn o2(a: &impl Objects, n: usize) {
     }
 }
 
-fn run(workload: &str, a: &impl Objects, n: usize) {
+/// `n` rounds of O5: one thread allocates 2M objects, in batches of 1000
+/// sent over a channel (at most 16 in flight) to a second that frees them.
+fn o5(a: &(impl Objects + Sync), n: usize) {
+    /// A batch of objects crossing threads.
+    struct Batch(Vec<NonNull<u8>>);
+    // SAFETY: the objects are plain memory handed from one thread to the
+    // next; only the receiver touches them.
+    unsafe impl Send for Batch {}
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(16);
+    let batches = n * 2_000_000 / 1000;
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for _ in 0..batches {
+                tx.send(Batch((0..1000).map(|_| a.alloc()).collect()))
+                    .unwrap();
+            }
+        });
+        for Batch(batch) in rx.iter() {
+            for p in batch {
+                // SAFETY: each object is freed once, by the receiver.
+                unsafe { a.free(p) };
+            }
+        }
+    });
+}
+
+fn run(workload: &str, a: &(impl Objects + Sync), n: usize) {
     match workload {
         "o1" => o1(a, n),
         "o2" => o2(a, n),
-        _ => panic!("usage: objects_ir o1|o2 kmalloc|global|mimalloc|glibc [N]"),
+        "o5" => o5(a, n),
+        _ => panic!("usage: objects_ir o1|o2|o5 kmalloc|global|mimalloc|glibc [N]"),
     }
 }
 
@@ -118,14 +146,14 @@ fn main() {
     let workload = args.next().unwrap_or_default();
     let which = args.next().unwrap_or_default();
     let n: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(100_000);
-    let mm = MM.get_or_init(|| MemoryManager::hosted(16 << 20, 1).unwrap());
+    let mm = MM.get_or_init(|| MemoryManager::hosted(16 << 20, 2).unwrap());
     std::thread::scope(|s| {
         s.spawn(|| match which.as_str() {
             "kmalloc" => run(&workload, &Kmalloc(mm), n),
             "global" => run(&workload, &Global(&GLOBAL), n),
             "mimalloc" => run(&workload, &Global(&MiMalloc), n),
             "glibc" => run(&workload, &Global(&System), n),
-            _ => panic!("usage: objects_ir o1|o2 kmalloc|global|mimalloc|glibc [N]"),
+            _ => panic!("usage: objects_ir o1|o2|o5 kmalloc|global|mimalloc|glibc [N]"),
         });
     });
 }

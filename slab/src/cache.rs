@@ -11,10 +11,6 @@
 //!   caller promises a live pointer) stores the state instead: no atomic
 //!   read-modify-write at all.
 //! - refill / flush: one node-lock hold for `batch` objects.
-//! - bulk (`kmem_cache_alloc_bulk`, `kfree_bulk`): the array under one pin
-//!   while it can serve, then the node's slabs directly, one node-lock hold
-//!   per `batch` objects: a bulk request neither refills nor flushes the
-//!   array, whose objects are the cache-hot ones.
 //! - grow: one `alloc_frames` plus an O(objects) slab build, CPU unpinned
 //!   (the page allocator may sleep).
 //! - drain of every CPU (Linux `flush_all`): each CPU's array emptied as
@@ -272,13 +268,9 @@ impl<B: SlabBackend> Kmem<B> {
     }
 
     /// Fills `out` with objects of `c` (Linux `kmem_cache_alloc_bulk`):
-    /// first what this CPU's array holds (its objects are the cache-hot
-    /// ones), popped under one pin, then straight from the node's slabs,
-    /// up to `batch` per node-lock hold, growing the cache when they run
-    /// out. So a bulk request never passes its objects through the array.
-    /// Debug caches and `__GFP_ZERO` take the one-object slow path for
-    /// each. The number filled, short of `out.len()` only when `c` cannot
-    /// grow.
+    /// each run of the CPU's array is popped under one pin, with the slow
+    /// path (which refills the array, or grows the cache) between runs.
+    /// The number filled, short of `out.len()` only when `c` cannot grow.
     pub(crate) fn cache_alloc_bulk(
         &self,
         c: &KmemCache,
@@ -287,37 +279,26 @@ impl<B: SlabBackend> Kmem<B> {
         site: &'static Location<'static>,
     ) -> usize {
         let mut n = 0;
-        if c.debug || gfp.contains(GfpFlags::ZERO) {
-            while let Some(slot) = out.get_mut(n) {
-                match self.cache_alloc_slow(c, gfp, c.geo.object_size, site) {
-                    Ok(p) => *slot = p.as_ptr(),
-                    Err(_) => break,
-                }
-                n += 1;
-            }
-            return n;
-        }
-        {
-            let guard = CpuGuard::new(self.backend());
-            let array = c.cpu_array(&guard);
-            while let Some(slot) = out.get_mut(n) {
-                let Some(entry) = array.pop(&guard) else {
-                    break;
-                };
-                *slot = Self::hand_out(entry).as_ptr();
-                n += 1;
-            }
-        }
         while n < out.len() {
-            let want = (out.len() - n).min(c.batch);
-            let taken = c.take_from_node(self, &mut c.node.lock(), want, |obj, slab, index| {
-                slab.set_state(index, ObjState::Allocated);
-                out[n] = obj;
-                n += 1;
-            });
-            if taken == 0 && self.grow(c, gfp).is_err() {
-                break;
+            if !c.debug && !gfp.contains(GfpFlags::ZERO) {
+                let guard = CpuGuard::new(self.backend());
+                let array = c.cpu_array(&guard);
+                while let Some(slot) = out.get_mut(n) {
+                    let Some(entry) = array.pop(&guard) else {
+                        break;
+                    };
+                    *slot = Self::hand_out(entry).as_ptr();
+                    n += 1;
+                }
             }
+            let Some(slot) = out.get_mut(n) else {
+                break;
+            };
+            match self.cache_alloc_slow(c, gfp, c.geo.object_size, site) {
+                Ok(p) => *slot = p.as_ptr(),
+                Err(_) => break,
+            }
+            n += 1;
         }
         n
     }
@@ -424,11 +405,9 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Frees `ptrs` as the checked `kfree` would, one at a time, with the
     /// CPU pinned once per run of frees its arrays absorb (Linux
-    /// `kfree_bulk`). When a cache's array is full, the run goes straight
-    /// to that cache's slabs instead (see [`Kmem::free_run_to_node`]). An
-    /// object that needs more (a debug cache, a large kmalloc, a refusal)
-    /// ends the run and takes the ordinary path with nothing pinned. The
-    /// number refused.
+    /// `kfree_bulk`). An object that needs more (an array to flush, a
+    /// debug cache, a large kmalloc, a refusal) ends the run and takes the
+    /// ordinary path with nothing pinned. The number refused.
     ///
     /// # Safety
     ///
@@ -475,10 +454,7 @@ impl<B: SlabBackend> Kmem<B> {
             };
             match spill {
                 None => return refused,
-                Some(Spill::Full(cache, entry)) => {
-                    // SAFETY: forwarded from our caller.
-                    rest = unsafe { self.free_run_to_node(cache, entry, rest) }
-                }
+                Some(Spill::Full(cache, entry)) => self.cache_free_flush(cache, entry),
                 Some(Spill::Ptr(p)) => {
                     // SAFETY: forwarded from our caller; the run left `p`
                     // as it was.
@@ -488,48 +464,6 @@ impl<B: SlabBackend> Kmem<B> {
                 }
             }
         }
-    }
-
-    /// Returns `first`, an object of `c` already marked freed, and then the
-    /// objects at the start of `rest` while each is an allocated object of
-    /// `c` (at most `batch` of them), straight to their slabs under one
-    /// node-lock hold, as SLUB's `kmem_cache_free_bulk` frees a detached
-    /// free list: a bulk free that finds the CPU's array full leaves its
-    /// hot objects there rather than flushing them. Returns the pointers
-    /// after the run; the first one it stopped at is left as it was.
-    ///
-    /// # Safety
-    ///
-    /// The pointer contract of [`Kmem::kfree`], for each pointer of `rest`.
-    unsafe fn free_run_to_node<'p>(
-        &self,
-        c: &KmemCache,
-        first: Entry,
-        rest: &'p [*mut u8],
-    ) -> &'p [*mut u8] {
-        let mut freed = 0;
-        let discards = {
-            let mut node = c.node.lock();
-            // SAFETY: an entry's slab is live while the entry exists.
-            let slab = unsafe { SlabHeader::from_ptr(first.slab) };
-            c.return_to_slab(&mut node, slab, slab.index_of_state(first.state));
-            for &p in rest.iter().take(c.batch) {
-                // SAFETY: forwarded from our caller.
-                let Ok(Owned::Slab { cache, slab, index }) = (unsafe { self.find(p) }) else {
-                    break;
-                };
-                if !core::ptr::eq(cache, c)
-                    || (FREE_CHECKS && !SlabHeader::try_free(&slab.states()[index]))
-                {
-                    break;
-                }
-                c.return_to_slab(&mut node, slab, index);
-                freed += 1;
-            }
-            Discards::take_surplus(&mut node, MIN_PARTIAL)
-        };
-        self.discard_all(c, discards);
-        &rest[freed..]
     }
 
     /// Why object `index` cannot be freed by a caller: already free, or

@@ -25,11 +25,9 @@
 //! read-modify-write, the compare-and-swap of the object's state byte that
 //! makes two racing frees of one object refuse one of them; the trusted
 //! free of [`KmallocGlobal`] (whose caller promises a live pointer) needs
-//! none. The bulk forms (`kmem_cache_alloc_bulk`, `kfree_bulk`) pin the
-//! CPU once per run of its array rather than once per object, and past
-//! the array (empty for an allocation, full for a free) go straight to the
-//! slabs, one node-lock hold per `batch` objects, rather than refilling or
-//! flushing it. Every `batch` operations a refill or flush takes the
+//! none. The bulk forms (`kmem_cache_alloc_bulk`, `kfree_bulk`) cost the
+//! same per object but pin the CPU once per run of its array rather than
+//! once per object. Every `batch` operations a refill or flush takes the
 //! cache's node lock once. A new slab costs one page allocation and O(objects) to link.
 //! Large kmallocs cost one page allocation plus one owner-word store per
 //! page. Debug caches do every operation under the node lock, plus

@@ -5,8 +5,8 @@
 //! path and on the debug path, and for a large kmalloc, whose head's owner
 //! word is claimed by compare-and-swap), a remote free racing a flush, a
 //! flush racing a drain of the same CPU from another CPU (`flush_all`),
-//! and a bulk free past a full array (straight to the slabs) racing a
-//! `kfree` of one of its objects and another CPU's bulk free.
+//! and a bulk free that overflows its CPU's array racing a `kfree` of one
+//! of its objects and another CPU's bulk free.
 //!
 //! Every shared word the slab layer touches is a loom object here: the
 //! slab headers' atomics and the cache locks come from `kmm_api::sync`,
@@ -387,15 +387,15 @@ fn racing_double_frees(slub_debug: SlabFlags) -> usize {
     explored
 }
 
-/// A bulk free that finds its CPU's array full frees straight to the
-/// slabs under the node lock, with the same state-byte compare-and-swap as
-/// `kfree`: racing a `kfree` of one of its objects on another CPU, exactly
-/// one of the two frees wins, while a third CPU's bulk free runs into the
-/// same slabs under the same lock. Nothing allocates during the race (an
+/// A bulk free that finds its CPU's array full flushes it to the slabs
+/// under the node lock, with the same state-byte compare-and-swap as
+/// `kfree` for each object: racing a `kfree` of one of its objects on
+/// another CPU, exactly one of the two frees wins, while a third CPU's
+/// bulk free overflows its own array into the same slabs. Nothing allocates during the race (an
 /// allocation could hand a freed contested object out again, and a later
 /// free of it would rightly succeed).
 #[test]
-fn a_bulk_free_past_a_full_array_races_kfree_and_another_bulk_free() {
+fn a_bulk_free_overflowing_its_array_races_kfree_and_another_bulk_free() {
     // How often each free won: [the kfree, the bulk free].
     let wins: std::sync::Arc<[StdAtomicUsize; 2]> =
         std::sync::Arc::new(std::array::from_fn(|_| StdAtomicUsize::new(0)));
@@ -456,7 +456,7 @@ fn a_bulk_free_past_a_full_array_races_kfree_and_another_bulk_free() {
         "the race went both ways: {won:?}"
     );
     assert_explored(
-        "bulk free past a full array vs kfree vs bulk free",
+        "bulk free overflowing its array vs kfree vs bulk free",
         explored,
         1000,
     );
