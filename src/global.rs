@@ -34,7 +34,11 @@ pub use thread_cache::ThreadCacheStats;
 mod thread_cache;
 
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
+mod depot;
+
+#[cfg(all(feature = "std", target_pointer_width = "64"))]
 mod hosted_global {
+    use super::depot::Depot;
     use super::thread_cache::{self, class_of, ThreadCacheStats};
     use super::GlobalKmalloc;
     use crate::hosted::Hosted;
@@ -70,10 +74,13 @@ mod hosted_global {
     ///
     /// Requests up to 1 KiB (size and alignment) go through the calling
     /// thread's magazines (the `thread_cache` module): a pop or push with
-    /// no CPU pin and no owner look-up, kmalloc reached in batches. What
-    /// the magazines hold is bounded (32 objects a class, at most 181 KiB
-    /// a thread), returned at the thread's exit or by
-    /// [`HostedGlobal::flush_thread_cache`], and counted by
+    /// no CPU pin and no owner look-up, kmalloc reached in batches, and
+    /// full batches traded between threads through the allocator's
+    /// magazine depot. What the magazines hold is bounded (32 objects a
+    /// class, at most 181 KiB a thread), returned at the thread's exit or
+    /// by [`HostedGlobal::flush_thread_cache`]; what the depot holds is
+    /// bounded too (128 objects a class, 723 KiB), returned by
+    /// [`HostedGlobal::drain_depot`]; both are counted by
     /// [`HostedGlobal::thread_cache_stats`]. `realloc` keeps a block of
     /// those sizes in place only while the new layout has the same class.
     ///
@@ -95,6 +102,7 @@ mod hosted_global {
     pub struct HostedGlobal {
         slab: GlobalKmalloc<Hosted, Hosted>,
         kmem: fn() -> Option<&'static HostedKmem>,
+        depot: Depot,
     }
 
     impl HostedGlobal {
@@ -104,6 +112,7 @@ mod hosted_global {
             HostedGlobal {
                 slab: GlobalKmalloc::new(kmem).with_gfp(GFP),
                 kmem,
+                depot: Depot::new(),
             }
         }
 
@@ -114,9 +123,15 @@ mod hosted_global {
         }
 
         /// What every thread's magazines hold, as of each thread's last
-        /// refill or flush.
+        /// refill or flush, and what the depot holds.
         pub fn thread_cache_stats() -> ThreadCacheStats {
             thread_cache::stats()
+        }
+
+        /// Returns every batch the magazine depot holds of this
+        /// allocator's manager to kmalloc; the number of objects returned.
+        pub fn drain_depot(&self) -> usize {
+            (self.kmem)().map_or(0, |kmem| thread_cache::drain_depot(kmem, &self.depot))
         }
 
         /// Whether `p` lies in the manager's RAM (and so is kmalloc's).
@@ -134,7 +149,7 @@ mod hosted_global {
         #[inline(never)]
         unsafe fn alloc_slow(&self, layout: Layout) -> *mut u8 {
             let p = match ((self.kmem)(), class_of(layout)) {
-                (Some(kmem), Some(class)) => thread_cache::alloc(kmem, class, GFP),
+                (Some(kmem), Some(class)) => thread_cache::alloc(kmem, &self.depot, class, GFP),
                 // SAFETY: forwarded from our caller.
                 _ => unsafe { self.slab.alloc(layout) },
             };
@@ -169,7 +184,7 @@ mod hosted_global {
                     // SAFETY: our caller gives up `p`, in the manager's
                     // RAM and so served by kmalloc for a layout of `class`
                     // (or kept by `realloc` only within it).
-                    return unsafe { thread_cache::free(kmem, class, p, direct) };
+                    return unsafe { thread_cache::free(kmem, &self.depot, class, p, direct) };
                 }
                 return host(p);
             }

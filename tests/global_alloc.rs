@@ -126,6 +126,34 @@ fn a_threads_first_refill_survives_the_allocation_its_cpu_claim_makes() {
     mm().kmem().check_invariants().unwrap();
 }
 
+/// A producer and a consumer thread at once, the consumer freeing what the
+/// producer allocated (Box<[u64; 8]> here, through this binary's global
+/// allocator), so full batches stream through the magazine depot while
+/// both run: every block still holds the number the producer wrote, so
+/// none was handed out twice.
+#[test]
+fn blocks_freed_on_another_thread_come_back_through_the_depot_intact() {
+    mm();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Box<[u64; 8]>>>(8);
+    let producer = std::thread::spawn(move || {
+        for batch in 0..2_000u64 {
+            let blocks = (0..100).map(|i| Box::new([batch * 100 + i; 8])).collect();
+            tx.send(blocks).unwrap();
+        }
+    });
+    let mut expect = 0u64;
+    for blocks in rx {
+        for b in blocks {
+            assert!(in_ram(&*b));
+            assert_eq!(*b, [expect; 8], "a block handed out twice");
+            expect += 1;
+        }
+    }
+    producer.join().unwrap();
+    assert_eq!(expect, 200_000);
+    mm().kmem().check_invariants().unwrap();
+}
+
 #[derive(Clone, Debug)]
 enum Op {
     Alloc {
@@ -141,6 +169,15 @@ enum Op {
         size: usize,
     },
     Flush,
+    /// `count` blocks of one size at once: enough to take batches from
+    /// the depot.
+    Burst {
+        size: usize,
+        count: usize,
+    },
+    /// Every live block freed: enough to give batches to the depot.
+    FreeAll,
+    DrainDepot,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -152,6 +189,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => any::<usize>().prop_map(|pick| Op::Free { pick }),
         3 => (any::<usize>(), size).prop_map(|(pick, size)| Op::Realloc { pick, size }),
         1 => Just(Op::Flush),
+        1 => (1..=1024usize, 1..=100usize).prop_map(|(size, count)| Op::Burst { size, count }),
+        1 => Just(Op::FreeAll),
+        1 => Just(Op::DrainDepot),
     ]
 }
 
@@ -188,7 +228,8 @@ fn check(live: &[Block]) -> Result<(), TestCaseError> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
-    /// Random alloc / dealloc / realloc / flush sequences through the
+    /// Random alloc / dealloc / realloc / flush / burst / depot-drain
+    /// sequences through the
     /// allocator: after every step each live block holds what was written
     /// into it, at its alignment, and no two live blocks overlap.
     #[test]
@@ -237,6 +278,27 @@ proptest! {
                 }
                 Op::Flush => {
                     HostedGlobal::flush_thread_cache();
+                }
+                Op::Burst { size, count } => {
+                    let layout = Layout::from_size_align(size, 8).unwrap();
+                    for _ in 0..count {
+                        // SAFETY: a non-zero size; freed once, with its
+                        // layout, below.
+                        let p = unsafe { GLOBAL.alloc(layout) };
+                        prop_assert!(!p.is_null());
+                        // SAFETY: a fresh block of `size` bytes.
+                        unsafe { p.write_bytes(fill, size) };
+                        live.push(Block { p, layout, fill });
+                    }
+                }
+                Op::FreeAll => {
+                    for b in live.drain(..) {
+                        // SAFETY: a live block, freed once with its layout.
+                        unsafe { GLOBAL.dealloc(b.p, b.layout) };
+                    }
+                }
+                Op::DrainDepot => {
+                    GLOBAL.drain_depot();
                 }
                 Op::Free { .. } | Op::Realloc { .. } => {}
             }

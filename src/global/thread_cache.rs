@@ -35,24 +35,32 @@
 //! refills, flushes, the direct path) is out of line in [`alloc`] and
 //! [`free`]. The magazines' thread-local has no destructor of its own, so
 //! reaching it is a plain thread-local load with no registration check;
-//! a second thread-local, [`ExitFlush`], registered when the magazines are
-//! bound, flushes them at the thread's exit. An empty magazine takes [`BATCH`] objects from
-//! kmalloc, and one for the caller, in one `kmem_cache_alloc_bulk`; a push
-//! onto a full one first frees its `BATCH` oldest in one `kfree_bulk`
-//! (checked, as `kfree`). Each pins the CPU once per run of kmalloc's own
-//! per-CPU array rather than once per object. The process-wide count is
-//! published at those batches, not per object.
+//! a second thread-local, [`ExitFlush`], registered when the magazines
+//! are bound, flushes them at the thread's exit.
+//!
+//! An empty magazine takes a full batch from the allocator's depot (the
+//! `depot` module) if it has one, else [`BATCH`] objects from kmalloc, and
+//! one for the caller, in one `kmem_cache_alloc_bulk`. A push onto a full
+//! magazine first gives its `BATCH` oldest to the depot, or, when the
+//! depot has no room, frees them in one `kfree_bulk` (checked, as
+//! `kfree`). So objects one thread frees serve another thread's
+//! allocations through the depot, one short lock hold per batch, without
+//! passing through kmalloc. kmalloc's bulk calls pin the CPU once per run
+//! of its own per-CPU array rather than once per object. The process-wide
+//! count is published at those batches, not per object.
 //!
 //! **Bounds.** [`CAPACITY`] objects per class: at most 32 × 5,784 bytes
-//! (181 KiB) per thread, whatever the program does. A thread's exit (its
-//! thread-local destructor) flushes its magazines;
+//! (181 KiB) per thread, whatever the program does; the depot keeps at
+//! most `DEPOT_BATCHES` batches of each class (723 KiB). A thread's exit
+//! (its thread-local destructor) flushes its magazines to kmalloc;
 //! [`super::HostedGlobal::flush_thread_cache`] flushes the caller's at
-//! once.
+//! once, and [`super::HostedGlobal::drain_depot`] empties the depot.
 //!
 //! **Binding.** A thread's magazines serve the first manager that uses
 //! them and hold only its objects; a flush that empties them unbinds
 //! them. A thread using a second manager meanwhile reaches it directly.
 
+use super::depot::Depot;
 use super::hosted_global::HostedKmem;
 use core::alloc::Layout;
 use core::cell::Cell;
@@ -66,7 +74,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 pub(super) const CACHED_MAX: usize = 1024;
 
 /// kmalloc's classes up to 256 bytes and the fine classes above.
-const CLASS_SIZE: [usize; 16] = [
+pub(super) const CLASS_SIZE: [usize; 16] = [
     8, 16, 32, 64, 96, 128, 192, 256, 320, 384, 448, 512, 640, 768, 896, 1024,
 ];
 
@@ -76,7 +84,7 @@ const CLASS_SIZE: [usize; 16] = [
 const CAPACITY: usize = 32;
 
 /// Objects a refill takes and a flush at capacity returns.
-const BATCH: usize = CAPACITY / 2;
+pub(super) const BATCH: usize = CAPACITY / 2;
 
 /// The smallest class holding each size in `1..=CACHED_MAX`, indexed by
 /// `(size - 1) / 8` (every class size is a multiple of 8).
@@ -110,8 +118,8 @@ pub(super) fn class_of(layout: Layout) -> Option<usize> {
     Some(class)
 }
 
-/// What the magazines of every thread hold, as published at each thread's
-/// last refill or flush (a thread's pops and pushes since then move its
+/// What the magazines of every thread and the depots hold, as published
+/// at each thread's last refill or flush and each depot trade (a thread's pops and pushes since then move its
 /// share by less than a magazine's 32 objects per class). kmalloc's own
 /// statistics (`/proc/slabinfo`'s active objects) count these objects as
 /// allocated.
@@ -128,7 +136,14 @@ pub struct ThreadCacheStats {
 static HELD_OBJECTS: AtomicUsize = AtomicUsize::new(0);
 static HELD_BYTES: AtomicUsize = AtomicUsize::new(0);
 
-/// What every thread's magazines hold.
+/// Moves the process totals by `objects` objects of `class` (negative:
+/// fewer), for what enters or leaves the depot.
+pub(super) fn publish_held(objects: isize, class: usize) {
+    HELD_OBJECTS.fetch_add(objects as usize, Relaxed);
+    HELD_BYTES.fetch_add((objects * CLASS_SIZE[class] as isize) as usize, Relaxed);
+}
+
+/// What every thread's magazines and the depot hold.
 pub(super) fn stats() -> ThreadCacheStats {
     ThreadCacheStats {
         objects: HELD_OBJECTS.load(Relaxed),
@@ -237,8 +252,13 @@ pub(super) unsafe fn push(kmem: &'static HostedKmem, class: usize, p: *mut u8) -
 /// null if kmalloc has none.
 #[cold]
 #[inline(never)]
-pub(super) fn alloc(kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
-    CACHE.with(|cache| cache.alloc(kmem, class, gfp))
+pub(super) fn alloc(
+    kmem: &'static HostedKmem,
+    depot: &Depot,
+    class: usize,
+    gfp: GfpFlags,
+) -> *mut u8 {
+    CACHE.with(|cache| cache.alloc(kmem, depot, class, gfp))
 }
 
 /// Takes back `p`, a block of `kmem` held under a layout of `class`, when
@@ -255,11 +275,12 @@ pub(super) fn alloc(kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *
 #[inline(never)]
 pub(super) unsafe fn free(
     kmem: &'static HostedKmem,
+    depot: &Depot,
     class: usize,
     p: *mut u8,
     direct: impl FnOnce(*mut u8),
 ) {
-    if !CACHE.with(|cache| cache.free(kmem, class, p)) {
+    if !CACHE.with(|cache| cache.free(kmem, depot, class, p)) {
         direct(p);
     }
 }
@@ -327,13 +348,19 @@ impl ThreadCache {
         self.open.set(open);
     }
 
-    fn alloc(&self, kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
+    fn alloc(
+        &self,
+        kmem: &'static HostedKmem,
+        depot: &Depot,
+        class: usize,
+        gfp: GfpFlags,
+    ) -> *mut u8 {
         if !self.serves(kmem) {
             return direct_alloc(kmem, class, gfp);
         }
         let mag = &self.mags[class];
         match mag.len.get() {
-            0 => self.refill(kmem, class, gfp),
+            0 => self.refill(kmem, depot, class, gfp),
             len => {
                 mag.len.set(len - 1);
                 mag.slots[len - 1].get()
@@ -342,25 +369,42 @@ impl ThreadCache {
     }
 
     /// Whether the magazine took `p`.
-    fn free(&self, kmem: &'static HostedKmem, class: usize, p: *mut u8) -> bool {
+    fn free(&self, kmem: &'static HostedKmem, depot: &Depot, class: usize, p: *mut u8) -> bool {
         if !self.serves(kmem) {
             return false;
         }
         let mag = &self.mags[class];
         let mut len = mag.len.get();
         if len == CAPACITY {
-            len = self.flush_batch(kmem, class);
+            len = self.flush_batch(kmem, depot, class);
         }
         mag.slots[len].set(p);
         mag.len.set(len + 1);
         true
     }
 
-    /// An empty magazine's refill: an object for the caller and up to
-    /// `BATCH` for the magazine; the caller's is null if kmalloc has none.
+    /// An empty magazine's refill: a batch from the depot if it has one
+    /// (an object for the caller, the rest for the magazine), else an
+    /// object for the caller and up to `BATCH` for the magazine from
+    /// kmalloc; the caller's is null if kmalloc has none.
     #[cold]
     #[inline(never)]
-    fn refill(&self, kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
+    fn refill(
+        &self,
+        kmem: &'static HostedKmem,
+        depot: &Depot,
+        class: usize,
+        gfp: GfpFlags,
+    ) -> *mut u8 {
+        let mag = &self.mags[class];
+        if let Some(batch) = depot.take(kmem, class) {
+            for (slot, &p) in mag.slots.iter().zip(&batch[1..]) {
+                slot.set(p);
+            }
+            mag.len.set(BATCH - 1);
+            self.publish();
+            return batch[0];
+        }
         self.set_busy(true);
         let (size, align) = request(class);
         let mut batch = [ptr::null_mut(); BATCH + 1];
@@ -369,7 +413,6 @@ impl ThreadCache {
         let got = kmem.kmalloc_fine_slab(size, align, gfp).map_or(0, |cache| {
             kmem.kmem_cache_alloc_bulk(cache, gfp, &mut batch)
         });
-        let mag = &self.mags[class];
         for (slot, &p) in mag.slots.iter().zip(&batch[1..got.max(1)]) {
             slot.set(p);
         }
@@ -379,14 +422,18 @@ impl ThreadCache {
         batch[0]
     }
 
-    /// A full magazine's flush: its `BATCH` oldest objects go back to
-    /// kmalloc and the rest move down. The new length.
+    /// A full magazine's flush: its `BATCH` oldest objects go to the
+    /// depot, or back to kmalloc if the depot has no room, and the rest
+    /// move down. The new length.
     #[cold]
     #[inline(never)]
-    fn flush_batch(&self, kmem: &HostedKmem, class: usize) -> usize {
+    fn flush_batch(&self, kmem: &HostedKmem, depot: &Depot, class: usize) -> usize {
         self.set_busy(true);
         let slots = &self.mags[class].slots;
-        give_back(kmem, &slots[..BATCH]);
+        let oldest: [*mut u8; BATCH] = core::array::from_fn(|i| slots[i].get());
+        if !depot.put(kmem, class, &oldest) {
+            give_back(kmem, &oldest);
+        }
         for i in BATCH..CAPACITY {
             slots[i - BATCH].set(slots[i].get());
         }
@@ -404,7 +451,11 @@ impl ThreadCache {
         self.set_busy(true);
         let mut flushed = 0;
         for mag in &self.mags {
-            give_back(owner, &mag.slots[..mag.len.get()]);
+            let mut objs = [ptr::null_mut(); CAPACITY];
+            for (obj, slot) in objs.iter_mut().zip(&mag.slots[..mag.len.get()]) {
+                *obj = slot.get();
+            }
+            give_back(owner, &objs[..mag.len.get()]);
             flushed += mag.len.replace(0);
         }
         self.publish();
@@ -434,24 +485,27 @@ impl ThreadCache {
     }
 }
 
-/// A magazine's objects in `slots` back to kmalloc, in one bulk free.
-fn give_back(kmem: &HostedKmem, slots: &[Cell<*mut u8>]) {
-    let mut objs = [ptr::null_mut(); CAPACITY];
-    for (obj, slot) in objs.iter_mut().zip(slots) {
-        *obj = slot.get();
-    }
-    // SAFETY: a magazine's objects are blocks kmalloc served that nobody
-    // else holds (each left its holder's hands by `free`), and the caller
-    // gives each slot back once, then drops it from the magazine. A
+/// Objects of a magazine or the depot back to kmalloc, in one bulk free.
+fn give_back(kmem: &HostedKmem, objs: &[*mut u8]) {
+    // SAFETY: a magazine's or the depot's objects are blocks kmalloc
+    // served that nobody else holds (each left its holder's hands by
+    // `free`), and the caller gives each back once, then drops it. A
     // refusal (only corruption elsewhere could cause one) leaves its
     // object allocated, as `HostedGlobal::dealloc` does; it cannot be
     // reported from here, and kfree counts it.
-    unsafe { kmem.kfree_bulk(&objs[..slots.len()]) };
+    unsafe { kmem.kfree_bulk(objs) };
+}
+
+/// Returns every batch of `kmem` that `depot` holds to kmalloc; the
+/// number of objects returned.
+pub(super) fn drain_depot(kmem: &HostedKmem, depot: &Depot) -> usize {
+    depot.drain(kmem, |objs| give_back(kmem, objs))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::global::depot::DEPOT_BATCHES;
     use crate::global::HostedGlobal;
     use crate::{HostedMemoryManager, MemoryManager};
     use core::alloc::GlobalAlloc;
@@ -551,7 +605,7 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_magazine_takes_a_batch_and_a_full_one_gives_a_batch_back() {
+    fn an_empty_magazine_takes_a_batch_and_a_full_one_gives_a_batch_to_the_depot() {
         manager!(MM, GLOBAL);
         let mm = MM.get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap());
         on_new_thread(|| {
@@ -579,7 +633,9 @@ mod tests {
                 assert_eq!(kmalloc_in_use(mm), in_use);
                 GLOBAL.dealloc(blocks[CAPACITY - held], l);
                 assert_eq!(held_here().objects, CAPACITY - BATCH + 1);
-                assert_eq!(kmalloc_in_use(mm), in_use - BATCH, "a batch back");
+                assert_eq!(kmalloc_in_use(mm), in_use, "a batch to the depot");
+                assert_eq!(GLOBAL.drain_depot(), BATCH);
+                assert_eq!(kmalloc_in_use(mm), in_use - BATCH, "and back");
                 for &p in &blocks[CAPACITY - held + 1..] {
                     GLOBAL.dealloc(p, l);
                 }
@@ -589,6 +645,90 @@ mod tests {
             assert_eq!(kmalloc_in_use(mm), before);
         });
         mm.kmem().check_invariants().unwrap();
+    }
+
+    /// The batches a freeing thread's magazine gives up serve another
+    /// thread's refills, most recent first, without passing through
+    /// kmalloc; the depot keeps at most `DEPOT_BATCHES` of a class and
+    /// sends the rest to kmalloc, and a drain returns what it holds.
+    #[test]
+    fn a_batch_one_thread_gives_up_serves_another_threads_refill() {
+        manager!(MM, GLOBAL);
+        let mm = MM.get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap());
+        let l = layout(64, 8);
+        let before = kmalloc_in_use(mm);
+        let n = CAPACITY + (DEPOT_BATCHES + 2) * BATCH;
+        // Allocated on one thread, freed on another (an `AtomicPtr` each:
+        // a raw pointer is not `Send`).
+        let blocks: Vec<AtomicPtr<u8>> = on_new_thread(|| {
+            // SAFETY: a non-zero size.
+            (0..n)
+                .map(|_| AtomicPtr::new(unsafe { GLOBAL.alloc(l) }))
+                .collect()
+        });
+        let last_batch: Vec<usize> = on_new_thread(|| {
+            for b in &blocks {
+                // SAFETY: each block is freed once, with its layout.
+                unsafe { GLOBAL.dealloc(b.load(Relaxed), l) };
+            }
+            // Each flush gives up the magazine's oldest batch: blocks
+            // 0..16 first. The first `DEPOT_BATCHES` batches go to the
+            // depot, the next two to kmalloc, and the magazine keeps the
+            // last CAPACITY.
+            let at = (DEPOT_BATCHES - 1) * BATCH;
+            blocks[at..at + BATCH]
+                .iter()
+                .map(|b| b.load(Relaxed) as usize)
+                .collect()
+        });
+        let in_use = kmalloc_in_use(mm);
+        assert_eq!(in_use, before + DEPOT_BATCHES * BATCH, "the depot's");
+        on_new_thread(|| {
+            // SAFETY: a non-zero size; the block freed once with its layout.
+            unsafe {
+                let p = GLOBAL.alloc(l);
+                assert_eq!(p as usize, last_batch[0], "the depot's most recent batch");
+                assert_eq!(kmalloc_in_use(mm), in_use, "not through kmalloc");
+                GLOBAL.dealloc(p, l);
+            }
+        });
+        assert_eq!(GLOBAL.drain_depot(), (DEPOT_BATCHES - 1) * BATCH);
+        assert_eq!(kmalloc_in_use(mm), before);
+        mm.kmem().check_invariants().unwrap();
+    }
+
+    /// A depot holds one manager's batches of a class at a time.
+    #[test]
+    fn a_depot_class_holds_one_managers_batches_at_a_time() {
+        static MM_A: OnceLock<HostedMemoryManager> = OnceLock::new();
+        static MM_B: OnceLock<HostedMemoryManager> = OnceLock::new();
+        let a = MM_A
+            .get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap())
+            .kmem();
+        let b = MM_B
+            .get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap())
+            .kmem();
+        let depot = Depot::new();
+        // Never dereferenced: the depot only stores and returns them.
+        let batch: [*mut u8; BATCH] =
+            core::array::from_fn(|i| ptr::without_provenance_mut(64 * (i + 1)));
+        assert!(depot.put(a, 3, &batch));
+        assert!(!depot.put(b, 3, &batch), "another manager's");
+        assert!(depot.put(b, 4, &batch), "another class");
+        assert_eq!(depot.take(b, 3), None);
+        assert_eq!(depot.take(a, 3), Some(batch));
+        assert!(depot.put(b, 3, &batch), "empty again, any manager's");
+        assert_eq!(depot.take(b, 3), Some(batch));
+        assert_eq!(depot.take(b, 4), Some(batch));
+        for _ in 0..DEPOT_BATCHES {
+            assert!(depot.put(a, 5, &batch));
+        }
+        assert!(!depot.put(a, 5, &batch), "full");
+        let mut n = 0;
+        while depot.take(a, 5).is_some() {
+            n += 1;
+        }
+        assert_eq!(n, DEPOT_BATCHES);
     }
 
     #[test]
