@@ -49,6 +49,7 @@ impl Buffer {
         let pad = raw.as_ptr().align_offset(PAGE_SIZE);
         // `pad < PAGE_SIZE`, and the allocation holds PAGE_SIZE spare bytes.
         let ram = NonNull::new(raw.as_ptr().wrapping_add(pad)).ok_or(too_large)?;
+        advise_huge_pages(ram, ram_bytes);
         Ok(Buffer {
             raw,
             alloc,
@@ -57,6 +58,35 @@ impl Buffer {
         })
     }
 }
+
+/// Asks the host to back the 2 MiB-aligned part of the RAM with huge pages
+/// (Linux's transparent huge pages, where the host allows them), as a
+/// kernel maps its direct map with large pages (`PSE` on i386): the
+/// allocator's metadata and objects are then reached through far fewer
+/// TLB entries and page faults. A host that refuses leaves 4 KiB pages;
+/// the contents never change either way. (Not under miri, which has no
+/// `madvise`.)
+#[cfg(all(target_os = "linux", not(miri)))]
+fn advise_huge_pages(ram: NonNull<u8>, bytes: usize) {
+    const HUGE: usize = 2 << 20;
+    let from = ram.as_ptr().align_offset(HUGE);
+    let len = bytes.saturating_sub(from) & !(HUGE - 1);
+    if len > 0 {
+        // SAFETY: `[from, from + len)` lies inside the RAM, our own
+        // allocation; MADV_HUGEPAGE changes how the host backs the range,
+        // not what it holds or who may access it.
+        unsafe {
+            libc::madvise(
+                ram.as_ptr().wrapping_add(from).cast(),
+                len,
+                libc::MADV_HUGEPAGE,
+            )
+        };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", not(miri))))]
+fn advise_huge_pages(_ram: NonNull<u8>, _bytes: usize) {}
 
 impl Drop for Buffer {
     fn drop(&mut self) {
