@@ -38,7 +38,6 @@ mod depot;
 
 #[cfg(all(feature = "std", target_pointer_width = "64"))]
 mod hosted_global {
-    use super::depot::Depot;
     use super::thread_cache::{self, class_of, ThreadCacheStats};
     use super::GlobalKmalloc;
     use crate::hosted::Hosted;
@@ -75,7 +74,7 @@ mod hosted_global {
     /// Requests up to 1 KiB (size and alignment) go through the calling
     /// thread's magazines (the `thread_cache` module): a pop or push with
     /// no CPU pin and no owner look-up, kmalloc reached in batches, and
-    /// full batches traded between threads through the allocator's
+    /// full batches traded between threads through the process's
     /// magazine depot. What the magazines hold is bounded (32 objects a
     /// class, at most 181 KiB a thread), returned at the thread's exit or
     /// by [`HostedGlobal::flush_thread_cache`]; what the depot holds is
@@ -102,7 +101,6 @@ mod hosted_global {
     pub struct HostedGlobal {
         slab: GlobalKmalloc<Hosted, Hosted>,
         kmem: fn() -> Option<&'static HostedKmem>,
-        depot: Depot,
     }
 
     impl HostedGlobal {
@@ -112,7 +110,6 @@ mod hosted_global {
             HostedGlobal {
                 slab: GlobalKmalloc::new(kmem).with_gfp(GFP),
                 kmem,
-                depot: Depot::new(),
             }
         }
 
@@ -128,10 +125,10 @@ mod hosted_global {
             thread_cache::stats()
         }
 
-        /// Returns every batch the magazine depot holds of this
+        /// Returns every batch the process's magazine depot holds of this
         /// allocator's manager to kmalloc; the number of objects returned.
         pub fn drain_depot(&self) -> usize {
-            (self.kmem)().map_or(0, |kmem| thread_cache::drain_depot(kmem, &self.depot))
+            (self.kmem)().map_or(0, thread_cache::drain_depot)
         }
 
         /// Whether `p` lies in the manager's RAM (and so is kmalloc's).
@@ -149,7 +146,7 @@ mod hosted_global {
         #[inline(never)]
         unsafe fn alloc_slow(&self, layout: Layout) -> *mut u8 {
             let p = match ((self.kmem)(), class_of(layout)) {
-                (Some(kmem), Some(class)) => thread_cache::alloc(kmem, &self.depot, class, GFP),
+                (Some(kmem), Some(class)) => thread_cache::alloc(kmem, class, GFP),
                 // SAFETY: forwarded from our caller.
                 _ => unsafe { self.slab.alloc(layout) },
             };
@@ -184,7 +181,7 @@ mod hosted_global {
                     // SAFETY: our caller gives up `p`, in the manager's
                     // RAM and so served by kmalloc for a layout of `class`
                     // (or kept by `realloc` only within it).
-                    return unsafe { thread_cache::free(kmem, &self.depot, class, p, direct) };
+                    return unsafe { thread_cache::free(kmem, class, p, direct) };
                 }
                 return host(p);
             }

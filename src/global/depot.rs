@@ -1,6 +1,11 @@
 //! The magazine depot of [`super::HostedGlobal`] (Bonwick's depot layer):
-//! for each magazine class, a bounded stack of full batches that the
-//! threads' magazines trade (one depot per `HostedGlobal`). A magazine that fills gives its
+//! for each magazine class, a process-wide, bounded stack of full batches
+//! that the threads' magazines trade. Process-wide like the magazines
+//! themselves (a thread has one set whichever `HostedGlobal` fills it),
+//! and kept out of `HostedGlobal` so that the allocator's static holds no
+//! interior mutability: the compiler then resolves its manager function
+//! at build time instead of calling it through a pointer on every
+//! request. A magazine that fills gives its
 //! oldest batch to the depot, and one that empties takes a batch back,
 //! so objects freed on one thread serve another thread's allocations
 //! without passing through kmalloc: no owner look-up, no state byte and
@@ -36,7 +41,10 @@ struct ClassDepot {
 // compared, never followed; the mutex hands them to one thread at a time.
 unsafe impl Send for ClassDepot {}
 
-/// The depot: one stack of full batches per magazine class.
+/// The process's depot.
+pub(super) static DEPOT: Depot = Depot::new();
+
+/// A depot: one stack of full batches per magazine class.
 pub(super) struct Depot {
     classes: [Mutex<ClassDepot>; CLASS_SIZE.len()],
 }

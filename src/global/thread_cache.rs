@@ -38,7 +38,7 @@
 //! a second thread-local, [`ExitFlush`], registered when the magazines
 //! are bound, flushes them at the thread's exit.
 //!
-//! An empty magazine takes a full batch from the allocator's depot (the
+//! An empty magazine takes a full batch from the process's depot (the
 //! `depot` module) if it has one, else [`BATCH`] objects from kmalloc, and
 //! one for the caller, in one `kmem_cache_alloc_bulk`. A push onto a full
 //! magazine first gives its `BATCH` oldest to the depot, or, when the
@@ -60,7 +60,7 @@
 //! them and hold only its objects; a flush that empties them unbinds
 //! them. A thread using a second manager meanwhile reaches it directly.
 
-use super::depot::Depot;
+use super::depot::{Depot, DEPOT};
 use super::hosted_global::HostedKmem;
 use core::alloc::Layout;
 use core::cell::Cell;
@@ -252,13 +252,8 @@ pub(super) unsafe fn push(kmem: &'static HostedKmem, class: usize, p: *mut u8) -
 /// null if kmalloc has none.
 #[cold]
 #[inline(never)]
-pub(super) fn alloc(
-    kmem: &'static HostedKmem,
-    depot: &Depot,
-    class: usize,
-    gfp: GfpFlags,
-) -> *mut u8 {
-    CACHE.with(|cache| cache.alloc(kmem, depot, class, gfp))
+pub(super) fn alloc(kmem: &'static HostedKmem, class: usize, gfp: GfpFlags) -> *mut u8 {
+    CACHE.with(|cache| cache.alloc(kmem, &DEPOT, class, gfp))
 }
 
 /// Takes back `p`, a block of `kmem` held under a layout of `class`, when
@@ -275,12 +270,11 @@ pub(super) fn alloc(
 #[inline(never)]
 pub(super) unsafe fn free(
     kmem: &'static HostedKmem,
-    depot: &Depot,
     class: usize,
     p: *mut u8,
     direct: impl FnOnce(*mut u8),
 ) {
-    if !CACHE.with(|cache| cache.free(kmem, depot, class, p)) {
+    if !CACHE.with(|cache| cache.free(kmem, &DEPOT, class, p)) {
         direct(p);
     }
 }
@@ -496,10 +490,10 @@ fn give_back(kmem: &HostedKmem, objs: &[*mut u8]) {
     unsafe { kmem.kfree_bulk(objs) };
 }
 
-/// Returns every batch of `kmem` that `depot` holds to kmalloc; the
-/// number of objects returned.
-pub(super) fn drain_depot(kmem: &HostedKmem, depot: &Depot) -> usize {
-    depot.drain(kmem, |objs| give_back(kmem, objs))
+/// Returns every batch of `kmem` the depot holds to kmalloc; the number
+/// of objects returned.
+pub(super) fn drain_depot(kmem: &HostedKmem) -> usize {
+    DEPOT.drain(kmem, |objs| give_back(kmem, objs))
 }
 
 #[cfg(test)]
