@@ -250,11 +250,15 @@ const GLOBAL_CPUS: [usize; 3] = [1, 2, 8];
 /// serves every workload of the contender.
 fn kmm_global(nr_cpus: usize) -> Global<HostedGlobal> {
     static MMS: [OnceLock<HostedMemoryManager>; 3] = [const { OnceLock::new() }; 3];
-    static GLOBALS: [HostedGlobal; 3] = [
-        HostedGlobal::new(|| MMS[0].get().map(MemoryManager::kmem)),
-        HostedGlobal::new(|| MMS[1].get().map(MemoryManager::kmem)),
-        HostedGlobal::new(|| MMS[2].get().map(MemoryManager::kmem)),
-    ];
+    // SAFETY: each manager is a `OnceLock`'s: once it holds one it always
+    // does.
+    static GLOBALS: [HostedGlobal; 3] = unsafe {
+        [
+            HostedGlobal::new(|| MMS[0].get().map(MemoryManager::kmem)),
+            HostedGlobal::new(|| MMS[1].get().map(MemoryManager::kmem)),
+            HostedGlobal::new(|| MMS[2].get().map(MemoryManager::kmem)),
+        ]
+    };
     let i = GLOBAL_CPUS.iter().position(|&n| n == nr_cpus).unwrap();
     MMS[i].get_or_init(|| boot(nr_cpus));
     Global(&GLOBALS[i])

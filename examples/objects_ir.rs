@@ -33,7 +33,8 @@ use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
-static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+// SAFETY: `MM` is a `OnceLock`: once it holds a manager it always does.
+static GLOBAL: HostedGlobal = unsafe { HostedGlobal::new(|| MM.get().map(MemoryManager::kmem)) };
 
 /// O2's live set.
 const O2_OBJECTS: usize = 100_000;

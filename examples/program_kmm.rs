@@ -24,7 +24,8 @@ const RAM: usize = 1 << 30;
 static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
 
 #[global_allocator]
-static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+// SAFETY: `MM` is a `OnceLock`: once it holds a manager it always does.
+static GLOBAL: HostedGlobal = unsafe { HostedGlobal::new(|| MM.get().map(MemoryManager::kmem)) };
 
 fn main() {
     let ram = std::env::var("KMM_RAM_MIB").ok().map_or(RAM, |mib| {

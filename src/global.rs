@@ -89,7 +89,8 @@ mod hosted_global {
     ///
     /// static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
     /// #[global_allocator]
-    /// static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+    /// // SAFETY: `MM` is a `OnceLock`: once it holds a manager it always does.
+    /// static GLOBAL: HostedGlobal = unsafe { HostedGlobal::new(|| MM.get().map(MemoryManager::kmem)) };
     ///
     /// fn main() {
     ///     let mm = MM.get_or_init(|| MemoryManager::hosted(16 << 20, 2).unwrap());
@@ -106,7 +107,15 @@ mod hosted_global {
     impl HostedGlobal {
         /// An allocator serving through the manager `kmem` returns, once it
         /// returns one.
-        pub const fn new(kmem: fn() -> Option<&'static HostedKmem>) -> Self {
+        ///
+        /// # Safety
+        ///
+        /// Once `kmem` returns a manager, it must return that same manager
+        /// on every later call (as a `OnceLock`'s `get` does). Blocks are
+        /// told apart by address, so a block of a manager `kmem` no longer
+        /// returned would be handed to the host's allocator, which never
+        /// served it.
+        pub const unsafe fn new(kmem: fn() -> Option<&'static HostedKmem>) -> Self {
             HostedGlobal {
                 slab: GlobalKmalloc::new(kmem).with_gfp(GFP),
                 kmem,
@@ -303,7 +312,10 @@ mod hosted_global {
         use std::sync::OnceLock;
 
         static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
-        static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+        // SAFETY: `MM` is a `OnceLock`: once it holds a manager it always
+        // does.
+        static GLOBAL: HostedGlobal =
+            unsafe { HostedGlobal::new(|| MM.get().map(MemoryManager::kmem)) };
 
         /// The adaptor called directly (miri-sized): the host before boot,
         /// kmalloc after, each block returned to whoever served it, and a
@@ -338,8 +350,9 @@ mod hosted_global {
         }
 
         static SMALL: OnceLock<HostedMemoryManager> = OnceLock::new();
+        // SAFETY: as for `GLOBAL`.
         static SMALL_GLOBAL: HostedGlobal =
-            HostedGlobal::new(|| SMALL.get().map(MemoryManager::kmem));
+            unsafe { HostedGlobal::new(|| SMALL.get().map(MemoryManager::kmem)) };
 
         /// Near exhaustion a request the manager cannot serve goes to the
         /// host without a reclaim round: no `allocstall`, and the refusal

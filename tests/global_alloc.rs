@@ -14,7 +14,8 @@ use std::sync::OnceLock;
 static MM: OnceLock<HostedMemoryManager> = OnceLock::new();
 
 #[global_allocator]
-static GLOBAL: HostedGlobal = HostedGlobal::new(|| MM.get().map(MemoryManager::kmem));
+// SAFETY: `MM` is a `OnceLock`: once it holds a manager it always does.
+static GLOBAL: HostedGlobal = unsafe { HostedGlobal::new(|| MM.get().map(MemoryManager::kmem)) };
 
 fn mm() -> &'static HostedMemoryManager {
     MM.get_or_init(|| MemoryManager::hosted(64 << 20, 2).unwrap())

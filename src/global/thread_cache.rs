@@ -544,7 +544,10 @@ mod tests {
     macro_rules! manager {
         ($mm:ident, $global:ident) => {
             static $mm: OnceLock<HostedMemoryManager> = OnceLock::new();
-            static $global: HostedGlobal = HostedGlobal::new(|| $mm.get().map(MemoryManager::kmem));
+            static $global: HostedGlobal =
+                // SAFETY: the manager is a `OnceLock`'s: once it holds one
+                // it always does.
+                unsafe { HostedGlobal::new(|| $mm.get().map(MemoryManager::kmem)) };
         };
     }
 
