@@ -14,10 +14,8 @@
 //! Owns the batches it holds and their share of the process totals. Must
 //! never hand one batch out twice, never hold more than [`DEPOT_BATCHES`]
 //! batches of a class, and never mix managers: a class's batches all
-//! belong to one manager. A batch of another manager evicts them (they go
-//! back to their own manager's kmalloc), so a manager no longer used
-//! cannot keep a class from the one in use. Never calls kmalloc or the
-//! global allocator while it holds a lock.
+//! belong to the manager whose batch entered it first, until it empties.
+//! Never calls kmalloc or the global allocator while it holds a lock.
 
 use super::hosted_global::HostedKmem;
 use super::thread_cache::{publish_held, BATCH, CLASS_SIZE};
@@ -31,16 +29,16 @@ pub(super) const DEPOT_BATCHES: usize = 8;
 
 /// One class's stack of full batches.
 struct ClassDepot {
-    /// The manager the batches belong to: `None` while empty.
-    owner: Option<&'static HostedKmem>,
+    /// The manager the batches belong to: null while empty.
+    owner: *const HostedKmem,
     /// Batches held, `batches[..full]`.
     full: usize,
     batches: [[*mut u8; BATCH]; DEPOT_BATCHES],
 }
 
-// SAFETY: the pointers are blocks of `owner` (a manager, which is `Sync`)
-// that no thread holds (each left a magazine, whose objects nobody else
-// holds); the mutex hands them to one thread at a time.
+// SAFETY: the pointers are blocks of `owner` that no thread holds (each
+// left a magazine, whose objects nobody else holds), and `owner` is only
+// compared, never followed; the mutex hands them to one thread at a time.
 unsafe impl Send for ClassDepot {}
 
 /// The process's depot.
@@ -57,7 +55,7 @@ impl Depot {
         Depot {
             classes: [const {
                 Mutex::new(ClassDepot {
-                    owner: None,
+                    owner: ptr::null(),
                     full: 0,
                     batches: [[ptr::null_mut(); BATCH]; DEPOT_BATCHES],
                 })
@@ -75,42 +73,22 @@ impl Depot {
     }
 
     /// Takes `batch`, blocks of `kmem` of `class` that the caller holds
-    /// and gives up, if the depot has room for it; whether it did. Another
-    /// manager's batches of the class are evicted first: handed to
-    /// `give_back` with their manager, with no lock held.
-    pub(super) fn put(
-        &self,
-        kmem: &'static HostedKmem,
-        class: usize,
-        batch: &[*mut u8; BATCH],
-        mut give_back: impl FnMut(&'static HostedKmem, &[*mut u8]),
-    ) -> bool {
-        let mut evicted = None;
-        let put = {
+    /// and gives up, if the depot has room for it and holds no other
+    /// manager's batches of the class; whether it did.
+    pub(super) fn put(&self, kmem: &HostedKmem, class: usize, batch: &[*mut u8; BATCH]) -> bool {
+        {
             let mut depot = self.class(class);
-            if let Some(owner) = depot.owner.filter(|&owner| !ptr::eq(owner, kmem)) {
-                evicted = Some((owner, depot.full, depot.batches));
-                depot.full = 0;
+            let mine = ptr::eq(depot.owner, kmem) || depot.owner.is_null();
+            if !mine || depot.full == DEPOT_BATCHES {
+                return false;
             }
-            let put = depot.full < DEPOT_BATCHES;
-            if put {
-                depot.owner = Some(kmem);
-                let at = depot.full;
-                depot.batches[at] = *batch;
-                depot.full += 1;
-            }
-            put
-        };
-        if let Some((owner, full, batches)) = evicted {
-            for batch in &batches[..full] {
-                give_back(owner, batch);
-            }
-            publish_held(-((full * BATCH) as isize), class);
+            depot.owner = kmem;
+            let at = depot.full;
+            depot.batches[at] = *batch;
+            depot.full += 1;
         }
-        if put {
-            publish_held(BATCH as isize, class);
-        }
-        put
+        publish_held(BATCH as isize, class);
+        true
     }
 
     /// A full batch of `kmem`'s blocks of `class` for the caller to hold,
@@ -118,13 +96,13 @@ impl Depot {
     pub(super) fn take(&self, kmem: &HostedKmem, class: usize) -> Option<[*mut u8; BATCH]> {
         let batch = {
             let mut depot = self.class(class);
-            if depot.full == 0 || !depot.owner.is_some_and(|owner| ptr::eq(owner, kmem)) {
+            if depot.full == 0 || !ptr::eq(depot.owner, kmem) {
                 return None;
             }
             depot.full -= 1;
             let batch = depot.batches[depot.full];
             if depot.full == 0 {
-                depot.owner = None;
+                depot.owner = ptr::null();
             }
             batch
         };

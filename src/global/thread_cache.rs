@@ -421,11 +421,11 @@ impl ThreadCache {
     /// move down. The new length.
     #[cold]
     #[inline(never)]
-    fn flush_batch(&self, kmem: &'static HostedKmem, depot: &Depot, class: usize) -> usize {
+    fn flush_batch(&self, kmem: &HostedKmem, depot: &Depot, class: usize) -> usize {
         self.set_busy(true);
         let slots = &self.mags[class].slots;
         let oldest: [*mut u8; BATCH] = core::array::from_fn(|i| slots[i].get());
-        if !depot.put(kmem, class, &oldest, give_back) {
+        if !depot.put(kmem, class, &oldest) {
             give_back(kmem, &oldest);
         }
         for i in BATCH..CAPACITY {
@@ -694,8 +694,7 @@ mod tests {
         mm.kmem().check_invariants().unwrap();
     }
 
-    /// A depot holds one manager's batches of a class at a time: another
-    /// manager's batch evicts them, back to their own manager.
+    /// A depot holds one manager's batches of a class at a time.
     #[test]
     fn a_depot_class_holds_one_managers_batches_at_a_time() {
         static MM_A: OnceLock<HostedMemoryManager> = OnceLock::new();
@@ -707,41 +706,26 @@ mod tests {
             .get_or_init(|| MemoryManager::hosted(4 << 20, 1).unwrap())
             .kmem();
         let depot = Depot::new();
-        // Never dereferenced: the depot only stores, returns and evicts
-        // them, and the evictions are recorded rather than freed.
-        let batch = |k: usize| -> [*mut u8; BATCH] {
-            core::array::from_fn(|i| ptr::without_provenance_mut(4096 * k + 64 * i))
-        };
-        let evicted: core::cell::RefCell<Vec<(usize, usize)>> = Default::default();
-        let record = |owner: &'static HostedKmem, objs: &[*mut u8]| {
-            evicted
-                .borrow_mut()
-                .push((ptr::from_ref(owner).addr(), objs[0].addr()))
-        };
-        assert!(depot.put(a, 3, &batch(1), &record));
-        assert!(depot.put(a, 3, &batch(2), &record));
-        assert!(depot.put(b, 4, &batch(3), &record), "another class");
-        assert_eq!(depot.take(b, 3), None, "another manager's");
-        assert!(depot.put(b, 3, &batch(4), &record));
-        let a_addr = ptr::from_ref(a).addr();
-        assert_eq!(
-            *evicted.borrow(),
-            [(a_addr, 4096), (a_addr, 8192)],
-            "a's, to a"
-        );
-        assert_eq!(depot.take(a, 3), None, "evicted");
-        assert_eq!(depot.take(b, 3), Some(batch(4)));
-        assert_eq!(depot.take(b, 4), Some(batch(3)));
-        for k in 0..DEPOT_BATCHES {
-            assert!(depot.put(a, 5, &batch(k), &record));
+        // Never dereferenced: the depot only stores and returns them.
+        let batch: [*mut u8; BATCH] =
+            core::array::from_fn(|i| ptr::without_provenance_mut(64 * (i + 1)));
+        assert!(depot.put(a, 3, &batch));
+        assert!(!depot.put(b, 3, &batch), "another manager's");
+        assert!(depot.put(b, 4, &batch), "another class");
+        assert_eq!(depot.take(b, 3), None);
+        assert_eq!(depot.take(a, 3), Some(batch));
+        assert!(depot.put(b, 3, &batch), "empty again, any manager's");
+        assert_eq!(depot.take(b, 3), Some(batch));
+        assert_eq!(depot.take(b, 4), Some(batch));
+        for _ in 0..DEPOT_BATCHES {
+            assert!(depot.put(a, 5, &batch));
         }
-        assert!(!depot.put(a, 5, &batch(9), &record), "full");
+        assert!(!depot.put(a, 5, &batch), "full");
         let mut n = 0;
         while depot.take(a, 5).is_some() {
             n += 1;
         }
         assert_eq!(n, DEPOT_BATCHES);
-        assert_eq!(evicted.borrow().len(), 2);
     }
 
     #[test]
