@@ -264,6 +264,16 @@ fn kmm_global(nr_cpus: usize) -> Global<HostedGlobal> {
     Global(&GLOBALS[i])
 }
 
+/// Empties the process's magazine depot of the `kmm-global` manager with
+/// `nr_cpus` CPUs at the end of its workload. A depot class holds one
+/// manager's batches at a time, and this process runs three managers one
+/// after another (a program has one): without the drain, the batches a
+/// workload's tear-down left would keep the next manager's objects out of
+/// those classes.
+fn drain_depot(nr_cpus: usize) {
+    kmm_global(nr_cpus).0.drain_depot();
+}
+
 fn talc() -> Talc {
     let mut t = talc::Talc::new(talc::ErrOnOom);
     // SAFETY: the arena is leaked, so valid for the program.
@@ -302,6 +312,7 @@ macro_rules! each_allocator {
     ($group:expr, $workload:ident) => {
         $workload(&mut $group, "kmm-kmalloc", &kmm());
         $workload(&mut $group, "kmm-global", &kmm_global(1));
+        drain_depot(1);
         $workload(&mut $group, "system-malloc", &Global(&System));
         $workload(&mut $group, "mimalloc", &Global(&MiMalloc));
         $workload(&mut $group, "talc", talc());
@@ -328,6 +339,7 @@ macro_rules! each_shared_allocator {
                 &format!("kmm-global-cpus{cpus}"),
                 &kmm_global(cpus),
             );
+            drain_depot(cpus);
         }
         $workload(&mut $group, "system-malloc", &Global(&System));
         $workload(&mut $group, "mimalloc", &Global(&MiMalloc));
