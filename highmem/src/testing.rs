@@ -141,6 +141,23 @@ impl TestPageTable {
     fn add(counter: &AtomicUsize, n: usize) {
         counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
+
+    /// A flush reaching `ptes`: clears the stale ones, and counts the
+    /// flush and the pages it cleared for the calling thread.
+    fn flush_ptes(&self, ptes: &[AtomicUsize]) {
+        let counters = self.mine();
+        Self::add(&counters.flushes, 1);
+        let mut cleared = 0;
+        for pte in ptes {
+            if pte.load(Ordering::Relaxed) & STALE != 0 {
+                pte.store(0, Ordering::Relaxed);
+                cleared += 1;
+            }
+        }
+        if cleared != 0 {
+            Self::add(&counters.flushed_pages, cleared);
+        }
+    }
 }
 
 // SAFETY: a test double: `map` records the frame and `translate` reports
@@ -181,8 +198,6 @@ unsafe impl KernelPageTable for TestPageTable {
     }
 
     fn flush_tlb_range(&self, start: VirtAddr, end: VirtAddr) {
-        let counters = self.mine();
-        Self::add(&counters.flushes, 1);
         // The window's pages that meet `[start, end)`, as PTE indices.
         let first = start.as_usize().saturating_sub(PKMAP_BASE) / PAGE_SIZE;
         let last = end
@@ -190,16 +205,7 @@ unsafe impl KernelPageTable for TestPageTable {
             .saturating_sub(PKMAP_BASE)
             .div_ceil(PAGE_SIZE)
             .min(self.ptes.len());
-        let mut cleared = 0;
-        for pte in self.ptes.get(first..last).unwrap_or_default() {
-            if pte.load(Ordering::Relaxed) & STALE != 0 {
-                pte.store(0, Ordering::Relaxed);
-                cleared += 1;
-            }
-        }
-        if cleared != 0 {
-            Self::add(&counters.flushed_pages, cleared);
-        }
+        self.flush_ptes(self.ptes.get(first..last).unwrap_or_default());
     }
 
     /// One page (`invlpg`, kunmap_local's flush): its PTE alone. The TLB
@@ -207,14 +213,11 @@ unsafe impl KernelPageTable for TestPageTable {
     /// every CPU, which only makes the model more forgiving of a missing
     /// shootdown, never of a missing flush.
     fn flush_tlb_one_kernel(&self, addr: VirtAddr) {
-        let counters = self.mine();
-        Self::add(&counters.flushes, 1);
-        if let Some(pte) = self.pte(addr) {
-            if pte.load(Ordering::Relaxed) & STALE != 0 {
-                pte.store(0, Ordering::Relaxed);
-                Self::add(&counters.flushed_pages, 1);
-            }
-        }
+        self.flush_ptes(
+            self.pte(addr)
+                .map(core::slice::from_ref)
+                .unwrap_or_default(),
+        );
     }
 }
 
