@@ -1,15 +1,16 @@
 //! The magazine depot of [`super::HostedGlobal`] (Bonwick's depot layer):
 //! for each magazine class, a process-wide, bounded stack of full batches
-//! that the threads' magazines trade. Process-wide like the magazines
-//! themselves (a thread has one set whichever `HostedGlobal` fills it),
-//! and kept out of `HostedGlobal` so that the allocator's static holds no
-//! interior mutability: the compiler then resolves its manager function
-//! at build time instead of calling it through a pointer on every
-//! request. A magazine that fills gives its
-//! oldest batch to the depot, and one that empties takes a batch back,
-//! so objects freed on one thread serve another thread's allocations
-//! without passing through kmalloc: no owner look-up, no state byte and
-//! no slab list per object, one short lock hold per batch.
+//! that the threads' magazines trade. A magazine that fills gives its
+//! oldest batch to the depot, and one that empties takes a batch back, so
+//! objects freed on one thread serve another thread's allocations without
+//! passing through kmalloc: no owner look-up, no state byte and no slab
+//! list per object, one short lock hold per batch.
+//!
+//! Process-wide like the magazines themselves (a thread has one set
+//! whichever `HostedGlobal` fills it), and kept out of `HostedGlobal` so
+//! that the allocator's static holds no interior mutability: the compiler
+//! then resolves its manager function at build time instead of calling it
+//! through a pointer on every request.
 //!
 //! Owns the batches it holds and their share of the process totals. Must
 //! never hand one batch out twice, never hold more than [`DEPOT_BATCHES`]

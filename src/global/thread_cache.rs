@@ -118,11 +118,11 @@ pub(super) fn class_of(layout: Layout) -> Option<usize> {
     Some(class)
 }
 
-/// What the magazines of every thread and the depots hold, as published
-/// at each thread's last refill or flush and each depot trade (a thread's pops and pushes since then move its
-/// share by less than a magazine's 32 objects per class). kmalloc's own
-/// statistics (`/proc/slabinfo`'s active objects) count these objects as
-/// allocated.
+/// What the magazines of every thread and the depot hold, as published at
+/// each thread's last refill or flush and at each depot trade (a thread's
+/// pops and pushes since then move its share by less than a magazine's 32
+/// objects per class). kmalloc's own statistics (`/proc/slabinfo`'s
+/// active objects) count these objects as allocated.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadCacheStats {
     /// Objects held.
