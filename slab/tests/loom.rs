@@ -292,6 +292,21 @@ fn a_thread_migrating_between_sections_never_shares_a_cpu_array() {
 /// block of this many bytes.
 const BIG_SLAB_BYTES: usize = 4 * 4096;
 
+/// `n` objects of `id` split as [`two_and_a_keeper`] does, with the rest.
+fn contested_keeper_rest(
+    k: &Kmem<LoomMachine>,
+    id: CacheId,
+    n: usize,
+) -> ([usize; 2], usize, Vec<usize>) {
+    let objs = alloc_n(k, id, n);
+    let (contested, keep) = two_and_a_keeper(&objs);
+    let rest = objs
+        .into_iter()
+        .filter(|p| !contested.contains(p) && *p != keep)
+        .collect();
+    (contested, keep, rest)
+}
+
 /// Two objects of one slab and a third of the same slab, from `objs`.
 fn two_and_a_keeper(objs: &[usize]) -> ([usize; 2], usize) {
     let slab = |p: usize| p & !(BIG_SLAB_BYTES - 1);
@@ -320,13 +335,7 @@ fn racing_double_frees(slub_debug: SlabFlags) -> usize {
     let explored = explore(move || {
         let k = build(slub_debug);
         let id = big_cache(&k);
-        let objs = alloc_n(&k, id, 17);
-        let (contested, keep) = two_and_a_keeper(&objs);
-        let rest: Vec<usize> = objs
-            .iter()
-            .copied()
-            .filter(|p| !contested.contains(p) && *p != keep)
-            .collect();
+        let (contested, keep, rest) = contested_keeper_rest(&k, id, 17);
         // SAFETY: we hold these objects and give them up: seven to each of
         // two CPUs' arrays (a debug cache has none: they go to their slabs).
         unsafe {
@@ -403,13 +412,7 @@ fn a_bulk_free_overflowing_its_array_races_kfree_and_another_bulk_free() {
     let explored = explore(move || {
         let k = build(SlabFlags::empty());
         let id = big_cache(&k);
-        let objs = alloc_n(&k, id, 23);
-        let (contested, keep) = two_and_a_keeper(&objs);
-        let rest: Vec<usize> = objs
-            .iter()
-            .copied()
-            .filter(|p| !contested.contains(p) && *p != keep)
-            .collect();
+        let (contested, keep, rest) = contested_keeper_rest(&k, id, 23);
         // CPU 0's and CPU 2's arrays exactly full.
         k.drain_local();
         // SAFETY: we hold these objects and give them up.

@@ -352,14 +352,9 @@ impl ThreadCache {
         if !self.serves(kmem) {
             return direct_alloc(kmem, class, gfp);
         }
-        let mag = &self.mags[class];
-        match mag.len.get() {
-            0 => self.refill(kmem, depot, class, gfp),
-            len => {
-                mag.len.set(len - 1);
-                mag.slots[len - 1].get()
-            }
-        }
+        // `pop` could not serve, and a magazine it could not reach was
+        // unbound (a flush empties it) or busy: it is empty.
+        self.refill(kmem, depot, class, gfp)
     }
 
     /// Whether the magazine took `p`.
