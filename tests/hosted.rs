@@ -180,3 +180,42 @@ fn after_boot_as_many_workers_as_cpus_each_own_one() {
     cpus.sort_unstable();
     assert_eq!(cpus, [0, 1]);
 }
+
+/// Rule: a CPU's page lists are reached only as that CPU. While a live
+/// thread owns a CPU, `drain_all_pages` from another thread cannot run as
+/// it, so the pages it listed stay listed (and the checker counts them from
+/// their descriptors); once the thread exits, its CPU is free and the
+/// drain returns them.
+#[test]
+fn a_live_threads_page_lists_are_drained_once_it_exits() {
+    use std::sync::mpsc;
+
+    let mm = MemoryManager::hosted(ram_bytes(), 2).unwrap();
+    mm.zones().drain_all_pages();
+    let start = mm.zones().nr_free_pages();
+    let (listed_tx, listed_rx) = mpsc::channel();
+    let (exit_tx, exit_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let mm = &mm;
+        let worker = s.spawn(move || {
+            // A refill lists a batch on this thread's CPU; the free lists
+            // the page too.
+            let page = mm.zones().alloc_pages(GFP_KERNEL, Order::ZERO).unwrap();
+            mm.zones().__free_pages(page).unwrap();
+            listed_tx.send(()).unwrap();
+            exit_rx.recv().unwrap();
+        });
+        listed_rx.recv().unwrap();
+        mm.zones().drain_all_pages();
+        assert!(
+            mm.zones().nr_free_pages() < start,
+            "the live worker's CPU keeps its lists"
+        );
+        assert!(mm.zones().check().is_ok(), "{:?}", mm.zones().check());
+        exit_tx.send(()).unwrap();
+        worker.join().unwrap();
+    });
+    mm.zones().drain_all_pages();
+    assert_eq!(mm.zones().nr_free_pages(), start);
+    assert!(mm.zones().check().is_ok());
+}

@@ -55,6 +55,7 @@ mod gfp;
 mod memmap;
 mod object;
 mod order;
+pub mod percpu;
 mod prot;
 pub mod sync;
 mod traits;

@@ -346,7 +346,10 @@ pub trait Platform: Sync {
 /// until the matching [`PreemptControl::put_cpu`]: no other execution
 /// context that calls into kmm (another thread, an interrupt handler) is
 /// handed the same id in between, and no [`PreemptControl::on_cpu`] work
-/// for that id runs in between. A kernel keeps the promise by disabling
+/// for that id runs in between; and that whatever one holder of an id did
+/// happens before the next holder's section begins (as a scheduler's
+/// barriers order a task's accesses across a migration), since per-CPU
+/// data is read and written there with plain accesses. A kernel keeps the promise by disabling
 /// preemption and local interrupts; a hosted embedder by giving each thread
 /// its own id, or by an uncontended lock per id.
 #[allow(unsafe_code)] // declares a contract

@@ -16,12 +16,9 @@
 //! must never touch the entries of a CPU it has not pinned.
 
 use crate::slab::SlabHeader;
-use core::marker::PhantomData;
+use kmm_api::percpu::PinnedCell;
+pub(crate) use kmm_api::percpu::{CpuGuard, Pinned};
 use kmm_api::sync::{AtomicU8, AtomicUsize, Ordering::Relaxed};
-use kmm_api::PreemptControl;
-
-#[cfg(loom)]
-use loom::cell::UnsafeCell;
 
 /// Entries a per-CPU array can hold; a cache's `limit` is at most this.
 pub(crate) const CPU_ARRAY_CAP: usize = 64;
@@ -65,7 +62,7 @@ pub(crate) struct Entries {
 /// One CPU's array for one cache.
 pub(crate) struct CpuArray {
     avail: AtomicUsize,
-    entries: Cell<Entries>,
+    entries: PinnedCell<Entries>,
 }
 
 impl CpuArray {
@@ -73,7 +70,7 @@ impl CpuArray {
     pub fn new() -> Self {
         Self {
             avail: AtomicUsize::new(0),
-            entries: Cell::new(Entries {
+            entries: PinnedCell::new(Entries {
                 slots: [Entry::EMPTY; CPU_ARRAY_CAP],
             }),
         }
@@ -115,113 +112,11 @@ impl CpuArray {
     #[inline(always)]
     pub fn with<R>(&self, _pinned: &Pinned, f: impl FnOnce(&mut Entries, &mut usize) -> R) -> R {
         let mut avail = self.avail.load(Relaxed);
-        let r = self.entries.with_mut(|e| f(e, &mut avail));
+        // SAFETY: the caller holds `_pinned` for this array's CPU (it
+        // picked the array by `pinned.cpu()` of its own platform) and
+        // reaches the entries only through this call.
+        let r = unsafe { self.entries.with_mut(|e| f(e, &mut avail)) };
         self.avail.store(avail, Relaxed);
         r
-    }
-}
-
-/// Proof that one CPU is held exclusively by the holder of this value: its
-/// per-CPU arrays are reached only through one. Not `Send`: the hold
-/// belongs to the context that took it.
-pub(crate) struct Pinned {
-    cpu: usize,
-    _not_send: PhantomData<*mut ()>,
-}
-
-impl Pinned {
-    /// The proof for `cpu`.
-    ///
-    /// # Safety
-    ///
-    /// The caller holds `cpu` exclusively for the value's life: it is
-    /// inside `get_cpu`/`put_cpu` for it, or inside `on_cpu` work for it
-    /// (the `PreemptControl` contract), and makes no second `Pinned` for
-    /// it meanwhile.
-    #[inline]
-    pub unsafe fn new(cpu: usize) -> Self {
-        Pinned {
-            cpu,
-            _not_send: PhantomData,
-        }
-    }
-
-    /// The pinned CPU's id.
-    #[inline]
-    pub fn cpu(&self) -> usize {
-        self.cpu
-    }
-}
-
-/// This CPU, pinned (Linux `get_cpu()` … `put_cpu()`).
-pub(crate) struct CpuGuard<'a, P: PreemptControl> {
-    pinned: Pinned,
-    platform: &'a P,
-}
-
-impl<'a, P: PreemptControl> CpuGuard<'a, P> {
-    /// Pins the caller to its CPU.
-    #[inline]
-    pub fn new(platform: &'a P) -> Self {
-        let cpu = platform.get_cpu();
-        Self {
-            // SAFETY: `get_cpu` hands `cpu` to us alone until the
-            // `put_cpu` in `drop` (the `PreemptControl` contract).
-            pinned: unsafe { Pinned::new(cpu) },
-            platform,
-        }
-    }
-}
-
-impl<P: PreemptControl> core::ops::Deref for CpuGuard<'_, P> {
-    type Target = Pinned;
-    #[inline]
-    fn deref(&self) -> &Pinned {
-        &self.pinned
-    }
-}
-
-impl<P: PreemptControl> Drop for CpuGuard<'_, P> {
-    #[inline]
-    fn drop(&mut self) {
-        self.platform.put_cpu(self.pinned.cpu);
-    }
-}
-
-/// Interior mutability for the entries: loom's checked cell in models,
-/// a plain `UnsafeCell` otherwise.
-pub(crate) struct Cell<T> {
-    #[cfg(loom)]
-    inner: UnsafeCell<T>,
-    #[cfg(not(loom))]
-    inner: core::cell::UnsafeCell<T>,
-}
-
-impl<T> Cell<T> {
-    fn new(value: T) -> Self {
-        Self {
-            #[cfg(loom)]
-            inner: UnsafeCell::new(value),
-            #[cfg(not(loom))]
-            inner: core::cell::UnsafeCell::new(value),
-        }
-    }
-
-    #[inline]
-    fn with_mut<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        #[cfg(loom)]
-        return self.inner.with_mut(|p| {
-            // SAFETY: only the holder of a `Pinned` for this array's CPU
-            // reaches its cell (the `PreemptControl` contract); loom checks
-            // that claim.
-            f(unsafe { &mut *p })
-        });
-        #[cfg(not(loom))]
-        {
-            // SAFETY: only the holder of a `Pinned` for this array's CPU
-            // reaches its cell, and the platform promises that hold is
-            // exclusive.
-            f(unsafe { &mut *self.inner.get() })
-        }
     }
 }

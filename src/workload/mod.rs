@@ -25,8 +25,8 @@
 
 use crate::MemoryManager;
 use kmm_api::{
-    DirectMap, Error, GfpFlags, Order, Pages, Pfn, Platform, PreemptControl, __GFP_HIGHMEM,
-    GFP_ATOMIC, GFP_DMA, GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL,
+    DirectMap, Error, GfpFlags, Order, Pages, Pfn, PreemptControl, __GFP_HIGHMEM, GFP_ATOMIC,
+    GFP_DMA, GFP_DMA32, GFP_HIGHUSER, GFP_KERNEL,
 };
 use kmm_zones::report::ZoneStats;
 use kmm_zones::{ZoneType, Zones, MAX_NR_ZONES};
@@ -52,7 +52,7 @@ impl Held {
     }
 
     /// Frees every block; the first error is returned after trying all.
-    pub fn release<P: Platform, D: DirectMap>(
+    pub fn release<P: PreemptControl, D: DirectMap>(
         &mut self,
         zones: &ZonesOf<P, D>,
     ) -> Result<(), Error> {
@@ -68,11 +68,14 @@ impl Held {
 }
 
 /// Free pages of every zone (0 for absent zones).
-pub fn free_pages<P: Platform, D: DirectMap>(zones: &ZonesOf<P, D>) -> [usize; MAX_NR_ZONES] {
+pub fn free_pages<P: PreemptControl, D: DirectMap>(zones: &ZonesOf<P, D>) -> [usize; MAX_NR_ZONES] {
     zones.zone_stats().map(|s| s.map_or(0, |s| s.free))
 }
 
-fn stats<P: Platform, D: DirectMap>(zones: &ZonesOf<P, D>, zone: ZoneType) -> Option<ZoneStats> {
+fn stats<P: PreemptControl, D: DirectMap>(
+    zones: &ZonesOf<P, D>,
+    zone: ZoneType,
+) -> Option<ZoneStats> {
     zones.zone_stats()[zone.index()]
 }
 
@@ -90,7 +93,7 @@ pub struct Placement {
 }
 
 /// Step 1: one page for each common GFP combination, freed again.
-pub fn placements<P: Platform, D: DirectMap>(
+pub fn placements<P: PreemptControl, D: DirectMap>(
     zones: &ZonesOf<P, D>,
 ) -> Result<Vec<Placement>, Error> {
     let requests = [
@@ -128,7 +131,7 @@ pub struct NeverUpward {
 }
 
 /// Step 2: `count` `GFP_KERNEL` pages, freed again.
-pub fn never_upward<P: Platform, D: DirectMap>(
+pub fn never_upward<P: PreemptControl, D: DirectMap>(
     zones: &ZonesOf<P, D>,
     count: usize,
 ) -> Result<NeverUpward, Error> {
@@ -177,7 +180,7 @@ pub struct Drain {
 /// fall back are given back at once (the zone may still hold smaller
 /// ones), so the recorded fallback is a single page the zone truly could
 /// not give above its watermark. Everything taken stays in `held`.
-pub fn drain_zone<P: Platform, D: DirectMap>(
+pub fn drain_zone<P: PreemptControl, D: DirectMap>(
     zones: &ZonesOf<P, D>,
     name: &'static str,
     gfp: GfpFlags,
@@ -252,7 +255,7 @@ pub struct AtomicReserve {
 /// Step 5: `GFP_KERNEL` pages until it fails, then one `GFP_ATOMIC` page;
 /// all kept in `held`. Per-CPU lists are drained first so every free page
 /// is on a free list and counted against the watermarks.
-pub fn atomic_reserve<P: Platform, D: DirectMap>(
+pub fn atomic_reserve<P: PreemptControl, D: DirectMap>(
     zones: &ZonesOf<P, D>,
     held: &mut Held,
 ) -> Result<AtomicReserve, Error> {
@@ -282,7 +285,9 @@ pub fn atomic_reserve<P: Platform, D: DirectMap>(
 
 /// Step 6: the refusal of `__get_free_pages(__GFP_HIGHMEM, 0)`; `None` if
 /// it was (wrongly) granted, in which case the page is freed again.
-pub fn highmem_address_refused<P: Platform, D: DirectMap>(zones: &ZonesOf<P, D>) -> Option<Error> {
+pub fn highmem_address_refused<P: PreemptControl, D: DirectMap>(
+    zones: &ZonesOf<P, D>,
+) -> Option<Error> {
     match zones.__get_free_pages(__GFP_HIGHMEM, Order::ZERO) {
         Err(e) => Some(e),
         Ok(addr) => {

@@ -24,7 +24,7 @@ use super::Mmu;
 use kmm_api::sync::SpinLock;
 use kmm_api::{
     DirectMap, Error, FrameAllocator, KernelPageTable, Order, OwnerTag, OwnerWord, PageOwner,
-    PageProt, Pages, Pfn, Platform, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
+    PageProt, Pages, Pfn, PreemptControl, TlbFlush, VirtAddr, GFP_KERNEL, PAGE_SHIFT, PAGE_SIZE,
 };
 use kmm_zones::Zones;
 
@@ -260,7 +260,9 @@ impl<A: FrameAllocator + PageOwner, D: DirectMap, M: Mmu> X86PageTable<A, D, M> 
     }
 }
 
-impl<'z, 'a, P: Platform, D: DirectMap + Clone, M: Mmu> X86PageTable<&'z Zones<'a, P, D>, D, M> {
+impl<'z, 'a, P: PreemptControl, D: DirectMap + Clone, M: Mmu>
+    X86PageTable<&'z Zones<'a, P, D>, D, M>
+{
     /// A table whose pages come from `zones` and are reached through the
     /// zones' own direct map (the pairing [`X86PageTable::new`] asks its
     /// caller to promise, which booted zones keep by construction).

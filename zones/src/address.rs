@@ -16,12 +16,12 @@
 
 use crate::{ZoneType, Zones};
 use kmm_api::{
-    get_order, AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, PhysAddr, Platform,
-    VirtAddr, PAGE_SIZE,
+    get_order, AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, PhysAddr,
+    PreemptControl, VirtAddr, PAGE_SIZE,
 };
 use kmm_buddy::FrameTag;
 
-impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
+impl<P: PreemptControl, D: DirectMap> Zones<'_, P, D> {
     /// Linux `__get_free_pages`: a block of `2^order` lowmem frames, by
     /// its direct-map address. `__GFP_HIGHMEM` is refused with
     /// [`Error::InvalidGfp`]: a highmem page has no address to return.

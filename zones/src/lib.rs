@@ -29,17 +29,18 @@
 //! # Cost
 //!
 //! - `alloc_pages` / `__free_pages` of orders 0..=3: O(1) in the common case
-//!   (one CPU id read, one uncontended per-CPU lock, a pop or push, a few
-//!   relaxed atomics); a refill or drain moves `batch` pages under one zone
-//!   lock hold. Higher orders: O(max_order) under the zone lock.
+//!   (the CPU pinned, a pop or push with plain loads and stores, and for a
+//!   free one compare-and-swap); a refill or drain moves `batch` pages
+//!   under one zone lock hold. Higher orders: O(max_order) under the zone lock.
 //! - The slow path adds reclaim rounds (bounded except for `__GFP_NOFAIL`).
 //! - Reports and [`Zones::check`]: O(frames).
 //!
 //! # Locks
 //!
-//! Per zone: one spin lock per CPU for its per-CPU lists, and the zone lock
-//! around the buddy. Order: **pcp lock, then zone lock**; both taken with
-//! interrupts saved ([`kmm_api::IrqGuard`]). The shrinker table's lock is
+//! Per zone: the zone lock around the buddy, taken with interrupts saved
+//! ([`kmm_api::IrqGuard`]). A CPU's per-CPU lists have no lock: they are
+//! reached with that CPU pinned ([`kmm_api::PreemptControl`]), and from
+//! elsewhere only through `on_cpu`. Order: **pin, then zone lock**. The shrinker table's lock is
 //! never held across a call. No lock is held across a platform hook.
 //!
 //! # Ownership

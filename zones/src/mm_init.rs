@@ -22,7 +22,9 @@ use crate::vmstat::VmEvents;
 use crate::zone::{Zone, ZoneInit};
 use crate::{ZoneType, Zones, MAX_NR_ZONES};
 use kmm_api::sync::{AtomicUsize, SpinLock};
-use kmm_api::{AllocatorId, DirectMap, Error, Order, Pfn, Platform, MAX_PAGE_ORDER, PAGE_SHIFT};
+use kmm_api::{
+    AllocatorId, DirectMap, Error, Order, Pfn, PreemptControl, MAX_PAGE_ORDER, PAGE_SHIFT,
+};
 use kmm_buddy::Buddy;
 
 /// First frame above ZONE_DMA (Linux `MAX_DMA_PFN`: 16 MiB).
@@ -104,7 +106,7 @@ fn overlap(a: (Pfn, Pfn), b: (Pfn, Pfn)) -> Option<(Pfn, Pfn)> {
     (lo < hi).then_some((lo, hi))
 }
 
-impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
+impl<'a, P: PreemptControl, D: DirectMap> Zones<'a, P, D> {
     /// Bytes of boot memory [`Zones::new`] needs at worst: `mem_map` for
     /// `[memblock.start_pfn(), memblock.end_pfn())` plus one per-CPU list set
     /// per populated zone and CPU and one set of `/proc/vmstat` event

@@ -20,19 +20,21 @@
 //! # Who writes what (the ordering argument)
 //!
 //! At any moment a frame belongs to exactly one domain: the zone's buddy
-//! (free, reserved or tail: zone lock), one per-CPU list (that list's lock),
+//! (free, reserved or tail: zone lock), one per-CPU list (that CPU, pinned),
 //! or the caller holding it. A field is written only from the frame's
-//! domain, or at a transition with both locks held (pcp refill and drain).
-//! Every change of domain passes through a lock release/acquire (an
-//! allocation sets `refcount` after taking the block off a list; a free
-//! takes it back before its block enters a list), so `Relaxed` accesses
-//! suffice: the locks order them. Readers without a lock (`page_zone`,
+//! domain, or at a transition holding both (pcp refill and drain: the CPU
+//! pinned and the zone lock). Every change of domain passes through a
+//! release/acquire (the zone lock's, the hand-over of a CPU from one
+//! pinned context to the next, or the holder's own hand-over of the
+//! block; an allocation sets `refcount` after taking the block off a list,
+//! a free takes it back before its block enters a list), so `Relaxed`
+//! accesses suffice. Readers without a lock (`page_zone`,
 //! `owner`) see some recent value and are only relied upon by the frame's
 //! holder. `PG_owned` and the owner word are written by the holder alone
 //! (through the `unsafe` `PageOwner::set_owner`), and a free refuses a
 //! block whose head still has `PG_owned`: a layer's frames go back only
 //! after that layer clears its words. The one transition no lock arbitrates is a free: two frees of
-//! one block may run on two CPUs at once, under two different pcp locks.
+//! one block may run on two CPUs at once, each pinned to its own.
 //! So a free takes the block back with a compare-and-swap of `refcount`
 //! from 1 to 0 ([`Page::try_release`], Linux's `put_page_testzero`): one
 //! wins, the other sees 0 and is refused as a double free, and the block
@@ -211,7 +213,7 @@ impl Page {
     }
 
     /// Sets the refcount: 0 when the block leaves its caller, 1 for each
-    /// page `split_page` makes (module documentation: under the lock the
+    /// page `split_page` makes (module documentation: in the domain the
     /// transition goes through).
     #[inline]
     pub(crate) fn set_refcount(&self, count: u32) {

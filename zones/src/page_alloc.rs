@@ -38,7 +38,8 @@ use crate::zone::Zone;
 use crate::{gfp_zone, ZoneConfig, ZoneType, MAX_NR_ZONES};
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock};
 use kmm_api::{
-    AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, Platform, PAGE_ALLOC_COSTLY_ORDER,
+    AllocatorId, DirectMap, Error, GfpFlags, Order, Pages, Pfn, PreemptControl,
+    PAGE_ALLOC_COSTLY_ORDER,
 };
 
 /// Reclaim rounds a retrying request makes at most (Linux's value).
@@ -46,7 +47,7 @@ pub const MAX_RECLAIM_RETRIES: usize = 16;
 
 /// The zoned page allocator of one machine: `mem_map`, the zones, the
 /// platform hooks and the direct map. See the [crate documentation](crate).
-pub struct Zones<'a, P: Platform, D: DirectMap> {
+pub struct Zones<'a, P: PreemptControl, D: DirectMap> {
     pub(crate) mem_map: &'a [Page],
     pub(crate) start_pfn: Pfn,
     pub(crate) zones: [Option<Zone<'a>>; MAX_NR_ZONES],
@@ -67,7 +68,7 @@ pub struct Zones<'a, P: Platform, D: DirectMap> {
     pub(crate) vm_events: &'a [VmEvents],
 }
 
-impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
+impl<'a, P: PreemptControl, D: DirectMap> Zones<'a, P, D> {
     /// Linux `alloc_pages`: a block of `2^order` frames under the rules of
     /// `gfp` (see the module documentation), zeroed for `__GFP_ZERO`, as
     /// the handle that proves the caller holds it.
@@ -314,13 +315,15 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
     }
 
     /// Linux `drain_all_pages`: empties every CPU's per-CPU lists of every
-    /// zone into the buddies. A CPU whose lists held nothing at their last
-    /// unlock is skipped without taking its lock, as Linux skips the CPUs
-    /// without `pcp->count`: a failing allocation drains after every
-    /// reclaim round, and near exhaustion the lists are mostly empty, so
-    /// it would otherwise lock every CPU's lists, hot on their owners, for
-    /// nothing. Pages listed during the call may stay listed. O(pages
-    /// listed).
+    /// zone into the buddies, each drained as its CPU through
+    /// [`PreemptControl::on_cpu`] (Linux queues the drain on each CPU). A
+    /// CPU whose lists held nothing at the end of their last use is
+    /// skipped without running as it, as Linux skips the CPUs without
+    /// `pcp->count`: a failing allocation drains after every reclaim
+    /// round, and near exhaustion the lists are mostly empty. A CPU the
+    /// platform cannot run as now (a live hosted thread's) keeps its
+    /// lists, at most `high` pages a zone. Pages listed during the call
+    /// may stay listed. Called with no CPU pinned. O(pages listed).
     pub fn drain_all_pages(&self) {
         for zone in self.zones.iter().flatten() {
             for (cpu, pcp) in zone.pcp.iter().enumerate() {

@@ -10,13 +10,19 @@
 //! `PG_pcp` set. It must never hold a block of another zone, a block a
 //! caller holds, or more than `high` pages after a free returns.
 //!
-//! # Locks
+//! # Pinned, not locked
 //!
-//! Each list set has its own [`SpinLock`], taken with interrupts saved
-//! ([`kmm_api::IrqGuard`], by the caller). It is uncontended unless the
-//! owner was migrated after reading its CPU id, in which case the lock keeps
-//! the list correct. Lock order: **a pcp lock, then the zone lock**; only the
-//! invariant checker holds several pcp locks, in ascending CPU order.
+//! A CPU's lists are reached only with that CPU [`Pinned`]: inside
+//! `PreemptControl::get_cpu` … `put_cpu` (an allocation or a free on the
+//! CPU itself), or inside `PreemptControl::on_cpu` work for it (a drain
+//! from elsewhere, Linux's `drain_all_pages` work queued on each CPU). The
+//! platform promises that either is the CPU's only context, so a pop or a
+//! push is plain loads and stores: no lock and no atomic read-modify-write
+//! (Linux before 5.19 kept them so, under `local_irq_save`; its later
+//! per-list spin lock serves remote drains without an IPI, which a kernel
+//! embedding kmm makes through `on_cpu`). A list meets the other CPUs only
+//! in the zone's buddy, under the zone lock: lock order **pin, then the
+//! zone lock**.
 //!
 //! # Cost
 //!
@@ -27,7 +33,8 @@ use crate::check::Invariant;
 use crate::page::{Page, ZoneMeta, NIL};
 use crate::vmstat::ZoneEvents;
 use crate::ZoneType;
-use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, Publish, PublishGuard, SpinLock};
+use kmm_api::percpu::{Pinned, PinnedCell};
+use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
 use kmm_api::{Order, Pfn, PAGE_ALLOC_COSTLY_ORDER, PAGE_SIZE};
 use kmm_buddy::{Buddy, FrameTag};
 
@@ -106,14 +113,15 @@ impl PcpSizing {
 /// One CPU's lists for one zone, and the `/proc/vmstat` page events this
 /// CPU counted for the zone.
 pub struct PerCpuPages {
-    /// Taken through [`PerCpuPages::lock`], whose guard publishes the count.
-    lists: SpinLock<PcpLists>,
-    /// Pages on `lists` as of their last unlock, readable without the lock
-    /// (Linux reads `pcp->count` racily in `__drain_all_pages` to skip the
-    /// CPUs with nothing listed). Written only by the lock's holder.
+    /// Reached through [`PerCpuPages::with_lists`], with this CPU pinned.
+    lists: PinnedCell<PcpLists>,
+    /// Pages on `lists` as of the end of their last pinned section,
+    /// readable from anywhere (Linux reads `pcp->count` racily in
+    /// `__drain_all_pages` to skip the CPUs with nothing listed). Written
+    /// only by the pinned CPU.
     nr_listed: AtomicUsize,
     /// Blocks of the per-CPU orders, allocated from or freed to `lists`:
-    /// written only under the `lists` lock.
+    /// written only with this CPU pinned.
     pub(crate) listed: ZoneEvents,
     /// Blocks above the per-CPU orders, which go straight to the buddy:
     /// written only under the zone lock.
@@ -124,36 +132,43 @@ impl PerCpuPages {
     /// Empty lists, counters at zero.
     pub fn new() -> Self {
         Self {
-            lists: SpinLock::new(PcpLists::EMPTY),
+            lists: PinnedCell::new(PcpLists::EMPTY),
             nr_listed: AtomicUsize::new(0),
             listed: ZoneEvents::new(),
             direct: ZoneEvents::new(),
         }
     }
-}
 
-impl PerCpuPages {
-    /// Locks the lists; the unlock publishes their page count.
-    #[inline]
-    pub(crate) fn lock(&self) -> PcpGuard<'_> {
-        PublishGuard::new(self.lists.lock(), &self.nr_listed)
+    /// Runs `f` on the lists, then publishes their page count.
+    ///
+    /// # Safety
+    ///
+    /// `pinned` is for the CPU these lists belong to (the caller took them
+    /// at index `pinned.cpu()` of its zone's `pcp`, with the zones' own
+    /// platform), and `f` does not reach them again.
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    pub(crate) unsafe fn with_lists<R>(
+        &self,
+        pinned: &Pinned,
+        f: impl FnOnce(&mut PcpLists, &Pinned) -> R,
+    ) -> R {
+        // SAFETY: the caller holds the CPU these lists belong to (our
+        // contract), so it is their one context until `f` returns.
+        unsafe {
+            self.lists.with_mut(|lists| {
+                let r = f(lists, pinned);
+                self.nr_listed.store(lists.count, Relaxed);
+                r
+            })
+        }
     }
 
-    /// Pages listed as of the last unlock; takes no lock, so it may be
-    /// stale by the time the caller acts on it.
+    /// Pages listed as of the end of the last pinned section; may be stale
+    /// by the time the caller acts on it.
     #[inline]
     pub(crate) fn nr_listed(&self) -> usize {
         self.nr_listed.load(Relaxed)
-    }
-}
-
-/// The locked lists of one CPU; the unlock publishes their page count.
-pub(crate) type PcpGuard<'a> = PublishGuard<'a, PcpLists, AtomicUsize>;
-
-impl Publish<PcpLists> for AtomicUsize {
-    #[inline]
-    fn publish(&self, lists: &PcpLists) {
-        self.store(lists.count, Relaxed);
     }
 }
 
@@ -163,8 +178,8 @@ impl Default for PerCpuPages {
     }
 }
 
-/// The lists themselves, under their lock. Indices are relative to the
-/// zone's first frame.
+/// The lists themselves, reached with their CPU pinned. Indices are
+/// relative to the zone's first frame.
 pub(crate) struct PcpLists {
     /// Pages (not blocks) on all lists.
     pub(crate) count: usize,
@@ -181,8 +196,8 @@ impl PcpLists {
 
     /// Takes the most recently freed block of `order` (cache-hot first):
     /// its index and its head's descriptor, still flagged `PG_pcp`. The
-    /// caller clears the flag under the lock, with the store that gives the
-    /// block its next state (`Page::set_held`, or before the buddy's free).
+    /// caller clears the flag with the CPU still pinned, with the store that
+    /// gives the block its next state (`Page::set_held`, or before the buddy's free).
     #[inline]
     pub(crate) fn pop<'p>(&mut self, order: usize, pages: &'p [Page]) -> Option<(usize, &'p Page)> {
         let idx = self.head[order];
@@ -374,10 +389,11 @@ mod tests {
     }
 
     #[test]
-    fn the_unlock_publishes_the_count_that_drain_all_pages_reads_without_the_lock() {
+    fn a_pinned_section_publishes_the_count_that_drain_all_pages_reads_without_running_as_the_cpu()
+    {
         extern crate std;
         use crate::testing::{set_cpu, TestMachine};
-        use kmm_api::GFP_KERNEL;
+        use kmm_api::{PreemptControl, GFP_KERNEL};
         use std::{sync::mpsc, thread, time::Duration};
 
         // Small enough for miri: the lists' batch is then one page.
@@ -393,9 +409,10 @@ mod tests {
         assert_eq!(normal.pcp[1].nr_listed(), 0);
         let free = zones.nr_free_pages();
         thread::scope(|s| {
-            // CPU 1's lists, empty, locked as by a holder that never lets
-            // go while the drain runs: the drain must not wait for them.
-            let held = normal.pcp[1].lock();
+            // CPU 1, its lists empty, pinned by a holder that never lets
+            // go while the drain runs: the drain must not wait for it.
+            set_cpu(1);
+            let held = zones.platform().get_cpu();
             let (done, finished) = mpsc::channel();
             let zones = &zones;
             s.spawn(move || {
@@ -403,10 +420,10 @@ mod tests {
                 done.send(()).unwrap();
             });
             let drained = finished.recv_timeout(Duration::from_secs(10));
-            drop(held);
+            zones.platform().put_cpu(held);
             assert!(
                 drained.is_ok(),
-                "drain_all_pages waited for an empty CPU's lock"
+                "drain_all_pages waited for an empty CPU's pin"
             );
         });
         assert_eq!(

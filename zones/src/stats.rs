@@ -15,7 +15,7 @@ use crate::{Invariant, Zones, MAX_NR_ZONES};
 use kmm_api::sync::Ordering::Relaxed;
 use kmm_api::{
     AllocatorId, DirectMap, Error, FrameAllocator, GfpFlags, IrqGuard, Order, OwnerTag, OwnerWord,
-    PageOwner, Pages, Pfn, Platform, Shrinker,
+    PageOwner, Pages, Pfn, Platform, PreemptControl, Shrinker,
 };
 
 /// A snapshot of every present zone, lowest first, from which the `/proc`
@@ -76,7 +76,7 @@ impl Zone<'_> {
     }
 }
 
-impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
+impl<'a, P: PreemptControl, D: DirectMap> Zones<'a, P, D> {
     /// Linux `nr_free_pages`: pages on every zone's free lists (pages on
     /// per-CPU lists are not counted, as in Linux).
     pub fn nr_free_pages(&self) -> usize {
@@ -200,7 +200,7 @@ impl<'a, P: Platform, D: DirectMap> Zones<'a, P, D> {
 // with this allocator's id, until `__free_pages` takes it back; the buddy
 // never lets two held blocks overlap.
 #[allow(unsafe_code)]
-unsafe impl<P: Platform, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
+unsafe impl<P: PreemptControl, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
     #[inline]
     fn alloc_frames(&self, gfp: GfpFlags, order: Order) -> Result<Pages, Error> {
         self.alloc_pages(gfp, order)
@@ -219,7 +219,7 @@ unsafe impl<P: Platform, D: DirectMap> FrameAllocator for Zones<'_, P, D> {
 // when the block is handed out, and not reported once the block is freed
 // (`held_frame` finds only frames of held blocks).
 #[allow(unsafe_code)]
-unsafe impl<P: Platform, D: DirectMap> PageOwner for Zones<'_, P, D> {
+unsafe impl<P: PreemptControl, D: DirectMap> PageOwner for Zones<'_, P, D> {
     #[inline]
     fn owner(&self, pfn: Pfn) -> Option<OwnerWord> {
         self.held_frame(pfn)

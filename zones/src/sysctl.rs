@@ -34,7 +34,7 @@ use crate::watermark::{
 use crate::{Zones, MAX_NR_ZONES};
 use core::fmt;
 use kmm_api::sync::SpinLockGuard;
-use kmm_api::{DirectMap, Platform};
+use kmm_api::{DirectMap, PreemptControl};
 
 /// The values Linux's handlers accept: its sysctls are C `int`s.
 const INT_MAX: usize = i32::MAX as usize;
@@ -112,7 +112,7 @@ fn check(name: &'static str, value: usize, min: usize, max: usize) -> Result<(),
     }
 }
 
-impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
+impl<P: PreemptControl, D: DirectMap> Zones<'_, P, D> {
     /// `vm.min_free_kbytes`: the KiB the lowmem zones share as their `min`
     /// marks.
     pub fn min_free_kbytes(&self) -> usize {

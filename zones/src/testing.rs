@@ -7,8 +7,9 @@
 //!   virtual address = host address of the byte (window base 0), as the
 //!   hosted 64-bit preset does; frames above it have no address (highmem).
 //! - [`TestPlatform`]: `nr_cpus` CPUs, a per-thread CPU id set with
-//!   [`set_cpu`], counters of reclaim and wait calls, and an optional
-//!   reclaim action.
+//!   [`set_cpu`] and pinned by holding that id's lock (so threads set to
+//!   one CPU take turns at it), counters of reclaim and wait calls, and an
+//!   optional reclaim action.
 //! - [`TestMachine`]: a memory map plus zone limits; [`TestMachine::boot`]
 //!   builds `Zones` over it, its metadata in a host buffer.
 //!
@@ -22,12 +23,12 @@ use crate::{ZoneConfig, Zones};
 use core::cell::Cell;
 use core::mem::MaybeUninit;
 use kmm_api::{
-    DirectMap, Error, GfpFlags, MemoryRegion, Order, Pfn, Platform, RegionKind, VirtAddr,
-    MAX_PAGE_ORDER, PAGE_SIZE,
+    DirectMap, Error, GfpFlags, MemoryRegion, Order, Pfn, Platform, PreemptControl, RegionKind,
+    VirtAddr, MAX_PAGE_ORDER, PAGE_SIZE,
 };
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::boxed::Box;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::vec::Vec;
 
@@ -185,6 +186,8 @@ pub type ReclaimAction = Box<dyn Fn(GfpFlags, Order) -> usize + Send + Sync>;
 /// The platform double.
 pub struct TestPlatform {
     nr_cpus: usize,
+    /// One per CPU: held while a thread is pinned to it or runs as it.
+    cpu_locks: Box<[AtomicBool]>,
     ram: Arc<TestRam>,
     reclaim_calls: AtomicUsize,
     wait_calls: AtomicUsize,
@@ -196,6 +199,9 @@ impl TestPlatform {
     pub fn new(nr_cpus: usize, ram: Arc<TestRam>) -> Self {
         Self {
             nr_cpus: nr_cpus.max(1),
+            cpu_locks: (0..nr_cpus.max(1))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             ram,
             reclaim_calls: AtomicUsize::new(0),
             wait_calls: AtomicUsize::new(0),
@@ -247,6 +253,40 @@ impl Platform for TestPlatform {
         } else {
             Err(Error::PfnOutOfRange { pfn })
         }
+    }
+}
+
+// SAFETY: a CPU id is handed out only while holding that id's lock,
+// released by `put_cpu`; `on_cpu` work runs holding the same lock. Ids are
+// clamped below `nr_cpus`.
+#[allow(unsafe_code)]
+unsafe impl PreemptControl for TestPlatform {
+    fn get_cpu(&self) -> usize {
+        let cpu = self.cpu_id();
+        hold(&self.cpu_locks[cpu]);
+        cpu
+    }
+    fn put_cpu(&self, cpu: usize) {
+        self.cpu_locks[cpu].store(false, Ordering::Release);
+    }
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        let Some(lock) = self.cpu_locks.get(cpu) else {
+            return false;
+        };
+        hold(lock);
+        work();
+        lock.store(false, Ordering::Release);
+        true
+    }
+}
+
+/// Takes a CPU's lock, yielding while another thread holds it.
+fn hold(lock: &AtomicBool) {
+    while lock
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
     }
 }
 

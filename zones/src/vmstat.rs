@@ -34,7 +34,7 @@
 use crate::{ZoneType, Zones, MAX_NR_ZONES};
 use core::fmt;
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
-use kmm_api::{DirectMap, Platform};
+use kmm_api::{DirectMap, PreemptControl};
 
 /// A counter written only by the holder of one lock (the lock is named
 /// where the counter is declared).
@@ -226,7 +226,7 @@ impl fmt::Display for VmStat {
     }
 }
 
-impl<P: Platform, D: DirectMap> Zones<'_, P, D> {
+impl<P: PreemptControl, D: DirectMap> Zones<'_, P, D> {
     /// The `/proc/vmstat` figures: every CPU's counters summed, and each
     /// zone's free pages, all read with relaxed loads and no lock, so it
     /// never slows an allocation. O(zones × CPUs).

@@ -4,10 +4,11 @@
 //!
 //! # Locks and states
 //!
-//! Lock order: **a pcp lock, then the zone lock** (the `buddy` spin lock);
-//! both are taken with interrupts saved, because atomic allocations take
-//! them too. A block is in exactly one state, recorded in its head's
-//! descriptor:
+//! Lock order: **the CPU pinned, then the zone lock** (the `buddy` spin
+//! lock), which is taken with interrupts saved, because atomic allocations
+//! take it too. A CPU's per-CPU lists are reached with that CPU pinned
+//! (see [`crate::pcp`]). A block is in exactly one state, recorded in its
+//! head's descriptor:
 //!
 //! | state | buddy tag | `PG_pcp` | refcount |
 //! |---|---|---|---|
@@ -37,8 +38,9 @@ use crate::page::{Page, ZoneMeta};
 use crate::pcp::{PcpLists, PcpSizing, PerCpuPages, NR_PCP_ORDERS};
 use crate::watermark::{WatermarkLevel, Watermarks};
 use crate::{ZoneType, MAX_NR_ZONES};
+use kmm_api::percpu::{CpuGuard, Pinned};
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed, SpinLock, SpinLockGuard};
-use kmm_api::{Error, IrqGuard, Order, Pfn, Platform};
+use kmm_api::{Error, IrqGuard, Order, Pfn, Platform, PreemptControl};
 use kmm_buddy::{Buddy, FrameTag};
 
 /// One zone.
@@ -217,11 +219,31 @@ impl<'a> Zone<'a> {
             .filter(|&idx| idx < self.pages.len())
     }
 
-    /// The list set of the CPU the caller runs on now. A caller migrated
-    /// after this read uses another CPU's set, which its lock keeps correct.
+    /// The CPU whose `direct` counters count a request that bypasses the
+    /// lists: the caller's, or CPU 0 for an id beyond the zones' CPUs.
+    /// Written under the zone lock, so no pin is needed.
     #[inline]
-    fn this_cpu<P: Platform>(&self, platform: &P) -> Option<&PerCpuPages> {
+    fn direct_events_cpu<P: Platform>(&self, platform: &P) -> Option<&PerCpuPages> {
         self.pcp.get(platform.cpu_id()).or(self.pcp.first())
+    }
+
+    /// Runs `f` on the lists of the pinned CPU and the counters they go
+    /// with, or returns `None` if this zone has no lists for it (a CPU id
+    /// beyond the ones the zones were booted for; the caller then goes to
+    /// the buddy). The one way to a CPU's lists: picking them by the pin's
+    /// own id is what makes the access exclusive.
+    #[allow(unsafe_code)]
+    #[inline(always)]
+    fn with_pcp<R>(
+        &self,
+        pinned: &Pinned,
+        f: impl FnOnce(&PerCpuPages, &mut PcpLists, &Pinned) -> R,
+    ) -> Option<R> {
+        let pcp = self.pcp.get(pinned.cpu())?;
+        // SAFETY: `pcp` is the pinned CPU's own set (indexed by its id,
+        // pinned through the zones' platform by our callers), and `f` has
+        // no other way to it.
+        Some(unsafe { pcp.with_lists(pinned, |lists, pinned| f(pcp, lists, pinned)) })
     }
 
     /// Linux `rmqueue`: takes a block of `order` for a caller, from this
@@ -232,25 +254,28 @@ impl<'a> Zone<'a> {
     /// out of line it was a call with its own frame per zone tried. The
     /// refill and the orders above the lists are calls.
     #[inline(always)]
-    pub(crate) fn rmqueue<P: Platform>(&self, order: Order, platform: &P) -> Option<Pfn> {
+    pub(crate) fn rmqueue<P: PreemptControl>(&self, order: Order, platform: &P) -> Option<Pfn> {
         let _irq = IrqGuard::new(platform);
-        // The head becomes held under the lock the block leaves through, so
-        // the checker (holding every lock) never sees it in between states.
-        // `pgalloc` is counted by the CPU under the lock the block leaves
-        // through, which makes it the counter's only writer.
-        let cpu = self.this_cpu(platform);
-        let idx = match cpu {
-            Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                let mut lists = pcp.lock();
+        let idx = if order.as_usize() < NR_PCP_ORDERS {
+            let pinned = CpuGuard::new(platform);
+            // The head becomes held with the CPU pinned, so a drain (which
+            // runs as this CPU) never sees it in between states. `pgalloc`
+            // is counted by the pinned CPU, its only writer.
+            let listed = self.with_pcp(&pinned, |pcp, lists, pinned| {
                 let (idx, page) = match lists.pop(order.as_usize(), self.pages) {
                     Some(block) => block,
-                    None => self.rmqueue_refill(&mut lists, order)?,
+                    None => self.rmqueue_refill(lists, order)?,
                 };
                 page.set_held();
-                pcp.listed.pgalloc.add(order.pages(), &lists);
-                idx
+                pcp.listed.pgalloc.add(order.pages(), pinned);
+                Some(idx)
+            });
+            match listed {
+                Some(idx) => idx?,
+                None => self.rmqueue_buddy(None, order)?,
             }
-            _ => self.rmqueue_buddy(cpu, order)?,
+        } else {
+            self.rmqueue_buddy(self.direct_events_cpu(platform), order)?
         };
         self.clear_tail_owners(idx, order);
         Some(self.start_pfn.add(idx))
@@ -326,7 +351,7 @@ impl<'a> Zone<'a> {
     /// passes no `Result` through memory, as one through [`Zone::free`]
     /// did (its error is 24 bytes). The drain is a call.
     #[inline(always)]
-    pub(crate) fn try_free_listed<P: Platform>(
+    pub(crate) fn try_free_listed<P: PreemptControl>(
         &self,
         idx: usize,
         order: Order,
@@ -339,19 +364,17 @@ impl<'a> Zone<'a> {
         {
             return false;
         }
-        // Bounds-checked once, before the lock: its acquire would make the
-        // compiler load the slice again for every later index.
         let page = &self.pages[idx];
         let _irq = IrqGuard::new(platform);
-        let Some(pcp) = self.this_cpu(platform) else {
-            return false;
-        };
-        let mut lists = pcp.lock();
-        if self.release(page, idx, order).is_err() {
-            return false;
-        }
-        self.list_freed(pcp, &mut lists, page, idx, order);
-        true
+        let pinned = CpuGuard::new(platform);
+        self.with_pcp(&pinned, |pcp, lists, pinned| {
+            if self.release(page, idx, order).is_err() {
+                return false;
+            }
+            self.list_freed(pcp, lists, pinned, page, idx, order);
+            true
+        })
+        .unwrap_or(false)
     }
 
     /// Linux `__free_pages` for a pfn of this zone: validates, then puts
@@ -364,7 +387,7 @@ impl<'a> Zone<'a> {
     /// on a per-CPU list), [`Error::NotAllocated`], [`Error::WrongOrder`],
     /// [`Error::Owned`].
     #[inline(never)]
-    pub(crate) fn free<P: Platform>(
+    pub(crate) fn free<P: PreemptControl>(
         &self,
         idx: usize,
         order: Order,
@@ -383,52 +406,39 @@ impl<'a> Zone<'a> {
         }
         let page = &self.pages[idx];
         let _irq = IrqGuard::new(platform);
-        match self.this_cpu(platform) {
-            Some(pcp) if order.as_usize() < NR_PCP_ORDERS => {
-                self.free_pcp(pcp, page, idx, order, platform)
-            }
-            cpu => self.free_to_buddy(cpu, page, idx, order),
-        }
-    }
-
-    /// Linux `free_unref_page_commit`: takes the block back from its
-    /// caller and lists it on `pcp`, draining at `high`.
-    fn free_pcp<P: Platform>(
-        &self,
-        pcp: &PerCpuPages,
-        page: &Page,
-        idx: usize,
-        order: Order,
-        platform: &P,
-    ) -> Result<(), Error> {
-        let mut lists = pcp.lock();
-        match self.release(page, idx, order) {
-            Ok(()) => {}
-            Err(Some(err)) => return Err(err),
-            Err(None) => {
-                drop(lists);
-                return Err(self.bad_free(idx, platform));
+        if order.as_usize() < NR_PCP_ORDERS {
+            let pinned = CpuGuard::new(platform);
+            let listed = self.with_pcp(&pinned, |pcp, lists, pinned| {
+                self.release(page, idx, order)?;
+                self.list_freed(pcp, lists, pinned, page, idx, order);
+                Ok(())
+            });
+            match listed {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(Some(err))) => return Err(err),
+                Some(Err(None)) => return Err(self.bad_free(idx, platform)),
+                None => {}
             }
         }
-        self.list_freed(pcp, &mut lists, page, idx, order);
-        Ok(())
+        self.free_to_buddy(self.direct_events_cpu(platform), page, idx, order)
     }
 
     /// Lists the block at `idx` (descriptor `page`) that a free just took
-    /// back from its caller on `pcp`, whose `lists` the caller holds, and
-    /// drains a batch if they reached `high`.
+    /// back from its caller on `pcp`, the pinned CPU's set, and drains a
+    /// batch if its lists reached `high`.
     #[inline(always)]
     fn list_freed(
         &self,
         pcp: &PerCpuPages,
         lists: &mut PcpLists,
+        pinned: &Pinned,
         page: &Page,
         idx: usize,
         order: Order,
     ) {
         page.set_freed(true);
         lists.push(idx, page, order.as_usize());
-        pcp.listed.pgfree.add(order.pages(), lists);
+        pcp.listed.pgfree.add(order.pages(), pinned);
         // Tuning may lower `high` at any time: the drain still leaves
         // fewer than whichever value it read.
         let high = self.pcp_high.load(Relaxed);
@@ -606,43 +616,70 @@ impl<'a> Zone<'a> {
         Ok(())
     }
 
-    /// Empties `cpu`'s lists into the buddy (Linux `drain_pages_zone`).
-    pub(crate) fn drain_pcp<P: Platform>(&self, cpu: usize, platform: &P) {
-        let Some(pcp) = self.pcp.get(cpu) else { return };
-        let _irq = IrqGuard::new(platform);
-        let mut lists = pcp.lock();
-        if lists.count == 0 {
-            return;
+    /// Empties `cpu`'s lists into the buddy (Linux `drain_pages_zone`),
+    /// running as that CPU through [`PreemptControl::on_cpu`]. Returns
+    /// whether the platform could run as it: a CPU it cannot reach now (a
+    /// live hosted thread's) keeps its lists. Called with no CPU pinned.
+    pub(crate) fn drain_pcp<P: PreemptControl>(&self, cpu: usize, platform: &P) -> bool {
+        if cpu >= self.pcp.len() {
+            return false;
         }
-        let mut buddy = self.buddy.lock();
-        lists.drain(&mut buddy, self.pages, usize::MAX, Order::ZERO);
-        self.sync_free(&buddy);
+        platform.on_cpu(cpu, &mut || {
+            // SAFETY: `on_cpu` runs this as `cpu`, exclusive with every
+            // section pinned to it, and nothing else here claims it.
+            #[allow(unsafe_code)]
+            let pinned = unsafe { Pinned::new(cpu) };
+            let _irq = IrqGuard::new(platform);
+            self.with_pcp(&pinned, |_, lists, _| {
+                if lists.count != 0 {
+                    let mut buddy = self.buddy.lock();
+                    lists.drain(&mut buddy, self.pages, usize::MAX, Order::ZERO);
+                    self.sync_free(&buddy);
+                }
+            });
+        })
     }
 
-    /// The invariant checker for this zone: every per-CPU list, the buddy,
-    /// the free counter, and the accounting of every frame.
-    pub(crate) fn check<P: Platform>(&self, platform: &P) -> Result<(), Invariant> {
-        let _irq = IrqGuard::new(platform);
-        self.check_from_cpu(0, 0)
-    }
-
-    /// Holds the pcp locks of CPUs `cpu..` (ascending, on the stack of this
-    /// recursion) and then the zone lock, so the whole zone is still.
-    fn check_from_cpu(&self, cpu: usize, listed: usize) -> Result<(), Invariant> {
-        match self.pcp.get(cpu) {
-            Some(pcp) => {
-                let lists = pcp.lock();
-                let here = lists.check(self.zone_type, cpu, self.pages, self.start_pfn)?;
-                self.check_from_cpu(cpu + 1, listed + here)
+    /// The invariant checker for this zone: every per-CPU list (each walked
+    /// as its CPU, through [`PreemptControl::on_cpu`]), the buddy, the free
+    /// counter, and the accounting of every frame.
+    ///
+    /// Exact on a quiet zone. Blocks move between the lists, the buddy and
+    /// their holders without a common lock, so a check racing allocations
+    /// or frees may count a block twice or miss it, and report an
+    /// accounting fault that is not there (never miss a broken list). A
+    /// CPU the platform cannot run as now (a live hosted thread's) counts
+    /// its listed pages from their descriptors, unwalked. Called with no
+    /// CPU pinned.
+    pub(crate) fn check<P: PreemptControl>(&self, platform: &P) -> Result<(), Invariant> {
+        let mut listed = Some(0);
+        for cpu in 0..self.pcp.len() {
+            let mut walked = None;
+            let reached = platform.on_cpu(cpu, &mut || {
+                // SAFETY: as in `drain_pcp`: `on_cpu` runs this as `cpu`.
+                #[allow(unsafe_code)]
+                let pinned = unsafe { Pinned::new(cpu) };
+                walked = self.with_pcp(&pinned, |_, lists, _| {
+                    lists.check(self.zone_type, cpu, self.pages, self.start_pfn)
+                });
+            });
+            match walked {
+                Some(here) => {
+                    let here = here?;
+                    listed = listed.map(|sum| sum + here);
+                }
+                None if reached => {}
+                None => listed = None,
             }
-            None => self.check_locked(&self.buddy.lock(), listed),
         }
+        let _irq = IrqGuard::new(platform);
+        self.check_locked(&self.buddy.lock(), listed)
     }
 
     fn check_locked(
         &self,
         buddy: &SpinLockGuard<'_, Buddy<ZoneMeta<'a>>>,
-        listed: usize,
+        listed: Option<usize>,
     ) -> Result<(), Invariant> {
         let zone = self.zone_type;
         buddy
@@ -681,11 +718,12 @@ impl<'a> Zone<'a> {
                 ));
             }
         }
-        if pcp != listed || free + pcp + held != self.managed {
+        let walked_all = listed.map_or(true, |listed| listed == pcp);
+        if !walked_all || free + pcp + held != self.managed {
             return Err(Invariant::Accounting {
                 zone,
                 free,
-                pcp: listed,
+                pcp: listed.unwrap_or(pcp),
                 held,
                 managed: self.managed,
             });

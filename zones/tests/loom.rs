@@ -1,10 +1,13 @@
-//! Loom model of the per-CPU page lists against the zone lock: two CPUs
-//! allocate and free order-0 pages while a third context drains every
-//! list, and each caller is "migrated" right after every CPU id read (so it
-//! uses a list another CPU is using too). Checks that no page is lost or
-//! handed out twice, and that the allocator's invariants hold afterwards;
-//! and that the `/proc/vmstat` counters, bumped by load and store under a
-//! pcp or zone lock or by `fetch_add` where no lock is held, sum exactly
+//! Loom model of the per-CPU page lists against the zone lock: two contexts
+//! allocate and free order-0 pages while a third drains every list as
+//! each CPU in turn (`on_cpu`), and each caller is "migrated" right after
+//! every CPU id read, so its next pinned section runs on the other CPU,
+//! whose lists the other context may be using: pinning (a per-CPU lock in
+//! this platform) must keep them apart, which loom's checked cell under
+//! the lists verifies. Checks that no page is lost or handed out twice,
+//! and that the allocator's invariants hold afterwards; and that the
+//! `/proc/vmstat` counters, bumped by load and store with a CPU pinned or
+//! under the zone lock, or by `fetch_add` where neither holds, sum exactly
 //! once the counting threads are joined.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p kmm-zones --test loom --release`.
@@ -13,10 +16,10 @@
 //! a free at each lock, and it keeps the run at a few seconds.
 #![cfg(loom)]
 
-use kmm_api::sync::{AtomicUsize, Ordering};
+use kmm_api::sync::{AtomicBool, AtomicUsize, Ordering};
 use kmm_api::{
-    MemoryRegion, Order, Pages, Pfn, Platform, RegionKind, GFP_KERNEL, GFP_NOWAIT, MAX_PAGE_ORDER,
-    PAGE_SIZE,
+    MemoryRegion, Order, Pages, Pfn, Platform, PreemptControl, RegionKind, GFP_KERNEL, GFP_NOWAIT,
+    MAX_PAGE_ORDER, PAGE_SIZE,
 };
 use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
@@ -35,12 +38,26 @@ loom::thread_local! {
 }
 
 /// Callers run on CPUs 0 and 1; every `cpu_id` read migrates the caller to
-/// the other CPU right after, so the list it then locks may be in use by
-/// that CPU's owner. The platform declares sixteen CPUs so that they share
-/// the zone's low watermark (40 pages here) into the smallest per-CPU
-/// `high`, 4 * batch = 4, which a few frees reach.
+/// the other CPU right after, so its next pinned section may meet the
+/// other caller on that CPU: a pin holds the CPU's lock, as a hosted
+/// embedder's uncontended per-CPU lock does. The platform declares sixteen
+/// CPUs so that they share the zone's low watermark (40 pages here) into
+/// the smallest per-CPU `high`, 4 * batch = 4, which a few frees reach.
 struct MigratingPlatform {
     calls: AtomicUsize,
+    /// Held while a context is pinned to the CPU or runs as it.
+    cpu_locks: Vec<AtomicBool>,
+}
+
+impl MigratingPlatform {
+    fn hold(&self, cpu: usize) {
+        while self.cpu_locks[cpu]
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            loom::thread::yield_now();
+        }
+    }
 }
 
 /// CPUs the platform declares.
@@ -57,6 +74,29 @@ impl Platform for MigratingPlatform {
             cpu.set(1 - now);
             now
         })
+    }
+}
+
+// SAFETY: a CPU id is handed out only while holding its lock, released by
+// `put_cpu`; `on_cpu` work runs holding the same lock; ids are below
+// `NR_CPUS`.
+unsafe impl PreemptControl for MigratingPlatform {
+    fn get_cpu(&self) -> usize {
+        let cpu = self.cpu_id();
+        self.hold(cpu);
+        cpu
+    }
+    fn put_cpu(&self, cpu: usize) {
+        self.cpu_locks[cpu].store(false, Ordering::Release);
+    }
+    fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
+        if cpu >= NR_CPUS {
+            return false;
+        }
+        self.hold(cpu);
+        work();
+        self.cpu_locks[cpu].store(false, Ordering::Release);
+        true
     }
 }
 
@@ -86,6 +126,7 @@ fn boot(machine: &TestMachine) -> LoomZones {
         Box::leak(vec![MaybeUninit::uninit(); bytes].into_boxed_slice());
     let platform = MigratingPlatform {
         calls: AtomicUsize::new(0),
+        cpu_locks: (0..NR_CPUS).map(|_| AtomicBool::new(false)).collect(),
     };
     // SAFETY: each model boots one set of zones over its own machine's RAM,
     // with that machine's direct map.
@@ -152,8 +193,8 @@ fn racing_frees_of_one_block_on_three_cpus_let_exactly_one_win() {
             .into_raw()
             .0;
         // Each context frees the block (a double free from the holder's
-        // point of view of the others) under whichever per-CPU list lock
-        // its migrating CPU id lands on.
+        // point of view of the others) on whichever CPU its migrating id
+        // lands on.
         let racers: Vec<_> = (0..2)
             .map(|cpu| {
                 let zones = zones.clone();
@@ -274,7 +315,7 @@ fn vmstat_counters_on_two_migrating_cpus_sum_exactly_once_joined() {
         let boot_free = zones.nr_free_pages();
         // Each caller reads its CPU id once per operation and is migrated
         // right after, so the two share list sets and event slots: the
-        // pcp-lock and zone-lock counters, and the fetch_add ones.
+        // pinned and zone-lock counters, and the fetch_add ones.
         let other = {
             let zones = zones.clone();
             loom::thread::spawn(move || {
