@@ -11,12 +11,12 @@
 //! once the counting threads are joined.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p kmm-zones --test loom --release`.
-//! The search is bounded at two preemptions (`LOOM_MAX_PREEMPTIONS=2` is
-//! the default set here is 3): enough to interleave a refill, a drain and
-//! a free at each lock, and it keeps the run at a few seconds.
+//! The search is bounded at three preemptions unless `LOOM_MAX_PREEMPTIONS`
+//! says otherwise: enough to interleave a refill, a drain and a free at
+//! each lock, and it keeps the run near half a minute.
 #![cfg(loom)]
 
-use kmm_api::sync::{AtomicBool, AtomicUsize, Ordering};
+use kmm_api::sync::{AtomicUsize, Ordering};
 use kmm_api::{
     MemoryRegion, Order, Pages, Pfn, Platform, PreemptControl, RegionKind, GFP_KERNEL, GFP_NOWAIT,
     MAX_PAGE_ORDER, PAGE_SIZE,
@@ -25,8 +25,8 @@ use kmm_zones::boot::BootMem;
 use kmm_zones::memblock::Memblock;
 use kmm_zones::testing::{TestDirectMap, TestMachine};
 use kmm_zones::{ZoneConfig, ZoneType, Zones};
-use loom::sync::Arc;
-use std::cell::Cell;
+use loom::sync::{Arc, Mutex, MutexGuard};
+use std::cell::{Cell, RefCell};
 use std::mem::MaybeUninit;
 
 /// One NORMAL zone of 64 frames: small enough for loom, large enough to
@@ -37,27 +37,24 @@ loom::thread_local! {
     static CPU: Cell<usize> = Cell::new(0);
 }
 
-/// Callers run on CPUs 0 and 1; every `cpu_id` read migrates the caller to
-/// the other CPU right after, so its next pinned section may meet the
-/// other caller on that CPU: a pin holds the CPU's lock, as a hosted
+/// Callers on CPUs 0 and 1 are migrated to the other one of the two right
+/// after every `cpu_id` read, so a pinned section may meet the other
+/// caller on that CPU (callers on higher ids stay put): a pin holds the CPU's lock, as a hosted
 /// embedder's uncontended per-CPU lock does. The platform declares sixteen
 /// CPUs so that they share the zone's low watermark (40 pages here) into
 /// the smallest per-CPU `high`, 4 * batch = 4, which a few frees reach.
 struct MigratingPlatform {
     calls: AtomicUsize,
-    /// Held while a context is pinned to the CPU or runs as it.
-    cpu_locks: Vec<AtomicBool>,
+    /// Held while a context is pinned to the CPU or runs as it: loom
+    /// mutexes, on which a waiter blocks (a spinning waiter multiplied the
+    /// schedules to explore past what a run can afford). Leaked, as the
+    /// descriptors are, so a pinned context can keep its guard.
+    cpu_locks: &'static [Mutex<()>],
 }
 
-impl MigratingPlatform {
-    fn hold(&self, cpu: usize) {
-        while self.cpu_locks[cpu]
-            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
-            .is_err()
-        {
-            loom::thread::yield_now();
-        }
-    }
+loom::thread_local! {
+    /// The guards of the CPUs this context has pinned.
+    static PINNED: RefCell<Vec<(usize, MutexGuard<'static, ()>)>> = RefCell::new(Vec::new());
 }
 
 /// CPUs the platform declares.
@@ -71,7 +68,9 @@ impl Platform for MigratingPlatform {
         self.calls.fetch_add(1, Ordering::Relaxed);
         CPU.with(|cpu| {
             let now = cpu.get();
-            cpu.set(1 - now);
+            if now < 2 {
+                cpu.set(1 - now);
+            }
             now
         })
     }
@@ -83,19 +82,19 @@ impl Platform for MigratingPlatform {
 unsafe impl PreemptControl for MigratingPlatform {
     fn get_cpu(&self) -> usize {
         let cpu = self.cpu_id();
-        self.hold(cpu);
+        let guard = self.cpu_locks[cpu].lock().unwrap();
+        PINNED.with(|pinned| pinned.borrow_mut().push((cpu, guard)));
         cpu
     }
     fn put_cpu(&self, cpu: usize) {
-        self.cpu_locks[cpu].store(false, Ordering::Release);
+        PINNED.with(|pinned| pinned.borrow_mut().retain(|(held, _)| *held != cpu));
     }
     fn on_cpu(&self, cpu: usize, work: &mut dyn FnMut()) -> bool {
-        if cpu >= NR_CPUS {
+        let Some(lock) = self.cpu_locks.get(cpu) else {
             return false;
-        }
-        self.hold(cpu);
+        };
+        let _held = lock.lock().unwrap();
         work();
-        self.cpu_locks[cpu].store(false, Ordering::Release);
         true
     }
 }
@@ -126,7 +125,7 @@ fn boot(machine: &TestMachine) -> LoomZones {
         Box::leak(vec![MaybeUninit::uninit(); bytes].into_boxed_slice());
     let platform = MigratingPlatform {
         calls: AtomicUsize::new(0),
-        cpu_locks: (0..NR_CPUS).map(|_| AtomicBool::new(false)).collect(),
+        cpu_locks: Box::leak((0..NR_CPUS).map(|_| Mutex::new(())).collect()),
     };
     // SAFETY: each model boots one set of zones over its own machine's RAM,
     // with that machine's direct map.
@@ -182,7 +181,7 @@ fn racing_frees_of_one_block_on_three_cpus_let_exactly_one_win() {
     // Which of the three contexts won, over every interleaving.
     let wins = std::sync::Arc::new([(); 3].map(|()| std::sync::atomic::AtomicUsize::new(0)));
     let seen = wins.clone();
-    explore(12_000, move || {
+    explore(100_000, move || {
         let machine = machine();
         let zones = Arc::new(boot(&machine));
         let managed = zones.managed_pages();
@@ -193,9 +192,9 @@ fn racing_frees_of_one_block_on_three_cpus_let_exactly_one_win() {
             .into_raw()
             .0;
         // Each context frees the block (a double free from the holder's
-        // point of view of the others) on whichever CPU its migrating id
-        // lands on.
-        let racers: Vec<_> = (0..2)
+        // point of view of the others) on a CPU of its own, so the race is
+        // the free's compare-and-swap alone.
+        let racers: Vec<_> = (2..4)
             .map(|cpu| {
                 let zones = zones.clone();
                 loom::thread::spawn(move || {
@@ -235,7 +234,7 @@ fn racing_frees_of_one_block_on_three_cpus_let_exactly_one_win() {
 
 #[test]
 fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
-    explore(4000, || {
+    explore(12_000, || {
         let machine = machine();
         let zones = Arc::new(boot(&machine));
         let managed = zones.managed_pages();
@@ -273,7 +272,7 @@ fn pcp_lists_lose_no_page_and_hand_none_out_twice_under_migration_and_drain() {
 
 #[test]
 fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
-    explore(600, || {
+    explore(1000, || {
         let machine = machine();
         let zones = Arc::new(boot(&machine));
         let managed = zones.managed_pages();
@@ -309,7 +308,7 @@ fn frees_that_reach_high_drain_a_batch_while_another_cpu_allocates() {
 
 #[test]
 fn vmstat_counters_on_two_migrating_cpus_sum_exactly_once_joined() {
-    explore(1400, || {
+    explore(1900, || {
         let machine = machine();
         let zones = Arc::new(boot(&machine));
         let boot_free = zones.nr_free_pages();
