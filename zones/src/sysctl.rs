@@ -21,7 +21,7 @@
 //! The tuning lock (a spin lock in [`Zones`]) serialises writers and is
 //! held for a whole recompute; inside it each zone's new values are stored
 //! under that zone's lock (interrupts saved). It is never taken by an
-//! allocation or a free, nor while any zone or per-CPU lock is held.
+//! allocation or a free, nor while a zone lock is held or a CPU pinned.
 //! Readers of the marks take no lock (what a racing reader may see is in
 //! `zone.rs`).
 //!
