@@ -160,7 +160,15 @@ impl<'a, P: PreemptControl, D: DirectMap> Zones<'a, P, D> {
     /// The invariant checker: for every zone, each per-CPU list (only
     /// `PG_pcp` blocks of the zone and the list's order, counts right), the
     /// buddy's own check, the free counter, every descriptor, and
-    /// free + per-CPU + held == managed. O(frames); takes the locks.
+    /// free + per-CPU + held == managed. O(frames); takes each zone lock,
+    /// and runs as each CPU in turn (`PreemptControl::on_cpu`) to walk its
+    /// lists, so it is called with no CPU pinned.
+    ///
+    /// Exact on a quiet manager: blocks move between the lists, the buddy
+    /// and their holders under no common lock, so a check racing
+    /// allocations or frees may report an accounting fault that is not
+    /// there. A CPU the platform cannot run as now (a live hosted thread's)
+    /// has its lists counted from their descriptors instead of walked.
     pub fn check(&self) -> Result<(), Invariant> {
         for zone in self.zones.iter().flatten() {
             zone.check(&self.platform)?;
