@@ -76,7 +76,7 @@ impl<'a, P: PreemptControl, D: DirectMap> Zones<'a, P, D> {
     /// Errors: [`Error::OrderTooLarge`], [`Error::InvalidGfp`] (contradictory
     /// zone modifiers, no zone at or below the requested one, or
     /// `__GFP_NOFAIL` without `__GFP_DIRECT_RECLAIM`), [`Error::NoMemory`];
-    /// an error from [`Platform::zero_frame`] for a highmem frame that
+    /// an error from [`kmm_api::Platform::zero_frame`] for a highmem frame that
     /// could not be zeroed (the block is then freed again).
     ///
     /// Always inlined down to the per-CPU list's pop (with

@@ -6,24 +6,22 @@
 //!
 //! | counter | kept in | written by |
 //! |---|---|---|
-//! | `pgalloc_<zone>`, `pgfree`, orders `0..NR_PCP_ORDERS` | the zone's `PerCpuPages::listed` of the CPU | the holder of that list set's lock |
+//! | `pgalloc_<zone>`, `pgfree`, orders `0..NR_PCP_ORDERS` | the zone's `PerCpuPages::listed` of the CPU | the context that has that CPU pinned |
 //! | the same, larger orders | the zone's `PerCpuPages::direct` of the CPU | the holder of the zone lock |
 //! | `allocstall_<zone>`, `pgalloc_fail` | `VmEvents`, one per CPU | whoever read that CPU id |
 //!
-//! A counter under a lock has one writer at a time, the lock's holder, so it
-//! is bumped with a relaxed load and a store: no atomic read-modify-write.
-//! The allocation and free paths hold that lock anyway, and the counter sits
-//! in the same per-CPU structure as the lists, so counting adds no lock, no
-//! shared cache line and no atomic instruction to them. The lock orders one
-//! holder's store before the next holder's load, so no increment is lost,
-//! even when a caller migrated after reading its CPU id and shares a list
-//! set with that CPU's owner.
+//! A counter with one writer at a time (the pinned CPU's context, or the
+//! zone lock's holder) is bumped with a relaxed load and a store: no atomic
+//! read-modify-write. The allocation and free paths pin the CPU or hold
+//! the lock anyway, and the counter sits in the same per-CPU structure as
+//! the lists, so counting adds no lock, no shared cache line and no atomic
+//! instruction to them. The hand-over of a CPU (or of the lock) orders one
+//! writer's store before the next one's load, so no increment is lost.
 //!
-//! The slow-path counters are counted under no lock, and the zones run on a
-//! plain [`Platform`], which cannot pin the caller to its CPU (there is no
-//! `get_cpu` section to rely on): two contexts may read the same id, so
-//! these use a relaxed `fetch_add`, on a cache line of their own per CPU,
-//! and only on paths that are about to reclaim or fail.
+//! The slow-path counters are counted with no CPU pinned (the slow path
+//! reclaims and waits, which no pinned section may): two contexts may read
+//! the same id, so these use a relaxed `fetch_add`, on a cache line of
+//! their own per CPU, and only on paths that are about to reclaim or fail.
 //!
 //! Readers sum every CPU's counters with relaxed loads and no lock. Each
 //! counter only grows (wrapping at `usize::MAX`, as Linux's `unsigned long`
@@ -36,23 +34,24 @@ use core::fmt;
 use kmm_api::sync::{AtomicUsize, Ordering::Relaxed};
 use kmm_api::{DirectMap, PreemptControl};
 
-/// A counter written only by the holder of one lock (the lock is named
-/// where the counter is declared).
-pub(crate) struct LockedCounter(AtomicUsize);
+/// A counter with one writer at a time: the holder of one lock, or the
+/// context with one CPU pinned (named where the counter is declared).
+pub(crate) struct OneWriterCounter(AtomicUsize);
 
-impl LockedCounter {
+impl OneWriterCounter {
     fn new() -> Self {
         Self(AtomicUsize::new(0))
     }
 
-    /// Adds `n`. `_held` is the guard of the lock that makes the caller
-    /// this counter's only writer: a load and a store suffice.
+    /// Adds `n`. `_held` is what makes the caller this counter's only
+    /// writer (the lock's guard, or the CPU's [`kmm_api::percpu::Pinned`]):
+    /// a load and a store suffice.
     #[inline]
     pub(crate) fn add<G>(&self, n: usize, _held: &G) {
         self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
     }
 
-    /// The count, without the lock.
+    /// The count, from anywhere.
     #[inline]
     pub(crate) fn read(&self) -> usize {
         self.0.load(Relaxed)
@@ -62,16 +61,16 @@ impl LockedCounter {
 /// Page events of one zone counted by one CPU.
 pub(crate) struct ZoneEvents {
     /// Pages handed to callers (`pgalloc_<zone>`).
-    pub(crate) pgalloc: LockedCounter,
+    pub(crate) pgalloc: OneWriterCounter,
     /// Pages given back by callers (`pgfree`).
-    pub(crate) pgfree: LockedCounter,
+    pub(crate) pgfree: OneWriterCounter,
 }
 
 impl ZoneEvents {
     pub(crate) fn new() -> Self {
         Self {
-            pgalloc: LockedCounter::new(),
-            pgfree: LockedCounter::new(),
+            pgalloc: OneWriterCounter::new(),
+            pgfree: OneWriterCounter::new(),
         }
     }
 }
