@@ -616,28 +616,41 @@ impl<'a> Zone<'a> {
         Ok(())
     }
 
-    /// Empties `cpu`'s lists into the buddy (Linux `drain_pages_zone`),
-    /// running as that CPU through [`PreemptControl::on_cpu`]. Returns
-    /// whether the platform could run as it: a CPU it cannot reach now (a
-    /// live hosted thread's) keeps its lists. Called with no CPU pinned.
-    pub(crate) fn drain_pcp<P: PreemptControl>(&self, cpu: usize, platform: &P) -> bool {
-        if cpu >= self.pcp.len() {
-            return false;
-        }
+    /// Runs `f` on `cpu`'s lists as that CPU, through
+    /// [`PreemptControl::on_cpu`]: `None` if the platform cannot run as it
+    /// now (a live hosted thread's CPU) or the zone has no lists for it.
+    /// Called with no CPU pinned.
+    fn on_cpu_lists<P: PreemptControl, R>(
+        &self,
+        cpu: usize,
+        platform: &P,
+        f: impl FnOnce(&mut PcpLists) -> R,
+    ) -> Option<R> {
+        let (mut f, mut result) = (Some(f), None);
         platform.on_cpu(cpu, &mut || {
             // SAFETY: `on_cpu` runs this as `cpu`, exclusive with every
             // section pinned to it, and nothing else here claims it.
             #[allow(unsafe_code)]
             let pinned = unsafe { Pinned::new(cpu) };
-            let _irq = IrqGuard::new(platform);
-            self.with_pcp(&pinned, |_, lists, _| {
-                if lists.count != 0 {
-                    let mut buddy = self.buddy.lock();
-                    lists.drain(&mut buddy, self.pages, usize::MAX, Order::ZERO);
-                    self.sync_free(&buddy);
-                }
-            });
-        })
+            if let Some(f) = f.take() {
+                result = self.with_pcp(&pinned, |_, lists, _| f(lists));
+            }
+        });
+        result
+    }
+
+    /// Empties `cpu`'s lists into the buddy (Linux `drain_pages_zone`),
+    /// running as that CPU. A CPU the platform cannot run as now (a live
+    /// hosted thread's) keeps its lists. Called with no CPU pinned.
+    pub(crate) fn drain_pcp<P: PreemptControl>(&self, cpu: usize, platform: &P) {
+        self.on_cpu_lists(cpu, platform, |lists| {
+            if lists.count != 0 {
+                let _irq = IrqGuard::new(platform);
+                let mut buddy = self.buddy.lock();
+                lists.drain(&mut buddy, self.pages, usize::MAX, Order::ZERO);
+                self.sync_free(&buddy);
+            }
+        });
     }
 
     /// The invariant checker for this zone: every per-CPU list (each walked
@@ -654,21 +667,14 @@ impl<'a> Zone<'a> {
     pub(crate) fn check<P: PreemptControl>(&self, platform: &P) -> Result<(), Invariant> {
         let mut listed = Some(0);
         for cpu in 0..self.pcp.len() {
-            let mut walked = None;
-            let reached = platform.on_cpu(cpu, &mut || {
-                // SAFETY: as in `drain_pcp`: `on_cpu` runs this as `cpu`.
-                #[allow(unsafe_code)]
-                let pinned = unsafe { Pinned::new(cpu) };
-                walked = self.with_pcp(&pinned, |_, lists, _| {
-                    lists.check(self.zone_type, cpu, self.pages, self.start_pfn)
-                });
+            let walked = self.on_cpu_lists(cpu, platform, |lists| {
+                lists.check(self.zone_type, cpu, self.pages, self.start_pfn)
             });
             match walked {
                 Some(here) => {
                     let here = here?;
                     listed = listed.map(|sum| sum + here);
                 }
-                None if reached => {}
                 None => listed = None,
             }
         }
