@@ -551,18 +551,22 @@ impl<B: SlabBackend> Kmem<B> {
         let slab = unsafe {
             SlabHeader::init(header, self.header_magic(header), base, s_mem, g.objects, c)
         };
-        for index in (0..g.objects).rev() {
-            let obj = slab.object(index, g.stride);
-            if c.debug {
-                c.debug_init_slot(obj);
-                c.debug_init_free(obj);
-            }
-            if let Some(ctor) = c.ctor {
-                if let Some(obj) = NonNull::new(obj) {
-                    ctor(obj);
+        // The objects start fresh, on no list; only debug patterns and a
+        // constructor (run once per object, as Linux's `setup_object`)
+        // need them touched now.
+        if c.debug || c.ctor.is_some() {
+            for index in 0..g.objects {
+                let obj = slab.object(index, g.stride);
+                if c.debug {
+                    c.debug_init_slot(obj);
+                    c.debug_init_free(obj);
+                }
+                if let Some(ctor) = c.ctor {
+                    if let Some(obj) = NonNull::new(obj) {
+                        ctor(obj);
+                    }
                 }
             }
-            c.fp.push(slab, g, index);
         }
         if let Err(e) = self.set_slab_owner(pfn, g.order, slab) {
             slab.release();

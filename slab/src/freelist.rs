@@ -3,6 +3,9 @@
 //! `next ^ secret ^ swab(slot address)`, so a use-after-free write cannot
 //! point the allocator at an address of the attacker's choosing, and a
 //! decoded link that is not an object start of the same slab is caught.
+//! A slab's fresh objects (see `slab`) are on no list: a link may only name
+//! an object below the slab's fresh cursor, or one object could be handed
+//! out twice, once through the list and once as fresh.
 //!
 //! Called only with the owning cache's node lock held; never follows a link
 //! without checking it lands on a free object of the same slab.
@@ -39,13 +42,14 @@ impl FreePtr {
         slab.set_freelist(obj, slab.free_count() + 1);
     }
 
-    /// Pops the first free object. `Err(index)` names the object whose link
-    /// is corrupt; the list has then been rebuilt from the state bytes
-    /// without that object, which the caller quarantines.
+    /// Takes a free object: the first on the free list, or else the first
+    /// fresh one. `Err(index)` names the object whose link is corrupt; the
+    /// list has then been rebuilt from the state bytes without that object,
+    /// which the caller quarantines.
     pub fn pop(&self, slab: &SlabHeader, geo: &Geometry) -> Result<Option<usize>, usize> {
         let head = slab.freelist_head();
         if head.is_null() {
-            return Ok(None);
+            return Ok(slab.take_fresh());
         }
         let head_index = geo.by_stride.divide(head as usize - slab.s_mem as usize);
         // SAFETY: `head` is a free object of this live slab (checked when
@@ -55,10 +59,8 @@ impl FreePtr {
         let next = if next_addr == 0 {
             Some(ptr::null_mut())
         } else {
-            next_addr
-                .checked_sub(slab.s_mem as usize)
-                .and_then(|off| geo.index_of(off).ok())
-                .filter(|&i| slab.state(i) == ObjState::Free && i != head_index)
+            self.linked_index(slab, geo, next_addr)
+                .filter(|&i| i != head_index)
                 .map(|i| slab.object(i, geo.stride))
         };
         match next {
@@ -74,10 +76,19 @@ impl FreePtr {
         }
     }
 
-    /// Relinks every `Free` object of `slab` (after a corrupt link).
+    /// The index of the object a decoded link names, if it may lie on the
+    /// free list: an object start of this slab, `Free`, and not fresh.
+    fn linked_index(&self, slab: &SlabHeader, geo: &Geometry, addr: usize) -> Option<usize> {
+        addr.checked_sub(slab.s_mem as usize)
+            .and_then(|off| geo.index_of(off).ok())
+            .filter(|&i| i < slab.fresh() && slab.state(i) == ObjState::Free)
+    }
+
+    /// Relinks every `Free` object of `slab` below its fresh cursor (after
+    /// a corrupt link).
     pub fn rebuild(&self, slab: &SlabHeader, geo: &Geometry) {
-        slab.set_freelist(ptr::null_mut(), 0);
-        for index in (0..slab.objects).rev() {
+        slab.set_freelist(ptr::null_mut(), slab.objects - slab.fresh());
+        for index in (0..slab.fresh()).rev() {
             if slab.state(index) == ObjState::Free {
                 self.push(slab, geo, index);
             }
@@ -98,11 +109,7 @@ impl FreePtr {
             if next_addr == 0 {
                 return Ok(());
             }
-            let next = next_addr
-                .checked_sub(slab.s_mem as usize)
-                .and_then(|off| geo.index_of(off).ok())
-                .filter(|&i| slab.state(i) == ObjState::Free);
-            match next {
+            match self.linked_index(slab, geo, next_addr) {
                 Some(i) => at = slab.object(i, geo.stride),
                 None => return Err(index),
             }

@@ -10,7 +10,7 @@
 //!
 //! | state | meaning | who changes it |
 //! |---|---|---|
-//! | `Free` | on this slab's free list | node lock holder |
+//! | `Free` | on this slab's free list, or fresh (below) | node lock holder |
 //! | `Cached` | in a per-CPU array, free to the user | that CPU, or the node lock holder draining it |
 //! | `Allocated` | the user's | alloc (to), free (from) |
 //! | `Quarantined` | found corrupted, never reused | debug checks |
@@ -99,7 +99,10 @@ pub(crate) struct SlabHeader {
     /// First object on the free list (a plain pointer; links inside objects
     /// are encoded).
     freelist: AtomicPtr<u8>,
-    /// Objects on the free list.
+    /// Objects `fresh..objects` have never been handed out: `Free`, on no
+    /// list. Only grows.
+    fresh: AtomicUsize,
+    /// Free objects: those on the free list plus the fresh ones.
     free: AtomicUsize,
     /// The node list this slab is on.
     list: AtomicU8,
@@ -114,7 +117,7 @@ pub(crate) const HEADER_SIZE: usize = size_of::<SlabHeader>().next_multiple_of(s
 
 impl SlabHeader {
     /// Writes a header for a slab whose objects start at `s_mem`, with
-    /// every object `Free` and no free list yet (see `FreePtr::push`).
+    /// every object `Free` and fresh, and an empty free list.
     ///
     /// # Safety
     /// `at` must be valid for writes of `HEADER_SIZE + objects` bytes,
@@ -142,7 +145,8 @@ impl SlabHeader {
             owner,
             states: states.cast_const(),
             freelist: AtomicPtr::new(ptr::null_mut()),
-            free: AtomicUsize::new(0),
+            fresh: AtomicUsize::new(0),
+            free: AtomicUsize::new(objects),
             list: AtomicU8::new(SlabList::Full as u8),
             prev: AtomicPtr::new(ptr::null_mut()),
             next: AtomicPtr::new(ptr::null_mut()),
@@ -237,9 +241,25 @@ impl SlabHeader {
         self.list.store(list as u8, Relaxed);
     }
 
-    /// Objects on the free list.
+    /// Free objects: on the free list or fresh.
     pub fn free_count(&self) -> usize {
         self.free.load(Relaxed)
+    }
+
+    /// The first fresh object: every object below it has been handed out
+    /// at least once, every one from it up never has.
+    pub fn fresh(&self) -> usize {
+        self.fresh.load(Relaxed)
+    }
+
+    /// Takes the first fresh object, if any (node lock held).
+    pub fn take_fresh(&self) -> Option<usize> {
+        let index = self.fresh();
+        (index < self.objects).then(|| {
+            self.fresh.store(index + 1, Relaxed);
+            self.free.store(self.free_count() - 1, Relaxed);
+            index
+        })
     }
 
     /// The raw head of the free list.
@@ -247,7 +267,7 @@ impl SlabHeader {
         self.freelist.load(Relaxed)
     }
 
-    /// Replaces the free list head and count (node lock held).
+    /// Replaces the free list head and the free count (node lock held).
     pub fn set_freelist(&self, head: *mut u8, free: usize) {
         self.freelist.store(head, Relaxed);
         self.free.store(free, Relaxed);

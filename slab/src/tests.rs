@@ -742,6 +742,49 @@ fn free_pointers_in_objects_are_encoded_with_the_cache_secret() {
 }
 
 #[test]
+fn a_link_forged_to_name_a_fresh_object_is_refused() {
+    // A write after free that names one of the slab's fresh objects,
+    // encoded with the cache's own secret, must not put it on the free
+    // list: it would be handed out through the list and again as fresh.
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    // A debug cache frees straight to the slab's list.
+    let id = k
+        .kmem_cache_create("forged", 64, 0, SlabFlags::POISON, None)
+        .unwrap();
+    let p = k.kmem_cache_alloc(id, GFP_KERNEL).unwrap();
+    k.kmem_cache_free(id, p.as_ptr()).unwrap();
+    let (fp, stride, objects) = {
+        let c = k.cache(id).unwrap();
+        (c.fp, c.geo.stride, c.geo.objects)
+    };
+    let fresh = p.as_ptr().wrapping_add(5 * stride) as usize;
+    let forged = fresh ^ fp.secret ^ (p.as_ptr() as usize).swap_bytes();
+    // SAFETY: the free pointer word lies inside p's slot, slab memory.
+    unsafe { p.as_ptr().add(fp.offset).cast::<usize>().write(forged) };
+    let got: Vec<_> = (0..objects)
+        .map(|_| k.kmem_cache_alloc(id, GFP_KERNEL).unwrap())
+        .collect();
+    assert!(
+        !got.contains(&p),
+        "the object with the forged link came back"
+    );
+    let mut distinct = got.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), got.len(), "an object was handed out twice");
+    assert_eq!(k.kmem_cache_stats(id).unwrap().quarantined, 1);
+    assert_eq!(
+        k.kmem_cache_last_report(id).unwrap().unwrap().kind,
+        CorruptionKind::FreePointer
+    );
+    k.check_invariants().unwrap();
+    for q in got {
+        k.kmem_cache_free(id, q.as_ptr()).unwrap();
+    }
+}
+
+#[test]
 fn remote_frees_on_another_cpu_are_correct() {
     let m = HostMachine::new(frames(), 2);
     let k = shared_kmem(&m);
@@ -920,18 +963,18 @@ fn an_off_slab_header_is_the_allocators_own_and_kfree_refuses_it() {
 }
 
 #[test]
-fn a_slab_header_is_twelve_words_plus_a_state_byte_per_object() {
-    // Eleven words of lists, counters and pointers, and the magic that
-    // `kfree` checks before trusting the rest.
-    assert_eq!(slab_header_bytes(), 12 * core::mem::size_of::<usize>());
+fn a_slab_header_is_thirteen_words_plus_a_state_byte_per_object() {
+    // Twelve words of lists, counters, cursors and pointers, and the magic
+    // that `kfree` checks before trusting the rest.
+    assert_eq!(slab_header_bytes(), 13 * core::mem::size_of::<usize>());
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
     let info = k
         .kmem_cache_info(k.kmalloc_slab(64, GFP_KERNEL).unwrap())
         .unwrap();
     // Each object costs its 64 bytes and a state byte: 61 objects per
-    // page with 8-byte words (a 96-byte header), 62 with 4-byte words
-    // (48 bytes), as on i386.
+    // page with 8-byte words (a 104-byte header), 62 with 4-byte words
+    // (52 bytes), as on i386.
     let expected = (PAGE_SIZE - slab_header_bytes()) / (64 + 1);
     assert_eq!(expected, if WORD_BYTES == 8 { 61 } else { 62 });
     assert_eq!(info.objects_per_slab, expected);

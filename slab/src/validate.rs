@@ -108,12 +108,16 @@ impl<B: SlabBackend> Kmem<B> {
                     n if n == slab.objects => SlabList::Empty,
                     _ => SlabList::Partial,
                 };
+                let fresh_not_free =
+                    (slab.fresh()..slab.objects).any(|i| slab.state(i) != ObjState::Free);
                 if free_states != slab.free_count() {
                     bad = bad.or(Some(
                         "a slab's free count differs from its Free state bytes",
                     ));
                 } else if slab.list() != want {
                     bad = bad.or(Some("a slab sits on the wrong list for its free count"));
+                } else if fresh_not_free {
+                    bad = bad.or(Some("a fresh object is not free"));
                 } else if c.fp.validate(slab, &c.geo).is_err() {
                     bad = bad.or(Some("a slab's free list is corrupt"));
                 } else if slab.cache != c.index {
