@@ -465,7 +465,25 @@ impl<B: SlabBackend> Kmem<B> {
     #[track_caller]
     pub unsafe fn kfree_bulk(&self, ptrs: &[*mut u8]) -> usize {
         // SAFETY: forwarded from our caller.
-        unsafe { self.free_bulk(ptrs, Location::caller()) }
+        unsafe { self.free_bulk(ptrs, FreeCheck::Checked, Location::caller()) }
+    }
+
+    /// [`Kmem::kfree_bulk`] for a caller that vouches for every pointer,
+    /// as `GlobalAlloc::dealloc`'s caller does (a cache in front of a
+    /// [`KmallocGlobal`](crate::KmallocGlobal) giving back the blocks its
+    /// `dealloc` took): each object's state is stored, not compared and
+    /// swapped. The number refused (only pointers outside the allocator's
+    /// objects can be).
+    ///
+    /// # Safety
+    ///
+    /// Each pointer is null, [`ZERO_SIZE_PTR`], outside this allocator's
+    /// memory, or an allocation of this allocator that the caller holds
+    /// and gives up here; no pointer appears twice.
+    #[track_caller]
+    pub unsafe fn kfree_bulk_trusted(&self, ptrs: &[*mut u8]) -> usize {
+        // SAFETY: forwarded from our caller.
+        unsafe { self.free_bulk(ptrs, FreeCheck::Trusted, Location::caller()) }
     }
 
     /// `kfree` for a caller that vouches for `p` (`GlobalAlloc::dealloc`):

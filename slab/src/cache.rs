@@ -35,7 +35,7 @@ use crate::{
 };
 use core::{panic::Location, ptr::NonNull};
 use kmm_api::{
-    sync::{AtomicUsize, Ordering::Relaxed, SpinLock},
+    sync::{AtomicU8, AtomicUsize, Ordering::Relaxed, SpinLock},
     GfpFlags, Order, Pfn,
 };
 
@@ -247,6 +247,23 @@ pub(crate) enum FreeCheck {
     Trusted,
 }
 
+impl FreeCheck {
+    /// Moves a freed object's state byte from `Allocated` to `Cached` as
+    /// this check asks: checked, by compare-and-swap, `false` (nothing
+    /// changed) when the object was not allocated; trusted, by a store.
+    #[inline(always)]
+    fn mark_freed(self, state: &AtomicU8) -> bool {
+        match self {
+            _ if !FREE_CHECKS => true,
+            FreeCheck::Checked => SlabHeader::try_free(state),
+            FreeCheck::Trusted => {
+                state.store(ObjState::Cached as u8, Relaxed);
+                true
+            }
+        }
+    }
+}
+
 impl<B: SlabBackend> Kmem<B> {
     /// Allocates one object of `c`: the fast path, inlined into callers.
     #[inline(always)]
@@ -376,14 +393,8 @@ impl<B: SlabBackend> Kmem<B> {
             return self.debug_free(c, slab, index, site);
         }
         let state = &slab.states()[index];
-        if FREE_CHECKS {
-            match check {
-                FreeCheck::Checked if !SlabHeader::try_free(state) => {
-                    return Err(self.not_allocated(c, slab, index));
-                }
-                FreeCheck::Checked => {}
-                FreeCheck::Trusted => state.store(ObjState::Cached as u8, Relaxed),
-            }
+        if !check.mark_freed(state) {
+            return Err(self.not_allocated(c, slab, index));
         }
         let entry = Entry {
             obj: slab.object(index, c.geo.stride),
@@ -403,18 +414,20 @@ impl<B: SlabBackend> Kmem<B> {
         }
     }
 
-    /// Frees `ptrs` as the checked `kfree` would, one at a time, with the
-    /// CPU pinned once per run of frees its arrays absorb (Linux
+    /// Frees `ptrs` as `free_ptr` would with `check`, one at a time, with
+    /// the CPU pinned once per run of frees its arrays absorb (Linux
     /// `kfree_bulk`). An object that needs more (an array to flush, a
     /// debug cache, a large kmalloc, a refusal) ends the run and takes the
     /// ordinary path with nothing pinned. The number refused.
     ///
     /// # Safety
     ///
-    /// The pointer contract of [`Kmem::kfree`], for each pointer.
+    /// The pointer contract of [`Kmem::kfree`] for each pointer, and with
+    /// `FreeCheck::Trusted` that of `Kmem::kfree_trusted`.
     pub(crate) unsafe fn free_bulk(
         &self,
         ptrs: &[*mut u8],
+        check: FreeCheck,
         site: &'static Location<'static>,
     ) -> usize {
         /// What ended a run.
@@ -439,7 +452,7 @@ impl<B: SlabBackend> Kmem<B> {
                         break Some(Spill::Ptr(p));
                     };
                     let state = &slab.states()[index];
-                    if cache.debug || (FREE_CHECKS && !SlabHeader::try_free(state)) {
+                    if cache.debug || !check.mark_freed(state) {
                         break Some(Spill::Ptr(p));
                     }
                     let entry = Entry {
@@ -458,7 +471,7 @@ impl<B: SlabBackend> Kmem<B> {
                 Some(Spill::Ptr(p)) => {
                     // SAFETY: forwarded from our caller; the run left `p`
                     // as it was.
-                    if unsafe { self.free_ptr(p, FreeCheck::Checked, site) }.is_err() {
+                    if unsafe { self.free_ptr(p, check, site) }.is_err() {
                         refused += 1;
                     }
                 }

@@ -24,11 +24,13 @@
 //! `kfree`/`kmem_cache_free` are O(1) with exactly one atomic
 //! read-modify-write, the compare-and-swap of the object's state byte that
 //! makes two racing frees of one object refuse one of them; the trusted
-//! free of [`KmallocGlobal`] (whose caller promises a live pointer) needs
-//! none. The bulk forms (`kmem_cache_alloc_bulk`, `kfree_bulk`) cost the
-//! same per object but pin the CPU once per run of its array rather than
-//! once per object. Every `batch` operations a refill or flush takes the
-//! cache's node lock once. A new slab costs one page allocation and O(objects) to link.
+//! free of [`KmallocGlobal`] and [`Kmem::kfree_bulk_trusted`] (whose
+//! callers promise live pointers) needs none. The bulk forms
+//! (`kmem_cache_alloc_bulk`, `kfree_bulk`) cost the same per object but
+//! pin the CPU once per run of its array rather than once per object.
+//! Every `batch` operations a refill or flush takes the cache's node lock
+//! once. A new slab costs one page allocation and the fill of its state
+//! bytes; its objects join the free list only once freed.
 //! Large kmallocs cost one page allocation plus one owner-word store per
 //! page. Debug caches do every operation under the node lock, plus
 //! O(object size) byte checks. [`Kmem::flush_all`] runs one drain per CPU

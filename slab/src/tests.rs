@@ -330,6 +330,40 @@ fn a_bulk_free_frees_like_kfree_and_refuses_what_kfree_refuses() {
     k.check_invariants().unwrap();
 }
 
+#[test]
+fn a_trusted_bulk_free_frees_every_object_and_refuses_only_foreign_pointers() {
+    let m = HostMachine::new(frames(), 1);
+    let k = kmem(&m);
+    // More objects than a CPU's array holds, of two caches, a large
+    // kmalloc and a debug cache's object (freed through its own path).
+    let debug = k
+        .kmem_cache_create("trusted-debug", 48, 0, SlabFlags::RED_ZONE, None)
+        .unwrap();
+    let mut ptrs: Vec<*mut u8> = (0..150)
+        .map(|i| {
+            k.kmalloc(if i % 2 == 0 { 64 } else { 200 }, GFP_KERNEL)
+                .unwrap()
+                .as_ptr()
+        })
+        .collect();
+    ptrs.push(k.kmalloc(3 * PAGE_SIZE, GFP_KERNEL).unwrap().as_ptr());
+    ptrs.push(k.kmem_cache_alloc(debug, GFP_KERNEL).unwrap().as_ptr());
+    let mut foreign = 0u64;
+    ptrs.insert(40, ptr::addr_of_mut!(foreign).cast());
+    // SAFETY: this thread holds every object above and gives each up
+    // once; `foreign` lies outside the allocator's memory.
+    let refused = unsafe { k.kfree_bulk_trusted(&ptrs) };
+    assert_eq!(refused, 1, "the foreign pointer");
+    for id in kmalloc_caches(&k).into_iter().chain([debug]) {
+        assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+    }
+    k.check_invariants().unwrap();
+    // Every object came back: the next allocations reuse them.
+    let again = k.kmalloc(64, GFP_KERNEL).unwrap();
+    assert!(ptrs.contains(&again.as_ptr()));
+    k.kfree(again.as_ptr()).unwrap();
+}
+
 /// A bulk request hands out what the CPU's array holds (the cache-hot
 /// objects) before it refills the array.
 #[test]

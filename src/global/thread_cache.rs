@@ -42,8 +42,8 @@
 //! `depot` module) if it has one, else [`BATCH`] objects from kmalloc, and
 //! one for the caller, in one `kmem_cache_alloc_bulk`. A push onto a full
 //! magazine first gives its `BATCH` oldest to the depot, or, when the
-//! depot has no room, frees them in one `kfree_bulk` (checked, as
-//! `kfree`). So objects one thread frees serve another thread's
+//! depot has no room, frees them in one `kfree_bulk_trusted` (as
+//! `dealloc` frees, trusting its caller). So objects one thread frees serve another thread's
 //! allocations through the depot, one short lock hold per batch, without
 //! passing through kmalloc. kmalloc's bulk calls pin the CPU once per run
 //! of its own per-CPU array rather than once per object. The process-wide
@@ -478,11 +478,11 @@ impl ThreadCache {
 fn give_back(kmem: &HostedKmem, objs: &[*mut u8]) {
     // SAFETY: a magazine's or the depot's objects are blocks kmalloc
     // served that nobody else holds (each left its holder's hands by
-    // `free`), and the caller gives each back once, then drops it. A
-    // refusal (only corruption elsewhere could cause one) leaves its
-    // object allocated, as `HostedGlobal::dealloc` does; it cannot be
-    // reported from here, and kfree counts it.
-    unsafe { kmem.kfree_bulk(objs) };
+    // `GlobalAlloc::dealloc`, whose caller vouched for it), and the caller
+    // gives each back once, then drops it. A refusal (only corruption
+    // elsewhere could cause one) leaves its object allocated, as
+    // `HostedGlobal::dealloc` does; it cannot be reported from here.
+    unsafe { kmem.kfree_bulk_trusted(objs) };
 }
 
 /// Returns every batch of `kmem` the depot holds to kmalloc; the number
