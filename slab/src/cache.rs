@@ -33,7 +33,7 @@ use crate::{
     node::{LockedNode, Node, MIN_PARTIAL},
     slab::{ObjState, SlabHeader},
 };
-use core::{panic::Location, ptr::NonNull};
+use core::{panic::Location, ptr, ptr::NonNull};
 use kmm_api::{
     sync::{AtomicU8, AtomicUsize, Ordering::Relaxed, SpinLock},
     GfpFlags, Order, Pfn,
@@ -467,7 +467,10 @@ impl<B: SlabBackend> Kmem<B> {
             };
             match spill {
                 None => return refused,
-                Some(Spill::Full(cache, entry)) => self.cache_free_flush(cache, entry),
+                Some(Spill::Full(cache, entry)) => {
+                    // SAFETY: forwarded from our caller.
+                    unsafe { self.free_run_to_node(cache, entry, &mut rest, check) }
+                }
                 Some(Spill::Ptr(p)) => {
                     // SAFETY: forwarded from our caller; the run left `p`
                     // as it was.
@@ -477,6 +480,46 @@ impl<B: SlabBackend> Kmem<B> {
                 }
             }
         }
+    }
+
+    /// The rest of a bulk free whose CPU array is full: `entry`, and the
+    /// pointers after it in `rest` while they are objects of `c` it may
+    /// free, go straight back to their slabs under one hold of the node
+    /// lock, while their headers are still in the CPU's cache, rather than
+    /// pushing out the array's oldest entries, whose headers have gone
+    /// cold. `rest` is left at the first pointer the run stopped before.
+    ///
+    /// # Safety
+    ///
+    /// As for `free_bulk`, for each pointer of `rest`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn free_run_to_node(
+        &self,
+        c: &KmemCache,
+        entry: Entry,
+        rest: &mut &[*mut u8],
+        check: FreeCheck,
+    ) {
+        let discards = {
+            let mut node = c.node.lock();
+            // SAFETY: an entry's slab is live while the entry exists.
+            let slab = unsafe { SlabHeader::from_ptr(entry.slab) };
+            c.return_to_slab(&mut node, slab, slab.index_of_state(entry.state));
+            while let Some((&p, tail)) = rest.split_first() {
+                // SAFETY: forwarded from our caller.
+                let Ok(Owned::Slab { cache, slab, index }) = (unsafe { self.find(p) }) else {
+                    break;
+                };
+                if !ptr::eq(cache, c) || !check.mark_freed(&slab.states()[index]) {
+                    break;
+                }
+                *rest = tail;
+                c.return_to_slab(&mut node, slab, index);
+            }
+            Discards::take_surplus(&mut node, MIN_PARTIAL)
+        };
+        self.discard_all(c, discards);
     }
 
     /// Why object `index` cannot be freed by a caller: already free, or

@@ -393,13 +393,16 @@ fn a_bulk_allocation_hands_out_the_arrays_objects_first() {
     k.check_invariants().unwrap();
 }
 
-/// A bulk free that starts with the CPU's array full flushes it as it
-/// goes, and a refusal in the middle of the run is refused alone.
+/// A bulk free that starts with the CPU's array full frees its run
+/// straight to the slabs, leaving the array as it was; a refusal in the
+/// middle of the run is refused alone, and an object of another cache
+/// goes to its own cache.
 #[test]
-fn a_bulk_free_into_a_full_array_flushes_and_refuses_alone() {
+fn a_bulk_free_into_a_full_array_goes_to_the_slabs_and_refuses_alone() {
     let m = HostMachine::new(frames(), 1);
     let k = kmem(&m);
     let id = k.kmalloc_slab(64, GFP_KERNEL).unwrap();
+    let other = k.kmalloc(200, GFP_KERNEL).unwrap().as_ptr();
     let limit = k.cache(id).unwrap().limit;
     let objs: Vec<*mut u8> = (0..limit + 40)
         .map(|_| k.kmalloc(64, GFP_KERNEL).unwrap().as_ptr())
@@ -415,12 +418,17 @@ fn a_bulk_free_into_a_full_array_flushes_and_refuses_alone() {
     ptrs.insert(20, rest[0]);
     let mut foreign = 0u64;
     ptrs.insert(30, ptr::addr_of_mut!(foreign).cast());
+    ptrs.insert(35, other);
     // SAFETY: the `SoleUser` contract: this thread holds each of `rest`
-    // and gives it up once; `fill[0]`, `rest[0]` (a second time) and
-    // `foreign` are pointers nobody holds, which must be refused.
+    // and `other` and gives it up once; `fill[0]`, `rest[0]` (a second
+    // time) and `foreign` are pointers nobody holds, which must be refused.
     let refused = unsafe { k.kfree_bulk(&ptrs) };
     assert_eq!(refused, 3, "two double frees and the foreign pointer");
-    assert_eq!(k.kmem_cache_stats(id).unwrap().active_objs, 0);
+    let stats = k.kmem_cache_stats(id).unwrap();
+    assert_eq!(stats.active_objs, 0);
+    assert_eq!(stats.cached_objs, limit, "the array kept its objects");
+    let other_id = k.kmalloc_slab(200, GFP_KERNEL).unwrap();
+    assert_eq!(k.kmem_cache_stats(other_id).unwrap().active_objs, 0);
     k.check_invariants().unwrap();
 }
 

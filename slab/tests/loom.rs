@@ -396,13 +396,14 @@ fn racing_double_frees(slub_debug: SlabFlags) -> usize {
     explored
 }
 
-/// A bulk free that finds its CPU's array full flushes it to the slabs
-/// under the node lock, with the same state-byte compare-and-swap as
-/// `kfree` for each object: racing a `kfree` of one of its objects on
-/// another CPU, exactly one of the two frees wins, while a third CPU's
-/// bulk free overflows its own array into the same slabs. Nothing allocates during the race (an
-/// allocation could hand a freed contested object out again, and a later
-/// free of it would rightly succeed).
+/// A bulk free that finds its CPU's array full frees the rest of its run
+/// straight to the slabs under the node lock, with the same state-byte
+/// compare-and-swap as `kfree` for each object: racing a `kfree` of one of
+/// its objects on another CPU, exactly one of the two frees wins, while a
+/// third CPU's bulk free overflows its own array into the same slabs.
+/// Nothing allocates during the race (an allocation could hand a freed
+/// contested object out again, and a later free of it would rightly
+/// succeed).
 #[test]
 fn a_bulk_free_overflowing_its_array_races_kfree_and_another_bulk_free() {
     // How often each free won: [the kfree, the bulk free].
