@@ -285,9 +285,11 @@ impl<B: SlabBackend> Kmem<B> {
     }
 
     /// Fills `out` with objects of `c` (Linux `kmem_cache_alloc_bulk`):
-    /// each run of the CPU's array is popped under one pin, with the slow
-    /// path (which refills the array, or grows the cache) between runs.
-    /// The number filled, short of `out.len()` only when `c` cannot grow.
+    /// what the CPU's array holds first (the cache-hot objects), under one
+    /// pin; then, while more than one is still wanted, a run straight from
+    /// the slabs under one node-lock hold; the slow path (which refills
+    /// the array, or grows the cache) when the slabs have none. The number
+    /// filled, short of `out.len()` only when `c` cannot grow.
     pub(crate) fn cache_alloc_bulk(
         &self,
         c: &KmemCache,
@@ -306,6 +308,24 @@ impl<B: SlabBackend> Kmem<B> {
                     };
                     *slot = Self::hand_out(entry).as_ptr();
                     n += 1;
+                }
+                drop(guard);
+                // The array is empty and a run is still wanted: take it
+                // straight from the slabs under one hold of the node lock,
+                // not through the array.
+                if out.len() - n > 1 {
+                    let mut node = c.node.lock();
+                    let want = out.len() - n;
+                    let mut slots = out[n..].iter_mut();
+                    n += c.take_from_node(self, &mut node, want, |obj, slab, index| {
+                        if FREE_CHECKS {
+                            slab.set_state(index, ObjState::Allocated);
+                        }
+                        // `take_from_node` gives at most `want`, one per slot.
+                        if let Some(slot) = slots.next() {
+                            *slot = obj;
+                        }
+                    });
                 }
             }
             let Some(slot) = out.get_mut(n) else {
