@@ -436,9 +436,11 @@ impl<B: SlabBackend> Kmem<B> {
 
     /// Frees `ptrs` as `free_ptr` would with `check`, one at a time, with
     /// the CPU pinned once per run of frees its arrays absorb (Linux
-    /// `kfree_bulk`). An object that needs more (an array to flush, a
-    /// debug cache, a large kmalloc, a refusal) ends the run and takes the
-    /// ordinary path with nothing pinned. The number refused.
+    /// `kfree_bulk`). An object its array has no room for goes on, with
+    /// the objects of its cache after it, straight to the slabs
+    /// ([`Kmem::free_run_to_node`]); one that needs more (a debug cache, a
+    /// large kmalloc, a refusal) takes the ordinary path with nothing
+    /// pinned. The number refused.
     ///
     /// # Safety
     ///
