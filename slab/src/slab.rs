@@ -89,8 +89,6 @@ pub(crate) struct SlabHeader {
     pub s_mem: *mut u8,
     /// Objects in the slab.
     pub objects: usize,
-    /// Index of the owning cache in the cache table.
-    pub cache: usize,
     /// The owning cache's descriptor (saves `kfree` a table lookup).
     pub owner: *const KmemCache,
     /// The state bytes right after the fixed header (kept as a pointer so
@@ -141,7 +139,6 @@ impl SlabHeader {
             base,
             s_mem,
             objects,
-            cache: owner.index,
             owner,
             states: states.cast_const(),
             freelist: AtomicPtr::new(ptr::null_mut()),

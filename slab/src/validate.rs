@@ -120,7 +120,7 @@ impl<B: SlabBackend> Kmem<B> {
                     bad = bad.or(Some("a fresh object is not free"));
                 } else if c.fp.validate(slab, &c.geo).is_err() {
                     bad = bad.or(Some("a slab's free list is corrupt"));
-                } else if slab.cache != c.index {
+                } else if !core::ptr::eq(slab.owner, c) {
                     bad = bad.or(Some("a slab names another cache"));
                 }
             });
