@@ -164,14 +164,16 @@ impl KmemCache {
     }
 
     /// Takes up to `want` objects off the node's slabs into `out`, marking
-    /// them `Cached`; returns how many. Each slab is taken from until it
-    /// runs out or `want` is met, and moved between lists once.
+    /// them `taken_as` (`Cached` for a CPU's array, `Allocated` for a
+    /// caller); returns how many. Each slab is taken from until it runs
+    /// out or `want` is met, and moved between lists once.
     #[inline]
     pub(crate) fn take_from_node<B: SlabBackend>(
         &self,
         kmem: &Kmem<B>,
         node: &mut Node,
         want: usize,
+        taken_as: ObjState,
         mut out: impl FnMut(*mut u8, &SlabHeader, usize),
     ) -> usize {
         let mut taken = 0;
@@ -189,7 +191,7 @@ impl KmemCache {
             while taken < want {
                 match self.fp.pop(slab, &self.geo) {
                     Ok(Some(index)) => {
-                        slab.set_state(index, ObjState::Cached);
+                        slab.set_state(index, taken_as);
                         out(slab.object(index, self.geo.stride), slab, index);
                         taken += 1;
                     }
@@ -317,10 +319,13 @@ impl<B: SlabBackend> Kmem<B> {
                     let mut node = c.node.lock();
                     let want = out.len() - n;
                     let mut slots = out[n..].iter_mut();
-                    n += c.take_from_node(self, &mut node, want, |obj, slab, index| {
-                        if FREE_CHECKS {
-                            slab.set_state(index, ObjState::Allocated);
-                        }
+                    // As `hand_out` marks them: allocated, where frees check.
+                    let taken_as = if FREE_CHECKS {
+                        ObjState::Allocated
+                    } else {
+                        ObjState::Cached
+                    };
+                    n += c.take_from_node(self, &mut node, want, taken_as, |obj, _, _| {
                         // `take_from_node` gives at most `want`, one per slot.
                         if let Some(slot) = slots.next() {
                             *slot = obj;
@@ -374,7 +379,8 @@ impl<B: SlabBackend> Kmem<B> {
                         array.with(&guard, |e, avail| {
                             let mut node = c.node.lock();
                             let mut n = 0;
-                            c.take_from_node(self, &mut node, c.batch, |obj, slab, i| {
+                            let cached = ObjState::Cached;
+                            c.take_from_node(self, &mut node, c.batch, cached, |obj, slab, i| {
                                 e.slots[n] = Entry::new(slab, i, obj);
                                 n += 1;
                             });

@@ -282,7 +282,7 @@ impl<B: SlabBackend> Kmem<B> {
                 let mut node = c.node.lock();
                 loop {
                     let mut got = None;
-                    c.take_from_node(self, &mut node, 1, |obj, slab, i| {
+                    c.take_from_node(self, &mut node, 1, ObjState::Cached, |obj, slab, i| {
                         got = Some((obj, ptr::from_ref(slab), i))
                     });
                     let Some((obj, slab, index)) = got else { break };

@@ -43,9 +43,9 @@
 //! one for the caller, in one `kmem_cache_alloc_bulk`. A push onto a full
 //! magazine first gives its `BATCH` oldest to the depot, or, when the
 //! depot has no room, frees them in one `kfree_bulk_trusted` (as
-//! `dealloc` frees, trusting its caller). So objects one thread frees serve another thread's
-//! allocations through the depot, one short lock hold per batch, without
-//! passing through kmalloc. kmalloc's bulk calls pin the CPU once per run
+//! `dealloc` frees, trusting its caller). So objects one thread frees
+//! serve another thread's allocations through the depot, one short lock
+//! hold per batch, without passing through kmalloc. kmalloc's bulk calls pin the CPU once per run
 //! of its own per-CPU array rather than once per object. The process-wide
 //! count is published at those batches, not per object.
 //!
